@@ -1,0 +1,153 @@
+"""The Redx handler: writes this host's routes into the Redis that Redx reads.
+
+``frontend:<loadBalancerUrl><site>`` holds the backend name; ``backend:<name>`` is a
+hash of ``ip:port`` -> ``"0"``. Warden changes only the addresses it owns (inside this
+host's Docker networks, or ``hostAddress:<port>`` of published ports); fields starting
+with ``_`` (Redx's backend config), static servers and other tools' keys stay as they
+are.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Optional
+
+import redis
+
+from warden import signals
+from warden.config import Config
+from warden.handlers import Handler
+from warden.model import Change, DesiredState, Route
+
+logger = logging.getLogger(__name__)
+
+#: deletes a frontend key only if it still names the backend being retired
+_DELETE_IF_NAMES = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+#: the score Redx starts every server with
+SCORE = "0"
+
+
+def redx_client(config: Config) -> redis.Redis:
+    """A client for this host's Redx Redis with short timeouts: a route write that
+    cannot happen fails fast and the next sweep makes up for it."""
+    return config.nginx_redis.client(decode_responses=True, socket_timeout=2,
+                                     socket_connect_timeout=2)
+
+
+class RedxHandler(Handler):
+    """Keeps the Redx Redis in step with the Registrar's routes."""
+
+    name = "redx"
+    roles = frozenset({"registrar"})
+
+    def __init__(self, config: Config, client: Optional[redis.Redis] = None) -> None:
+        super().__init__(config)
+        self.redis = client or redx_client(config)
+        self._delete_if_names = self.redis.register_script(_DELETE_IF_NAMES)
+
+    def _made(self, change: Change, service: Optional[str] = None, container_id: str = "") -> None:
+        logger.info("%s%s", change, f" (service {service}, container {container_id[:12]})"
+                    if container_id else "")
+        signals.send(signals.change_made, self, change=change, service=service,
+                     container_id=container_id)
+
+    def on_route_added(self, sender: Any, *, route: Route, **kw: Any) -> None:
+        try:
+            self.redis.hset(f"backend:{route.backend}", route.address, SCORE)
+        except redis.RedisError as error:
+            logger.warning("cannot add %s to backend:%s (%s); the next sweep will",
+                           route.address, route.backend, error)
+            return
+        self._made(Change("+", f"backend:{route.backend} {route.address}"),
+                   route.service, route.container_id)
+
+    def on_route_removed(self, sender: Any, *, route: Route, **kw: Any) -> None:
+        try:
+            self.redis.hdel(f"backend:{route.backend}", route.address)
+        except redis.RedisError as error:
+            logger.warning("cannot remove %s from backend:%s (%s); the next sweep will",
+                           route.address, route.backend, error)
+            return
+        self._made(Change("-", f"backend:{route.backend} {route.address}"),
+                   route.service, route.container_id)
+
+    def on_services_changed(self, sender: Any, *, retired: DesiredState, **kw: Any) -> None:
+        """Empty what retired services held: owned addresses leave their old backends,
+        and an old frontend key goes if it still names the old backend."""
+        for backend in sorted(retired.backends):
+            servers = self.redis.hgetall(f"backend:{backend}")
+            owned = sorted(a for a in servers
+                           if not a.startswith("_") and retired.ownership.owns(backend, a))
+            if owned:
+                self.redis.hdel(f"backend:{backend}", *owned)
+            for address in owned:
+                self._made(Change("-", f"backend:{backend} {address}"))
+        for key, backend in sorted(retired.frontends.items()):
+            if self._delete_if_names(keys=[f"frontend:{key}"], args=[backend]):
+                self._made(Change("-", f"frontend:{key} {backend}"))
+
+    def plan(self, desired: DesiredState) -> tuple[list[Change], list[tuple[str, str, str]]]:
+        """Compare ``desired`` with what the Redx Redis holds, in one round trip.
+        Returns the change lines and the writes (``set``/``hset``/``hdel``) they need."""
+        frontends = sorted(desired.frontends)
+        backends = sorted(desired.backends)
+        pipe = self.redis.pipeline(transaction=False)
+        for key in frontends:
+            pipe.get(f"frontend:{key}")
+        for name in backends:
+            pipe.hgetall(f"backend:{name}")
+        replies = pipe.execute()
+        changes: list[Change] = []
+        writes: list[tuple[str, str, str]] = []
+        for key, held in zip(frontends, replies[:len(frontends)]):
+            wanted = desired.frontends[key]
+            if held != wanted:
+                if held is not None:
+                    logger.warning("frontend:%s named backend %r; setting it to %r",
+                                   key, held, wanted)
+                changes.append(Change("+", f"frontend:{key} {wanted}"))
+                writes.append(("set", f"frontend:{key}", wanted))
+        for name, held in zip(backends, replies[len(frontends):]):
+            wanted = desired.backends[name]
+            for address in sorted(wanted - set(held)):
+                changes.append(Change("+", f"backend:{name} {address}"))
+                writes.append(("hset", f"backend:{name}", address))
+            for address in sorted(held):
+                if (address not in wanted and not address.startswith("_")
+                        and desired.ownership.owns(name, address)):
+                    changes.append(Change("-", f"backend:{name} {address}"))
+                    writes.append(("hdel", f"backend:{name}", address))
+        return changes, writes
+
+    def on_sweep(self, sender: Any, *, desired: DesiredState, apply: bool = True,
+                 **kw: Any) -> list[Change]:
+        try:
+            return self.reconcile(desired, apply)
+        except (redis.ConnectionError, redis.TimeoutError) as error:
+            logger.warning("Redx Redis %s unreachable; routes wait for it: %s",
+                           self.config.nginx_redis.display, error)
+            return []
+
+    def reconcile(self, desired: DesiredState, apply: bool) -> list[Change]:
+        """Plan, and with ``apply`` write, in one pipeline."""
+        changes, writes = self.plan(desired)
+        if apply and writes:
+            pipe = self.redis.pipeline(transaction=False)
+            for op, key, value in writes:
+                if op == "set":
+                    pipe.set(key, value)
+                elif op == "hset":
+                    pipe.hset(key, value, SCORE)
+                else:
+                    pipe.hdel(key, value)
+            pipe.execute()
+            for change in changes:
+                self._made(change)
+        return changes
+
+    def stop(self) -> None:
+        self.redis.close()

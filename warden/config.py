@@ -1,0 +1,262 @@
+"""Warden's configuration: one frozen object, built once at start-up and passed down.
+
+The file is JSON, a superset of the Go Warden's ``config.json``; keys match in any
+casing. Relative paths are relative to the config file's folder.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Optional
+from urllib.parse import urlparse, urlunparse
+
+from warden import jsonfile
+from warden.errors import ConfigError
+from warden.jsonfile import KeyedObject, Problem, is_int, is_number
+
+
+@dataclass(frozen=True)
+class RedisAddress:
+    """Where a Redis is: a ``redis://`` or ``rediss://`` URL and the database to use."""
+
+    url: str
+    db: int
+
+    @property
+    def display(self) -> str:
+        """The address without any password, for logs and errors."""
+        parsed = urlparse(self.url)
+        host = parsed.hostname or "127.0.0.1"
+        return f"{host}:{parsed.port or 6379}/{self.db}"
+
+    def client(self, **options: Any) -> Any:
+        """A redis-py client for this address; ``options`` go to the connection pool."""
+        import redis
+
+        parsed = urlparse(self.url)
+        url = urlunparse(parsed._replace(path=f"/{self.db}"))
+        return redis.Redis.from_url(url, **options)
+
+
+def parse_redis_address(text: str, db: Optional[int], default_db: int) -> RedisAddress:
+    """``host:port`` or a URL; the URL's ``/db`` holds unless ``db`` is given."""
+    if "://" in text:
+        parsed = urlparse(text)
+        if parsed.scheme not in ("redis", "rediss"):
+            raise ValueError("must be host:port or a redis:// or rediss:// URL")
+        try:
+            parsed.port
+        except ValueError:
+            raise ValueError("has a port that is not a number") from None
+        url_db = parsed.path.strip("/")
+        if url_db and not url_db.isdigit():
+            raise ValueError(f"has a database {url_db!r} that is not a number")
+        chosen = db if db is not None else (int(url_db) if url_db else default_db)
+        return RedisAddress(text, chosen)
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError("must be host:port or a redis:// or rediss:// URL")
+    return RedisAddress(f"redis://{host}:{port}", db if db is not None else default_db)
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything Warden was configured with. Built by :func:`load_config`."""
+
+    #: the config file this came from
+    path: str
+    #: the config file's path as the user gave it (for messages)
+    display_path: str
+    #: central Redis: leader election, heartbeats and control channels
+    service_management_redis: RedisAddress = RedisAddress("redis://127.0.0.1:6379", 11)
+    #: this host's Redx Redis, which holds the routes
+    nginx_redis: RedisAddress = RedisAddress("redis://127.0.0.1:6379", 0)
+    #: service descriptions: a file, or a folder of ``*.json`` files (absolute path)
+    service_description_path: str = "services.json"
+    #: the same path as the user would see it, for messages
+    service_description_display: str = "services.json"
+    #: period of the Registrar's safety-net sweep, in seconds
+    registrar_sleep_time_seconds: float = 60.0
+    #: period of the Manager's safety-net check and scaling pass, in seconds
+    manager_sleep_time_seconds: float = 30.0
+    #: this host's EC2 instance id (else from the environment or instance metadata)
+    instance_id: Optional[str] = None
+    #: this host's availability zone
+    availability_zone: Optional[str] = None
+    #: this host's AWS region
+    region: Optional[str] = None
+    #: the address that routes of published-port services point at
+    host_address: str = "127.0.0.1"
+    #: the ECS cluster of services that name none
+    ecs_cluster: str = "default"
+    #: leader heartbeat period, in seconds
+    heartbeat_interval_seconds: float = 1.0
+    #: a Warden leader whose heartbeat is older than this is dead
+    lease_seconds: float = 5.0
+    #: the same for a leader record written by the Perl/Go tools
+    legacy_max_heartbeat_age_seconds: float = 300.0
+    #: how long an election stays open for entries
+    guard_time_seconds: float = 1.0
+    #: lifetime of a candidate entry
+    candidate_expiry_seconds: float = 30.0
+    #: ``ec2`` (DescribeAvailabilityZones) or ``none`` (every zone is active)
+    zone_check: str = "ec2"
+    #: handlers to enable, by entry-point name
+    handlers: tuple[str, ...] = ("redx", "elb", "ecs")
+    #: alert settings (``webhookUrl``, ``events``), or None
+    alerts: Optional[dict] = None
+    #: ``host:port`` for Prometheus ``/metrics`` and ``/healthz``, or None
+    metrics_address: Optional[str] = None
+    #: an SQS queue fed by EventBridge rules, or None
+    aws_events_queue_url: Optional[str] = None
+    #: HMAC key for control messages, or None
+    control_secret: Optional[str] = None
+    #: keys the file held that Warden does not know (kept for plugins)
+    extra: dict = field(default_factory=dict)
+
+
+def _str(value: Any) -> Optional[str]:
+    return None if isinstance(value, str) else "must be a string"
+
+
+def _seconds(value: Any) -> Optional[str]:
+    if not is_number(value) or value <= 0:
+        return "must be a positive number of seconds"
+    return None
+
+
+def _db(value: Any) -> Optional[str]:
+    if not is_int(value) or value < 0:
+        return "must be a database number (0 or more)"
+    return None
+
+
+def _handlers(value: Any) -> Optional[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        return "must be a list of handler names"
+    return None
+
+
+def _zone_check(value: Any) -> Optional[str]:
+    if value not in ("ec2", "none"):
+        return 'must be "ec2" or "none"'
+    return None
+
+
+def _object(value: Any) -> Optional[str]:
+    return None if isinstance(value, dict) else "must be an object"
+
+
+def _optional_str(value: Any) -> Optional[str]:
+    return None if value is None or isinstance(value, str) else "must be a string"
+
+
+#: lower-case key -> (Config attribute, check returning a problem or None)
+_KEYS: dict[str, tuple[str, Callable[[Any], Optional[str]]]] = {
+    "servicemanagementredisaddress": ("service_management_redis", _str),
+    "servicemanagementredisdatabasenumber": ("", _db),
+    "nginxredisaddress": ("nginx_redis", _str),
+    "nginxredisdatabasenumber": ("", _db),
+    "servicedescriptionfilename": ("service_description_path", _str),
+    "registrarsleeptimeseconds": ("registrar_sleep_time_seconds", _seconds),
+    "managersleeptimeseconds": ("manager_sleep_time_seconds", _seconds),
+    "instanceid": ("instance_id", _optional_str),
+    "availabilityzone": ("availability_zone", _optional_str),
+    "region": ("region", _optional_str),
+    "hostaddress": ("host_address", _str),
+    "ecscluster": ("ecs_cluster", _str),
+    "heartbeatintervalseconds": ("heartbeat_interval_seconds", _seconds),
+    "leaseseconds": ("lease_seconds", _seconds),
+    "legacymaxheartbeatageseconds": ("legacy_max_heartbeat_age_seconds", _seconds),
+    "guardtimeseconds": ("guard_time_seconds", _seconds),
+    "candidateexpiryseconds": ("candidate_expiry_seconds", _seconds),
+    "zonecheck": ("zone_check", _zone_check),
+    "handlers": ("handlers", _handlers),
+    "alerts": ("alerts", _object),
+    "metricsaddress": ("metrics_address", _optional_str),
+    "awseventsqueueurl": ("aws_events_queue_url", _optional_str),
+    "controlsecret": ("control_secret", _optional_str),
+}
+
+
+def resolve_config_path(given: Optional[str]) -> str:
+    """``--config``, else ``$WARDEN_CONFIG``, else ``./config.json``."""
+    return given or os.environ.get("WARDEN_CONFIG") or "config.json"
+
+
+def load_config(path: str) -> tuple[Optional[Config], list[Problem]]:
+    """Read the config file at ``path`` (as the user gave it).
+
+    Returns the config (None when it has errors) and every problem found, warnings
+    included, as ``FILE: FIELD: problem`` records.
+    """
+    display = path
+    if not os.path.exists(path):
+        return None, [Problem(display, "-", "config file not found")]
+    try:
+        data = jsonfile.load(path)
+    except jsonfile.JsonFileError as error:
+        return None, [Problem(display, "-", str(error))]
+    if not isinstance(data, KeyedObject):
+        return None, [Problem(display, "-", "must be a JSON object")]
+
+    problems = jsonfile.duplicate_problems(display, "", data)
+    values: dict[str, Any] = {}
+    extra: dict[str, Any] = {}
+    for lower, spelled, value in data.items_spelled():
+        if lower not in _KEYS:
+            problems.append(Problem(display, spelled, "unknown key, ignored", warning=True))
+            extra[spelled] = value
+            continue
+        attr, check = _KEYS[lower]
+        problem = check(value)
+        if problem:
+            problems.append(Problem(display, spelled, problem))
+        elif attr:
+            values[attr] = value
+
+    folder = os.path.dirname(os.path.abspath(path))
+    given_folder = os.path.dirname(path)
+    for attr, db_key, default_db in (
+        ("service_management_redis", "servicemanagementredisdatabasenumber", 11),
+        ("nginx_redis", "nginxredisdatabasenumber", 0),
+    ):
+        text = values.pop(attr, "127.0.0.1:6379")
+        db = data.get(db_key) if is_int(data.get(db_key)) else None
+        try:
+            values[attr] = parse_redis_address(text, db, default_db)
+        except ValueError as error:
+            key = "serviceManagementRedisAddress" if attr.startswith("service") else "nginxRedisAddress"
+            problems.append(Problem(display, data.spelled(key.lower()), str(error)))
+
+    services = values.pop("service_description_path", "services.json")
+    values["service_description_path"] = os.path.normpath(os.path.join(folder, services))
+    values["service_description_display"] = (
+        services if os.path.isabs(services) else os.path.normpath(os.path.join(given_folder, services))
+    )
+    if "handlers" in values:
+        values["handlers"] = tuple(values["handlers"])
+
+    heartbeat = values.get("heartbeat_interval_seconds", Config.heartbeat_interval_seconds)
+    lease = values.get("lease_seconds", Config.lease_seconds)
+    if lease < 2 * heartbeat:
+        problems.append(Problem(display, data.spelled("leaseseconds"),
+                                "must be at least twice heartbeatIntervalSeconds"))
+
+    if any(not p.warning for p in problems):
+        return None, problems
+    return Config(path=os.path.abspath(path), display_path=display, extra=extra, **values), problems
+
+
+def with_identity(config: Config, **identity: Optional[str]) -> Config:
+    """A copy of ``config`` with identity fields (instance_id, availability_zone,
+    region) filled in."""
+    return replace(config, **{k: v for k, v in identity.items() if v})
+
+
+def require(config: Optional[Config], problems: list[Problem]) -> Config:
+    """The config, or a :class:`ConfigError` listing its errors."""
+    if config is None:
+        raise ConfigError("\n".join(str(p) for p in problems if not p.warning))
+    return config

@@ -1,0 +1,271 @@
+"""The Docker subscriber: reads the engine's event stream and turns containers into
+:class:`~warden.model.Container` records.
+
+The reader thread only reads and queues: the engine skips events for a subscriber that
+lags about 100 ms, so inspecting happens on the Registrar's worker thread instead. On a
+lost stream the reader reconnects with backoff, replays the gap with ``since`` and asks
+for a full sweep, since the engine keeps only its last 256 events.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import queue
+import threading
+import time
+from typing import Any, Optional
+
+import docker
+import docker.errors
+import requests.exceptions
+
+from warden.errors import ConnectionLost, ContainerGone
+from warden.model import Attachment, Container, PublishedPort
+from warden.threads import Backoff, StoppableThread
+
+logger = logging.getLogger(__name__)
+
+#: kill signals that stop a container; any other (SIGHUP for a reload) changes nothing
+STOP_SIGNALS = frozenset({"15", "9", "2", "3", "SIGTERM", "SIGKILL", "SIGINT", "SIGQUIT",
+                          "TERM", "KILL", "INT", "QUIT"})
+
+#: container actions after which Warden inspects the container again
+INSPECT_ACTIONS = frozenset({"start", "unpause", "pause", "restart", "update", "rename"})
+
+#: errors that mean the engine is unreachable rather than that a call was refused
+_CONNECTION_ERRORS = (requests.exceptions.ConnectionError, requests.exceptions.Timeout,
+                      ConnectionError, OSError)
+
+
+def _health_from_status(status: str) -> Optional[str]:
+    if "(healthy)" in status:
+        return "healthy"
+    if "(unhealthy)" in status:
+        return "unhealthy"
+    if "(health: starting)" in status:
+        return "starting"
+    return None
+
+
+def container_from_inspect(data: dict) -> Container:
+    """A Container from ``GET /containers/{id}/json``."""
+    state = data.get("State") or {}
+    config = data.get("Config") or {}
+    settings = data.get("NetworkSettings") or {}
+    health = (state.get("Health") or {}).get("Status") if state.get("Health") else None
+    attachments = tuple(
+        Attachment(name, (net or {}).get("IPAddress") or "", (net or {}).get("GlobalIPv6Address") or "")
+        for name, net in sorted((settings.get("Networks") or {}).items())
+    )
+    ports = []
+    for spec, bindings in (settings.get("Ports") or {}).items():
+        port, _, proto = spec.partition("/")
+        for binding in bindings or []:
+            if binding.get("HostPort", "").isdigit() and port.isdigit():
+                ports.append(PublishedPort(int(port), proto or "tcp", int(binding["HostPort"])))
+                break
+    return Container(
+        id=data["Id"],
+        name=(data.get("Name") or "").lstrip("/"),
+        image=config.get("Image") or data.get("Image") or "",
+        labels=dict(config.get("Labels") or {}),
+        running=bool(state.get("Running")) and not state.get("Restarting"),
+        paused=bool(state.get("Paused")),
+        health=health,
+        attachments=attachments,
+        ports=tuple(ports),
+    )
+
+
+def container_from_summary(data: dict) -> Container:
+    """A Container from one entry of ``GET /containers/json`` (one listing, no inspect)."""
+    settings = data.get("NetworkSettings") or {}
+    attachments = tuple(
+        Attachment(name, (net or {}).get("IPAddress") or "", (net or {}).get("GlobalIPv6Address") or "")
+        for name, net in sorted((settings.get("Networks") or {}).items())
+    )
+    ports = []
+    seen = set()
+    for entry in data.get("Ports") or []:
+        if entry.get("PublicPort") and (entry.get("PrivatePort"), entry.get("Type")) not in seen:
+            seen.add((entry.get("PrivatePort"), entry.get("Type")))
+            ports.append(PublishedPort(int(entry["PrivatePort"]), entry.get("Type") or "tcp",
+                                       int(entry["PublicPort"])))
+    names = data.get("Names") or [""]
+    state = data.get("State") or ""
+    return Container(
+        id=data["Id"],
+        name=names[0].lstrip("/"),
+        image=data.get("Image") or "",
+        labels=dict(data.get("Labels") or {}),
+        running=state in ("running", "paused"),
+        paused=state == "paused",
+        health=_health_from_status(data.get("Status") or ""),
+        attachments=attachments,
+        ports=tuple(ports),
+    )
+
+
+class DockerSource:
+    """Warden's reads of the Docker engine: inspect one container, list them all, and
+    list the network subnets. Errors come out as Warden's own."""
+
+    def __init__(self, client: Optional[docker.DockerClient] = None) -> None:
+        self.client = client or docker.from_env(timeout=10)
+        self.api = self.client.api
+        #: Docker API calls made, by kind (for benchmarks and metrics)
+        self.calls: dict[str, int] = {"inspect": 0, "list": 0, "networks": 0}
+
+    def inspect(self, container_id: str) -> Container:
+        """The container as it is now, or :class:`ContainerGone`."""
+        self.calls["inspect"] += 1
+        try:
+            return container_from_inspect(self.api.inspect_container(container_id))
+        except docker.errors.NotFound:
+            raise ContainerGone(container_id) from None
+        except _CONNECTION_ERRORS as error:
+            raise ConnectionLost(f"Docker: {error}") from None
+
+    def running(self) -> list[Container]:
+        """Every running (or paused) container, from one listing."""
+        self.calls["list"] += 1
+        try:
+            return [container_from_summary(c) for c in self.api.containers()]
+        except _CONNECTION_ERRORS as error:
+            raise ConnectionLost(f"Docker: {error}") from None
+
+    def subnets(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        """The subnets of this host's Docker networks."""
+        self.calls["networks"] += 1
+        try:
+            networks = self.api.networks()
+        except _CONNECTION_ERRORS as error:
+            raise ConnectionLost(f"Docker: {error}") from None
+        found = []
+        for network in networks:
+            for entry in ((network.get("IPAM") or {}).get("Config") or []):
+                try:
+                    found.append(ipaddress.ip_network(entry.get("Subnet", ""), strict=False))
+                except ValueError:
+                    continue
+        return tuple(found)
+
+    def describe(self, raw: dict) -> Optional[dict]:
+        """Turn one raw event into what happened: ``None`` for events Warden ignores,
+        else a dict of the ``container_changed`` signal's keyword arguments. Inspects
+        the container where the event alone does not say enough."""
+        kind = raw.get("Type")
+        action = raw.get("Action") or raw.get("status") or ""
+        actor = raw.get("Actor") or {}
+        attributes = actor.get("Attributes") or {}
+        event_time = raw.get("timeNano", 0) / 1e9 or float(raw.get("time", 0))
+        if kind == "network":
+            if action not in ("connect", "disconnect") or not attributes.get("container"):
+                return None
+            container_id = attributes["container"]
+        elif kind == "container":
+            container_id = actor.get("ID") or raw.get("id") or ""
+        else:
+            return None
+        base = {"action": action, "container_id": container_id, "event_time": event_time}
+        if kind == "container" and action in ("kill", "stop"):
+            if action == "kill" and attributes.get("signal", "").upper() not in STOP_SIGNALS:
+                return None
+            return dict(base, container=None, stopping=True)
+        if kind == "container" and action in ("die", "destroy", "oom"):
+            return dict(base, container=None, stopping=False)
+        if kind == "network" or action in INSPECT_ACTIONS or action.startswith("health_status"):
+            try:
+                container = self.inspect(container_id)
+            except ContainerGone:
+                return dict(base, action="destroy", container=None, stopping=False)
+            return dict(base, container=container, stopping=False)
+        return None
+
+
+class DockerEventReader(StoppableThread):
+    """Reads the Docker event stream and queues each event; never inspects or writes.
+
+    It puts ``("event", raw)`` for each event and ``("sweep", reason)`` after every
+    reconnect, so the worker reconciles whatever the gap hid.
+    """
+
+    #: first delay before reconnecting, in seconds
+    backoff_initial = 0.5
+    #: reconnect delay cap, in seconds
+    backoff_cap = 30.0
+
+    def __init__(self, source: DockerSource, out: "queue.Queue[tuple[str, Any]]") -> None:
+        super().__init__("warden-docker-events")
+        self.source = source
+        self.out = out
+        #: set while the stream is open (for start-up ordering and /healthz)
+        self.connected = threading.Event()
+        #: Docker's time of the last event read, for ``since`` on reconnect
+        self.last_time: Optional[str] = None
+        self.reconnects = 0
+        self._stream: Any = None
+        self._lock = threading.Lock()
+
+    def on_stop(self) -> None:
+        with self._lock:
+            stream = self._stream
+        if stream is not None:
+            try:
+                stream.close()
+            except Exception:  # noqa: BLE001 - closing a dead stream may fail any way
+                pass
+
+    def _open(self) -> Any:
+        since = self.last_time
+        return self.source.api.events(
+            since=since, decode=True,
+            filters={"type": ["container", "network"]},
+        )
+
+    def run(self) -> None:
+        backoff = Backoff(self.backoff_initial, self.backoff_cap)
+        first = True
+        while not self.stopping:
+            try:
+                stream = self._open()
+            except Exception as error:  # noqa: BLE001 - any failure to open is retried
+                delay = backoff.next_delay()
+                logger.warning("cannot reach Docker events (%s); retrying in %.1fs", error, delay)
+                self.stop_event.wait(delay)
+                continue
+            with self._lock:
+                self._stream = stream
+            if self.stopping:
+                stream.close()
+                break
+            backoff.reset()
+            self.connected.set()
+            if not first:
+                self.reconnects += 1
+                logger.info("Docker events stream reconnected; replaying since %s", self.last_time)
+                self.out.put(("sweep", "Docker events reconnected"))
+            if self.last_time is None:
+                # Replay from here on: a reconnect asks for what happened since now.
+                self.last_time = f"{time.time():.9f}"
+            first = False
+            try:
+                for raw in stream:
+                    if raw.get("timeNano"):
+                        ns = int(raw["timeNano"])
+                        self.last_time = f"{ns // 10**9}.{ns % 10**9:09d}"
+                    self.out.put(("event", raw))
+            except Exception as error:  # noqa: BLE001 - a broken stream is a lost connection
+                if not self.stopping:
+                    logger.warning("Docker events stream broke: %s", error)
+            finally:
+                self.connected.clear()
+                with self._lock:
+                    self._stream = None
+            if self.stopping:
+                break
+            delay = backoff.next_delay()
+            logger.warning("Docker events stream ended; reconnecting in %.1fs", delay)
+            self.stop_event.wait(delay)
+

@@ -1,0 +1,79 @@
+"""This host's identity: config, then ``WARDEN_*`` environment overrides, then EC2
+instance metadata (IMDSv2)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import urllib.error
+import urllib.request
+from typing import Optional
+
+from warden.config import Config, with_identity
+
+logger = logging.getLogger(__name__)
+
+#: where instance metadata lives unless AWS_EC2_METADATA_SERVICE_ENDPOINT says otherwise
+DEFAULT_ENDPOINT = "http://169.254.169.254"
+
+#: identity field -> (environment override, metadata path)
+_FIELDS = {
+    "instance_id": ("WARDEN_INSTANCE_ID", "instance-id"),
+    "availability_zone": ("WARDEN_AVAILABILITY_ZONE", "placement/availability-zone"),
+    "region": ("WARDEN_REGION", "placement/region"),
+}
+
+#: the environment overrides, for messages
+ENV_KEYS = {field: env for field, (env, _) in _FIELDS.items()}
+
+#: the config keys, for messages
+CONFIG_KEYS = {"instance_id": "instanceId", "availability_zone": "availabilityZone",
+               "region": "region"}
+
+
+def metadata_enabled() -> bool:
+    """False where the standard ``AWS_EC2_METADATA_DISABLED`` says so."""
+    return os.environ.get("AWS_EC2_METADATA_DISABLED", "").lower() not in ("true", "1", "yes")
+
+
+def fetch_metadata(paths: list[str], timeout: float = 1.0) -> dict[str, str]:
+    """Read ``paths`` under ``/latest/meta-data/`` with an IMDSv2 token. Missing or
+    unreachable metadata gives an empty answer, never an error."""
+    if not metadata_enabled() or not paths:
+        return {}
+    endpoint = os.environ.get("AWS_EC2_METADATA_SERVICE_ENDPOINT", DEFAULT_ENDPOINT).rstrip("/")
+    try:
+        request = urllib.request.Request(
+            f"{endpoint}/latest/api/token", method="PUT",
+            headers={"X-aws-ec2-metadata-token-ttl-seconds": "60"})
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            token = response.read().decode()
+    except (urllib.error.URLError, OSError) as error:
+        logger.debug("no instance metadata at %s: %s", endpoint, error)
+        return {}
+    found = {}
+    for path in paths:
+        request = urllib.request.Request(f"{endpoint}/latest/meta-data/{path}",
+                                         headers={"X-aws-ec2-metadata-token": token})
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                found[path] = response.read().decode().strip()
+        except (urllib.error.URLError, OSError):
+            continue
+    return found
+
+
+def resolve_identity(config: Config) -> Config:
+    """``config`` with instanceId, availabilityZone and region filled in where the
+    environment or instance metadata know them. The region also falls back to the
+    standard ``AWS_REGION``/``AWS_DEFAULT_REGION``."""
+    values: dict[str, Optional[str]] = {}
+    for field, (env, _) in _FIELDS.items():
+        values[field] = os.environ.get(env) or getattr(config, field)
+    if not values["region"]:
+        values["region"] = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    missing = [path for field, (_, path) in _FIELDS.items() if not values[field]]
+    fetched = fetch_metadata(missing)
+    for field, (_, path) in _FIELDS.items():
+        values[field] = values[field] or fetched.get(path)
+    return with_identity(config, **values)

@@ -1,0 +1,304 @@
+"""The Registrar: keeps this host's Redx routes and load-balancer enrolment in step with
+its running containers.
+
+It owns one worker thread. Docker events, sweep requests and service reloads arrive on
+one queue and are handled there in order, so the Registrar's view never races with
+itself. From each change it works out which routes and enrolments should exist and
+emits signals; the handlers (Redx, ELB, yours) make it so.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import time
+from typing import Any, Iterable, Optional
+
+from warden import signals
+from warden.config import Config
+from warden.docker_events import DockerSource
+from warden.errors import ConnectionLost, ContainerGone
+from warden.model import Change, Container, DesiredState, LoadBalancerTarget, Ownership, Route
+from warden.services import Service, ServiceCatalog
+from warden.threads import StoppableThread
+
+logger = logging.getLogger(__name__)
+
+
+class Registrar(StoppableThread):
+    """This host's view of its containers and the routes they should have."""
+
+    def __init__(self, config: Config, docker_source: DockerSource, catalog: ServiceCatalog,
+                 inbox: "Optional[queue.Queue[tuple[str, Any]]]" = None) -> None:
+        super().__init__("warden-registrar")
+        self.config = config
+        self.docker = docker_source
+        self.catalog = catalog
+        self.inbox: "queue.Queue[tuple[str, Any]]" = inbox or queue.Queue()
+        self.services: tuple[Service, ...] = catalog.services
+        #: running containers by id, from the last listing and the events since
+        self.containers: dict[str, Container] = {}
+        #: containers being stopped or killed: unrouted until they die or start again
+        self.stopping: set[str] = set()
+        #: routes each container provides
+        self.routes: dict[str, frozenset[Route]] = {}
+        #: load-balancer targets this host was last told to be enrolled in
+        self.enrolled: set[LoadBalancerTarget] = set()
+        self.ownership = Ownership((), config.host_address)
+        self.sweeps = 0
+        self.last_sweep_changes: list[Change] = []
+        self._warned: set[tuple[str, str]] = set()
+        self._ready_wait: Any = None
+        #: keys that must exist in the Redx Redis unless something wiped it (read by
+        #: the Redx watcher from its own thread, so replaced whole, never mutated)
+        self.probe_keys: tuple[str, ...] = ()
+        signals.container_changed.connect(self._on_container_changed, sender=self, weak=False)
+
+    # -- the worker loop ---------------------------------------------------------
+
+    def submit(self, kind: str, payload: Any = None) -> None:
+        """Queue work for the worker thread: ``event``, ``sweep``, ``reload``."""
+        self.inbox.put((kind, payload))
+
+    def on_stop(self) -> None:
+        self.inbox.put(("stop", None))
+
+    def wait_before_first_sweep(self, ready: Any) -> None:
+        """The first sweep waits until ``ready`` (an Event: the Docker events stream is
+        open), so a container started during start-up is never missed."""
+        self._ready_wait = ready
+
+    def run(self) -> None:
+        if self._ready_wait is not None:
+            while not self.stopping and not self._ready_wait.wait(0.1):
+                pass
+        period = self.config.registrar_sleep_time_seconds
+        self._safe_sweep("start-up")
+        next_sweep = time.monotonic() + period
+        while not self.stopping:
+            try:
+                kind, payload = self.inbox.get(timeout=max(0.0, next_sweep - time.monotonic()))
+            except queue.Empty:
+                kind, payload = "sweep", "periodic"
+            if kind == "stop":
+                break
+            try:
+                if kind == "event":
+                    self._handle_event(payload)
+                elif kind == "reload":
+                    self.reload()
+                    self._safe_sweep("services changed")
+                    next_sweep = time.monotonic() + period
+                elif kind == "sweep":
+                    self._drain_sweeps()
+                    self._safe_sweep(payload)
+                    next_sweep = time.monotonic() + period
+            except Exception:  # noqa: BLE001 - one bad step must not end the Registrar
+                logger.exception("registrar step %s failed", kind)
+        signals.container_changed.disconnect(self._on_container_changed, sender=self)
+
+    def _drain_sweeps(self) -> None:
+        """Several sweep requests queued together need one sweep; events between them
+        are handled first, in order."""
+        held = []
+        while True:
+            try:
+                item = self.inbox.get_nowait()
+            except queue.Empty:
+                break
+            if item[0] == "sweep":
+                continue
+            if item[0] == "event":
+                self._handle_event(item[1])
+            else:
+                held.append(item)
+        for item in held:
+            self.inbox.put(item)
+
+    def _handle_event(self, raw: dict) -> None:
+        try:
+            described = self.docker.describe(raw)
+        except ConnectionLost as error:
+            logger.warning("cannot inspect after event %s: %s; a sweep will follow",
+                           raw.get("Action"), error)
+            self.submit("sweep", "Docker unreachable while inspecting")
+            return
+        if described is not None:
+            signals.send(signals.container_changed, self, **described)
+
+    def _safe_sweep(self, reason: str) -> None:
+        try:
+            self.sweep(reason, apply=True, wait=False)
+        except ConnectionLost as error:
+            logger.warning("sweep (%s) skipped: %s", reason, error)
+
+    # -- the event path ------------------------------------------------------------
+
+    def _routable(self, container: Container) -> bool:
+        return (container.running and not container.paused
+                and container.id not in self.stopping
+                and container.health in (None, "healthy"))
+
+    def routes_for(self, container: Container) -> frozenset[Route]:
+        """The routes ``container`` should have under the current services."""
+        if not self._routable(container):
+            return frozenset()
+        found = set()
+        for service in self.services:
+            if not service.claims(container):
+                continue
+            address, why = service.address_of(container, self.config.host_address)
+            if address is None:
+                if (container.id, service.name) not in self._warned:
+                    self._warned.add((container.id, service.name))
+                    logger.warning("container %s (%s) of service %s is not routed: %s",
+                                   container.name, container.short_id, service.name, why)
+                continue
+            found.add(Route(service.backend_name, address, service.name, container.id))
+        return frozenset(found)
+
+    def _provided(self, backend: str, address: str, besides: str) -> bool:
+        return any(r.backend == backend and r.address == address
+                   for cid, routes in self.routes.items() if cid != besides for r in routes)
+
+    def _on_container_changed(self, sender: Any, *, action: str, container_id: str,
+                              container: Optional[Container], stopping: bool,
+                              event_time: Optional[float] = None, **_: Any) -> None:
+        if stopping:
+            self.stopping.add(container_id)
+        elif action in ("die", "destroy", "oom"):
+            self.stopping.discard(container_id)
+            self.containers.pop(container_id, None)
+        if container is not None:
+            if action in ("start", "restart"):
+                self.stopping.discard(container_id)
+            if container.running:
+                self.containers[container_id] = container
+            else:
+                self.containers.pop(container_id, None)
+        self._update(container_id, event_time)
+
+    def _update(self, container_id: str, event_time: Optional[float]) -> None:
+        """Recompute one container's routes and emit the differences."""
+        container = self.containers.get(container_id)
+        old = self.routes.get(container_id, frozenset())
+        new = self.routes_for(container) if container is not None else frozenset()
+        if new:
+            self.routes[container_id] = new
+        else:
+            self.routes.pop(container_id, None)
+        if container is None:
+            self._warned = {w for w in self._warned if w[0] != container_id}
+        for route in sorted(old - new):
+            if not self._provided(route.backend, route.address, container_id):
+                signals.send(signals.route_removed, self, route=route,
+                             container_id=container_id, event_time=event_time)
+        for route in sorted(new - old):
+            if not self._provided(route.backend, route.address, container_id):
+                signals.send(signals.route_added, self, route=route, container=container,
+                             event_time=event_time)
+        self._update_enrolment()
+        self._update_probe()
+
+    def wanted_targets(self) -> set[LoadBalancerTarget]:
+        """Load balancers and target groups that should hold this instance: those
+        named by any service with at least one route here."""
+        by_name = {s.name: s for s in self.services}
+        routed = {r.service for routes in self.routes.values() for r in routes}
+        return {t for name in routed if name in by_name for t in by_name[name].targets}
+
+    def _update_enrolment(self) -> None:
+        wanted = self.wanted_targets()
+        for target in sorted(wanted - self.enrolled):
+            signals.send(signals.enrolment_changed, self, target=target, enrolled=True)
+        for target in sorted(self.enrolled - wanted):
+            signals.send(signals.enrolment_changed, self, target=target, enrolled=False)
+        self.enrolled = wanted
+
+    # -- sweeps and reloads ----------------------------------------------------------
+
+    def refresh(self) -> None:
+        """Rebuild the view from one Docker listing (plus the network subnets)."""
+        subnets = self.docker.subnets()
+        listed = {c.id: c for c in self.docker.running()}
+        signals.send(signals.containers_listed, self, containers=list(listed.values()))
+        self.containers = listed
+        self.stopping &= set(listed)
+        self.routes = {}
+        for container in listed.values():
+            routes = self.routes_for(container)
+            if routes:
+                self.routes[container.id] = routes
+        published = frozenset(s.backend_name for s in self.services if s.published_port)
+        self.ownership = Ownership(subnets, self.config.host_address, published)
+
+    def desired(self) -> DesiredState:
+        """What Redis and the load balancers should hold, from the current view."""
+        backends: dict[str, set[str]] = {s.backend_name: set() for s in self.services}
+        for routes in self.routes.values():
+            for route in routes:
+                backends.setdefault(route.backend, set()).add(route.address)
+        wanted = self.wanted_targets()
+        return DesiredState(
+            frontends={s.frontend: s.backend_name for s in self.services if s.frontend},
+            backends={name: frozenset(addrs) for name, addrs in backends.items()},
+            targets={t: t in wanted for s in self.services for t in s.targets},
+            ownership=self.ownership,
+        )
+
+    def sweep(self, reason: str, apply: bool = True, wait: bool = True) -> list[Change]:
+        """One full reconcile: list the containers, rebuild the desired state and let
+        every handler compare it with what its store really holds. Returns the changes
+        made (or, with ``apply=False``, the changes that would be made)."""
+        started = time.monotonic()
+        self.refresh()
+        desired = self.desired()
+        if apply:
+            self.enrolled = {t for t, on in desired.targets.items() if on}
+        changes: list[Change] = []
+        for _, result in signals.send(signals.sweep, self, desired=desired, apply=apply, wait=wait):
+            changes.extend(result or [])
+        self.sweeps += 1
+        self.last_sweep_changes = changes
+        self._update_probe()
+        logger.info("sweep (%s): %d containers, %d changes in %.3fs", reason,
+                    len(self.containers), len(changes), time.monotonic() - started)
+        return changes
+
+    def reload(self) -> tuple[Service, ...]:
+        """Read the service files again; what the old services held that the new ones
+        no longer name is retired (the handlers empty it)."""
+        old = self.services
+        new, problems = self.catalog.load()
+        for problem in problems:
+            (logger.warning if problem.warning else logger.error)("service file problem: %s", problem)
+        if new == old and all(a.metric == b.metric and a.scaling == b.scaling for a, b in zip(new, old)):
+            return new
+        new_frontends = {(s.frontend, s.backend_name) for s in new}
+        new_frontend_keys = {s.frontend for s in new}
+        new_backends = {s.backend_name for s in new}
+        new_targets = {t for s in new for t in s.targets}
+        retired = DesiredState(
+            frontends={s.frontend: s.backend_name for s in old
+                       if s.frontend and (s.frontend, s.backend_name) not in new_frontends
+                       and s.frontend not in new_frontend_keys},
+            backends={s.backend_name: frozenset() for s in old if s.backend_name not in new_backends},
+            targets={t: False for s in old for t in s.targets if t not in new_targets},
+            ownership=self.ownership,
+        )
+        self.services = new
+        logger.info("services reloaded: %s", ", ".join(s.name for s in new) or "none")
+        signals.send(signals.services_changed, self, services=new, retired=retired)
+        self.enrolled -= set(retired.targets)
+        return new
+
+    def _update_probe(self) -> None:
+        keys = [f"frontend:{s.frontend}" for s in self.services if s.frontend]
+        keys += sorted({f"backend:{r.backend}" for routes in self.routes.values() for r in routes})
+        self.probe_keys = tuple(keys)
+
+
+def all_routes(registrar: Registrar) -> Iterable[Route]:
+    """Every route the Registrar currently wants (for status and tests)."""
+    for routes in registrar.routes.values():
+        yield from routes

@@ -1,0 +1,111 @@
+"""Every signal Warden emits, declared in one place.
+
+Subscribers (the Docker events reader, the service-file watcher, the Redx watcher, the
+sweep timer) emit; handlers (Redx, ELB, and any a user adds) receive with
+``(sender, **kw)``. Always emit through :func:`send`, which gives each receiver its own
+``try``: one failing receiver never stops the others.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from blinker import Namespace, Signal
+
+logger = logging.getLogger(__name__)
+
+_signals = Namespace()
+
+container_changed = _signals.signal(
+    "container-changed",
+    doc="""A Docker event changed a container. Sender: the Docker subscriber.
+    kw: ``action`` (Docker's action, e.g. ``start``, ``kill``, ``health_status``),
+    ``container_id``, ``container`` (a fresh :class:`~warden.model.Container`, or
+    ``None`` when it is gone), ``stopping`` (True when it is being stopped or killed),
+    ``event_time`` (Docker's event time, float seconds).""",
+)
+
+containers_listed = _signals.signal(
+    "containers-listed",
+    doc="""A full listing of this host's running containers was taken.
+    Sender: the Registrar. kw: ``containers`` (list of Container).""",
+)
+
+route_added = _signals.signal(
+    "route-added",
+    doc="""A server should be in a Redx backend. Sender: the Registrar.
+    kw: ``route`` (:class:`~warden.model.Route`), ``container`` (Container),
+    ``event_time`` (Docker's time of the event behind it, or None).""",
+)
+
+route_removed = _signals.signal(
+    "route-removed",
+    doc="""A server should leave a Redx backend. Sender: the Registrar.
+    kw: ``route`` (Route), ``container_id``, ``event_time``.""",
+)
+
+enrolment_changed = _signals.signal(
+    "enrolment-changed",
+    doc="""This instance should (``enrolled=True``) or should no longer be enrolled in a
+    load balancer or target group. Sender: the Registrar.
+    kw: ``target`` (:class:`~warden.model.LoadBalancerTarget`), ``enrolled`` (bool).""",
+)
+
+services_changed = _signals.signal(
+    "services-changed",
+    doc="""The service descriptions changed. Sender: the Registrar.
+    kw: ``services`` (the new tuple of Service), ``retired`` (a
+    :class:`~warden.model.DesiredState` of what the old services held that the new ones
+    no longer name: frontends to drop, backends to empty, targets to leave).""",
+)
+
+sweep = _signals.signal(
+    "sweep",
+    doc="""Reconcile the real stores with the desired state. Sender: the Registrar.
+    kw: ``desired`` (DesiredState), ``apply`` (False for a dry run), ``wait`` (True
+    when the caller needs the changes now; otherwise a handler may do slow work in
+    its own thread). Receivers return the list of :class:`~warden.model.Change` they
+    made (or would make).""",
+)
+
+sweep_requested = _signals.signal(
+    "sweep-requested",
+    doc="""Something suggests the stores drifted (a Docker reconnect, a flushed or
+    restarted Redx Redis). Sender: the subscriber that noticed. kw: ``reason``.""",
+)
+
+services_reloaded = _signals.signal(
+    "services-reloaded",
+    doc="""A service file was added, changed or removed. Sender: the service watcher.
+    kw: ``paths`` (the files that changed).""",
+)
+
+change_made = _signals.signal(
+    "change-made",
+    doc="""A handler changed a store. Sender: the handler.
+    kw: ``change`` (Change), ``service`` (name or None), ``container_id``.""",
+)
+
+handler_error = _signals.signal(
+    "handler-error",
+    doc="""A receiver raised. Sender: the signal's sender. kw: ``signal`` (its name),
+    ``receiver`` (its name), ``error`` (the exception).""",
+)
+
+
+def send(signal: Signal, sender: Any, **kw: Any) -> list[tuple[Any, Any]]:
+    """Send ``signal`` to each receiver in its own ``try`` and return ``(receiver,
+    result)`` pairs for those that returned. A receiver that raises is logged at
+    ``critical`` and skipped; the others still run."""
+    results = []
+    for receiver in list(signal.receivers_for(sender)):
+        try:
+            results.append((receiver, receiver(sender, **kw)))
+        except Exception as error:  # noqa: BLE001 - one receiver must not stop the rest
+            name = getattr(receiver, "__qualname__", repr(receiver))
+            logger.critical("receiver %s of %s failed: %s", name, signal.name, error,
+                            exc_info=True)
+            if signal is not handler_error:
+                send(handler_error, sender, signal=signal.name, receiver=name, error=error)
+    return results

@@ -1,0 +1,158 @@
+"""Two small subscribers: the service-file watcher and the Redx Redis watcher.
+
+Each notices one kind of change and emits a signal; neither writes a route.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from typing import Any, Callable, Optional
+
+import redis
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.observers import Observer
+
+from warden import signals
+from warden.config import Config
+from warden.services import ServiceCatalog
+from warden.threads import StoppableThread
+
+logger = logging.getLogger(__name__)
+
+
+class _ServiceFileEvents(FileSystemEventHandler):
+    """Passes on events for service files only; never raises into watchdog's thread
+    (an exception there ends the observer)."""
+
+    def __init__(self, watcher: "ServiceWatcher") -> None:
+        self.watcher = watcher
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        try:
+            paths = [event.src_path, getattr(event, "dest_path", "") or ""]
+            hits = [p for p in paths if p and self.watcher.catalog.watches(os.fsdecode(p))]
+            if hits and event.event_type != "opened" and event.event_type != "closed_no_write":
+                self.watcher.changed(hits)
+        except Exception:  # noqa: BLE001 - keep the observer alive whatever happens
+            logger.exception("service watcher failed on %s", event)
+
+
+class ServiceWatcher:
+    """Watches the service file (or folder) and emits ``services_reloaded``, once per
+    burst of file events (editors write a file in several steps)."""
+
+    #: how long a burst of file events is gathered before one reload, in seconds
+    settle_seconds = 0.1
+
+    def __init__(self, catalog: ServiceCatalog, sender: Any) -> None:
+        self.catalog = catalog
+        self.sender = sender
+        self.observer: Optional[Any] = None
+        self._timer: Optional[threading.Timer] = None
+        self._paths: set[str] = set()
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        """Start watching the folder that holds the service files."""
+        path = self.catalog.path
+        folder = path if os.path.isdir(path) else os.path.dirname(path)
+        if not os.path.isdir(folder):
+            logger.warning("cannot watch %s: its folder does not exist", self.catalog.display)
+            return
+        self.observer = Observer()
+        self.observer.schedule(_ServiceFileEvents(self), folder, recursive=False)
+        self.observer.daemon = True
+        self.observer.start()
+
+    def changed(self, paths: list[str]) -> None:
+        """Note changed paths; the reload follows once the burst settles."""
+        with self._lock:
+            self._paths.update(paths)
+            if self._timer is None:
+                self._timer = threading.Timer(self.settle_seconds, self._fire)
+                self._timer.daemon = True
+                self._timer.start()
+
+    def _fire(self) -> None:
+        with self._lock:
+            paths, self._paths, self._timer = sorted(self._paths), set(), None
+        logger.info("service files changed: %s", ", ".join(paths))
+        signals.send(signals.services_reloaded, self.sender, paths=paths)
+
+    def stop(self) -> None:
+        """Stop watching."""
+        with self._lock:
+            if self._timer is not None:
+                self._timer.cancel()
+        if self.observer is not None:
+            self.observer.stop()
+            self.observer.join(timeout=5)
+
+
+class RedxWatcher(StoppableThread):
+    """Notices a Redx Redis that was flushed, restarted or unreachable and came back
+    (its routes are not persisted), and asks for a sweep.
+
+    Once a second it reads the server's run id and checks that the keys Warden wrote
+    still exist, in one round trip.
+    """
+
+    #: seconds between checks
+    interval = 1.0
+    #: least seconds between two sweeps it asks for, so drift it cannot see mended
+    #: does not turn into a sweep a second
+    min_gap = 3.0
+
+    def __init__(self, config: Config, keys: Callable[[], tuple[str, ...]], sender: Any,
+                 client: Optional[redis.Redis] = None) -> None:
+        super().__init__("warden-redx-watch")
+        self.redis = client or config.nginx_redis.client(
+            decode_responses=True, socket_timeout=2, socket_connect_timeout=2)
+        self.display = config.nginx_redis.display
+        self.keys = keys
+        self.sender = sender
+        #: True while the Redx Redis answers (for /healthz)
+        self.reachable = True
+        self._run_id: Optional[str] = None
+        self._last_request = 0.0
+
+    def check(self) -> Optional[str]:
+        """One look; returns why a sweep is needed, or None."""
+        keys = self.keys()
+        try:
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.info("server")
+            if keys:
+                pipe.exists(*keys)
+            replies = pipe.execute()
+        except redis.RedisError as error:
+            if self.reachable:
+                logger.warning("Redx Redis %s unreachable: %s", self.display, error)
+            self.reachable = False
+            return None
+        reason = None
+        if not self.reachable:
+            logger.info("Redx Redis %s is back", self.display)
+            reason = "Redx Redis is back"
+        self.reachable = True
+        run_id = replies[0].get("run_id")
+        if self._run_id is not None and run_id != self._run_id:
+            reason = "Redx Redis restarted"
+        self._run_id = run_id
+        if keys and replies[1] < len(keys):
+            reason = reason or f"Redx Redis lost {len(keys) - replies[1]} of Warden's keys"
+        return reason
+
+    def run(self) -> None:
+        while not self.stop_event.wait(self.interval):
+            reason = self.check()
+            if reason and time.monotonic() - self._last_request >= self.min_gap:
+                self._last_request = time.monotonic()
+                logger.warning("%s: sweeping", reason)
+                signals.send(signals.sweep_requested, self.sender, reason=reason)
+
+    def on_stop(self) -> None:
+        pass
