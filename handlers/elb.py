@@ -97,7 +97,8 @@ class ElbHandler(Handler):
 
     def stop(self) -> None:
         self._worker.stop()
-        self._worker.join(timeout=10)
+        if self._worker.ident is not None:
+            self._worker.join(timeout=10)
 
     def _want(self, targets: dict[LoadBalancerTarget, bool], recheck: bool) -> None:
         with self._lock:

@@ -211,6 +211,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return EXIT_ERROR
     except KeyboardInterrupt:
         return EXIT_ERROR
+    except Exception as error:  # noqa: BLE001 - a person sees one line, not a traceback
+        logger.debug("unexpected error", exc_info=True)
+        print(f"warden: {type(error).__name__}: {error} (--log-level debug shows where)",
+              file=sys.stderr)
+        return EXIT_ERROR
 
 
 if __name__ == "__main__":

@@ -39,7 +39,7 @@ class Registrar(StoppableThread):
         #: running containers by id, from the last listing and the events since
         self.containers: dict[str, Container] = {}
         #: containers being stopped or killed: unrouted until they die or start again
-        self.stopping: set[str] = set()
+        self.being_stopped: set[str] = set()
         #: routes each container provides
         self.routes: dict[str, frozenset[Route]] = {}
         #: load-balancer targets this host was last told to be enrolled in
@@ -116,6 +116,8 @@ class Registrar(StoppableThread):
             self.inbox.put(item)
 
     def _handle_event(self, raw: dict) -> None:
+        logger.debug("docker event %s %s %s", raw.get("Type"), raw.get("Action"),
+                     ((raw.get("Actor") or {}).get("ID") or "")[:12])
         try:
             described = self.docker.describe(raw)
         except ConnectionLost as error:
@@ -136,7 +138,7 @@ class Registrar(StoppableThread):
 
     def _routable(self, container: Container) -> bool:
         return (container.running and not container.paused
-                and container.id not in self.stopping
+                and container.id not in self.being_stopped
                 and container.health in (None, "healthy"))
 
     def routes_for(self, container: Container) -> frozenset[Route]:
@@ -165,13 +167,13 @@ class Registrar(StoppableThread):
                               container: Optional[Container], stopping: bool,
                               event_time: Optional[float] = None, **_: Any) -> None:
         if stopping:
-            self.stopping.add(container_id)
+            self.being_stopped.add(container_id)
         elif action in ("die", "destroy", "oom"):
-            self.stopping.discard(container_id)
+            self.being_stopped.discard(container_id)
             self.containers.pop(container_id, None)
         if container is not None:
             if action in ("start", "restart"):
-                self.stopping.discard(container_id)
+                self.being_stopped.discard(container_id)
             if container.running:
                 self.containers[container_id] = container
             else:
@@ -223,7 +225,7 @@ class Registrar(StoppableThread):
         listed = {c.id: c for c in self.docker.running()}
         signals.send(signals.containers_listed, self, containers=list(listed.values()))
         self.containers = listed
-        self.stopping &= set(listed)
+        self.being_stopped &= set(listed)
         self.routes = {}
         for container in listed.values():
             routes = self.routes_for(container)

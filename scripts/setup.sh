@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Installs and starts what Warden's tests and demo need on a Debian machine, as root:
+# Debian's docker.io, redis-server and busybox-static, a Python venv in .venv with
+# Warden and its test extras, a running dockerd, and the offline test image.
+# Safe to run again: it only does what is missing. Source it or run it.
+set -euo pipefail
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+root=$(dirname "$here")
+
+need=()
+command -v dockerd >/dev/null || need+=(docker.io)
+command -v redis-server >/dev/null || need+=(redis-server)
+[ -x /bin/busybox ] || need+=(busybox-static)
+python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
+command -v ps >/dev/null || need+=(procps)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "setup: installing ${need[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+if [ ! -x "$root/.venv/bin/python" ]; then
+  echo "setup: creating $root/.venv"
+  python3 -m venv "$root/.venv"
+fi
+"$root/.venv/bin/pip" install -q --disable-pip-version-check -e "$root[test]"
+
+bash "$here/start-dockerd.sh"
+bash "$here/build-test-image.sh"

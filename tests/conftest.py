@@ -1,0 +1,315 @@
+"""The test harness: real Redis servers, a real Docker engine and the moto server.
+
+Everything is started by the tests on loopback ports of their own; no test uses or
+flushes a Redis it did not start. When Docker, redis-server or moto is missing, the
+tests that need it fail with a message naming it; they never skip.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+IMAGE = os.environ.get("WARDEN_TEST_IMAGE", "warden-test:latest")
+#: every container and network a test run makes carries this label, for clean-up
+LABEL = "warden.test"
+RUN = uuid.uuid4().hex[:8]
+
+
+def free_port() -> int:
+    """A free TCP port on loopback."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def eventually(check: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05,
+               what: str = "condition") -> Any:
+    """Poll ``check`` until it returns something truthy; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = check()
+        except Exception as error:  # noqa: BLE001 - keep polling through transient errors
+            last = error
+        if last and not isinstance(last, Exception):
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"{what} not reached within {timeout}s (last: {last!r})")
+
+
+class RedisServer:
+    """A redis-server of the tests' own on a loopback port, with nothing persisted."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.port = free_port()
+        self.process: Optional[subprocess.Popen] = None
+
+    def start(self) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            pytest.fail("redis-server is not installed: run scripts/test, which installs it")
+        self.process = subprocess.Popen(
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--protected-mode", "no"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        import redis
+
+        client = redis.Redis(port=self.port)
+        eventually(client.ping, 10, what=f"{self.name} redis-server on port {self.port}")
+        client.close()
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(10)
+            self.process = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def client(self) -> Any:
+        import redis
+
+        return redis.Redis(port=self.port, decode_responses=True)
+
+
+@pytest.fixture(scope="session")
+def redx_server() -> Any:
+    """This host's Redx Redis, as the tests run it."""
+    server = RedisServer("redx")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redx(redx_server: RedisServer) -> Any:
+    """A client of the tests' Redx Redis, emptied before each test."""
+    if redx_server.process is None or redx_server.process.poll() is not None:
+        redx_server.start()
+    client = redx_server.client()
+    client.flushall()
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def docker_client() -> Any:
+    """A client of the real Docker engine, with the offline test image built."""
+    import docker
+
+    try:
+        client = docker.from_env(timeout=30)
+        client.ping()
+    except Exception as error:  # noqa: BLE001
+        pytest.fail(f"no Docker engine answers ({error}): run scripts/test, which starts one")
+    subprocess.run(["bash", str(ROOT / "scripts" / "build-test-image.sh")], check=True)
+    yield client
+    _clean_docker(client)
+    client.close()
+
+
+def _clean_docker(client: Any) -> None:
+    for container in client.containers.list(all=True, filters={"label": f"{LABEL}={RUN}"}):
+        try:
+            container.remove(force=True)
+        except Exception:  # noqa: BLE001 - gone already
+            pass
+    for network in client.networks.list(filters={"label": f"{LABEL}={RUN}"}):
+        try:
+            network.remove()
+        except Exception:  # noqa: BLE001
+            pass
+
+
+class Containers:
+    """Starts labelled test containers from the offline image; removes them after."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.count = 0
+
+    def run(self, name: str = "", command: str = "sleep 600", labels: Optional[dict] = None,
+            **kw: Any) -> Any:
+        self.count += 1
+        full = f"wt-{RUN}-{name or 'c'}-{self.count}"
+        container = self.client.containers.run(
+            IMAGE, command, name=full, detach=True,
+            labels={LABEL: RUN, **(labels or {})}, **kw)
+        container.reload()
+        return container
+
+    def network(self, name: str, **kw: Any) -> Any:
+        return self.client.networks.create(f"wt-{RUN}-{name}", labels={LABEL: RUN}, **kw)
+
+
+@pytest.fixture
+def containers(docker_client: Any) -> Any:
+    """Start containers with ``containers.run(name, ...)``; all go after the test."""
+    helper = Containers(docker_client)
+    yield helper
+    _clean_docker(docker_client)
+
+
+def ip_of(container: Any, network: str = "bridge") -> str:
+    """A container's IPv4 address on ``network``."""
+    container.reload()
+    return container.attrs["NetworkSettings"]["Networks"][network]["IPAddress"]
+
+
+@pytest.fixture(scope="session")
+def moto() -> Any:
+    """The moto server on a port of its own; yields its endpoint URL."""
+    binary = shutil.which("moto_server", path=os.path.dirname(sys.executable)) or shutil.which("moto_server")
+    if binary is None:
+        pytest.fail("moto_server is not installed: run scripts/test, which installs moto[server]")
+    port = free_port()
+    process = subprocess.Popen([binary, "-p", str(port)], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    eventually(lambda: urllib.request.urlopen(url + "/moto-api/", timeout=1).status == 200,
+               30, what="moto server")
+    yield url
+    process.terminate()
+    process.wait(10)
+
+
+AWS_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+           "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
+
+
+@pytest.fixture
+def aws(moto: str, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """boto3 pointed at the moto server (for the test's own calls too)."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto)
+    for key, value in AWS_ENV.items():
+        monkeypatch.setenv(key, value)
+    import boto3
+
+    class Clients:
+        endpoint = moto
+
+        def __getattr__(self, service: str) -> Any:
+            return boto3.client(service, region_name="us-east-1")
+
+    return Clients()
+
+
+class Warden:
+    """A ``warden`` process run as a user would run it, with its own config folder."""
+
+    def __init__(self, folder: Path, redx_port: int, services: Any, **config: Any) -> None:
+        self.folder = folder
+        self.services_dir = folder / "services"
+        self.services_dir.mkdir(parents=True, exist_ok=True)
+        self.config_path = folder / "config.json"
+        settings = {
+            "nginxRedisAddress": f"127.0.0.1:{redx_port}",
+            "serviceManagementRedisAddress": f"127.0.0.1:{redx_port}",
+            "serviceDescriptionFilename": "services",
+            "registrarSleepTimeSeconds": 60,
+            "handlers": ["redx", "elb"],
+        }
+        settings.update(config)
+        self.config_path.write_text(json.dumps(settings, indent=1))
+        if services is not None:
+            self.write_services("services.json", services)
+        self.env = dict(os.environ, **AWS_ENV)
+        self.process: Optional[subprocess.Popen] = None
+        self.log_path = folder / "warden.log"
+
+    def write_services(self, name: str, services: Any) -> Path:
+        path = self.services_dir / name
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(services if isinstance(services, str) else json.dumps(services))
+        tmp.rename(path)
+        return path
+
+    def command(self, *args: str, check: bool = False) -> subprocess.CompletedProcess:
+        """Run ``warden --config ... ARGS`` to completion."""
+        result = subprocess.run(
+            [sys.executable, "-m", "warden", "--config", str(self.config_path), *args],
+            env=self.env, capture_output=True, text=True, timeout=120)
+        if check:
+            assert result.returncode == 0, result.stderr
+        return result
+
+    def start(self, command: str = "registrar") -> "Warden":
+        self.log_file = open(self.log_path, "ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "warden", "--config", str(self.config_path),
+             "--log-level", "debug", command],
+            env=self.env, stdout=self.log_file, stderr=subprocess.STDOUT)
+        eventually(lambda: "sweep (start-up)" in self.log() or self.process.poll() is not None,
+                   30, what="warden start-up")
+        assert self.process.poll() is None, self.log()
+        return self
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self) -> int:
+        """SIGTERM, then the exit code."""
+        if self.process is None:
+            return 0
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            code = self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            code = self.process.wait(10)
+        self.log_file.close()
+        self.process = None
+        return code
+
+
+@pytest.fixture
+def warden(tmp_path: Path, redx_server: RedisServer, moto: str) -> Any:
+    """``warden(services, **config)`` makes a Warden (not yet started); each is stopped
+    after the test, and must exit 0."""
+    made: list[Warden] = []
+
+    def make(services: Any = None, **config: Any) -> Warden:
+        instance = Warden(tmp_path / f"w{len(made)}", redx_server.port, services, **config)
+        instance.env["AWS_ENDPOINT_URL"] = moto
+        made.append(instance)
+        return instance
+
+    yield make
+    for instance in made:
+        running = instance.process is not None
+        code = instance.stop()
+        if running:
+            assert code == 0, f"warden exited {code}:\n{instance.log()[-3000:]}"
+
+
+@pytest.fixture(autouse=True)
+def no_thread_leaks() -> Any:
+    """Fail a test that leaves a thread of its own running."""
+    before = set(threading.enumerate())
+    yield
+    deadline = time.monotonic() + 5
+    while True:
+        extra = [t for t in threading.enumerate() if t not in before and t.is_alive()]
+        if not extra or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert not extra, f"threads left running: {[t.name for t in extra]}"

@@ -1,0 +1,244 @@
+"""The Registrar end to end: a real ``warden registrar`` process, a real Docker engine
+and a real Redx Redis; routes are checked in Redis, never by connecting."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+
+from conftest import RUN, eventually, ip_of
+
+
+def service(name: str, **fields: object) -> dict:
+    base = {"name": name, "containerName": f"wt-{RUN}-{name}", "port": 8080,
+            "loadBalancerUrl": f"{name}.example.com", "site": ""}
+    base.update(fields)
+    return base
+
+
+def servers(redx, backend: str) -> dict:
+    return redx.hgetall(f"backend:{backend}")
+
+
+def test_running_container_is_routed_at_start_up_and_new_ones_at_once(redx, containers, warden):
+    before = containers.run("web")
+    w = warden([service("web")]).start()
+    assert redx.get("frontend:web.example.com") == "web"
+    assert servers(redx, "web") == {f"{ip_of(before)}:8080": "0"}
+    after = containers.run("web")
+    eventually(lambda: f"{ip_of(after)}:8080" in servers(redx, "web"), 5, what="new route")
+    assert "+ backend:web " + f"{ip_of(after)}:8080" in w.log()
+
+
+def test_stop_unroutes_before_the_container_dies(redx, containers, warden, docker_client):
+    # sleep as PID 1 ignores SIGTERM, so `docker stop` leaves it running for the
+    # whole timeout: the route must go at the kill, not at the die.
+    c = containers.run("web")
+    warden([service("web")]).start()
+    address = f"{ip_of(c)}:8080"
+    eventually(lambda: address in servers(redx, "web"), 5, what="route")
+    import threading
+
+    stopper = threading.Thread(target=lambda: c.stop(timeout=4))
+    stopper.start()
+    eventually(lambda: address not in servers(redx, "web"), 2, what="route removed")
+    c.reload()
+    assert c.status == "running", "the route should go while the container still runs"
+    stopper.join()
+
+
+def test_sighup_kill_changes_nothing(redx, containers, warden):
+    c = containers.run("web")
+    w = warden([service("web")]).start()
+    address = f"{ip_of(c)}:8080"
+    c.kill(signal="SIGHUP")
+    eventually(lambda: "docker event container kill" in w.log(), 3, what="kill event seen")
+    time.sleep(0.3)
+    assert address in servers(redx, "web")
+
+
+def test_label_beats_image_and_name_matching(redx, containers, warden):
+    # Both services' containerName match this container's name, but the label says
+    # it belongs to "api" only.
+    labelled = containers.run("web", labels={"warden.service": "api"})
+    by_image = containers.run("other", command="sleep 601")
+    services = [service("web"), service("api", containerName="", port=9000),
+                service("img", containerName="warden-test", port=7000)]
+    warden(services).start()
+    assert servers(redx, "api") == {f"{ip_of(labelled)}:9000": "0"}
+    assert servers(redx, "web") == {}
+    # Image matching: both containers run warden-test, but the labelled one belongs
+    # to "api" only.
+    assert servers(redx, "img") == {f"{ip_of(by_image)}:7000": "0"}
+
+
+def test_one_container_can_serve_several_services(redx, containers, warden):
+    c = containers.run("multi")
+    warden([service("web", containerName=f"wt-{RUN}-multi"),
+            service("admin", containerName=f"wt-{RUN}-multi", port=9090,
+                    loadBalancerUrl="web.example.com", site="/admin/")]).start()
+    assert servers(redx, "web") == {f"{ip_of(c)}:8080": "0"}
+    assert servers(redx, "admin") == {f"{ip_of(c)}:9090": "0"}
+    assert redx.get("frontend:web.example.com/admin/") == "admin"
+
+
+def test_health_checked_container_is_routed_only_while_healthy(redx, containers, warden):
+    w = warden([service("web")]).start()
+    c = containers.run("web", command="sh -c 'sleep 600'", healthcheck={
+        "test": ["CMD", "sh", "-c", "test -f /tmp/ok"], "interval": 200_000_000,
+        "timeout": 1_000_000_000, "retries": 1, "start_period": 0})
+    address = f"{ip_of(c)}:8080"
+    time.sleep(0.8)
+    assert address not in servers(redx, "web"), "a starting container is not routed"
+    c.exec_run("touch /tmp/ok")
+    eventually(lambda: address in servers(redx, "web"), 5, what="routed when healthy")
+    c.exec_run("rm /tmp/ok")
+    eventually(lambda: address not in servers(redx, "web"), 5, what="unrouted when unhealthy")
+    assert "health_status" in w.log()
+
+
+def test_pause_unroutes_and_unpause_routes_again(redx, containers, warden):
+    c = containers.run("web")
+    warden([service("web")]).start()
+    address = f"{ip_of(c)}:8080"
+    c.pause()
+    eventually(lambda: address not in servers(redx, "web"), 3, what="unrouted when paused")
+    c.unpause()
+    eventually(lambda: address in servers(redx, "web"), 3, what="routed when unpaused")
+
+
+def test_network_and_published_port_choose_the_address(redx, containers, warden):
+    net = containers.network("backend")
+    on_net = containers.run("netsvc", network=net.name)
+    elsewhere = containers.run("netsvc")
+    published = containers.run("pubsvc", ports={"8080/tcp": None})
+    w = warden([service("netsvc", network=net.name),
+                service("pubsvc", publishedPort=True)], hostAddress="127.0.0.1").start()
+    assert servers(redx, "netsvc") == {f"{ip_of(on_net, net.name)}:8080": "0"}
+    assert "not attached to network" in w.log() and elsewhere.name in w.log()
+    published.reload()
+    host_port = published.attrs["NetworkSettings"]["Ports"]["8080/tcp"][0]["HostPort"]
+    assert servers(redx, "pubsvc") == {f"127.0.0.1:{host_port}": "0"}
+    published.remove(force=True)
+    eventually(lambda: servers(redx, "pubsvc") == {}, 3, what="published route removed")
+
+
+def test_only_owned_addresses_are_changed(redx, containers, warden):
+    c = containers.run("web")
+    redx.hset("backend:web", mapping={"_sticky": "1", "10.200.0.5:80": "0",
+                                       "172.17.250.250:8080": "0"})
+    redx.set("frontend:other.example.com", "someone-else")
+    redx.hset("backend:someone-else", "172.17.0.200:80", "0")
+    w = warden([service("web")]).start()
+    assert servers(redx, "web") == {"_sticky": "1", "10.200.0.5:80": "0", f"{ip_of(c)}:8080": "0"}
+    assert "- backend:web 172.17.250.250:8080" in w.log()
+    assert redx.get("frontend:other.example.com") == "someone-else"
+    assert servers(redx, "someone-else") == {"172.17.0.200:80": "0"}
+    c.remove(force=True)
+    eventually(lambda: servers(redx, "web") == {"_sticky": "1", "10.200.0.5:80": "0"}, 3,
+               what="container route removed, static and config kept")
+
+
+def test_churn_of_many_containers_ends_with_exact_routes(redx, containers, warden, docker_client):
+    warden([service("web")]).start()
+    started = [containers.run("web") for _ in range(12)]
+    for c in started[::2]:
+        c.remove(force=True)
+    alive = {f"{ip_of(c)}:8080" for c in started[1::2]}
+    eventually(lambda: set(servers(redx, "web")) == alive, 10, what="exact routes after churn")
+
+
+def test_dry_run_prints_changes_and_writes_nothing(redx, containers, warden):
+    c = containers.run("web")
+    redx.hset("backend:web", "172.17.250.250:8080", "0")
+    w = warden([service("web")])
+    result = w.command("sweep", "--dry-run", check=True)
+    address = f"{ip_of(c)}:8080"
+    assert sorted(result.stdout.splitlines()) == sorted([
+        "+ frontend:web.example.com web",
+        f"+ backend:web {address}",
+        "- backend:web 172.17.250.250:8080",
+    ])
+    assert redx.get("frontend:web.example.com") is None
+    assert servers(redx, "web") == {"172.17.250.250:8080": "0"}
+    result = w.command("sweep", check=True)
+    assert sorted(result.stdout.splitlines()) == sorted([
+        "+ frontend:web.example.com web", f"+ backend:web {address}",
+        "- backend:web 172.17.250.250:8080"])
+    assert servers(redx, "web") == {address: "0"}
+    assert w.command("sweep", "--dry-run", check=True).stdout == ""
+
+
+def test_sweep_survives_containers_vanishing_during_it(redx, containers, warden, docker_client):
+    w = warden([service("web")])
+    import threading
+
+    stop = threading.Event()
+
+    def churn() -> None:
+        while not stop.is_set():
+            c = containers.run("web")
+            c.remove(force=True)
+
+    churner = threading.Thread(target=churn)
+    churner.start()
+    try:
+        for _ in range(5):
+            result = w.command("sweep")
+            assert result.returncode == 0, result.stderr
+    finally:
+        stop.set()
+        churner.join()
+
+
+def test_flushed_and_restarted_redx_redis_is_refilled(redx, redx_server, containers, warden):
+    c = containers.run("web")
+    w = warden([service("web")]).start()
+    address = f"{ip_of(c)}:8080"
+    redx.flushall()
+    eventually(lambda: servers(redx, "web") == {address: "0"}
+               and redx.get("frontend:web.example.com") == "web", 5, what="refilled after flush")
+    redx_server.restart()
+    fresh = redx_server.client()
+    eventually(lambda: fresh.hgetall("backend:web") == {address: "0"}, 10,
+               what="refilled after restart")
+    assert "sweeping" in w.log()
+
+
+def test_hot_reload_adds_changes_and_survives_a_broken_file(redx, containers, warden):
+    c = containers.run("web")
+    api = containers.run("api")
+    w = warden([service("web")]).start()
+    w.write_services("api.json", service("api", port=9000))
+    eventually(lambda: servers(redx, "api") == {f"{ip_of(api)}:9000": "0"}, 5, what="api routed")
+    assert redx.get("frontend:api.example.com") == "api"
+    w.write_services("api.json", '{"name": "api", "port": ')
+    eventually(lambda: "api.json" in w.log() and "invalid JSON" in w.log(), 5, what="broken file logged")
+    new_one = containers.run("api")
+    eventually(lambda: f"{ip_of(new_one)}:9000" in servers(redx, "api"), 5,
+               what="last good api config still routes")
+    # Moving the site retires the old frontend key and the old backend's addresses.
+    w.write_services("api.json", service("api", port=9000, backendName="api2"))
+    eventually(lambda: redx.get("frontend:api.example.com") == "api2", 5, what="frontend moved")
+    eventually(lambda: servers(redx, "api") == {}, 5, what="old backend emptied")
+    (w.services_dir / "api.json").unlink()
+    eventually(lambda: redx.get("frontend:api.example.com") is None and servers(redx, "api2") == {},
+               5, what="removed service retired")
+    assert servers(redx, "web") == {f"{ip_of(c)}:8080": "0"}
+
+
+def test_sigterm_exits_zero(redx, warden):
+    w = warden([service("web")]).start()
+    assert w.stop() == 0
+    assert "registrar stopped" in w.log()
+
+
+def test_second_signal_exits_at_once(redx, warden):
+    w = warden([service("web")]).start()
+    w.process.send_signal(signal.SIGINT)
+    w.process.send_signal(signal.SIGINT)
+    code = w.process.wait(10)
+    assert code != 0 or "registrar stopped" in w.log()
+    w.process = None
+    w.log_file.close()
