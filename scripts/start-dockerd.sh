@@ -4,7 +4,13 @@
 set -euo pipefail
 if docker info >/dev/null 2>&1; then exit 0; fi
 log=${WARDEN_DOCKERD_LOG:-/tmp/warden-dockerd.log}
-# A stale pid file from a killed engine stops a new one from starting.
+# An engine that is still starting or shutting down holds the pid file: wait for it to
+# answer or to exit. A stale pid file from a killed engine stops a new one starting.
+for _ in $(seq 60); do
+  [ -f /var/run/docker.pid ] && kill -0 "$(cat /var/run/docker.pid)" 2>/dev/null || break
+  if docker info >/dev/null 2>&1; then exit 0; fi
+  sleep 0.5
+done
 if [ -f /var/run/docker.pid ] && ! kill -0 "$(cat /var/run/docker.pid)" 2>/dev/null; then
   rm -f /var/run/docker.pid
 fi

@@ -89,12 +89,12 @@ change_made = _signals.signal(
 
 handler_error = _signals.signal(
     "handler-error",
-    doc="""A receiver raised. Sender: the signal's sender. kw: ``signal`` (its name),
+    doc="""A receiver raised. Sender: the signal's sender. kw: ``signal_name``,
     ``receiver`` (its name), ``error`` (the exception).""",
 )
 
 
-def send(signal: Signal, sender: Any, **kw: Any) -> list[tuple[Any, Any]]:
+def send(signal: Signal, sender: Any, /, **kw: Any) -> list[tuple[Any, Any]]:
     """Send ``signal`` to each receiver in its own ``try`` and return ``(receiver,
     result)`` pairs for those that returned. A receiver that raises is logged at
     ``critical`` and skipped; the others still run."""
@@ -107,5 +107,5 @@ def send(signal: Signal, sender: Any, **kw: Any) -> list[tuple[Any, Any]]:
             logger.critical("receiver %s of %s failed: %s", name, signal.name, error,
                             exc_info=True)
             if signal is not handler_error:
-                send(handler_error, sender, signal=signal.name, receiver=name, error=error)
+                send(handler_error, sender, signal_name=signal.name, receiver=name, error=error)
     return results

@@ -1,0 +1,116 @@
+"""Start-up ordering, receiver isolation, and a Docker engine restart."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+from conftest import ROOT, RUN, eventually, ip_of
+from warden import signals
+from warden.config import load_config
+from warden.daemon import RegistrarDaemon
+from warden.docker_events import DockerSource
+from warden.handlers.redx import RedxHandler
+from warden.model import Route
+from warden.services import ServiceCatalog
+
+
+def web_service() -> dict:
+    return {"name": "web", "containerName": f"wt-{RUN}-web", "port": 8080,
+            "loadBalancerUrl": "web.example.com"}
+
+
+def test_one_failing_receiver_never_stops_the_others():
+    seen, errors = [], []
+
+    def broken(sender, **kw):
+        raise RuntimeError("boom")
+
+    def recorder(sender, **kw):
+        seen.append(kw["route"])
+
+    def on_error(sender, **kw):
+        errors.append((kw["signal_name"], str(kw["error"])))
+
+    route = Route("web", "172.17.0.9:80", "web")
+    signals.route_added.connect(broken)
+    signals.route_added.connect(recorder)
+    signals.handler_error.connect(on_error)
+    try:
+        results = signals.send(signals.route_added, "test", route=route, container=None)
+    finally:
+        signals.route_added.disconnect(broken)
+        signals.route_added.disconnect(recorder)
+        signals.handler_error.disconnect(on_error)
+    assert seen == [route]
+    assert errors == [("route-added", "boom")]
+    assert [r for r, _ in results] == [recorder]
+
+
+class ListingThenStart(DockerSource):
+    """Starts a container right after the first listing returns: only a subscriber
+    that opened the event stream before listing can see it."""
+
+    def __init__(self, start) -> None:
+        super().__init__()
+        self.start = start
+        self.started = None
+
+    def running(self):
+        listed = super().running()
+        if self.started is None:
+            self.started = self.start()
+        return listed
+
+
+def test_container_started_during_start_up_is_not_missed(tmp_path: Path, redx, redx_server, containers):
+    (tmp_path / "config.json").write_text(
+        f'{{"nginxRedisAddress": "127.0.0.1:{redx_server.port}", "handlers": ["redx"],'
+        f' "serviceDescriptionFilename": "services.json", "registrarSleepTimeSeconds": 600}}')
+    (tmp_path / "services.json").write_text(f"[{__import__('json').dumps(web_service())}]")
+    config, problems = load_config(str(tmp_path / "config.json"))
+    catalog = ServiceCatalog(config.service_description_path, "services.json")
+    catalog.load()
+    source = ListingThenStart(lambda: containers.run("web"))
+    handler = RedxHandler(config)
+    daemon = RegistrarDaemon(config, catalog, [handler], source)
+    daemon.start()
+    try:
+        eventually(lambda: source.started is not None, 10, what="the listing")
+        address = f"{ip_of(source.started)}:8080"
+        eventually(lambda: address in redx.hgetall("backend:web"), 5,
+                   what="route of the container started during start-up")
+        assert daemon.registrar.sweeps == 1, "the event, not a later sweep, routed it"
+    finally:
+        daemon.stop()
+
+
+def _dockerd_pid() -> int:
+    return int(Path("/var/run/docker.pid").read_text().strip())
+
+
+def test_docker_restart_with_containers_changed_meanwhile(redx, containers, warden, docker_client):
+    # These containers ask for SIGKILL, so the engine's shutdown does not wait on them.
+    gone = containers.run("web", stop_signal="SIGKILL")
+    back = containers.run("web", stop_signal="SIGKILL", restart_policy={"Name": "always"})
+    w = warden([web_service()]).start()
+    gone_address = f"{ip_of(gone)}:8080"
+    eventually(lambda: len(redx.hgetall("backend:web")) == 2, 5, what="both routed")
+
+    pid = _dockerd_pid()
+    os.kill(pid, signal.SIGTERM)
+    eventually(lambda: not Path(f"/proc/{pid}").exists(), 60, what="the engine to exit")
+    subprocess.run(["bash", str(ROOT / "scripts" / "start-dockerd.sh")], check=True)
+    # Changes right after the restart, while Warden is still reconnecting.
+    gone.remove(force=True)
+    new = containers.run("web")
+    back.reload()
+    eventually(lambda: back.attrs["State"]["Running"] or back.reload(), 20, what="restart policy")
+    expected = {f"{ip_of(back)}:8080", f"{ip_of(new)}:8080"}
+    eventually(lambda: set(redx.hgetall("backend:web")) == expected, 30,
+               what="routes after the engine restart")
+    if gone_address not in expected:  # the engine may hand its address to another
+        assert gone_address not in redx.hgetall("backend:web")
+    assert "reconnected" in w.log()
