@@ -122,18 +122,21 @@ def docker_client() -> Any:
     except Exception as error:  # noqa: BLE001
         pytest.fail(f"no Docker engine answers ({error}): run scripts/test, which starts one")
     subprocess.run(["bash", str(ROOT / "scripts" / "build-test-image.sh")], check=True)
+    # Containers an interrupted earlier run left behind would be matched by image.
+    _clean_docker(client, run=None)
     yield client
     _clean_docker(client)
     client.close()
 
 
-def _clean_docker(client: Any) -> None:
-    for container in client.containers.list(all=True, filters={"label": f"{LABEL}={RUN}"}):
+def _clean_docker(client: Any, run: Optional[str] = RUN) -> None:
+    label = f"{LABEL}={run}" if run else LABEL
+    for container in client.containers.list(all=True, filters={"label": label}):
         try:
             container.remove(force=True)
         except Exception:  # noqa: BLE001 - gone already
             pass
-    for network in client.networks.list(filters={"label": f"{LABEL}={RUN}"}):
+    for network in client.networks.list(filters={"label": label}):
         try:
             network.remove()
         except Exception:  # noqa: BLE001
