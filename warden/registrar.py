@@ -118,6 +118,13 @@ class Registrar(StoppableThread):
     def _handle_event(self, raw: dict) -> None:
         logger.debug("docker event %s %s %s", raw.get("Type"), raw.get("Action"),
                      ((raw.get("Actor") or {}).get("ID") or "")[:12])
+        if raw.get("Type") == "network":
+            # A container is connected to its networks while it starts, before it
+            # runs: its start event follows and tells all. Only a running container's
+            # network change needs a look.
+            attributes = (raw.get("Actor") or {}).get("Attributes") or {}
+            if attributes.get("container") not in self.containers:
+                return
         try:
             described = self.docker.describe(raw)
         except ConnectionLost as error:
