@@ -56,24 +56,23 @@ class RedxHandler(Handler):
                      container_id=container_id)
 
     def on_route_added(self, sender: Any, *, route: Route, **kw: Any) -> None:
-        try:
-            self.redis.hset(f"backend:{route.backend}", route.address, SCORE)
-        except redis.RedisError as error:
-            logger.warning("cannot add %s to backend:%s (%s); the next sweep will",
-                           route.address, route.backend, error)
-            return
-        self._made(Change("+", f"backend:{route.backend} {route.address}"),
-                   route.service, route.container_id)
+        self._write_route("+", route)
 
     def on_route_removed(self, sender: Any, *, route: Route, **kw: Any) -> None:
+        self._write_route("-", route)
+
+    def _write_route(self, op: str, route: Route) -> None:
+        key = f"backend:{route.backend}"
         try:
-            self.redis.hdel(f"backend:{route.backend}", route.address)
+            if op == "+":
+                self.redis.hset(key, route.address, SCORE)
+            else:
+                self.redis.hdel(key, route.address)
         except redis.RedisError as error:
-            logger.warning("cannot remove %s from backend:%s (%s); the next sweep will",
-                           route.address, route.backend, error)
+            logger.warning("cannot write %s %s %s (%s); the next sweep will",
+                           op, key, route.address, error)
             return
-        self._made(Change("-", f"backend:{route.backend} {route.address}"),
-                   route.service, route.container_id)
+        self._made(Change(op, f"{key} {route.address}"), route.service, route.container_id)
 
     def on_services_changed(self, sender: Any, *, retired: DesiredState, **kw: Any) -> None:
         """Empty what retired services held: owned addresses leave their old backends,

@@ -99,7 +99,7 @@ def test_frontend_claimed_for_two_backends_is_an_error(tmp_path: Path) -> None:
     result = run_warden(tmp_path, "validate")
     assert result.returncode == 2
     assert result.stdout.splitlines() == [
-        "services.json: loadBalancerUrl: frontend 'x.example.com' is already claimed by "
+        "services.json: [1].loadBalancerUrl: frontend 'x.example.com' is already claimed by "
         "service 'a' (services.json) for backend 'a'"]
 
 

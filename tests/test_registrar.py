@@ -242,3 +242,15 @@ def test_second_signal_exits_at_once(redx, warden):
     assert code != 0 or "registrar stopped" in w.log()
     w.process = None
     w.log_file.close()
+
+
+def test_running_container_connected_to_the_service_network_is_routed(redx, containers, warden):
+    net = containers.network("late")
+    c = containers.run("late")
+    warden([service("late", network=net.name)]).start()
+    assert servers(redx, "late") == {}
+    net.connect(c)
+    eventually(lambda: servers(redx, "late") == {f"{ip_of(c, net.name)}:8080": "0"}, 5,
+               what="routed once connected")
+    net.disconnect(c)
+    eventually(lambda: servers(redx, "late") == {}, 5, what="unrouted once disconnected")

@@ -46,6 +46,14 @@ class Service:
     run_task: Optional[dict] = field(default=None, compare=False)
     #: the file it came from, as the user sees the path
     source: str = field(default="", compare=False)
+    #: where in the file: ``""`` for a lone object, ``"[2]."`` for an array entry
+    where: str = field(default="", compare=False)
+    #: lower-case key -> the key as the user spelled it
+    spelling: tuple[tuple[str, str], ...] = field(default=(), compare=False)
+
+    def field_name(self, lower: str, default: str) -> str:
+        """A field as ``validate`` names it: ``[i].`` prefix, the user's spelling."""
+        return self.where + dict(self.spelling).get(lower, default)
 
     @property
     def frontend(self) -> str:
@@ -211,7 +219,7 @@ def parse_service(file: str, where: str, obj: Any) -> tuple[Optional[Service], l
     values.setdefault("backend_name", "")
     if not values["backend_name"]:
         values["backend_name"] = values["name"]
-    return Service(source=file, **values), problems
+    return Service(source=file, where=where, spelling=tuple(obj.spelling.items()), **values), problems
 
 
 def parse_file(path: str, display: str) -> tuple[Optional[list[Service]], list[Problem]]:
@@ -242,14 +250,14 @@ def cross_check(services: list[Service]) -> list[Problem]:
     frontends: dict[str, Service] = {}
     for service in services:
         if service.name in names:
-            problems.append(Problem(service.source, "name",
+            problems.append(Problem(service.source, service.field_name("name", "name"),
                                     f"service {service.name!r} is also defined in {names[service.name].source}"))
         names.setdefault(service.name, service)
         key = service.frontend
         if key and key in frontends and frontends[key].backend_name != service.backend_name:
             other = frontends[key]
             problems.append(Problem(
-                service.source, "loadBalancerUrl",
+                service.source, service.field_name("loadbalancerurl", "loadBalancerUrl"),
                 f"frontend {key!r} is already claimed by service {other.name!r} "
                 f"({other.source}) for backend {other.backend_name!r}"))
         if key:
