@@ -94,13 +94,14 @@ class Handler:
             HOOKS[hook].disconnect(getattr(self, hook))
 
 
-def load_handlers(config: Config, role: str) -> list[Handler]:
-    """Instantiate the handlers the config enables for ``role``, or raise
-    :class:`ConfigError` naming one that cannot be found or loaded."""
+def load_handlers(config: Config, roles: frozenset[str]) -> list[Handler]:
+    """Instantiate, once each, the handlers the config enables that work under any of
+    ``roles`` (the running command's: ``registrar``, ``manager``, or both for ``run``),
+    or raise :class:`ConfigError` naming one that cannot be found or loaded."""
     found = {ep.name: ep for ep in entry_points(group="warden.handlers")}
     handlers = []
     for name in config.handlers:
-        if role == "registrar" and name in MANAGER_HANDLERS:
+        if "manager" not in roles and name in MANAGER_HANDLERS:
             continue
         if name not in found:
             if name in MANAGER_HANDLERS:
@@ -114,7 +115,7 @@ def load_handlers(config: Config, role: str) -> list[Handler]:
                               f"{found[name].value}: {type(error).__name__}: {error}") from None
         if not (isinstance(cls, type) and issubclass(cls, Handler)):
             raise ConfigError(f"handler {name!r}: {found[name].value} is not a Handler subclass")
-        if role not in cls.roles:
+        if not roles & cls.roles:
             continue
         handlers.append(cls(config))
     return handlers

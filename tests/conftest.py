@@ -255,13 +255,14 @@ class Warden:
             assert result.returncode == 0, result.stderr
         return result
 
-    def start(self, command: str = "registrar") -> "Warden":
+    def start(self, command: str = "registrar", ready: str = "") -> "Warden":
+        ready = ready or {"manager": "manager started"}.get(command, "sweep (start-up)")
         self.log_file = open(self.log_path, "ab")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "warden", "--config", str(self.config_path),
              "--log-level", "debug", command],
             env=self.env, stdout=self.log_file, stderr=subprocess.STDOUT)
-        eventually(lambda: "sweep (start-up)" in self.log() or self.process.poll() is not None,
+        eventually(lambda: ready in self.log() or self.process.poll() is not None,
                    30, what="warden start-up")
         assert self.process.poll() is None, self.log()
         return self
@@ -302,6 +303,57 @@ def warden(tmp_path: Path, redx_server: RedisServer, moto: str) -> Any:
         code = instance.stop()
         if running:
             assert code == 0, f"warden exited {code}:\n{instance.log()[-3000:]}"
+
+
+@pytest.fixture(scope="session")
+def central_server() -> Any:
+    """The central Redis of the tests' cluster."""
+    server = RedisServer("central")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def central(central_server: RedisServer) -> Any:
+    """A client of the central Redis (database 11), emptied before each test."""
+    if central_server.process is None or central_server.process.poll() is not None:
+        central_server.start()
+    client = central_server.client()
+    client.flushall()
+    client.close()
+    client = __import__("redis").Redis(port=central_server.port, db=11, decode_responses=True)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def managers(tmp_path: Path, central_server: RedisServer, redx_server: RedisServer, moto: str) -> Any:
+    """``managers(instance_id, **config)`` starts a ``warden manager`` with short lease
+    and guard times on the central Redis; each is stopped after the test."""
+    made: list[Warden] = []
+
+    def make(instance_id: str, start: bool = True, **config: Any) -> Warden:
+        settings = {"serviceManagementRedisAddress": f"127.0.0.1:{central_server.port}",
+                    "zoneCheck": "none", "leaseSeconds": 2, "guardTimeSeconds": 0.5,
+                    "heartbeatIntervalSeconds": 0.5, "handlers": []}
+        settings.update(config)
+        instance = Warden(tmp_path / f"m-{instance_id}", redx_server.port, [], **settings)
+        instance.env.update(AWS_ENDPOINT_URL=moto, WARDEN_INSTANCE_ID=instance_id,
+                            WARDEN_AVAILABILITY_ZONE=config.get("availabilityZone", "us-east-1a"))
+        made.append(instance)
+        if start:
+            instance.start("manager")
+        return instance
+
+    yield make
+    for instance in made:
+        if instance.process is not None and instance.process.poll() is None:
+            try:
+                instance.process.send_signal(signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+        instance.stop()
 
 
 @pytest.fixture(autouse=True)

@@ -64,7 +64,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"warden {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.required = True
+    commands.add_parser("run", help="run the Registrar and the Manager in one process")
     commands.add_parser("registrar", help="run the Registrar: routes and enrolment from Docker events")
+    commands.add_parser("manager", help="run the Manager: leader election over the central Redis")
     sweep = commands.add_parser("sweep", help="one full reconcile of this host now")
     sweep.add_argument("--dry-run", action="store_true",
                        help="print the changes it would make and change nothing")
@@ -104,7 +106,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _prepare(args: argparse.Namespace):
+REGISTRAR, MANAGER = frozenset({"registrar"}), frozenset({"manager"})
+
+
+def _prepare(args: argparse.Namespace, roles: frozenset[str] = REGISTRAR):
     """Config, services, identity, handlers and Docker for the Registrar's commands."""
     from warden.docker_events import DockerSource
     from warden.handlers import load_handlers
@@ -118,6 +123,8 @@ def _prepare(args: argparse.Namespace):
         raise ConfigError("no service description could be loaded:\n"
                           + "\n".join(str(p) for p in errors))
     named = [s.name for s in catalog.services if s.targets]
+    if "manager" in roles:
+        config = resolve_identity(config)
     if "elb" in config.handlers and named:
         config = resolve_identity(config)
         for field in ("instance_id", "region"):
@@ -127,7 +134,7 @@ def _prepare(args: argparse.Namespace):
                     f"{', '.join(named)} name load balancers) but neither the config, "
                     f"{ENV_KEYS[field]} "
                     f"nor instance metadata gives it")
-    handlers = load_handlers(config, "registrar")
+    handlers = load_handlers(config, roles)
     try:
         import docker
 
@@ -166,12 +173,33 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_registrar(args: argparse.Namespace) -> int:
-    """Run the Registrar until SIGTERM or SIGINT."""
-    from warden.daemon import RegistrarDaemon
+def _prepare_manager(config: Config, roles: Optional[frozenset[str]] = MANAGER) -> tuple[Config, list]:
+    """Identity and handlers for the Manager."""
+    from warden.handlers import load_handlers
+    from warden.metadata import CONFIG_KEYS, ENV_KEYS, resolve_identity
 
-    config, catalog, handlers, source = _prepare(args)
-    daemon = RegistrarDaemon(config, catalog, handlers, source)
+    config = resolve_identity(config)
+    needed = ["instance_id", "region"] + (["availability_zone"] if config.zone_check == "ec2" else [])
+    for field in needed:
+        if not getattr(config, field):
+            raise ConfigError(
+                f"{CONFIG_KEYS[field]} is needed by the Manager but neither the config, "
+                f"{ENV_KEYS[field]} nor instance metadata gives it")
+    import redis
+
+    try:
+        probe = config.service_management_redis.client(socket_timeout=2, socket_connect_timeout=2)
+        probe.ping()
+        probe.close()
+    except redis.RedisError as error:
+        raise ConnectionLost(f"cannot reach the central Redis at "
+                             f"{config.service_management_redis.display}: {error}") from None
+    return config, load_handlers(config, roles) if roles else []
+
+
+def _serve(daemons: list) -> int:
+    """Start ``daemons``, wait for SIGTERM or SIGINT, stop them in reverse order. A
+    second signal exits at once."""
     stop = threading.Event()
 
     def request_stop(signum: int, frame: object) -> None:
@@ -183,14 +211,47 @@ def cmd_registrar(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
-    daemon.start()
-    while not stop.wait(0.5):
-        pass
-    daemon.stop()
+    started = []
+    try:
+        for daemon in daemons:
+            daemon.start()
+            started.append(daemon)
+        while not stop.wait(0.5):
+            pass
+    finally:
+        for daemon in reversed(started):
+            daemon.stop()
     return EXIT_OK
 
 
-COMMANDS = {"validate": cmd_validate, "sweep": cmd_sweep, "registrar": cmd_registrar}
+def cmd_registrar(args: argparse.Namespace) -> int:
+    """Run the Registrar until SIGTERM or SIGINT."""
+    from warden.daemon import RegistrarDaemon
+
+    config, catalog, handlers, source = _prepare(args)
+    return _serve([RegistrarDaemon(config, catalog, handlers, source)])
+
+
+def cmd_manager(args: argparse.Namespace) -> int:
+    """Run the Manager until SIGTERM or SIGINT; a leader hands back on the way out."""
+    from warden.daemon import ManagerDaemon
+
+    config, _, _ = _load(args.config)
+    config, handlers = _prepare_manager(config)
+    return _serve([ManagerDaemon(config, handlers)])
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """The Registrar and the Manager in one process, one signal bus, one shutdown."""
+    from warden.daemon import ManagerDaemon, RegistrarDaemon
+
+    config, catalog, handlers, source = _prepare(args, REGISTRAR | MANAGER)
+    config, _ = _prepare_manager(config, roles=None)
+    return _serve([RegistrarDaemon(config, catalog, handlers, source), ManagerDaemon(config, [])])
+
+
+COMMANDS = {"validate": cmd_validate, "sweep": cmd_sweep, "registrar": cmd_registrar,
+            "manager": cmd_manager, "run": cmd_run}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

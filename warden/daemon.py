@@ -73,3 +73,49 @@ class RegistrarDaemon:
             finally:
                 handler.disconnect()
         logger.info("registrar stopped")
+
+
+class ManagerDaemon:
+    """``warden manager``: the zone checker, the control-channel subscriber and the
+    Manager's election thread, started and stopped together."""
+
+    def __init__(self, config: Config, handlers: list[Handler]) -> None:
+        from warden.control import ControlCodec
+        from warden.manager import Manager, central_client
+        from warden.pubsub import ControlSubscriber
+        from warden.zones import ZoneChecker
+
+        self.config = config
+        self.handlers = handlers
+        self.zones = ZoneChecker(config.zone_check, config.region)
+        self.codec = ControlCodec(config.control_secret, config.lease_seconds)
+        self.manager = Manager(config, central_client(config), self.zones)
+        self.subscriber = ControlSubscriber(
+            lambda: config.service_management_redis.client(socket_connect_timeout=2,
+                                                           health_check_interval=10),
+            self.codec)
+
+    def start(self) -> None:
+        for handler in self.handlers:
+            handler.connect()
+            handler.start()
+        self.zones.start()
+        self.subscriber.start()
+        self.manager.start()
+        logger.info("manager started as %s in zone %s", self.config.instance_id,
+                    self.config.availability_zone or "-")
+
+    def stop(self) -> None:
+        """Hand leadership back first, then stop listening."""
+        self.manager.stop()
+        self.manager.join(timeout=30)
+        self.subscriber.stop()
+        self.zones.stop()
+        self.subscriber.join(timeout=5)
+        self.zones.join(timeout=5)
+        for handler in self.handlers:
+            try:
+                handler.stop()
+            finally:
+                handler.disconnect()
+        logger.info("manager stopped")

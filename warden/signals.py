@@ -109,3 +109,28 @@ def send(signal: Signal, sender: Any, /, **kw: Any) -> list[tuple[Any, Any]]:
             if signal is not handler_error:
                 send(handler_error, sender, signal_name=signal.name, receiver=name, error=error)
     return results
+
+control_received = _signals.signal(
+    "control-received",
+    doc="""A valid control message arrived on a ``warden:*`` channel. Sender: the
+    pub/sub subscriber. kw: ``message`` (:class:`~warden.control.ControlMessage`).""",
+)
+
+control_rejected = _signals.signal(
+    "control-rejected",
+    doc="""A control message was ignored (malformed, unsigned, badly signed, replayed).
+    Sender: the pub/sub subscriber. kw: ``channel``, ``reason``.""",
+)
+
+leadership_gained = _signals.signal(
+    "leadership-gained",
+    doc="""This instance became the leader. Sender: the Manager.
+    kw: ``instance_id``, ``epoch`` (its fencing token), ``zone``.""",
+)
+
+leadership_lost = _signals.signal(
+    "leadership-lost",
+    doc="""This instance stopped leading. Sender: the Manager.
+    kw: ``instance_id``, ``epoch``, ``reason`` (e.g. ``killed``, ``not-mine``,
+    ``zone inactive``, ``shutdown``).""",
+)

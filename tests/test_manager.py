@@ -1,0 +1,205 @@
+"""The Manager: several ``warden manager`` processes electing one leader over a real
+central Redis, with short lease (2 s) and guard (0.5 s) times."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+
+import redis as redis_lib
+
+from conftest import eventually
+from warden.control import encode
+from warden.election import ElectionStore
+
+LEASE, GUARD = 2.0, 0.5
+
+
+def leader(central) -> str:
+    return central.hget("service-manager", "id") or ""
+
+
+def by_id(instances, instance_id):
+    return next(m for m in instances if m.env["WARDEN_INSTANCE_ID"] == instance_id)
+
+
+def test_one_leader_heartbeats_and_the_others_follow(central, managers):
+    group = [managers(f"i-{n}") for n in range(3)]
+    chief = eventually(lambda: leader(central), 10, what="a leader")
+    record = central.hgetall("service-manager")
+    assert record["epoch"] == central.get("warden:epoch")
+    assert record["subnet"] == "us-east-1a"
+    first_beat = record["heartbeat"]
+    eventually(lambda: central.hget("service-manager", "heartbeat") != first_beat, 3, what="heartbeats")
+    time.sleep(1)
+    assert leader(central) == chief
+    gained = [m for m in group if "leadership gained" in m.log()]
+    assert [m.env["WARDEN_INSTANCE_ID"] for m in gained] == [chief]
+    assert 0 < central.pttl("service-manager") <= LEASE * 1000
+
+
+def test_kill_9_of_the_leader_fails_over_within_lease_and_guard(central, managers):
+    group = [managers(f"i-{n}") for n in range(3)]
+    chief = eventually(lambda: leader(central), 10, what="a leader")
+    epoch = int(central.get("warden:epoch"))
+    victim = by_id(group, chief)
+    victim.process.kill()
+    killed_at = time.monotonic()
+    successor = eventually(lambda: leader(central) not in ("", chief) and leader(central), 10,
+                           what="a new leader")
+    took = time.monotonic() - killed_at
+    assert took < LEASE + GUARD + 1.5, f"failover took {took:.2f}s"
+    assert int(central.hget("service-manager", "epoch")) > epoch
+    victim.process.wait()
+    victim.process = None
+    victim.log_file.close()
+    assert successor != chief
+
+
+def test_a_paused_leader_that_wakes_never_acts_again(central, managers):
+    group = [managers(f"i-{n}") for n in range(2)]
+    chief = eventually(lambda: leader(central), 10, what="a leader")
+    old_epoch = int(central.get("warden:epoch"))
+    paused = by_id(group, chief)
+    paused.process.send_signal(signal.SIGSTOP)
+    successor = eventually(lambda: leader(central) not in ("", chief) and leader(central), 10,
+                           what="a new leader while the old one is frozen")
+    record = central.hgetall("service-manager")
+    paused.process.send_signal(signal.SIGCONT)
+    eventually(lambda: "leadership lost" in paused.log(), 5, what="the woken leader to step down")
+    time.sleep(1.5)
+    assert leader(central) == successor
+    assert central.hget("service-manager", "epoch") == record["epoch"]
+    assert int(record["epoch"]) > old_epoch
+    # The woken instance cannot pass the fencing check with its old epoch.
+    store = ElectionStore(central, chief, LEASE, 300, GUARD, 30)
+    assert store.fence(old_epoch) != "ok"
+    assert "leadership gained" not in paused.log().split("leadership lost")[-1]
+
+
+def test_sigterm_hands_over_within_about_a_guard_time(central, managers):
+    group = [managers(f"i-{n}") for n in range(3)]
+    chief = eventually(lambda: leader(central), 10, what="a leader")
+    leaving = by_id(group, chief)
+    started = time.monotonic()
+    assert leaving.stop() == 0
+    successor = eventually(lambda: leader(central) not in ("", chief) and leader(central), 5,
+                           what="a new leader", interval=0.02)
+    took = time.monotonic() - started
+    assert took < GUARD + 1.0, f"handover took {took:.2f}s"
+    assert "leadership lost (epoch" in leaving.log() and "shutdown" in leaving.log()
+    assert successor
+
+
+def test_legacy_leader_is_respected_while_fresh_and_replaced_when_stale(central, managers):
+    now = time.strftime("%Y%m%d%H%M%S", time.gmtime())
+    central.hset("service-manager", mapping={"id": "i-perl", "heartbeat": now, "subnet": "us-east-1b"})
+    managers("i-1", legacyMaxHeartbeatAgeSeconds=60)
+    managers("i-2", legacyMaxHeartbeatAgeSeconds=60)
+    time.sleep(LEASE + GUARD + 1)
+    assert leader(central) == "i-perl", "a fresh legacy leader keeps its place"
+    central.hset("service-manager", "heartbeat", "20240101000000")
+    eventually(lambda: leader(central) in ("i-1", "i-2"), 10, what="the stale legacy leader replaced")
+    assert central.get("i-perl-kill") == "1"
+    assert 0 < central.ttl("i-perl-kill") <= 86400
+
+
+def test_go_rfc3339_legacy_heartbeat_is_read(central, managers):
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    central.hset("service-manager", mapping={"id": "i-go", "heartbeat": now, "subnet": "us-east-1b"})
+    managers("i-1", legacyMaxHeartbeatAgeSeconds=4)
+    time.sleep(1.5)
+    assert leader(central) == "i-go"
+    eventually(lambda: leader(central) == "i-1", 10, what="replaced once older than the legacy age")
+
+
+def test_garbage_and_forged_messages_change_nothing(central, managers, central_server):
+    secret = "s3cret"
+    group = [managers(f"i-{n}", controlSecret=secret) for n in range(2)]
+    chief = eventually(lambda: leader(central), 10, what="a leader")
+    epoch = int(central.get("warden:epoch"))
+    pub = redis_lib.Redis(port=central_server.port)
+    garbage = [b"not json", b"\xff\xfe", b"[1,2]", b'{"type": "kill"}', b"x" * 1_000_000,
+               json.dumps({"type": "kill", "instanceId": chief, "az": "", "epoch": "x", "ts": 1}).encode(),
+               json.dumps({"type": "surprise", "instanceId": chief, "az": "", "epoch": 1, "ts": time.time()}).encode()]
+    for channel in ("warden:kill", "warden:election", "warden:heartbeat", "warden:drain"):
+        for payload in garbage:
+            pub.publish(channel, payload)
+    # Unsigned, wrongly signed, and replayed kills for the leader.
+    pub.publish("warden:kill", encode("kill", chief, "", epoch, None))
+    pub.publish("warden:kill", encode("kill", chief, "", epoch, "wrong-secret"))
+    pub.publish("warden:kill", encode("kill", chief, "", epoch, secret, now=time.time() - 60))
+    # Even a validly signed kill is only a nudge: with no kill key, the leader stays.
+    pub.publish("warden:kill", encode("kill", chief, "", epoch, secret))
+    time.sleep(1.5)
+    assert leader(central) == chief
+    assert int(central.get("warden:epoch")) == epoch
+    for m in group:
+        assert m.process.poll() is None
+    log = by_id(group, chief).log()
+    for reason in ("not JSON", "not UTF-8", "too large", "unsigned", "bad signature",
+                   "replayed (stale ts)", "type does not match the channel", "bad epoch"):
+        assert f": {reason}" in log, reason
+    pub.close()
+
+
+def test_a_lodged_kill_makes_the_leader_step_down(central, managers, central_server):
+    group = [managers(f"i-{n}") for n in range(2)]
+    chief = eventually(lambda: leader(central), 10, what="a leader")
+    central.set(f"{chief}-kill", "1")
+    pub = redis_lib.Redis(port=central_server.port)
+    pub.publish("warden:kill", encode("kill", chief, "", 0, None))
+    eventually(lambda: "leadership lost" in by_id(group, chief).log(), 3, what="stepping down")
+    eventually(lambda: leader(central) not in ("", chief) or central.get(f"{chief}-kill") is None, 5,
+               what="kill key removed")
+    eventually(lambda: leader(central) != "", 10, what="a leader again")
+    pub.close()
+
+
+def test_central_redis_restart_under_running_managers(central, managers, central_server):
+    group = [managers(f"i-{n}") for n in range(3)]
+    eventually(lambda: leader(central), 10, what="a leader")
+    epoch = int(central.get("warden:epoch"))
+    central_server.restart()
+    client = redis_lib.Redis(port=central_server.port, db=11, decode_responses=True)
+    eventually(lambda: client.hget("service-manager", "id"), 15, what="a leader after the restart")
+    assert int(client.get("warden:epoch")) > epoch
+    time.sleep(1)
+    holders = [m for m in group if m.log().count("leadership gained") > m.log().count("leadership lost")]
+    assert len(holders) == 1, [m.log()[-500:] for m in group]
+    client.close()
+
+
+def test_instance_in_an_inactive_zone_does_not_stand(central, managers, aws):
+    # moto lists us-east-1a..f as available: a zone it does not list is not active.
+    managers("i-lost", zoneCheck="ec2", availabilityZone="us-east-1z", region="us-east-1")
+    time.sleep(LEASE + GUARD + 1)
+    assert leader(central) == ""
+    managers("i-ok", zoneCheck="ec2", availabilityZone="us-east-1a", region="us-east-1")
+    eventually(lambda: leader(central) == "i-ok", 10, what="the instance in an active zone leads")
+
+
+def test_fencing_refuses_a_deposed_epoch(central):
+    a = ElectionStore(central, "i-a", LEASE, 300, GUARD, 30)
+    b = ElectionStore(central, "i-b", LEASE, 300, GUARD, 30)
+    a.enter(100)
+    epoch_a, _ = a.claim("z")
+    assert epoch_a and a.fence(epoch_a) == "ok"
+    assert b.fence(epoch_a) == "not-mine"
+    central.delete("service-manager")  # the lease ran out while a was frozen
+    b.enter(50)
+    epoch_b, _ = b.claim("z")
+    assert epoch_b == epoch_a + 1
+    assert a.fence(epoch_a) == "not-mine"
+    assert a.heartbeat(epoch_a, "z") == (False, "not-mine")
+    assert b.fence(epoch_b) == "ok"
+
+
+def test_manager_without_instance_id_is_exit_2(central, managers):
+    m = managers("i-x", start=False)
+    del m.env["WARDEN_INSTANCE_ID"]
+    result = m.command("manager")
+    assert result.returncode == 2
+    assert "instanceId" in result.stderr and "WARDEN_INSTANCE_ID" in result.stderr

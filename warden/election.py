@@ -1,0 +1,302 @@
+"""The Manager's keys in the central Redis, changed only by atomic Lua scripts.
+
+Shared with the Perl/Go managers so fleets can migrate host by host:
+
+- ``service-manager``: hash ``id``, ``heartbeat`` (RFC 3339 UTC; the Perl
+  ``YYYYMMDDhhmmss`` form is read too), ``subnet`` (the leader's zone) and, from
+  Warden, ``epoch``. A Warden record expires after the lease.
+- ``leadership-challenge``: sorted set of ``<UTC YYYYMMDDhhmmss>-<instanceId>`` scored by
+  a dice roll 0-100; the candidate key of the same name holds the instance id.
+- ``<instanceId>-kill``: ``"1"``, lodged for a deposed leader.
+- ``warden:epoch``: the fencing token, incremented by every new leader.
+
+Every time is the Redis server's (``TIME`` inside the scripts), so clock skew between
+hosts never deposes a healthy leader.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any, Optional
+
+RECORD = "service-manager"
+CHALLENGE = "leadership-challenge"
+EPOCH = "warden:epoch"
+#: a lodged kill lives this long, in seconds
+KILL_SECONDS = 86400
+
+# Helpers every script starts with: the server's clock, and the two heartbeat formats.
+_LUA_COMMON = r"""
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local function days_from_civil(y, m, d)
+  if m <= 2 then y = y - 1 end
+  local era = math.floor(y / 400)
+  local yoe = y - era * 400
+  local doy = math.floor((153 * ((m + 9) % 12) + 2) / 5) + d - 1
+  local doe = yoe * 365 + math.floor(yoe / 4) - math.floor(yoe / 100) + doy
+  return era * 146097 + doe - 719468
+end
+local function civil_from_days(z)
+  z = z + 719468
+  local era = math.floor(z / 146097)
+  local doe = z - era * 146097
+  local yoe = math.floor((doe - math.floor(doe / 1460) + math.floor(doe / 36524) - math.floor(doe / 146096)) / 365)
+  local y = yoe + era * 400
+  local doy = doe - (365 * yoe + math.floor(yoe / 4) - math.floor(yoe / 100))
+  local mp = math.floor((5 * doy + 2) / 153)
+  local d = doy - math.floor((153 * mp + 2) / 5) + 1
+  local m = mp < 10 and mp + 3 or mp - 9
+  if m <= 2 then y = y + 1 end
+  return y, m, d
+end
+local function parse_ms(s)
+  if not s then return nil end
+  local Y, M, D, h, mi, sec, frac, zone = string.match(s,
+    '^(%d%d%d%d)-(%d%d)-(%d%d)[Tt ](%d%d):(%d%d):(%d%d)%.?(%d*)(.*)$')
+  local offset = 0
+  if Y then
+    if zone == 'Z' or zone == 'z' then
+      offset = 0
+    else
+      local sign, oh, om = string.match(zone, '^([%+%-])(%d%d):?(%d%d)$')
+      if not sign then return nil end
+      offset = (tonumber(oh) * 60 + tonumber(om)) * 60000
+      if sign == '+' then offset = -offset end
+    end
+  else
+    Y, M, D, h, mi, sec = string.match(s, '^(%d%d%d%d)(%d%d)(%d%d)(%d%d)(%d%d)(%d%d)$')
+    frac = ''
+    if not Y then return nil end
+  end
+  local ms = 0
+  if frac and #frac > 0 then ms = math.floor(tonumber('0.' .. frac) * 1000 + 0.5) end
+  local days = days_from_civil(tonumber(Y), tonumber(M), tonumber(D))
+  return (days * 86400 + tonumber(h) * 3600 + tonumber(mi) * 60 + tonumber(sec)) * 1000 + ms + offset
+end
+local function rfc3339(ms)
+  local secs = math.floor(ms / 1000)
+  local y, m, d = civil_from_days(math.floor(secs / 86400))
+  local rem = secs % 86400
+  return string.format('%04d-%02d-%02dT%02d:%02d:%02d.%03dZ', y, m, d,
+    math.floor(rem / 3600), math.floor(rem % 3600 / 60), rem % 60, ms % 1000)
+end
+local function stamp(ms)
+  local secs = math.floor(ms / 1000)
+  local y, m, d = civil_from_days(math.floor(secs / 86400))
+  local rem = secs % 86400
+  return string.format('%04d%02d%02d%02d%02d%02d', y, m, d,
+    math.floor(rem / 3600), math.floor(rem % 3600 / 60), rem % 60)
+end
+-- The leader record and whether it is live: a Warden record (with epoch) for the
+-- lease, a Perl/Go record for the legacy age. An unparseable heartbeat is stale.
+local function leader(now, lease_ms, legacy_ms)
+  local rec = redis.call('HMGET', KEYS[1], 'id', 'heartbeat', 'subnet', 'epoch')
+  if not rec[1] then return 'none', rec, -1 end
+  local hb = parse_ms(rec[2])
+  local limit = rec[4] and lease_ms or legacy_ms
+  if not hb then return 'stale', rec, -1 end
+  local age = now - hb
+  if age > limit then return 'stale', rec, age end
+  return 'live', rec, age
+end
+"""
+
+# KEYS: record. ARGV: me, lease_ms, legacy_ms, lodge ("1": I stand, so a stale leader's
+# kill is lodged here, in the same script that finds it stale).
+# Returns {state, id, age_ms, subnet, epoch}.
+_CHECK = _LUA_COMMON + r"""
+local now = now_ms()
+local state, rec, age = leader(now, tonumber(ARGV[2]), tonumber(ARGV[3]))
+if state == 'stale' and ARGV[4] == '1' and rec[1] ~= ARGV[1] then
+  redis.call('SET', rec[1] .. '-kill', '1', 'EX', %(kill)d)
+end
+return {state, rec[1] or '', tostring(age), rec[3] or '', rec[4] or ''}
+""" % {"kill": KILL_SECONDS}
+
+# KEYS: record, challenge. ARGV: me, dice, candidate expiry seconds.
+# Returns the member entered.
+_ENTER = _LUA_COMMON + r"""
+local member = stamp(now_ms()) .. '-' .. ARGV[1]
+redis.call('ZADD', KEYS[2], tonumber(ARGV[2]), member)
+redis.call('SET', member, ARGV[1], 'EX', tonumber(ARGV[3]))
+return member
+"""
+
+# KEYS: record, challenge, epoch. ARGV: me, zone, lease_ms, legacy_ms, drop_ms.
+# Claims leadership if the record is absent, stale or mine and I hold the highest live
+# entry. Entries whose candidate key expired, or older than drop_ms (a winner that
+# never claimed), are dropped. Returns {1, epoch} or {0, reason, winner}.
+_CLAIM = _LUA_COMMON + r"""
+local now = now_ms()
+local me = ARGV[1]
+local state, rec = leader(now, tonumber(ARGV[3]), tonumber(ARGV[4]))
+if state == 'live' and rec[1] ~= me then return {0, 'leader-live', rec[1]} end
+local entries = redis.call('ZRANGE', KEYS[2], 0, -1, 'WITHSCORES')
+local best, best_score, best_id = nil, -1, nil
+local drop_ms = tonumber(ARGV[5])
+for i = 1, #entries, 2 do
+  local member, score = entries[i], tonumber(entries[i + 1])
+  local who = redis.call('GET', member)
+  local entered = parse_ms(string.sub(member, 1, 14))
+  if (not who) or (not entered) or (now - entered > drop_ms) then
+    redis.call('ZREM', KEYS[2], member)
+  elseif score > best_score or (score == best_score and member > best) then
+    best, best_score, best_id = member, score, who
+  end
+end
+if best_id ~= me then return {0, 'not-highest', best_id or ''} end
+if state == 'stale' and rec[1] ~= me then
+  redis.call('SET', rec[1] .. '-kill', '1', 'EX', %(kill)d)
+end
+redis.call('DEL', me .. '-kill')
+if redis.call('EXISTS', KEYS[3]) == 0 then
+  redis.call('SET', KEYS[3], redis.call('TIME')[1])
+end
+local epoch = redis.call('INCR', KEYS[3])
+for i = 1, #entries, 2 do redis.call('DEL', entries[i]) end
+redis.call('DEL', KEYS[2])
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], 'id', me, 'heartbeat', rfc3339(now), 'subnet', ARGV[2],
+           'epoch', tostring(epoch))
+redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[3]))
+return {1, epoch}
+""" % {"kill": KILL_SECONDS}
+
+# The leader's own record is current: mine, my epoch, the current epoch, no kill.
+_STILL_MINE = r"""
+local function still_mine(me, epoch)
+  local rec = redis.call('HMGET', KEYS[1], 'id', 'epoch')
+  if rec[1] ~= me then return 'not-mine' end
+  if rec[2] ~= epoch then return 'epoch-changed' end
+  if redis.call('GET', KEYS[2]) ~= epoch then return 'epoch-changed' end
+  if redis.call('EXISTS', me .. '-kill') == 1 then return 'killed' end
+  return 'ok'
+end
+"""
+
+# KEYS: record, epoch. ARGV: me, epoch, zone, lease_ms. Returns {1, heartbeat} or {0, why}.
+_HEARTBEAT = _LUA_COMMON + _STILL_MINE + r"""
+local why = still_mine(ARGV[1], ARGV[2])
+if why ~= 'ok' then return {0, why} end
+local hb = rfc3339(now_ms())
+redis.call('HSET', KEYS[1], 'heartbeat', hb, 'subnet', ARGV[3])
+redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[4]))
+return {1, hb}
+"""
+
+# KEYS: record, epoch. ARGV: me, epoch. Returns "ok" or why not.
+_FENCE = _STILL_MINE + r"""
+return still_mine(ARGV[1], ARGV[2])
+"""
+
+# KEYS: record, epoch. ARGV: me, epoch. Hands the record back if it is still mine, and
+# removes my kill key. Returns 1 when the record was mine.
+_RELEASE = r"""
+local rec = redis.call('HMGET', KEYS[1], 'id', 'epoch')
+redis.call('DEL', ARGV[1] .. '-kill')
+if rec[1] == ARGV[1] and rec[2] == ARGV[2] then
+  redis.call('DEL', KEYS[1])
+  return 1
+end
+return 0
+"""
+
+# KEYS: record. ARGV: leader id. Lodges a kill for a leader whose zone is inactive, only
+# if the record still names it (never on an out-of-date view).
+_KILL_IF_LEADER = r"""
+if redis.call('HGET', KEYS[1], 'id') == ARGV[1] then
+  redis.call('SET', ARGV[1] .. '-kill', '1', 'EX', %(kill)d)
+  return 1
+end
+return 0
+""" % {"kill": KILL_SECONDS}
+
+
+@dataclass(frozen=True)
+class LeaderView:
+    """The leader record as one script read it."""
+
+    state: str  # "none", "stale" or "live"
+    leader_id: str
+    age_ms: int  # -1 when unknown
+    zone: str
+    epoch: Optional[int]  # None for a Perl/Go record
+
+    @property
+    def legacy(self) -> bool:
+        """Written by the Perl/Go tools (no epoch)."""
+        return self.state != "none" and self.epoch is None
+
+
+class ElectionStore:
+    """The Manager's atomic operations on the central Redis."""
+
+    def __init__(self, client: Any, instance_id: str, lease_seconds: float,
+                 legacy_seconds: float, guard_seconds: float, candidate_expiry: float) -> None:
+        self.redis = client
+        self.me = instance_id
+        self.lease_ms = int(lease_seconds * 1000)
+        self.legacy_ms = int(legacy_seconds * 1000)
+        self.guard_ms = int(guard_seconds * 1000)
+        self.candidate_expiry = max(1, int(round(candidate_expiry)))
+        self._check = client.register_script(_CHECK)
+        self._enter = client.register_script(_ENTER)
+        self._claim = client.register_script(_CLAIM)
+        self._heartbeat = client.register_script(_HEARTBEAT)
+        self._fence = client.register_script(_FENCE)
+        self._release = client.register_script(_RELEASE)
+        self._kill_if_leader = client.register_script(_KILL_IF_LEADER)
+
+    def check(self, standing: bool) -> LeaderView:
+        """Read the leader record; when ``standing``, lodge a stale leader's kill."""
+        state, leader_id, age, zone, epoch = self._check(
+            keys=[RECORD], args=[self.me, self.lease_ms, self.legacy_ms, "1" if standing else "0"])
+        return LeaderView(_text(state), _text(leader_id), int(float(_text(age))), _text(zone),
+                          int(_text(epoch)) if _text(epoch) else None)
+
+    def enter(self, dice: Optional[int] = None) -> str:
+        """Enter the election with a dice roll 0-100; returns the member."""
+        roll = random.SystemRandom().randint(0, 100) if dice is None else dice
+        return _text(self._enter(keys=[RECORD, CHALLENGE], args=[self.me, roll, self.candidate_expiry]))
+
+    def claim(self, zone: str) -> tuple[Optional[int], str]:
+        """Claim leadership: ``(epoch, "")`` on success, else ``(None, why)``."""
+        drop_ms = self.guard_ms + self.lease_ms
+        reply = self._claim(keys=[RECORD, CHALLENGE, EPOCH],
+                            args=[self.me, zone, self.lease_ms, self.legacy_ms, drop_ms])
+        if int(reply[0]) == 1:
+            return int(reply[1]), ""
+        return None, f"{_text(reply[1])} {_text(reply[2])}".strip()
+
+    def heartbeat(self, epoch: int, zone: str) -> tuple[bool, str]:
+        """Renew my record: ``(True, heartbeat)`` or ``(False, why I am no leader)``."""
+        reply = self._heartbeat(keys=[RECORD, EPOCH], args=[self.me, epoch, zone, self.lease_ms])
+        return int(reply[0]) == 1, _text(reply[1])
+
+    def fence(self, epoch: int) -> str:
+        """``"ok"`` while ``epoch`` is still the current leader's and mine."""
+        return _text(self._fence(keys=[RECORD, EPOCH], args=[self.me, epoch]))
+
+    def release(self, epoch: int) -> bool:
+        """Hand the record back if it is still mine; drop my kill key."""
+        return int(self._release(keys=[RECORD, EPOCH], args=[self.me, epoch])) == 1
+
+    def kill_if_leader(self, leader_id: str) -> bool:
+        """Lodge a kill for ``leader_id`` if the record still names it."""
+        return int(self._kill_if_leader(keys=[RECORD], args=[leader_id])) == 1
+
+    def killed(self) -> bool:
+        """Is a kill lodged for me?"""
+        return bool(self.redis.exists(f"{self.me}-kill"))
+
+    def drop_kill(self) -> None:
+        """Remove my kill key (after stepping down)."""
+        self.redis.delete(f"{self.me}-kill")
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -1,0 +1,248 @@
+"""The Manager: the Warden instances of a cluster elect one leader through the central
+Redis; the leader heartbeats and is the only one that acts on the cluster.
+
+One thread runs the state machine (follower, candidate, leader). It wakes every
+``heartbeatIntervalSeconds``, exactly when the leader's record would go stale, and at
+once on a nudge (an election call, a kill aimed at it). Every decision is made by an
+atomic script on the keys (see :mod:`warden.election`); messages only wake it early.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any, Callable, Optional
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from warden import signals
+from warden.config import Config
+from warden.control import ControlMessage, encode
+from warden.election import ElectionStore, LeaderView
+from warden.threads import StoppableThread
+from warden.zones import ZoneChecker
+
+logger = logging.getLogger(__name__)
+
+
+def central_client(config: Config) -> redis.Redis:
+    """A central-Redis client whose calls fail well within the lease: short socket
+    timeouts and no hidden retries (redis-py's default retries could hide a dead Redis
+    for about as long as a lease)."""
+    timeout = max(0.2, min(1.0, config.lease_seconds / 4))
+    return config.service_management_redis.client(
+        socket_timeout=timeout, socket_connect_timeout=timeout,
+        retry=Retry(NoBackoff(), 0), retry_on_timeout=False)
+
+
+class Manager(StoppableThread):
+    """This instance's part in the election, and its leadership while it lasts."""
+
+    def __init__(self, config: Config, client: redis.Redis, zones: ZoneChecker) -> None:
+        super().__init__("warden-manager")
+        self.config = config
+        self.me = config.instance_id or ""
+        self.zone = config.availability_zone or ""
+        self.redis = client
+        self.zones = zones
+        self.store = ElectionStore(client, self.me, config.lease_seconds,
+                                   config.legacy_max_heartbeat_age_seconds,
+                                   config.guard_time_seconds, config.candidate_expiry_seconds)
+        self.secret = config.control_secret
+        self.role = "follower"
+        self.epoch: Optional[int] = None
+        #: when this instance entered the current election (monotonic), or None
+        self.candidate_since: Optional[float] = None
+        #: the last view of the leader record (for status)
+        self.view: Optional[LeaderView] = None
+        #: True while this host drains: it stands in no election
+        self.draining = False
+        self.wake = threading.Event()
+        self._lock = threading.Lock()
+        self._last_beat = 0.0
+        self._next_wake = config.heartbeat_interval_seconds
+        signals.control_received.connect(self._on_control, weak=False)
+
+    # -- public API ------------------------------------------------------------
+
+    @property
+    def is_leader(self) -> bool:
+        """True while this instance holds the leadership (as last confirmed)."""
+        return self.role == "leader"
+
+    def fence(self) -> bool:
+        """The fencing check: True only if this instance leads under an epoch that is
+        still the current one, checked atomically in Redis right now. Call it right
+        before every action on the cluster; on False, do nothing."""
+        with self._lock:
+            epoch = self.epoch if self.role == "leader" else None
+        if epoch is None:
+            return False
+        try:
+            answer = self.store.fence(epoch)
+        except redis.RedisError as error:
+            logger.warning("fencing check failed: %s", error)
+            return False
+        if answer != "ok":
+            logger.warning("fencing refused epoch %s: %s", epoch, answer)
+            self.wake.set()
+            return False
+        return True
+
+    def current_epoch(self) -> Optional[int]:
+        """The epoch this instance leads under, or None."""
+        with self._lock:
+            return self.epoch if self.role == "leader" else None
+
+    # -- messages ----------------------------------------------------------------
+
+    def publish(self, kind: str, epoch: Optional[int] = None, instance_id: Optional[str] = None) -> None:
+        """Publish a nudge on ``warden:<kind>``; a lost message only delays."""
+        payload = encode(kind, instance_id or self.me, self.zone, epoch or 0, self.secret)
+        try:
+            self.redis.publish(f"warden:{kind}", payload)
+        except redis.RedisError as error:
+            logger.debug("cannot publish %s: %s", kind, error)
+
+    def _on_control(self, sender: Any, *, message: ControlMessage, **kw: Any) -> None:
+        if message.type == "election" and message.instance_id != self.me:
+            self.wake.set()
+        elif message.type == "kill" and message.instance_id == self.me:
+            logger.info("kill message received; checking the kill key")
+            self.wake.set()
+
+    # -- the loop ------------------------------------------------------------------
+
+    def on_stop(self) -> None:
+        self.wake.set()
+
+    def run(self) -> None:
+        self.zones.watch(self.zone)
+        self.zones.lookup()
+        while not self.stopping:
+            try:
+                self.step()
+            except redis.RedisError as error:
+                logger.warning("central Redis unreachable: %s", error)
+                self._lost_contact()
+            except Exception:  # noqa: BLE001 - the election must outlive any one bug
+                logger.exception("manager step failed")
+            self.wake.wait(self._next_wake)
+            self.wake.clear()
+        self.hand_back()
+        signals.control_received.disconnect(self._on_control)
+
+    def _lost_contact(self) -> None:
+        """Redis did not answer: a leader that cannot renew within the lease is no
+        longer one (the record has expired by then)."""
+        self._next_wake = min(self.config.heartbeat_interval_seconds, 0.5)
+        if self.role == "leader" and time.monotonic() - self._last_beat > self.config.lease_seconds:
+            self._step_down("central Redis unreachable for a lease", release=False)
+
+    def step(self) -> None:
+        """One look at the keys and whatever follows from it."""
+        interval = self.config.heartbeat_interval_seconds
+        self._next_wake = interval
+        if self.role == "leader":
+            self._lead()
+            return
+        standing = not self.draining and self.zones.active(self.zone)
+        view = self.store.check(standing)
+        self.view = view
+        if view.leader_id == self.me and view.state == "live" and view.epoch is not None:
+            # A record of mine that I do not know of: left from before a restart.
+            self.store.release(view.epoch)
+            self.publish("election")
+            return
+        if view.state == "live":
+            self.candidate_since = None
+            if view.leader_id:
+                self.zones.watch(view.zone)
+            if standing and view.zone and not self.zones.active(view.zone):
+                if self.store.kill_if_leader(view.leader_id):
+                    logger.warning("leader %s is in inactive zone %s: kill lodged",
+                                   view.leader_id, view.zone)
+                    self.publish("kill", instance_id=view.leader_id)
+            limit = self.config.lease_seconds if view.epoch is not None else \
+                self.config.legacy_max_heartbeat_age_seconds
+            if view.age_ms >= 0:
+                # Wake when the record would go stale, not a whole interval later.
+                self._next_wake = max(0.02, min(interval, limit - view.age_ms / 1000 + 0.02))
+            return
+        if not standing:
+            return
+        if view.state == "stale":
+            logger.warning("leader %s is stale (heartbeat %s ms old): kill lodged",
+                           view.leader_id, view.age_ms)
+            self.publish("kill", instance_id=view.leader_id)
+        self._campaign()
+
+    def _campaign(self) -> None:
+        guard = self.config.guard_time_seconds
+        now = time.monotonic()
+        expiry = self.config.candidate_expiry_seconds
+        if self.candidate_since is None or now - self.candidate_since > expiry * 0.8:
+            member = self.store.enter()
+            self.candidate_since = now
+            logger.info("standing for election as %s", member)
+            self.publish("election")
+            self._next_wake = guard
+            return
+        waited = now - self.candidate_since
+        if waited < guard:
+            self._next_wake = guard - waited
+            return
+        epoch, why = self.store.claim(self.zone)
+        if epoch is None:
+            logger.debug("no claim: %s", why)
+            self._next_wake = min(self.config.heartbeat_interval_seconds, guard)
+            return
+        self._become_leader(epoch)
+
+    def _become_leader(self, epoch: int) -> None:
+        with self._lock:
+            self.role, self.epoch = "leader", epoch
+        self.candidate_since = None
+        self._last_beat = time.monotonic()
+        # The claim wrote the first heartbeat; followers hear of it at once.
+        self.publish("heartbeat", epoch)
+        logger.info("leadership gained: epoch %s, zone %s", epoch, self.zone or "-")
+        signals.send(signals.leadership_gained, self, instance_id=self.me, epoch=epoch, zone=self.zone)
+
+    def _lead(self) -> None:
+        epoch = self.epoch
+        assert epoch is not None
+        if not self.zones.active(self.zone):
+            self._step_down("zone inactive", release=True)
+            return
+        ok, why = self.store.heartbeat(epoch, self.zone)
+        if not ok:
+            self._step_down(why, release=why == "killed")
+            return
+        self._last_beat = time.monotonic()
+        self.publish("heartbeat", epoch)
+
+    def _step_down(self, reason: str, release: bool) -> None:
+        with self._lock:
+            epoch, self.role, self.epoch = self.epoch, "follower", None
+        logger.warning("leadership lost (epoch %s): %s", epoch, reason)
+        try:
+            if release and epoch is not None:
+                self.store.release(epoch)
+            else:
+                self.store.drop_kill()
+        except redis.RedisError as error:
+            logger.warning("cannot tidy up after stepping down: %s", error)
+        signals.send(signals.leadership_lost, self, instance_id=self.me, epoch=epoch, reason=reason)
+        if release:
+            self.publish("election")
+
+    def hand_back(self) -> None:
+        """On shutdown: hand the record back and call an election, so another
+        instance leads within about a guard time."""
+        if self.role != "leader":
+            return
+        self._step_down("shutdown", release=True)
