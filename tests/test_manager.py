@@ -203,3 +203,48 @@ def test_manager_without_instance_id_is_exit_2(central, managers):
     result = m.command("manager")
     assert result.returncode == 2
     assert "instanceId" in result.stderr and "WARDEN_INSTANCE_ID" in result.stderr
+
+
+def holders(group) -> list:
+    """The managers whose log says they lead now."""
+    return [m for m in group if m.log().count("leadership gained") > m.log().count("leadership lost")]
+
+
+def test_kill_9_fails_over_by_liveness_long_before_the_lease(central, managers):
+    group = [managers(f"i-{n}", leaseSeconds=5) for n in range(3)]
+    chief = eventually(lambda: leader(central), 10, what="a leader")
+    time.sleep(1)
+    victim = by_id(group, chief)
+    victim.process.kill()
+    killed_at = time.monotonic()
+    eventually(lambda: leader(central) not in ("", chief), 10, what="a new leader", interval=0.01)
+    took = time.monotonic() - killed_at
+    assert took < GUARD + 0.5, f"failover took {took:.2f}s with a 5 s lease"
+    victim.process.wait()
+    victim.process = None
+    victim.log_file.close()
+    assert "liveness channel has no subscriber" in "".join(m.log() for m in group)
+
+
+def test_a_cut_liveness_connection_never_gives_two_leaders(central, managers, central_server):
+    group = [managers(f"i-{n}", leaseSeconds=5) for n in range(3)]
+    chief = eventually(lambda: leader(central), 10, what="a leader")
+    admin = redis_lib.Redis(port=central_server.port, decode_responses=True)
+    victims = [c for c in admin.client_list() if c["name"] == f"warden-alive-{chief}"]
+    assert len(victims) == 1
+    admin.client_kill_filter(_id=victims[0]["id"])
+    # A deposed leader notices at its next heartbeat (0.5 s here): two processes may
+    # both say they lead for at most about that long, and only the record's holder can
+    # pass the fencing check meanwhile.
+    overlap, deadline = 0.0, time.monotonic() + 4
+    while time.monotonic() < deadline:
+        if len(holders(group)) > 1:
+            overlap += 0.05
+        time.sleep(0.05)
+    assert overlap < 1.0
+    now_leading = holders(group)
+    assert len(now_leading) == 1
+    assert now_leading[0].env["WARDEN_INSTANCE_ID"] == leader(central)
+    # Whoever leads holds its liveness subscription again.
+    assert admin.pubsub_numsub(f"warden:alive:{leader(central)}")[0][1] == 1
+    admin.close()

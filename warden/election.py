@@ -25,6 +25,9 @@ CHALLENGE = "leadership-challenge"
 EPOCH = "warden:epoch"
 #: a lodged kill lives this long, in seconds
 KILL_SECONDS = 86400
+#: each Warden manager holds a subscription to ``<prefix><instanceId>`` on a
+#: connection of its own: when its process dies, Redis closes it at once
+ALIVE_PREFIX = "warden:alive:"
 
 # Helpers every script starts with: the server's clock, and the two heartbeat formats.
 _LUA_COMMON = r"""
@@ -92,7 +95,9 @@ local function stamp(ms)
     math.floor(rem / 3600), math.floor(rem % 3600 / 60), rem % 60)
 end
 -- The leader record and whether it is live: a Warden record (with epoch) for the
--- lease, a Perl/Go record for the legacy age. An unparseable heartbeat is stale.
+-- lease, a Perl/Go record for the legacy age. An unparseable heartbeat is stale. A
+-- Warden leader whose liveness channel has no subscriber is stale too: its process
+-- died and Redis closed its connection.
 local function leader(now, lease_ms, legacy_ms)
   local rec = redis.call('HMGET', KEYS[1], 'id', 'heartbeat', 'subnet', 'epoch')
   if not rec[1] then return 'none', rec, -1 end
@@ -101,9 +106,12 @@ local function leader(now, lease_ms, legacy_ms)
   if not hb then return 'stale', rec, -1 end
   local age = now - hb
   if age > limit then return 'stale', rec, age end
+  if rec[4] and redis.call('PUBSUB', 'NUMSUB', '@ALIVE@' .. rec[1])[2] == 0 then
+    return 'stale', rec, age
+  end
   return 'live', rec, age
 end
-"""
+""".replace("@ALIVE@", ALIVE_PREFIX)
 
 # KEYS: record. ARGV: me, lease_ms, legacy_ms, lodge ("1": I stand, so a stale leader's
 # kill is lodged here, in the same script that finds it stale).

@@ -21,8 +21,8 @@ from redis.retry import Retry
 from warden import signals
 from warden.config import Config
 from warden.control import ControlMessage, encode
-from warden.election import ElectionStore, LeaderView
-from warden.threads import StoppableThread
+from warden.election import ALIVE_PREFIX, ElectionStore, LeaderView
+from warden.threads import Backoff, StoppableThread
 from warden.zones import ZoneChecker
 
 logger = logging.getLogger(__name__)
@@ -36,6 +36,92 @@ def central_client(config: Config) -> redis.Redis:
     return config.service_management_redis.client(
         socket_timeout=timeout, socket_connect_timeout=timeout,
         retry=Retry(NoBackoff(), 0), retry_on_timeout=False)
+
+
+class LivenessHolder(StoppableThread):
+    """Holds this instance's subscription to ``warden:alive:<instanceId>`` on a
+    connection of its own. When the process dies (crash, OOM kill, ``kill -9``, a
+    reboot), Redis closes the connection at once and the channel has no subscriber:
+    followers see that within a fraction of a second instead of waiting out a lease. A
+    frozen process keeps its socket, so the lease still covers that case."""
+
+    def __init__(self, config: Config) -> None:
+        super().__init__("warden-alive")
+        self.config = config
+        self.channel = ALIVE_PREFIX + (config.instance_id or "")
+        #: set while the subscription is held
+        self.subscribed = threading.Event()
+
+    def run(self) -> None:
+        backoff = Backoff(0.1, 2.0)
+        while not self.stopping:
+            client = self.config.service_management_redis.client(
+                socket_connect_timeout=2, client_name=f"warden-alive-{self.config.instance_id}")
+            try:
+                pubsub = client.pubsub()
+                pubsub.subscribe(self.channel)
+                while not self.stopping:
+                    # Reading keeps the connection's state current; nothing is published.
+                    message = pubsub.get_message(timeout=0.5)
+                    if message and message.get("type") == "subscribe":
+                        self.subscribed.set()
+                        backoff.reset()
+                pubsub.close()
+            except redis.RedisError as error:
+                self.subscribed.clear()
+                if not self.stopping:
+                    delay = backoff.next_delay()
+                    logger.warning("liveness subscription lost (%s); again in %.1fs", error, delay)
+                    self.stop_event.wait(delay)
+            finally:
+                self.subscribed.clear()
+                client.close()
+
+
+class LivenessWatch(StoppableThread):
+    """A follower's cheap watch on the leader's liveness channel: ``PUBSUB NUMSUB``
+    every ``interval`` seconds; no subscriber on two readings in a row (the second
+    ``confirm`` seconds after the first) calls an election at once."""
+
+    #: seconds between readings
+    interval = 0.15
+    #: seconds before a zero reading is read again
+    confirm = 0.05
+
+    def __init__(self, manager: "Manager") -> None:
+        super().__init__("warden-liveness-watch")
+        self.manager = manager
+        self.redis = central_client(manager.config)
+        #: PUBSUB NUMSUB calls made (for the note on Redis load)
+        self.readings = 0
+
+    def _subscribers(self, leader_id: str) -> int:
+        self.readings += 1
+        reply = self.redis.pubsub_numsub(ALIVE_PREFIX + leader_id)
+        return int(reply[0][1]) if reply else 0
+
+    def run(self) -> None:
+        while not self.stop_event.wait(self.interval):
+            manager = self.manager
+            view = manager.view
+            if (manager.role != "follower" or view is None or view.state != "live"
+                    or view.epoch is None or view.leader_id == manager.me):
+                continue
+            try:
+                if self._subscribers(view.leader_id) > 0:
+                    continue
+                if self.stop_event.wait(self.confirm) or self._subscribers(view.leader_id) > 0:
+                    continue
+            except redis.RedisError:
+                continue
+            if manager.view is view:
+                logger.warning("leader %s's liveness channel has no subscriber: "
+                               "its process is gone", view.leader_id)
+                manager.view = None
+                manager.wake.set()
+
+    def on_stop(self) -> None:
+        pass
 
 
 class Manager(StoppableThread):
@@ -64,6 +150,8 @@ class Manager(StoppableThread):
         self._lock = threading.Lock()
         self._last_beat = 0.0
         self._next_wake = config.heartbeat_interval_seconds
+        self.alive = LivenessHolder(config)
+        self.watch = LivenessWatch(self)
         signals.control_received.connect(self._on_control, weak=False)
 
     # -- public API ------------------------------------------------------------
@@ -122,6 +210,11 @@ class Manager(StoppableThread):
     def run(self) -> None:
         self.zones.watch(self.zone)
         self.zones.lookup()
+        self.alive.start()
+        self.watch.start()
+        # A leader without its liveness subscription would be deposed at once.
+        if not self.alive.subscribed.wait(5):
+            logger.warning("no liveness subscription yet; standing only once it is held")
         while not self.stopping:
             try:
                 self.step()
@@ -133,6 +226,10 @@ class Manager(StoppableThread):
             self.wake.wait(self._next_wake)
             self.wake.clear()
         self.hand_back()
+        self.watch.stop()
+        self.alive.stop()
+        self.watch.join(timeout=5)
+        self.alive.join(timeout=5)
         signals.control_received.disconnect(self._on_control)
 
     def _lost_contact(self) -> None:
@@ -149,7 +246,8 @@ class Manager(StoppableThread):
         if self.role == "leader":
             self._lead()
             return
-        standing = not self.draining and self.zones.active(self.zone)
+        standing = (not self.draining and self.zones.active(self.zone)
+                    and self.alive.subscribed.is_set())
         view = self.store.check(standing)
         self.view = view
         if view.leader_id == self.me and view.state == "live" and view.epoch is not None:

@@ -1,0 +1,78 @@
+"""The Manager's load on the central Redis in the steady state: commands a second, by
+command, from N `warden manager` processes (default 5), with default settings.
+
+Run by hand (after scripts/setup.sh): .venv/bin/python scripts/bench/manager_load.py
+It starts a redis-server of its own on a free loopback port, lets the managers settle,
+then reads INFO commandstats twice, SECONDS apart (default 20).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+import redis
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def main() -> int:
+    count = int(os.environ.get("MANAGERS", "5"))
+    seconds = float(os.environ.get("SECONDS_MEASURED", "20"))
+    port = free_port()
+    server = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1",
+                               "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL)
+    r = redis.Redis(port=port, decode_responses=True)
+    for _ in range(50):
+        try:
+            r.ping()
+            break
+        except redis.ConnectionError:
+            time.sleep(0.1)
+    folder = tempfile.mkdtemp()
+    config = os.path.join(folder, "config.json")
+    with open(config, "w") as handle:
+        json.dump({"serviceManagementRedisAddress": f"127.0.0.1:{port}", "zoneCheck": "none",
+                   "region": "us-east-1", "handlers": []}, handle)
+    processes = [subprocess.Popen(
+        [sys.executable, "-m", "warden", "--config", config, "--log-level", "warning", "manager"],
+        env=dict(os.environ, WARDEN_INSTANCE_ID=f"i-load-{n}"), cwd=ROOT, stderr=subprocess.DEVNULL)
+        for n in range(count)]
+    try:
+        time.sleep(5)
+        before = r.info("commandstats")
+        time.sleep(seconds)
+        after = r.info("commandstats")
+    finally:
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            process.wait(30)
+        server.terminate()
+    rows = []
+    for name, stats in after.items():
+        calls = stats["calls"] - before.get(name, {}).get("calls", 0)
+        if calls and name not in ("cmdstat_info",):
+            rows.append((calls / seconds, name.replace("cmdstat_", "")))
+    total = sum(rate for rate, _ in rows)
+    print(f"\nCentral Redis load from {count} managers (1 leader, {count - 1} followers), "
+          f"steady state over {seconds:.0f} s")
+    for rate, name in sorted(rows, reverse=True):
+        print(f"  {name:<14} {rate:8.1f}/s")
+    print(f"  {'total':<14} {total:8.1f}/s   ({total / count:.1f}/s per manager)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
