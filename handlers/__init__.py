@@ -31,6 +31,11 @@ HOOKS = {
     "on_sweep": signals.sweep,
     "on_change_made": signals.change_made,
     "on_handler_error": signals.handler_error,
+    "on_leadership_gained": signals.leadership_gained,
+    "on_leadership_lost": signals.leadership_lost,
+    "on_scaling_pass": signals.scaling_pass,
+    "on_scaled": signals.scaled,
+    "on_metric_failed": signals.metric_failed,
 }
 
 
@@ -77,6 +82,21 @@ class Handler:
 
     def on_handler_error(self, sender: Any, **kw: Any) -> None:
         """A receiver raised."""
+
+    def on_leadership_gained(self, sender: Any, **kw: Any) -> None:
+        """This instance became the leader."""
+
+    def on_leadership_lost(self, sender: Any, **kw: Any) -> None:
+        """This instance stopped leading."""
+
+    def on_scaling_pass(self, sender: Any, **kw: Any) -> Any:
+        """The leader asks for one scaling pass for a service."""
+
+    def on_scaled(self, sender: Any, **kw: Any) -> None:
+        """A scaling pass changed a task count."""
+
+    def on_metric_failed(self, sender: Any, **kw: Any) -> None:
+        """A metric could not be read; the count holds."""
 
     def _overridden(self) -> list[str]:
         return [hook for hook in HOOKS

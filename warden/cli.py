@@ -46,7 +46,7 @@ def _setup_logging(level: str, fmt: str) -> None:
     root.handlers[:] = [handler]
     root.setLevel(getattr(logging, level.upper()))
     # Library chatter (urllib3 retries, botocore credentials) is not Warden's news.
-    for noisy in ("urllib3", "botocore", "boto3", "watchdog"):
+    for noisy in ("urllib3", "botocore", "boto3", "watchdog", "redis"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
 
 
@@ -236,9 +236,11 @@ def cmd_manager(args: argparse.Namespace) -> int:
     """Run the Manager until SIGTERM or SIGINT; a leader hands back on the way out."""
     from warden.daemon import ManagerDaemon
 
-    config, _, _ = _load(args.config)
+    config, catalog, problems = _load(args.config)
+    for problem in problems:
+        (logger.warning if problem.warning else logger.error)("%s", problem)
     config, handlers = _prepare_manager(config)
-    return _serve([ManagerDaemon(config, handlers)])
+    return _serve([ManagerDaemon(config, catalog, handlers)])
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -247,7 +249,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     config, catalog, handlers, source = _prepare(args, REGISTRAR | MANAGER)
     config, _ = _prepare_manager(config, roles=None)
-    return _serve([RegistrarDaemon(config, catalog, handlers, source), ManagerDaemon(config, [])])
+    # Each part keeps its own view of the service files (each reloads on its own).
+    manager_catalog = ServiceCatalog(config.service_description_path, config.service_description_display)
+    manager_catalog.load()
+    return _serve([RegistrarDaemon(config, catalog, handlers, source),
+                   ManagerDaemon(config, manager_catalog, [])])
 
 
 COMMANDS = {"validate": cmd_validate, "sweep": cmd_sweep, "registrar": cmd_registrar,

@@ -46,7 +46,7 @@ class RegistrarDaemon:
             handler.connect()
             handler.start()
         for signal, receiver in self._receivers:
-            signal.connect(receiver, weak=False)
+            signal.connect(receiver, sender=self.registrar, weak=False)
         self.reader.start()
         self.registrar.wait_before_first_sweep(self.reader.connected)
         self.registrar.start()
@@ -66,7 +66,7 @@ class RegistrarDaemon:
         self.reader.join(timeout=5)
         self.redx_watcher.join(timeout=5)
         for signal, receiver in self._receivers:
-            signal.disconnect(receiver)
+            signal.disconnect(receiver, sender=self.registrar)
         for handler in self.handlers:
             try:
                 handler.stop()
@@ -76,13 +76,15 @@ class RegistrarDaemon:
 
 
 class ManagerDaemon:
-    """``warden manager``: the zone checker, the control-channel subscriber and the
-    Manager's election thread, started and stopped together."""
+    """``warden manager``: the zone checker, the control-channel subscriber, the
+    Manager's election thread and the Scaler, started and stopped together."""
 
-    def __init__(self, config: Config, handlers: list[Handler]) -> None:
+    def __init__(self, config: Config, catalog: ServiceCatalog, handlers: list[Handler]) -> None:
         from warden.control import ControlCodec
         from warden.manager import Manager, central_client
+        from warden.metrics import MetricContext
         from warden.pubsub import ControlSubscriber
+        from warden.scaler import Scaler
         from warden.zones import ZoneChecker
 
         self.config = config
@@ -90,10 +92,14 @@ class ManagerDaemon:
         self.zones = ZoneChecker(config.zone_check, config.region)
         self.codec = ControlCodec(config.control_secret, config.lease_seconds)
         self.manager = Manager(config, central_client(config), self.zones)
+        self.scaler = Scaler(config, self.manager, catalog, MetricContext(
+            config.service_management_redis.client(socket_timeout=3, socket_connect_timeout=3),
+            config.region))
+        self.service_watcher = ServiceWatcher(catalog, self.scaler)
         self.subscriber = ControlSubscriber(
             lambda: config.service_management_redis.client(socket_connect_timeout=2,
                                                            health_check_interval=10),
-            self.codec)
+            self.codec, extra={"warden:metric": self.scaler.on_metric_message})
 
     def start(self) -> None:
         for handler in self.handlers:
@@ -101,12 +107,17 @@ class ManagerDaemon:
             handler.start()
         self.zones.start()
         self.subscriber.start()
+        self.scaler.start()
         self.manager.start()
+        self.service_watcher.start()
         logger.info("manager started as %s in zone %s", self.config.instance_id,
                     self.config.availability_zone or "-")
 
     def stop(self) -> None:
-        """Hand leadership back first, then stop listening."""
+        """Finish the scaling passes in flight, hand leadership back, stop listening."""
+        self.service_watcher.stop()
+        self.scaler.stop()
+        self.scaler.join(timeout=60)
         self.manager.stop()
         self.manager.join(timeout=30)
         self.subscriber.stop()

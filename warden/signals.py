@@ -134,3 +134,30 @@ leadership_lost = _signals.signal(
     kw: ``instance_id``, ``epoch``, ``reason`` (e.g. ``killed``, ``not-mine``,
     ``zone inactive``, ``shutdown``).""",
 )
+
+scaling_pass = _signals.signal(
+    "scaling-pass",
+    doc="""The leader asks for one scaling pass for a service. Sender: the Scaler.
+    kw: ``service`` (Service), ``metric`` (its value), ``steps`` (the step table in
+    force), ``epoch``, ``fence`` (call right before each action; False: do nothing).
+    The ECS handler returns a ScalingResult.""",
+)
+
+scaled = _signals.signal(
+    "scaled",
+    doc="""A scaling pass changed the task count. Sender: the ECS handler.
+    kw: ``service`` (name), ``metric``, ``desired``, ``running`` (before the pass),
+    ``started``, ``stopped``, ``epoch``.""",
+)
+
+metric_failed = _signals.signal(
+    "metric-failed",
+    doc="""A service's metric (or its steps) could not be read; the count holds.
+    Sender: the Scaler. kw: ``service`` (name), ``error`` (text).""",
+)
+
+scaling_failed = _signals.signal(
+    "scaling-failed",
+    doc="""An ECS call of a scaling pass failed. Sender: the ECS handler.
+    kw: ``service`` (name), ``error`` (text).""",
+)

@@ -1,0 +1,209 @@
+"""The ECS handler (leader only): brings each service's task count to what its metric
+asks for.
+
+It counts the tasks of the service's family whose desired status is RUNNING, that
+Warden started (``startedBy`` ``warden``) and that carry the tag ``warden:service`` =
+the service's name; starts the shortfall with ``run_task`` (at most 10 a call, a
+``clientToken``, tags ``warden:service`` and ``warden:epoch``); and stops surplus tasks
+newest first. Right before every mutating call it passes the Manager's fencing check: a
+deposed leader changes nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+import boto3
+import botocore.config
+import botocore.exceptions
+
+from warden import signals
+from warden.config import Config
+from warden.handlers import Handler
+from warden.scaling import Policy, Window, desired
+from warden.services import Service
+
+logger = logging.getLogger(__name__)
+
+#: throttling and 5xx are botocore's standard retry mode's to handle
+AWS_CLIENT_CONFIG = botocore.config.Config(connect_timeout=3, read_timeout=10,
+                                           retries={"mode": "standard", "max_attempts": 5})
+STARTED_BY = "warden"
+RUN_TASK_BATCH = 10
+DESCRIBE_BATCH = 100
+#: RunTask options a service's ``runTask`` object may pass through (lower-case -> API)
+RUN_TASK_OPTIONS = {
+    "launchtype": "launchType", "networkconfiguration": "networkConfiguration",
+    "capacityproviderstrategy": "capacityProviderStrategy", "platformversion": "platformVersion",
+    "placementconstraints": "placementConstraints", "placementstrategy": "placementStrategy",
+    "group": "group", "overrides": "overrides", "enableecsmanagedtags": "enableECSManagedTags",
+    "propagatetags": "propagateTags",
+}
+
+
+@dataclass(frozen=True)
+class ScalingResult:
+    """What one pass found and did."""
+
+    service: str
+    metric: float
+    desired: int
+    running: int
+    started: int
+    stopped: int
+    refused: bool = False
+
+
+def _api_names(value: Any) -> Any:
+    """Restore the API's spelling of keys that the case-insensitive reader lower-cased."""
+    if isinstance(value, dict):
+        spelled = getattr(value, "spelled", lambda k: k)
+        return {spelled(k): _api_names(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_api_names(v) for v in value]
+    return value
+
+
+class EcsHandler(Handler):
+    """Counts, starts and stops a service's ECS tasks."""
+
+    name = "ecs"
+    roles = frozenset({"manager"})
+
+    def __init__(self, config: Config) -> None:
+        super().__init__(config)
+        self._client: Any = None
+        self._windows: dict[str, Window] = {}
+        self._passes = 0
+        self._lock = threading.Lock()
+
+    def client(self) -> Any:
+        """The boto3 ECS client, made on first use."""
+        if self._client is None:
+            self._client = boto3.client("ecs", region_name=self.config.region,
+                                        config=AWS_CLIENT_CONFIG)
+        return self._client
+
+    def on_leadership_gained(self, sender: Any, **kw: Any) -> None:
+        # A new leader seeds each window with the running count at its first pass.
+        with self._lock:
+            self._windows.clear()
+
+    # -- counting --------------------------------------------------------------------
+
+    def tasks(self, service: Service) -> list[dict]:
+        """The service's tasks: its family, desired RUNNING, started by Warden, tagged
+        with its name. (ListTasks allows ``startedBy`` only alone, so it is checked from
+        DescribeTasks.)"""
+        cluster = service.cluster or self.config.ecs_cluster
+        arns: list[str] = []
+        paginator = self.client().get_paginator("list_tasks")
+        for page in paginator.paginate(cluster=cluster, family=service.task_name,
+                                       desiredStatus="RUNNING"):
+            arns.extend(page.get("taskArns") or [])
+        found = []
+        for start in range(0, len(arns), DESCRIBE_BATCH):
+            reply = self.client().describe_tasks(cluster=cluster, tasks=arns[start:start + DESCRIBE_BATCH],
+                                                 include=["TAGS"])
+            for task in reply.get("tasks") or []:
+                tags = {t.get("key"): t.get("value") for t in task.get("tags") or []}
+                if (task.get("startedBy") == STARTED_BY and tags.get("warden:service") == service.name
+                        and task.get("desiredStatus", "RUNNING") == "RUNNING"):
+                    found.append(task)
+        return found
+
+    # -- acting ----------------------------------------------------------------------
+
+    def _client_token(self, service: Service, epoch: int, batch: int) -> str:
+        seed = f"{service.name}/{epoch}/{self._passes}/{batch}"
+        return hashlib.sha256(seed.encode()).hexdigest()[:64]
+
+    def start(self, service: Service, count: int, epoch: int, fence: Callable[[], bool]) -> tuple[int, bool]:
+        """Start ``count`` tasks in calls of at most 10. Returns (started, refused)."""
+        cluster = service.cluster or self.config.ecs_cluster
+        definition = f"{service.task_name}:{service.task_version}" if service.task_version else service.task_name
+        extra = {RUN_TASK_OPTIONS[k]: _api_names(v) for k, v in (service.run_task or {}).items()
+                 if k in RUN_TASK_OPTIONS}
+        started, batch = 0, 0
+        while started < count:
+            if not fence():
+                return started, True
+            size = min(RUN_TASK_BATCH, count - started)
+            reply = self.client().run_task(
+                cluster=cluster, taskDefinition=definition, count=size, startedBy=STARTED_BY,
+                clientToken=self._client_token(service, epoch, batch),
+                tags=[{"key": "warden:service", "value": service.name},
+                      {"key": "warden:epoch", "value": str(epoch)}], **extra)
+            batch += 1
+            placed = len(reply.get("tasks") or [])
+            started += placed
+            for failure in reply.get("failures") or []:
+                logger.warning("run_task for %s: %s %s", service.name,
+                               failure.get("reason"), failure.get("detail") or "")
+            if placed < size:
+                break  # ECS could not place them all: the next pass tries again
+        return started, False
+
+    def stop(self, service: Service, tasks: list[dict], count: int, desired_count: int,
+             fence: Callable[[], bool]) -> tuple[int, bool]:
+        """Stop ``count`` tasks, newest first (``createdAt``, then task ARN)."""
+        cluster = service.cluster or self.config.ecs_cluster
+        newest = sorted(tasks, key=lambda t: (_created(t), t["taskArn"]), reverse=True)
+        stopped = 0
+        for task in newest[:count]:
+            if not fence():
+                return stopped, True
+            self.client().stop_task(cluster=cluster, task=task["taskArn"],
+                                    reason=f"warden: scaling {service.name} to {desired_count}")
+            stopped += 1
+        return stopped, False
+
+    def on_scaling_pass(self, sender: Any, *, service: Service, metric: float,
+                        steps: tuple, epoch: int, fence: Callable[[], bool],
+                        **kw: Any) -> Optional[ScalingResult]:
+        """One pass for ``service``: count, decide, act (fenced)."""
+        policy = Policy.from_spec(service.scaling)
+        wanted = policy.wanted(metric, steps or policy.steps)
+        try:
+            tasks = self.tasks(service)
+            running = len(tasks)
+            now = time.time()
+            with self._lock:
+                self._passes += 1
+                window = self._windows.get(service.name)
+                if window is None:
+                    window = self._windows[service.name] = Window()
+                    window.add(now, running)
+                target = desired(policy, wanted, running, window, now)
+            started = stopped = 0
+            refused = False
+            if target > running:
+                started, refused = self.start(service, target - running, epoch, fence)
+            elif target < running:
+                stopped, refused = self.stop(service, tasks, running - target, target, fence)
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as error:
+            logger.warning("scaling %s: ECS call failed: %s", service.name, error)
+            signals.send(signals.scaling_failed, self, service=service.name, error=str(error))
+            return None
+        if refused:
+            logger.warning("scaling %s: fencing refused epoch %s; changed nothing more",
+                           service.name, epoch)
+        result = ScalingResult(service.name, metric, target, running, started, stopped, refused)
+        if started or stopped:
+            logger.info("scaled %s: metric %s, desired %d, running %d, started %d, stopped %d",
+                        service.name, metric, target, running, started, stopped)
+            signals.send(signals.scaled, self, service=service.name, metric=metric, desired=target,
+                         running=running, started=started, stopped=stopped, epoch=epoch)
+        return result
+
+
+def _created(task: dict) -> float:
+    value = task.get("createdAt")
+    if value is None:
+        return 0.0
+    return value.timestamp() if hasattr(value, "timestamp") else float(value)

@@ -1,0 +1,205 @@
+"""The Scaler: decides when the leader runs a scaling pass for each service, and reads
+its metric; the ECS handler does the counting and acting.
+
+A pass runs on gaining leadership, on a ``warden:metric`` nudge, on a service file
+change, and every ``managerSleepTimeSeconds``. Nudges are coalesced (at most one pass
+per service a second), and passes run on a small pool of their own, so a slow service
+never blocks another's pass, nor the heartbeat.
+"""
+
+from __future__ import annotations
+
+import hmac
+import hashlib
+import json
+import logging
+import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Optional
+
+from warden import signals
+from warden.config import Config
+from warden.control import canonical
+from warden.metrics import Metric, MetricContext, MetricError, load_metric
+from warden.scaling import Policy, StepsSource
+from warden.services import Service, ServiceCatalog
+from warden.threads import StoppableThread
+
+logger = logging.getLogger(__name__)
+
+#: least seconds between two passes for one service
+COALESCE_SECONDS = 1.0
+
+
+class Scaler(StoppableThread):
+    """Schedules scaling passes while this instance leads."""
+
+    #: passes that may run at once (for different services)
+    workers = 4
+
+    def __init__(self, config: Config, manager: Any, catalog: ServiceCatalog,
+                 context: MetricContext) -> None:
+        super().__init__("warden-scaler")
+        self.config = config
+        self.manager = manager
+        self.catalog = catalog
+        self.context = context
+        self.steps_source = StepsSource(lambda: context.aws("s3"),
+                                        os.path.dirname(config.path))
+        self._due: dict[Optional[str], str] = {}
+        self._last: dict[str, float] = {}
+        self._in_flight: set[str] = set()
+        self._metrics: dict[str, tuple[str, Metric]] = {}
+        self._cond = threading.Condition()
+        self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="warden-scaling")
+        #: rejected ``warden:metric`` messages by reason
+        self.rejected: dict[str, int] = {}
+        self._receivers = [(signals.leadership_gained, self._on_leadership),
+                           (signals.services_reloaded, self._on_services_reloaded)]
+        for signal, receiver in self._receivers:
+            signal.connect(receiver, weak=False)
+
+    # -- triggers ----------------------------------------------------------------
+
+    def request(self, service: Optional[str], reason: str) -> None:
+        """Ask for a pass for ``service`` (None: every service)."""
+        with self._cond:
+            self._due.setdefault(service, reason)
+            self._cond.notify_all()
+
+    def _on_leadership(self, sender: Any, **kw: Any) -> None:
+        self.request(None, "leadership gained")
+
+    def _on_services_reloaded(self, sender: Any, **kw: Any) -> None:
+        if sender is self:
+            services, problems = self.catalog.load()
+            for problem in problems:
+                (logger.warning if problem.warning else logger.error)("service file problem: %s", problem)
+            self.request(None, "services changed")
+
+    def on_metric_message(self, data: Any) -> None:
+        """A message on ``warden:metric``: ``{"type": "metric", "service": NAME}``
+        (+ ``sig`` when a secret is set), or, without a secret, a bare service name;
+        anything else (unsigned) means every service."""
+        text = data.decode(errors="replace") if isinstance(data, bytes) else str(data)
+        if len(text) > 4096:
+            return self._reject("too large")
+        try:
+            message = json.loads(text)
+        except ValueError:
+            message = None
+        secret = self.config.control_secret
+        if secret:
+            if not isinstance(message, dict) or not isinstance(message.get("sig"), str):
+                return self._reject("unsigned")
+            expected = hmac.new(secret.encode(), canonical(message), hashlib.sha256).hexdigest()
+            if not hmac.compare_digest(message["sig"], expected):
+                return self._reject("bad signature")
+            ts = message.get("ts")
+            if isinstance(ts, (int, float)) and abs(time.time() - ts) > self.config.lease_seconds:
+                return self._reject("replayed (stale ts)")
+        if isinstance(message, dict) and message.get("type") == "metric" \
+                and isinstance(message.get("service"), str):
+            name: Optional[str] = message["service"]
+        elif not secret and text.strip() in {s.name for s in self.catalog.services}:
+            name = text.strip()
+        else:
+            name = None
+        if name is not None and name not in {s.name for s in self.catalog.services}:
+            name = None
+        self.request(name, "metric nudge")
+
+    def _reject(self, reason: str) -> None:
+        self.rejected[reason] = self.rejected.get(reason, 0) + 1
+        logger.warning("ignored a message on warden:metric: %s", reason)
+        signals.send(signals.control_rejected, self, channel="warden:metric", reason=reason)
+
+    # -- the loop ------------------------------------------------------------------
+
+    def on_stop(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
+
+    def run(self) -> None:
+        period = self.config.manager_sleep_time_seconds
+        next_periodic = time.monotonic() + period
+        while not self.stopping:
+            with self._cond:
+                now = time.monotonic()
+                if now >= next_periodic:
+                    self._due.setdefault(None, "periodic")
+                    next_periodic = now + period
+                ready = self._take_ready(now)
+                if not ready:
+                    self._cond.wait(max(0.05, min(next_periodic - now, self._soonest(now))))
+                    continue
+            for service, reason in ready:
+                self._pool.submit(self._pass, service, reason)
+        self._pool.shutdown(wait=True)
+        for signal, receiver in self._receivers:
+            signal.disconnect(receiver)
+
+    def _soonest(self, now: float) -> float:
+        waits = [COALESCE_SECONDS - (now - self._last.get(name, 0.0)) for name in self._due if name]
+        return min(waits, default=COALESCE_SECONDS) if self._due else 3600.0
+
+    def _take_ready(self, now: float) -> list[tuple[Service, str]]:
+        """Passes that may start now (called with the lock held)."""
+        if not self._due:
+            return []
+        if not self.manager.is_leader:
+            self._due.clear()
+            return []
+        services = {s.name: s for s in self.catalog.services if s.metric}
+        wanted: dict[str, str] = {}
+        if None in self._due:
+            reason = self._due.pop(None)
+            wanted.update({name: reason for name in services})
+        for name in list(self._due):
+            if name in services:
+                wanted.setdefault(name, self._due.pop(name))
+            else:
+                self._due.pop(name)
+        ready = []
+        for name, reason in wanted.items():
+            if name in self._in_flight or now - self._last.get(name, -COALESCE_SECONDS) < COALESCE_SECONDS:
+                self._due[name] = reason  # coalesced into the next pass
+                continue
+            self._in_flight.add(name)
+            self._last[name] = now
+            ready.append((services[name], reason))
+        return ready
+
+    def metric_of(self, service: Service) -> Metric:
+        """The service's metric object, made again when its settings change."""
+        spec = repr(sorted((service.metric or {}).items()))
+        cached = self._metrics.get(service.name)
+        if cached is None or cached[0] != spec:
+            cached = (spec, load_metric(service.metric or {}, self.context))
+            self._metrics[service.name] = cached
+        return cached[1]
+
+    def _pass(self, service: Service, reason: str) -> None:
+        try:
+            epoch = self.manager.current_epoch()
+            if epoch is None:
+                return
+            policy = Policy.from_spec(service.scaling)
+            try:
+                value = self.metric_of(service).read()
+                steps = self.steps_source.steps(policy.steps_url) if policy.steps_url else policy.steps
+            except MetricError as error:
+                logger.warning("scaling %s holds: %s", service.name, error)
+                signals.send(signals.metric_failed, self, service=service.name, error=str(error))
+                return
+            logger.debug("scaling pass for %s (%s): metric %s", service.name, reason, value)
+            signals.send(signals.scaling_pass, self, service=service, metric=value, steps=steps,
+                         epoch=epoch, fence=self.manager.fence)
+        except Exception:  # noqa: BLE001 - one service's failure never stops the others
+            logger.exception("scaling pass for %s failed", service.name)
+        finally:
+            with self._cond:
+                self._in_flight.discard(service.name)
+                self._cond.notify_all()
