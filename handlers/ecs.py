@@ -123,7 +123,7 @@ class EcsHandler(Handler):
         seed = f"{service.name}/{epoch}/{self._passes}/{batch}"
         return hashlib.sha256(seed.encode()).hexdigest()[:64]
 
-    def start(self, service: Service, count: int, epoch: int, fence: Callable[[], bool]) -> tuple[int, bool]:
+    def start_tasks(self, service: Service, count: int, epoch: int, fence: Callable[[], bool]) -> tuple[int, bool]:
         """Start ``count`` tasks in calls of at most 10. Returns (started, refused)."""
         cluster = service.cluster or self.config.ecs_cluster
         definition = f"{service.task_name}:{service.task_version}" if service.task_version else service.task_name
@@ -149,7 +149,7 @@ class EcsHandler(Handler):
                 break  # ECS could not place them all: the next pass tries again
         return started, False
 
-    def stop(self, service: Service, tasks: list[dict], count: int, desired_count: int,
+    def stop_tasks(self, service: Service, tasks: list[dict], count: int, desired_count: int,
              fence: Callable[[], bool]) -> tuple[int, bool]:
         """Stop ``count`` tasks, newest first (``createdAt``, then task ARN)."""
         cluster = service.cluster or self.config.ecs_cluster
@@ -183,9 +183,9 @@ class EcsHandler(Handler):
             started = stopped = 0
             refused = False
             if target > running:
-                started, refused = self.start(service, target - running, epoch, fence)
+                started, refused = self.start_tasks(service, target - running, epoch, fence)
             elif target < running:
-                stopped, refused = self.stop(service, tasks, running - target, target, fence)
+                stopped, refused = self.stop_tasks(service, tasks, running - target, target, fence)
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as error:
             logger.warning("scaling %s: ECS call failed: %s", service.name, error)
             signals.send(signals.scaling_failed, self, service=service.name, error=str(error))

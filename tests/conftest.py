@@ -333,12 +333,12 @@ def managers(tmp_path: Path, central_server: RedisServer, redx_server: RedisServ
     and guard times on the central Redis; each is stopped after the test."""
     made: list[Warden] = []
 
-    def make(instance_id: str, start: bool = True, **config: Any) -> Warden:
+    def make(instance_id: str, start: bool = True, services: Any = (), **config: Any) -> Warden:
         settings = {"serviceManagementRedisAddress": f"127.0.0.1:{central_server.port}",
                     "zoneCheck": "none", "leaseSeconds": 2, "guardTimeSeconds": 0.5,
                     "heartbeatIntervalSeconds": 0.5, "handlers": []}
         settings.update(config)
-        instance = Warden(tmp_path / f"m-{instance_id}", redx_server.port, [], **settings)
+        instance = Warden(tmp_path / f"m-{instance_id}", redx_server.port, list(services), **settings)
         instance.env.update(AWS_ENDPOINT_URL=moto, WARDEN_INSTANCE_ID=instance_id,
                             WARDEN_AVAILABILITY_ZONE=config.get("availabilityZone", "us-east-1a"))
         made.append(instance)

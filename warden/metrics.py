@@ -161,12 +161,14 @@ class CloudWatchMetric(Metric):
     def read(self) -> float:
         period = int(self.spec.get("periodseconds") or 60)
         statistic = str(self.spec.get("statistic") or "Average")
-        end = datetime.now(timezone.utc)
+        now = datetime.now(timezone.utc)
+        # The end lies a minute ahead so the period that holds "now" is whole; the
+        # latest datapoint of the last period is the reading.
         reply = _aws_call(f"cloudwatch {self.spec.get('metricname')}", lambda: self.context.aws(
             "cloudwatch").get_metric_statistics(
                 Namespace=self.setting("namespace"), MetricName=self.setting("metricName"),
-                Dimensions=self.dimensions(), StartTime=end - timedelta(seconds=period),
-                EndTime=end, Period=period, Statistics=[statistic]))
+                Dimensions=self.dimensions(), StartTime=now - timedelta(seconds=period),
+                EndTime=now + timedelta(seconds=60), Period=period, Statistics=[statistic]))
         points = sorted(reply.get("Datapoints") or [], key=lambda p: p["Timestamp"])
         if not points:
             raise MetricError(f"cloudwatch {self.spec.get('metricname')}: no datapoints "

@@ -1,0 +1,275 @@
+"""Scaling: step tables and windows, every metric type against the moto server, the ECS
+handler on moto's ECS, and managers that follow a metric and refuse a deposed epoch."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+import uuid
+
+import pytest
+
+from conftest import eventually
+from warden.config import Config
+from warden.handlers.ecs import EcsHandler
+from warden.metrics import MetricContext, MetricError, load_metric
+from warden.scaling import Policy, StepsSource, Window, desired
+from warden.services import Service
+
+STEPS = ((0, 1), (10, 2), (50, 5))
+
+
+def test_steps_take_the_highest_threshold_reached_then_clamp():
+    policy = Policy(steps=STEPS, min_tasks=0, max_tasks=4)
+    assert [policy.wanted(v, STEPS) for v in (0, 9.9, 10, 49, 50, 1000)] == [1, 1, 2, 2, 4, 4]
+    assert Policy(min_tasks=3).wanted(-5, ((0, 1),)) == 3, "below the lowest threshold: minTasks"
+    assert Policy().wanted(3.2, ()) == 4, "no steps: the metric itself, rounded up"
+    assert Policy(min_tasks=2).wanted(0, ()) == 2
+
+
+def test_scale_down_waits_out_the_window_and_the_last_sample_before_it_counts():
+    policy = Policy(scale_down_delay=300)
+    window = Window()
+    window.add(0, 6)  # a new leader seeds the window with the running count
+    assert desired(policy, 8, 6, window, 10) == 8, "up at once"
+    assert desired(policy, 2, 8, window, 100) == 8, "down waits while 8 is in the window"
+    # 8 was wanted from t=10 until t=100, so it stays in the window until t=400.
+    assert desired(policy, 2, 8, window, 399) == 8
+    assert desired(policy, 2, 8, window, 401) == 2, "8 left the window"
+    # Passes further apart than the window: the sample just before it still counts.
+    sparse = Window()
+    sparse.add(0, 9)
+    assert desired(policy, 1, 9, sparse, 1000) == 9
+    assert desired(policy, 1, 9, sparse, 1400) == 1
+
+
+def test_max_step_limits_each_pass():
+    policy = Policy(max_step=3, scale_down_delay=0)
+    assert desired(policy, 20, 2, Window(), 0) == 5
+    assert desired(policy, 0, 10, Window(), 0) == 7
+
+
+@pytest.fixture
+def context(aws, central):
+    return MetricContext(central, "us-east-1")
+
+
+def read(spec, context):
+    return load_metric(json.loads(json.dumps(spec).lower()) if False else spec, context).read()
+
+
+def test_static_and_redis_metrics(context, central):
+    assert load_metric({"type": "static", "value": 7}, context).read() == 7
+    metric = load_metric({"type": "redis", "key": "demand:web"}, context)
+    with pytest.raises(MetricError, match="missing"):
+        metric.read()
+    central.set("demand:web", "not-a-number")
+    with pytest.raises(MetricError, match="not a number"):
+        metric.read()
+    central.set("demand:web", "12.5")
+    assert metric.read() == 12.5
+    with pytest.raises(MetricError, match="unknown metric type 'nope'"):
+        load_metric({"type": "nope"}, context)
+
+
+def test_elastic_beanstalk_metric_counts_the_environments_instances(context, aws):
+    app, env = f"app-{uuid.uuid4().hex[:6]}", f"env-{uuid.uuid4().hex[:6]}"
+    aws.elasticbeanstalk.create_application(ApplicationName=app)
+    aws.elasticbeanstalk.create_environment(ApplicationName=app, EnvironmentName=env)
+    metric = load_metric({"type": "elasticbeanstalk", "environmentname": env}, context)
+    assert metric.read() == 0
+    image = aws.ec2.describe_images()["Images"][0]["ImageId"]
+    aws.ec2.run_instances(ImageId=image, MinCount=3, MaxCount=3, TagSpecifications=[{
+        "ResourceType": "instance",
+        "Tags": [{"Key": "elasticbeanstalk:environment-name", "Value": env}]}])
+    assert metric.read() == 3
+    with pytest.raises(MetricError, match="does not exist"):
+        load_metric({"type": "elasticbeanstalk", "environmentname": "no-such-env"}, context).read()
+
+
+def test_cloudwatch_metric_reads_the_statistic(context, aws):
+    namespace = f"Warden/{uuid.uuid4().hex[:6]}"
+    metric = load_metric({"type": "cloudwatch", "namespace": namespace, "metricname": "Queue",
+                          "dimensions": {"App": "web"}, "statistic": "Maximum",
+                          "periodseconds": 300}, context)
+    with pytest.raises(MetricError, match="no datapoints"):
+        metric.read()
+    aws.cloudwatch.put_metric_data(Namespace=namespace, MetricData=[
+        {"MetricName": "Queue", "Dimensions": [{"Name": "App", "Value": "web"}], "Value": v}
+        for v in (3, 17, 8)])
+    assert metric.read() == 17
+
+
+def test_sqs_metric_reads_the_queue_length(context, aws):
+    url = aws.sqs.create_queue(QueueName=f"q-{uuid.uuid4().hex[:6]}")["QueueUrl"]
+    metric = load_metric({"type": "sqs", "queueurl": url}, context)
+    assert metric.read() == 0
+    for n in range(4):
+        aws.sqs.send_message(QueueUrl=url, MessageBody=str(n))
+    assert metric.read() == 4
+
+
+def test_steps_from_s3_and_from_a_file_are_read_again_when_they_change(aws, tmp_path):
+    bucket = f"steps-{uuid.uuid4().hex[:6]}"
+    aws.s3.create_bucket(Bucket=bucket)
+    aws.s3.put_object(Bucket=bucket, Key="web.json", Body=b"[[0, 1], [10, 3]]")
+    source = StepsSource(lambda: aws.s3, str(tmp_path))
+    assert source.steps(f"s3://{bucket}/web.json") == ((0, 1), (10, 3))
+    aws.s3.put_object(Bucket=bucket, Key="web.json", Body=b"[[0, 2], [5, 4]]")
+    assert source.steps(f"s3://{bucket}/web.json") == ((0, 2), (5, 4))
+    with pytest.raises(MetricError):
+        source.steps(f"s3://{bucket}/missing.json")
+    (tmp_path / "steps.json").write_text("[[0, 1]]")
+    assert source.steps("steps.json") == ((0, 1),)
+    time.sleep(0.01)
+    (tmp_path / "steps.json").write_text("[[0, 1], [100, 9]]")
+    assert source.steps("steps.json") == ((0, 1), (100, 9))
+    (tmp_path / "steps.json").write_text("[[0, \"x\"]]")
+    with pytest.raises(MetricError, match="list of"):
+        source.steps("steps.json")
+
+
+@pytest.fixture
+def ecs(aws):
+    """A cluster on moto's ECS with a Fargate task definition."""
+    cluster = f"c-{uuid.uuid4().hex[:6]}"
+    family = f"web-{uuid.uuid4().hex[:6]}"
+    aws.ecs.create_cluster(clusterName=cluster)
+    aws.ecs.register_task_definition(family=family, requiresCompatibilities=["FARGATE"],
+                                     networkMode="awsvpc", cpu="256", memory="512",
+                                     containerDefinitions=[{"name": "web", "image": "web",
+                                                            "memory": 64, "cpu": 10}])
+    client = aws.ecs
+    subnet = aws.ec2.describe_subnets()["Subnets"][0]["SubnetId"]
+    group = aws.ec2.describe_security_groups()["SecurityGroups"][0]["GroupId"]
+
+    class Ecs:
+        name = cluster
+        task_family = family
+        awsvpc = {"awsvpcConfiguration": {"subnets": [subnet], "securityGroups": [group],
+                                          "assignPublicIp": "DISABLED"}}
+
+        def tasks(self, **filters):
+            arns = client.list_tasks(cluster=cluster, family=family, desiredStatus="RUNNING")["taskArns"]
+            found = []
+            for start in range(0, len(arns), 100):
+                found += client.describe_tasks(cluster=cluster, tasks=arns[start:start + 100],
+                                               include=["TAGS"])["tasks"]
+            return found
+
+    return Ecs()
+
+
+def service_for(ecs, **scaling) -> Service:
+    return Service("web", 80, task_name=ecs.task_family, cluster=ecs.name,
+                   metric={"type": "static", "value": 0},
+                   scaling={"scaledowndelayseconds": 0, **scaling},
+                   run_task={"launchtype": "FARGATE", "networkconfiguration": ecs.awsvpc})
+
+
+def config_for(tmp_path) -> Config:
+    return Config(path=str(tmp_path / "config.json"), display_path="config.json", region="us-east-1")
+
+
+def test_ecs_handler_starts_in_batches_of_ten_and_stops_newest_first(ecs, tmp_path):
+    handler = EcsHandler(config_for(tmp_path))
+    calls = []
+    handler.client().meta.events.register("provide-client-params.ecs.RunTask",
+                                          lambda params, **kw: calls.append(params["count"]))
+    service = service_for(ecs)
+    result = handler.on_scaling_pass(None, service=service, metric=23, steps=(), epoch=7,
+                                     fence=lambda: True)
+    assert (result.desired, result.running, result.started) == (23, 0, 23)
+    assert calls == [10, 10, 3]
+    tasks = ecs.tasks()
+    assert len(tasks) == 23
+    for task in tasks:
+        tags = {t["key"]: t["value"] for t in task["tags"]}
+        assert task["startedBy"] == "warden" and tags == {"warden:service": "web", "warden:epoch": "7"}
+    before = {t["taskArn"] for t in tasks}
+    result = handler.on_scaling_pass(None, service=service, metric=20, steps=(), epoch=7,
+                                     fence=lambda: True)
+    assert (result.running, result.stopped) == (23, 3)
+    stopped = before - {t["taskArn"] for t in ecs.tasks()}
+    # moto gives no createdAt: newest first falls back to the task ARN, highest first.
+    assert stopped == set(sorted(before)[-3:])
+
+
+def test_ecs_handler_counts_only_its_own_tasks_and_changes_nothing_when_fenced(ecs, tmp_path, aws):
+    aws.ecs.run_task(cluster=ecs.name, taskDefinition=ecs.task_family, count=2, launchType="FARGATE",
+                     networkConfiguration=ecs.awsvpc, startedBy="someone-else",
+                     tags=[{"key": "warden:service", "value": "web"}])
+    aws.ecs.run_task(cluster=ecs.name, taskDefinition=ecs.task_family, count=1, launchType="FARGATE",
+                     networkConfiguration=ecs.awsvpc, startedBy="warden",
+                     tags=[{"key": "warden:service", "value": "other"}])
+    handler = EcsHandler(config_for(tmp_path))
+    service = service_for(ecs)
+    result = handler.on_scaling_pass(None, service=service, metric=4, steps=(), epoch=3,
+                                     fence=lambda: False)
+    assert result.refused and result.running == 0 and result.started == 0
+    assert len(ecs.tasks()) == 3
+    result = handler.on_scaling_pass(None, service=service, metric=4, steps=((0, 1), (3, 2)),
+                                     epoch=3, fence=lambda: True)
+    assert (result.desired, result.started) == (2, 2)
+    assert len(ecs.tasks()) == 5
+
+
+def web_service(ecs, **metric) -> dict:
+    return {"name": "web", "port": 80, "taskName": ecs.task_family, "cluster": ecs.name,
+            "metric": {"type": "redis", "key": "demand:web", **metric},
+            "scaling": {"steps": [[0, 1], [10, 3], [50, 6]], "scaleDownDelaySeconds": 0},
+            "runTask": {"launchType": "FARGATE", "networkConfiguration": ecs.awsvpc}}
+
+
+def count_tasks(ecs) -> int:
+    return sum(1 for t in ecs.tasks() if t["startedBy"] == "warden")
+
+
+def test_managers_follow_a_redis_metric_nudged_on_warden_metric(ecs, central, managers, central_server):
+    import redis as redis_lib
+
+    central.set("demand:web", "0")
+    for n in range(3):
+        managers(f"i-{n}", services=[web_service(ecs)], managerSleepTimeSeconds=600,
+                 handlers=["ecs"])
+    eventually(lambda: count_tasks(ecs) == 1, 15, what="the pass on gaining leadership")
+    pub = redis_lib.Redis(port=central_server.port)
+    central.set("demand:web", "12")
+    pub.publish("warden:metric", "web")
+    eventually(lambda: count_tasks(ecs) == 3, 5, what="scaled up after the nudge")
+    central.set("demand:web", "60")
+    pub.publish("warden:metric", json.dumps({"type": "metric", "service": "web"}))
+    eventually(lambda: count_tasks(ecs) == 6, 5, what="scaled up again")
+    central.set("demand:web", "0")
+    pub.publish("warden:metric", "anything: every service")
+    eventually(lambda: count_tasks(ecs) == 1, 5, what="scaled down")
+    # An unreadable metric holds the count, whatever it was.
+    central.set("demand:web", "garbage")
+    pub.publish("warden:metric", "web")
+    time.sleep(2)
+    assert count_tasks(ecs) == 1
+    pub.close()
+
+
+def test_a_frozen_leader_that_wakes_cannot_scale(ecs, central, managers):
+    central.set("demand:web", "0")
+    group = [managers(f"i-{n}", services=[web_service(ecs)], managerSleepTimeSeconds=0.5,
+                      handlers=["ecs"]) for n in range(2)]
+    chief = eventually(lambda: central.hget("service-manager", "id"), 10, what="a leader")
+    eventually(lambda: count_tasks(ecs) == 1, 15, what="the first pass")
+    old_epoch = central.get("warden:epoch")
+    frozen = next(m for m in group if m.env["WARDEN_INSTANCE_ID"] == chief)
+    frozen.process.send_signal(signal.SIGSTOP)
+    eventually(lambda: central.hget("service-manager", "id") not in (None, chief), 10,
+               what="a new leader")
+    central.set("demand:web", "12")
+    eventually(lambda: count_tasks(ecs) == 3, 10, what="the new leader scales")
+    frozen.process.send_signal(signal.SIGCONT)
+    time.sleep(3)
+    assert count_tasks(ecs) == 3, "the count stays what the new leader wants"
+    epochs = {next(t["value"] for t in task["tags"] if t["key"] == "warden:epoch")
+              for task in ecs.tasks() if task["startedBy"] == "warden"}
+    new_tasks = [e for e in epochs if e != old_epoch]
+    assert new_tasks and all(int(e) > int(old_epoch) for e in new_tasks)
+    assert "leadership lost" in frozen.log()
