@@ -157,3 +157,24 @@ def test_broken_file_keeps_its_last_good_version(tmp_path: Path) -> None:
     (tmp_path / "s/b.json").unlink()
     services, _ = catalog.load()
     assert [s.name for s in services] == ["a"]
+
+
+def test_metric_and_scaling_are_checked(tmp_path: Path) -> None:
+    write(tmp_path, "config.json", {"serviceDescriptionFilename": "services.json"})
+    write(tmp_path, "services.json", [
+        {"name": "a", "port": 80, "metric": {"type": "redis"}},
+        {"name": "b", "port": 80, "metric": {"Type": "tea-leaves"}},
+        {"name": "c", "port": 80, "metric": {"type": "static", "value": 3},
+         "scaling": {"steps": [[0, 1], [5, "two"]], "minTasks": -1}},
+        {"name": "d", "port": 80, "metric": {"type": "sqs", "queueUrl": "http://q"},
+         "scaling": {"steps": [[0, 1], [5, 2]], "maxTasks": 4, "maxStep": 2}},
+    ])
+    result = run_warden(tmp_path, "validate")
+    assert result.returncode == 2
+    assert result.stdout.splitlines() == [
+        "services.json: [0].metric.key: is required for a redis metric",
+        "services.json: [1].metric.Type: unknown metric type 'tea-leaves' (known: "
+        "cloudwatch, elasticbeanstalk, redis, sqs, static)",
+        "services.json: [2].scaling.steps: must be a list of [threshold, tasks] pairs",
+        "services.json: [2].scaling.minTasks: must be a whole number, 0 or more",
+    ]

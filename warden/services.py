@@ -164,11 +164,28 @@ _FIELDS: dict[str, tuple[str, Callable[[Any], tuple[Any, Optional[str]]]]] = {
 }
 
 
+#: settings each built-in metric type needs (a plugin checks its own when read)
+METRIC_SETTINGS = {
+    "static": ("value",), "redis": ("key",), "elasticbeanstalk": ("environmentName",),
+    "cloudwatch": ("namespace", "metricName"), "sqs": ("queueUrl",),
+}
+
+
 def _check_metric(file: str, where: str, obj: KeyedObject) -> list[Problem]:
+    from importlib.metadata import entry_points
+
     problems = jsonfile.duplicate_problems(file, where + ".", obj)
     kind = obj.get("type")
     if not isinstance(kind, str) or not kind:
         problems.append(Problem(file, f"{where}.{obj.spelled('type')}", "must name the metric type"))
+        return problems
+    known = {ep.name for ep in entry_points(group="warden.metrics")}
+    if kind not in known:
+        problems.append(Problem(file, f"{where}.{obj.spelled('type')}",
+                                f"unknown metric type {kind!r} (known: {', '.join(sorted(known))})"))
+    for setting in METRIC_SETTINGS.get(kind, ()):
+        if obj.get(setting.lower()) in (None, ""):
+            problems.append(Problem(file, f"{where}.{setting}", f"is required for a {kind} metric"))
     return problems
 
 
