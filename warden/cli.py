@@ -71,6 +71,8 @@ def _parser() -> argparse.ArgumentParser:
     sweep.add_argument("--dry-run", action="store_true",
                        help="print the changes it would make and change nothing")
     commands.add_parser("validate", help="check the config and every service description")
+    status = commands.add_parser("status", help="services, routes, enrolment, leader and task counts")
+    status.add_argument("--json", action="store_true", help="the stable, documented JSON form")
     return parser
 
 
@@ -126,7 +128,7 @@ def _prepare(args: argparse.Namespace, roles: frozenset[str] = REGISTRAR):
     if "manager" in roles:
         config = resolve_identity(config)
     if "elb" in config.handlers and named:
-        config = resolve_identity(config)
+        config = resolve_identity(config, needed=("instance_id", "region"))
         for field in ("instance_id", "region"):
             if not getattr(config, field):
                 raise ConfigError(
@@ -178,8 +180,8 @@ def _prepare_manager(config: Config, roles: Optional[frozenset[str]] = MANAGER) 
     from warden.handlers import load_handlers
     from warden.metadata import CONFIG_KEYS, ENV_KEYS, resolve_identity
 
-    config = resolve_identity(config)
-    needed = ["instance_id", "region"] + (["availability_zone"] if config.zone_check == "ec2" else [])
+    needed = ("instance_id", "region") + (("availability_zone",) if config.zone_check == "ec2" else ())
+    config = resolve_identity(config, needed)
     for field in needed:
         if not getattr(config, field):
             raise ConfigError(
@@ -256,7 +258,22 @@ def cmd_run(args: argparse.Namespace) -> int:
                    ManagerDaemon(config, manager_catalog, [])])
 
 
-COMMANDS = {"validate": cmd_validate, "sweep": cmd_sweep, "registrar": cmd_registrar,
+def cmd_status(args: argparse.Namespace) -> int:
+    """Print the status of this host and the cluster, as a table or as JSON."""
+    from warden.metadata import resolve_identity
+    from warden.status import collect, render_json, render_text
+
+    config, catalog, problems = _load(args.config)
+    for problem in problems:
+        (logger.warning if problem.warning else logger.error)("%s", problem)
+    needs_identity = any(s.targets for s in catalog.services)
+    report = collect(resolve_identity(config, ("instance_id",) if needs_identity else ()),
+                     catalog.services)
+    print(render_json(report) if args.json else render_text(report))
+    return EXIT_OK
+
+
+COMMANDS = {"status": cmd_status, "validate": cmd_validate, "sweep": cmd_sweep, "registrar": cmd_registrar,
             "manager": cmd_manager, "run": cmd_run}
 
 

@@ -63,17 +63,19 @@ def fetch_metadata(paths: list[str], timeout: float = 1.0) -> dict[str, str]:
     return found
 
 
-def resolve_identity(config: Config) -> Config:
-    """``config`` with instanceId, availabilityZone and region filled in where the
-    environment or instance metadata know them. The region also falls back to the
-    standard ``AWS_REGION``/``AWS_DEFAULT_REGION``."""
+def resolve_identity(config: Config, needed: tuple[str, ...] = ()) -> Config:
+    """``config`` with instanceId, availabilityZone and region filled in from the
+    ``WARDEN_*`` overrides, the region also from the standard ``AWS_REGION`` /
+    ``AWS_DEFAULT_REGION``, and, only when one of the ``needed`` fields is still
+    missing, from instance metadata."""
     values: dict[str, Optional[str]] = {}
     for field, (env, _) in _FIELDS.items():
         values[field] = os.environ.get(env) or getattr(config, field)
     if not values["region"]:
         values["region"] = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
-    missing = [path for field, (_, path) in _FIELDS.items() if not values[field]]
-    fetched = fetch_metadata(missing)
-    for field, (_, path) in _FIELDS.items():
-        values[field] = values[field] or fetched.get(path)
+    if any(not values[field] for field in needed):
+        missing = [path for field, (_, path) in _FIELDS.items() if not values[field]]
+        fetched = fetch_metadata(missing)
+        for field, (_, path) in _FIELDS.items():
+            values[field] = values[field] or fetched.get(path)
     return with_identity(config, **values)

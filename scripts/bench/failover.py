@@ -53,7 +53,7 @@ def main() -> int:
     processes: dict[str, subprocess.Popen] = {}
 
     def start(instance: str) -> None:
-        env = dict(os.environ, WARDEN_INSTANCE_ID=instance)
+        env = dict(os.environ, WARDEN_INSTANCE_ID=instance, AWS_EC2_METADATA_DISABLED="true")
         processes[instance] = subprocess.Popen(
             [sys.executable, "-m", "warden", "--config", config, "--log-level", "warning", "manager"],
             env=env, cwd=ROOT, stderr=subprocess.DEVNULL)

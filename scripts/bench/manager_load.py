@@ -47,7 +47,7 @@ def main() -> int:
                    "region": "us-east-1", "handlers": []}, handle)
     processes = [subprocess.Popen(
         [sys.executable, "-m", "warden", "--config", config, "--log-level", "warning", "manager"],
-        env=dict(os.environ, WARDEN_INSTANCE_ID=f"i-load-{n}"), cwd=ROOT, stderr=subprocess.DEVNULL)
+        env=dict(os.environ, WARDEN_INSTANCE_ID=f"i-load-{n}", AWS_EC2_METADATA_DISABLED="true"), cwd=ROOT, stderr=subprocess.DEVNULL)
         for n in range(count)]
     try:
         time.sleep(5)

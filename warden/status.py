@@ -1,0 +1,192 @@
+"""``warden status``: what this host and the cluster look like now, read from the
+stores themselves (the Redx Redis, Docker, the load balancers, the central Redis, ECS),
+so it works whether or not the daemon runs. A part that cannot be read is reported in
+``errors`` and shown as unknown; it never fails the command."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Optional
+
+from warden.config import Config
+from warden.services import Service
+
+#: bump when the JSON form changes incompatibly
+SCHEMA_VERSION = 1
+
+
+def collect(config: Config, services: tuple[Service, ...]) -> dict:
+    """The status as a JSON-ready dict (the documented ``--json`` form)."""
+    errors: list[str] = []
+    report: dict[str, Any] = {"schema": SCHEMA_VERSION, "instanceId": config.instance_id,
+                              "zone": config.availability_zone, "services": [], "leader": None,
+                              "errors": errors}
+    servers = _redx_servers(config, services, errors)
+    containers = _containers(services, config, errors)
+    enrolled = _enrolment(config, services, errors)
+    tasks = _tasks(config, services, errors)
+    for service in services:
+        report["services"].append({
+            "name": service.name,
+            "frontend": service.frontend or None,
+            "backend": service.backend_name,
+            "routes": servers.get(service.backend_name),
+            "containers": containers.get(service.name),
+            "loadBalancers": [{"target": t.describe(config.instance_id or "?"),
+                               "enrolled": enrolled.get(t)} for t in service.targets],
+            "tasks": tasks.get(service.name, {"desired": None, "running": None}),
+        })
+    report["leader"] = _leader(config, errors)
+    return report
+
+
+def _redx_servers(config: Config, services: tuple[Service, ...], errors: list) -> dict:
+    try:
+        client = config.nginx_redis.client(decode_responses=True, socket_timeout=2,
+                                           socket_connect_timeout=2)
+        pipe = client.pipeline(transaction=False)
+        names = sorted({s.backend_name for s in services})
+        for name in names:
+            pipe.hkeys(f"backend:{name}")
+        replies = pipe.execute()
+        client.close()
+        return {name: sorted(a for a in reply if not a.startswith("_")) for name, reply in zip(names, replies)}
+    except Exception as error:  # noqa: BLE001 - status reports, never fails
+        errors.append(f"Redx Redis {config.nginx_redis.display}: {error}")
+        return {}
+
+
+def _containers(services: tuple[Service, ...], config: Config, errors: list) -> dict:
+    try:
+        import docker
+
+        from warden.docker_events import DockerSource
+
+        listed = DockerSource(docker.from_env(timeout=5)).running()
+    except Exception as error:  # noqa: BLE001
+        errors.append(f"Docker: {error}")
+        return {}
+    found: dict[str, list] = {s.name: [] for s in services}
+    for container in listed:
+        for service in services:
+            if service.claims(container):
+                address, why = service.address_of(container, config.host_address)
+                found[service.name].append({"name": container.name, "id": container.short_id,
+                                            "health": container.health, "paused": container.paused,
+                                            "address": address})
+    return found
+
+
+def _enrolment(config: Config, services: tuple[Service, ...], errors: list) -> dict:
+    targets = sorted({t for s in services for t in s.targets})
+    if not targets:
+        return {}
+    if not config.instance_id:
+        errors.append("load balancers: this host's instanceId is unknown")
+        return {}
+    from warden.handlers.elb import ElbHandler
+
+    handler = ElbHandler(config)
+    found = {}
+    for target in targets:
+        try:
+            found[target] = handler.is_enrolled(target)
+        except Exception as error:  # noqa: BLE001
+            errors.append(f"{target.describe(config.instance_id)}: {error}")
+    return found
+
+
+def _tasks(config: Config, services: tuple[Service, ...], errors: list) -> dict:
+    scaled = [s for s in services if s.metric and s.task_name]
+    if not scaled:
+        return {}
+    from warden.handlers.ecs import EcsHandler
+    from warden.metrics import MetricContext, MetricError, load_metric
+    from warden.scaling import Policy, StepsSource
+
+    handler = EcsHandler(config)
+    context = MetricContext(config.service_management_redis.client(socket_timeout=2,
+                                                                   socket_connect_timeout=2),
+                            config.region)
+    steps_source = StepsSource(lambda: context.aws("s3"), config.path.rsplit("/", 1)[0])
+    found = {}
+    for service in scaled:
+        entry: dict[str, Optional[float]] = {"desired": None, "running": None, "metric": None}
+        try:
+            entry["running"] = len(handler.tasks(service))
+        except Exception as error:  # noqa: BLE001
+            errors.append(f"ECS tasks of {service.name}: {error}")
+        try:
+            policy = Policy.from_spec(service.scaling)
+            value = load_metric(service.metric or {}, context).read()
+            steps = steps_source.steps(policy.steps_url) if policy.steps_url else policy.steps
+            entry["metric"] = value
+            entry["desired"] = policy.wanted(value, steps)
+        except MetricError as error:
+            errors.append(f"metric of {service.name}: {error}")
+        found[service.name] = entry
+    return found
+
+
+def _leader(config: Config, errors: list) -> Optional[dict]:
+    from warden.election import ElectionStore
+
+    try:
+        client = config.service_management_redis.client(socket_timeout=2, socket_connect_timeout=2)
+        view = ElectionStore(client, config.instance_id or "-", config.lease_seconds,
+                             config.legacy_max_heartbeat_age_seconds, config.guard_time_seconds,
+                             config.candidate_expiry_seconds).check(standing=False)
+        client.close()
+    except Exception as error:  # noqa: BLE001
+        errors.append(f"central Redis {config.service_management_redis.display}: {error}")
+        return None
+    if view.state == "none":
+        return {"id": None, "state": "none", "zone": None, "heartbeatAgeSeconds": None,
+                "epoch": None, "legacy": False}
+    return {"id": view.leader_id, "state": view.state, "zone": view.zone or None,
+            "heartbeatAgeSeconds": None if view.age_ms < 0 else round(view.age_ms / 1000, 3),
+            "epoch": view.epoch, "legacy": view.legacy}
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "?"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return str(value)
+
+
+def render_text(report: dict) -> str:
+    """The report as a table that reads at a glance in a terminal."""
+    rows = [("SERVICE", "FRONTEND", "ROUTES", "CONTAINERS", "LOAD BALANCERS", "TASKS (desired/running)")]
+    for s in report["services"]:
+        routes = s["routes"]
+        lbs = ", ".join(f"{lb['target'].split(' ')[0]}={_cell(lb['enrolled'])}" for lb in s["loadBalancers"]) or "-"
+        tasks = s["tasks"]
+        task_text = "-" if tasks["desired"] is None and tasks["running"] is None \
+            else f"{_cell(tasks['desired'])}/{_cell(tasks['running'])}"
+        containers = s["containers"]
+        rows.append((s["name"], s["frontend"] or "-",
+                     "?" if routes is None else (", ".join(routes) or "none"),
+                     "?" if containers is None else str(len(containers)), lbs, task_text))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip() for row in rows]
+    leader = report["leader"]
+    if leader is None:
+        lines.append("\nleader: ? (central Redis unreachable)")
+    elif leader["id"] is None:
+        lines.append("\nleader: none")
+    else:
+        age = leader["heartbeatAgeSeconds"]
+        lines.append(f"\nleader: {leader['id']} ({leader['state']}), zone {leader['zone'] or '-'}, "
+                     f"heartbeat {'?' if age is None else f'{age:.1f}s'} ago, "
+                     f"epoch {leader['epoch'] if leader['epoch'] is not None else '- (Perl/Go record)'}")
+    lines.append(f"this host: {report['instanceId'] or '?'} in {report['zone'] or '?'}")
+    for error in report["errors"]:
+        lines.append(f"unknown: {error}")
+    return "\n".join(lines)
+
+
+def render_json(report: dict) -> str:
+    """The documented JSON form."""
+    return json.dumps(report, indent=2, sort_keys=True)
