@@ -120,7 +120,11 @@ def load_handlers(config: Config, roles: frozenset[str]) -> list[Handler]:
     or raise :class:`ConfigError` naming one that cannot be found or loaded."""
     found = {ep.name: ep for ep in entry_points(group="warden.handlers")}
     handlers = []
-    for name in config.handlers:
+    names = list(config.handlers)
+    if (config.alerts or {}) and "alerts" not in names:
+        # Alerts configured but not listed: an operator who set a webhook wants it used.
+        names.append("alerts")
+    for name in names:
         if "manager" not in roles and name in MANAGER_HANDLERS:
             continue
         if name not in found:

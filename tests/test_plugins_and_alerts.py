@@ -1,0 +1,121 @@
+"""Third-party handlers through entry points, and webhook alerts."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+
+import pytest
+
+from conftest import RUN, eventually, free_port, ip_of
+
+PLUGIN = '''
+from warden.handlers import Handler
+
+
+class RouteLog(Handler):
+    """Appends each route change to the file named by the config key routeLogPath."""
+
+    name = "routelog"
+    roles = frozenset({"registrar"})
+
+    def on_route_added(self, sender, *, route, container, **kw):
+        self._write(f"+ {container.name} {route.backend} {route.address}")
+
+    def on_route_removed(self, sender, *, route, **kw):
+        self._write(f"- {route.backend} {route.address}")
+
+    def _write(self, line):
+        with open(self.config.extra["routeLogPath"], "a") as handle:
+            handle.write(line + "\\n")
+'''
+
+
+def build_plugin(folder: Path, name: str, module_text: str) -> Path:
+    """Install a plugin package into a folder of its own (put on PYTHONPATH)."""
+    source = folder / f"{name}-src"
+    (source / name).mkdir(parents=True)
+    (source / name / "__init__.py").write_text(module_text)
+    (source / "pyproject.toml").write_text(
+        '[build-system]\nrequires = ["setuptools"]\nbuild-backend = "setuptools.build_meta"\n')
+    (source / "setup.cfg").write_text(
+        f"[metadata]\nname = {name}\nversion = 1.0\n\n[options]\npackages = {name}\n\n"
+        f"[options.entry_points]\nwarden.handlers =\n    {name.split('_')[-1]} = {name}:RouteLog\n")
+    target = folder / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
+                    "--target", str(target), str(source)], check=True)
+    return target
+
+
+def test_a_plugin_package_receives_real_signals(tmp_path, redx, containers, warden):
+    site = build_plugin(tmp_path, "warden_routelog", PLUGIN)
+    log = tmp_path / "routes.log"
+    w = warden([{"name": "web", "containerName": f"wt-{RUN}-web", "port": 8080}],
+               handlers=["redx", "routelog"], routeLogPath=str(log))
+    w.env["PYTHONPATH"] = str(site)
+    w.start()
+    c = containers.run("web")
+    address = f"{ip_of(c)}:8080"
+    eventually(lambda: log.exists() and f"+ {c.name} web {address}" in log.read_text(), 5,
+               what="the plugin saw the route")
+    c.remove(force=True)
+    eventually(lambda: f"- web {address}" in log.read_text(), 5, what="the plugin saw it go")
+
+
+def test_a_plugin_that_fails_to_import_is_named(tmp_path, redx, warden):
+    site = build_plugin(tmp_path, "warden_broken", "raise ImportError('needs libfoo')\n")
+    w = warden([{"name": "web", "port": 80}], handlers=["redx", "broken"])
+    w.env["PYTHONPATH"] = str(site)
+    result = w.command("sweep")
+    assert result.returncode == 2
+    assert "handler 'broken' failed to load from warden_broken:RouteLog: ImportError: needs libfoo" \
+        in result.stderr
+    w = warden([{"name": "web", "port": 80}], handlers=["redx", "nosuch"])
+    result = w.command("sweep")
+    assert result.returncode == 2 and "handler 'nosuch': no entry point" in result.stderr
+
+
+@pytest.fixture
+def webhook():
+    """A webhook receiver on loopback that records the JSON bodies POSTed to it."""
+    received: list[dict] = []
+
+    class Receiver(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            length = int(self.headers.get("Content-Length", 0))
+            received.append(json.loads(self.rfile.read(length)))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", free_port()), Receiver)
+    thread = threading.Thread(target=server.serve_forever, name="webhook")
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/hook", received
+    server.shutdown()
+    thread.join()
+    server.server_close()
+
+
+def test_leadership_alerts_reach_the_webhook(central, managers, webhook):
+    url, received = webhook
+    m = managers("i-alert", alerts={"webhookUrl": url, "events": ["leadership"]})
+    eventually(lambda: any(a["event"] == "leadership-gained" for a in received), 10, what="alert")
+    gained = next(a for a in received if a["event"] == "leadership-gained")
+    assert gained["kind"] == "leadership" and gained["instanceId"] == "i-alert"
+    assert gained["text"].startswith("[warden i-alert] i-alert is now the leader (epoch ")
+    assert m.stop() == 0
+    lost = [a for a in received if a["event"] == "leadership-lost"]
+    assert lost and "shutdown" in lost[0]["text"]
+
+
+def test_an_unreachable_webhook_is_dropped_with_a_log_line(central, managers):
+    m = managers("i-alert", alerts={"webhookUrl": f"http://127.0.0.1:{free_port()}/hook"})
+    eventually(lambda: "alert dropped after 3 attempts" in m.log(), 10, what="the drop logged")
+    assert central.hget("service-manager", "id") == "i-alert", "the leader carries on"
