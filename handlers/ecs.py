@@ -188,12 +188,16 @@ class EcsHandler(Handler):
                 stopped, refused = self.stop_tasks(service, tasks, running - target, target, fence)
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as error:
             logger.warning("scaling %s: ECS call failed: %s", service.name, error)
+            operation = getattr(error, "operation_name", "") or type(error).__name__
+            signals.send(signals.aws_call_failed, self, api=f"ecs:{operation}", error=str(error))
             signals.send(signals.scaling_failed, self, service=service.name, error=str(error))
             return None
         if refused:
             logger.warning("scaling %s: fencing refused epoch %s; changed nothing more",
                            service.name, epoch)
         result = ScalingResult(service.name, metric, target, running, started, stopped, refused)
+        signals.send(signals.scaling_checked, self, service=service.name, desired=target,
+                     running=running + started - stopped)
         if started or stopped:
             logger.info("scaled %s: metric %s, desired %d, running %d, started %d, stopped %d",
                         service.name, metric, target, running, started, stopped)

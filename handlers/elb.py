@@ -198,6 +198,10 @@ class _EnrolmentWorker(StoppableThread):
                         IndexError, KeyError) as error:
                     failed = error
                     logger.warning("load-balancer call for %s failed: %s", target.name, error)
+                    operation = getattr(error, "operation_name", "") or type(error).__name__
+                    signals.send(signals.aws_call_failed, handler,
+                                 api=f"{'elb' if target.kind == 'elb' else 'elbv2'}:{operation}",
+                                 error=str(error))
             if failed is None:
                 self.backoff.reset()
             else:

@@ -199,10 +199,24 @@ def _prepare_manager(config: Config, roles: Optional[frozenset[str]] = MANAGER) 
     return config, load_handlers(config, roles) if roles else []
 
 
-def _serve(daemons: list) -> int:
-    """Start ``daemons``, wait for SIGTERM or SIGINT, stop them in reverse order. A
-    second signal exits at once."""
+def _serve(daemons: list, config: Optional[Config] = None) -> int:
+    """Start ``daemons`` (and ``/metrics`` when ``metricsAddress`` is set), wait for
+    SIGTERM or SIGINT, stop them in reverse order. A second signal exits at once."""
     stop = threading.Event()
+    telemetry = None
+    if config is not None and config.metrics_address:
+        from warden.telemetry import Telemetry
+
+        try:
+            telemetry = Telemetry(config.metrics_address)
+        except ValueError:
+            raise ConfigError(f"metricsAddress {config.metrics_address!r} must be host:port") from None
+        for daemon in daemons:
+            daemon.register(telemetry)
+        try:
+            telemetry.start()
+        except OSError as error:
+            raise ConnectionLost(f"cannot serve metrics on {config.metrics_address}: {error}") from None
 
     def request_stop(signum: int, frame: object) -> None:
         if stop.is_set():
@@ -223,6 +237,8 @@ def _serve(daemons: list) -> int:
     finally:
         for daemon in reversed(started):
             daemon.stop()
+        if telemetry is not None:
+            telemetry.stop()
     return EXIT_OK
 
 
@@ -231,7 +247,7 @@ def cmd_registrar(args: argparse.Namespace) -> int:
     from warden.daemon import RegistrarDaemon
 
     config, catalog, handlers, source = _prepare(args)
-    return _serve([RegistrarDaemon(config, catalog, handlers, source)])
+    return _serve([RegistrarDaemon(config, catalog, handlers, source)], config)
 
 
 def cmd_manager(args: argparse.Namespace) -> int:
@@ -242,7 +258,7 @@ def cmd_manager(args: argparse.Namespace) -> int:
     for problem in problems:
         (logger.warning if problem.warning else logger.error)("%s", problem)
     config, handlers = _prepare_manager(config)
-    return _serve([ManagerDaemon(config, catalog, handlers)])
+    return _serve([ManagerDaemon(config, catalog, handlers)], config)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -255,7 +271,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     manager_catalog = ServiceCatalog(config.service_description_path, config.service_description_display)
     manager_catalog.load()
     return _serve([RegistrarDaemon(config, catalog, handlers, source),
-                   ManagerDaemon(config, manager_catalog, [])])
+                   ManagerDaemon(config, manager_catalog, [])], config)
 
 
 def cmd_status(args: argparse.Namespace) -> int:

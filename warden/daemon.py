@@ -34,6 +34,12 @@ class RegistrarDaemon:
             (signals.services_reloaded, self._on_services_reloaded),
         ]
 
+    def register(self, telemetry: Any) -> None:
+        """Health checks and reconnect counters for ``/healthz`` and ``/metrics``."""
+        telemetry.health_check("docker-events", self.reader.connected.is_set)
+        telemetry.health_check("redx-redis", lambda: self.redx_watcher.reachable)
+        telemetry.reconnect_source("docker-events", lambda: self.reader.reconnects)
+
     def _on_sweep_requested(self, sender: Any, *, reason: str, **kw: Any) -> None:
         self.registrar.submit("sweep", reason)
 
@@ -100,6 +106,11 @@ class ManagerDaemon:
             lambda: config.service_management_redis.client(socket_connect_timeout=2,
                                                            health_check_interval=10),
             self.codec, extra={"warden:metric": self.scaler.on_metric_message})
+
+    def register(self, telemetry: Any) -> None:
+        """Health checks and reconnect counters for ``/healthz`` and ``/metrics``."""
+        telemetry.health_check("control-channels", self.subscriber.connected.is_set)
+        telemetry.reconnect_source("control-channels", lambda: self.subscriber.reconnects)
 
     def start(self) -> None:
         for handler in self.handlers:

@@ -270,8 +270,11 @@ class Registrar(StoppableThread):
         self.sweeps += 1
         self.last_sweep_changes = changes
         self._update_probe()
+        seconds = time.monotonic() - started
         logger.info("sweep (%s): %d containers, %d changes in %.3fs", reason,
-                    len(self.containers), len(changes), time.monotonic() - started)
+                    len(self.containers), len(changes), seconds)
+        if apply:
+            signals.send(signals.sweep_done, self, reason=reason, changes=changes, seconds=seconds)
         return changes
 
     def reload(self) -> tuple[Service, ...]:

@@ -161,3 +161,21 @@ scaling_failed = _signals.signal(
     doc="""An ECS call of a scaling pass failed. Sender: the ECS handler.
     kw: ``service`` (name), ``error`` (text).""",
 )
+
+sweep_done = _signals.signal(
+    "sweep-done",
+    doc="""A sweep finished. Sender: the Registrar. kw: ``reason``, ``changes`` (the
+    list of Change it made: the drift it corrected), ``seconds``.""",
+)
+
+scaling_checked = _signals.signal(
+    "scaling-checked",
+    doc="""A scaling pass counted a service's tasks. Sender: the ECS handler.
+    kw: ``service`` (name), ``desired``, ``running``.""",
+)
+
+aws_call_failed = _signals.signal(
+    "aws-call-failed",
+    doc="""An AWS API call failed (after botocore's retries). Sender: the handler.
+    kw: ``api`` (e.g. ``elb:RegisterInstancesWithLoadBalancer``), ``error`` (text).""",
+)
