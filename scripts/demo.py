@@ -1,8 +1,11 @@
-"""Warden's demo: a Redx Redis of its own, ``warden registrar`` on a local config, and
-containers churning while the routes change live.
+"""Warden's demo: ``warden run`` on a local config, with containers churning while the
+routes change live, this host taking the leadership, and a metric moving an ECS task
+count up and down.
 
 Run through ``scripts/demo``, which installs and starts what it needs. It uses a
-redis-server on a free loopback port (never 6379) and removes its containers after.
+redis-server of its own on a free loopback port (never 6379; database 0 is the Redx
+Redis, 11 the central one) and the moto server standing in for AWS, and removes its
+containers after.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import sys
 import tempfile
 import time
 
+import boto3
 import docker
 import redis
 
@@ -44,6 +48,47 @@ def settle() -> None:
     time.sleep(0.6)
 
 
+def start_moto() -> tuple[subprocess.Popen, str]:
+    """The moto server on a free port, standing in for ECS."""
+    port = free_port()
+    binary = os.path.join(os.path.dirname(sys.executable), "moto_server")
+    process = subprocess.Popen([binary, "-p", str(port)], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    os.environ.update(AWS_ENDPOINT_URL=url, AWS_ACCESS_KEY_ID="demo", AWS_SECRET_ACCESS_KEY="demo",
+                      AWS_DEFAULT_REGION="us-east-1", AWS_EC2_METADATA_DISABLED="true",
+                      WARDEN_INSTANCE_ID="i-demo", WARDEN_AVAILABILITY_ZONE="us-east-1a")
+    for _ in range(100):
+        try:
+            boto3.client("ecs").list_clusters()
+            break
+        except Exception:  # noqa: BLE001 - still starting
+            time.sleep(0.2)
+    return process, url
+
+
+def worker_service() -> dict:
+    """An ECS service scaled by a Redis metric, with a Fargate task definition."""
+    ecs, ec2 = boto3.client("ecs"), boto3.client("ec2")
+    ecs.create_cluster(clusterName="demo")
+    ecs.register_task_definition(family="worker", requiresCompatibilities=["FARGATE"],
+                                 networkMode="awsvpc", cpu="256", memory="512",
+                                 containerDefinitions=[{"name": "worker", "image": "worker",
+                                                        "memory": 64, "cpu": 10}])
+    subnet = ec2.describe_subnets()["Subnets"][0]["SubnetId"]
+    group = ec2.describe_security_groups()["SecurityGroups"][0]["GroupId"]
+    return {"name": "worker", "port": 9100, "taskName": "worker", "cluster": "demo",
+            "metric": {"type": "redis", "key": "demand:worker"},
+            "scaling": {"steps": [[0, 1], [10, 3], [50, 6]], "scaleDownDelaySeconds": 0},
+            "runTask": {"launchType": "FARGATE", "networkConfiguration": {"awsvpcConfiguration": {
+                "subnets": [subnet], "securityGroups": [group]}}}}
+
+
+def tasks_running() -> int:
+    ecs = boto3.client("ecs")
+    return len(ecs.list_tasks(cluster="demo", family="worker", desiredStatus="RUNNING")["taskArns"])
+
+
 def main() -> int:
     rounds = int(os.environ.get("WARDEN_DEMO_ROUNDS", "3"))
     folder = tempfile.mkdtemp(prefix="warden-demo-")
@@ -52,24 +97,32 @@ def main() -> int:
         ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
          "--appendonly", "no"], stdout=subprocess.DEVNULL)
     redx = redis.Redis(port=port, decode_responses=True)
+    central = redis.Redis(port=port, db=11, decode_responses=True)
     for _ in range(50):
         try:
             redx.ping()
             break
         except redis.ConnectionError:
             time.sleep(0.1)
+    moto, moto_url = start_moto()
     client = docker.from_env()
     services = os.path.join(folder, "services")
     os.makedirs(services)
-    with open(os.path.join(folder, "config.json"), "w") as handle:
-        json.dump({"nginxRedisAddress": f"127.0.0.1:{port}", "serviceDescriptionFilename": "services",
-                   "registrarSleepTimeSeconds": 30, "handlers": ["redx"]}, handle, indent=1)
+    config = os.path.join(folder, "config.json")
+    with open(config, "w") as handle:
+        json.dump({"nginxRedisAddress": f"127.0.0.1:{port}",
+                   "serviceManagementRedisAddress": f"127.0.0.1:{port}",
+                   "serviceDescriptionFilename": "services", "registrarSleepTimeSeconds": 30,
+                   "zoneCheck": "none", "handlers": ["redx", "ecs"]}, handle, indent=1)
     with open(os.path.join(services, "web.json"), "w") as handle:
         json.dump([{"name": "web", "containerName": "demo-web", "port": 8080,
                     "loadBalancerUrl": "web.localhost", "site": ""}], handle)
-    print(f"Demo folder {folder}; Redx Redis on 127.0.0.1:{port}; warden's log follows on stderr.")
-    warden = subprocess.Popen([sys.executable, "-m", "warden", "--config",
-                               os.path.join(folder, "config.json"), "registrar"])
+    central.set("demand:worker", "0")
+    with open(os.path.join(services, "worker.json"), "w") as handle:
+        json.dump(worker_service(), handle)
+    print(f"Demo folder {folder}; Redis on 127.0.0.1:{port} (Redx db 0, central db 11); "
+          f"moto for AWS at {moto_url}; warden's log follows on stderr.")
+    warden = subprocess.Popen([sys.executable, "-m", "warden", "--config", config, "run"])
     made = []
 
     def run(name: str, **kw: object) -> docker.models.containers.Container:
@@ -79,9 +132,22 @@ def main() -> int:
         made.append(container)
         return container
 
+    def demand(value: int) -> None:
+        central.set("demand:worker", str(value))
+        central.publish("warden:metric", "worker")
+        for _ in range(50):
+            time.sleep(0.1)
+            if tasks_running() == {0: 1, 12: 3, 60: 6}[value]:
+                break
+        print(f"\n== demand:worker = {value}, published on warden:metric: "
+              f"{tasks_running()} worker tasks running in ECS")
+
     try:
-        time.sleep(1.5)
+        time.sleep(2.5)
         show(redx, "Warden started: the frontend is written, no containers yet")
+        print(f"\n== leader: {central.hget('service-manager', 'id')} "
+              f"(epoch {central.hget('service-manager', 'epoch')}); "
+              f"{tasks_running()} worker task running (the lowest step)")
         for n in range(rounds):
             a = run(f"demo-web-{n}a")
             b = run(f"demo-web-{n}b")
@@ -107,25 +173,33 @@ def main() -> int:
         checked.exec_run("touch /tmp/ok")
         time.sleep(1.2)
         show(redx, f"{checked.name} is healthy: routed")
-        redx.flushall()
+        redx.flushdb()
         time.sleep(1.8)
         show(redx, "someone flushed the Redx Redis: Warden noticed and refilled it")
+        demand(12)
+        demand(60)
+        demand(0)
         api.remove(force=True)
         checked.remove(force=True)
         settle()
         show(redx, "removed the remaining containers")
+        print("\n== warden status")
+        sys.stdout.flush()
+        subprocess.run([sys.executable, "-m", "warden", "--config", config, "status"])
     finally:
         warden.send_signal(signal.SIGTERM)
-        code = warden.wait(30)
+        code = warden.wait(60)
         for container in made:
             try:
                 container.remove(force=True)
             except docker.errors.NotFound:
                 pass
+        moto.terminate()
+        moto.wait(10)
         redis_server.terminate()
         redis_server.wait(10)
         shutil.rmtree(folder, ignore_errors=True)
-    print(f"\nwarden exited {code} on SIGTERM. Demo done.")
+    print(f"\nwarden exited {code} on SIGTERM (leadership handed back). Demo done.")
     return code
 
 
