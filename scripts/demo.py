@@ -14,7 +14,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,10 +27,7 @@ IMAGE = "warden-test:latest"
 LABEL = "warden.demo"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from local_services import free_port, start_redis  # noqa: E402 - scripts/ is on the path
 
 
 def show(redx: redis.Redis, title: str) -> None:
@@ -92,18 +88,9 @@ def tasks_running() -> int:
 def main() -> int:
     rounds = int(os.environ.get("WARDEN_DEMO_ROUNDS", "3"))
     folder = tempfile.mkdtemp(prefix="warden-demo-")
-    port = free_port()
-    redis_server = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-         "--appendonly", "no"], stdout=subprocess.DEVNULL)
+    redis_server, port = start_redis()
     redx = redis.Redis(port=port, decode_responses=True)
     central = redis.Redis(port=port, db=11, decode_responses=True)
-    for _ in range(50):
-        try:
-            redx.ping()
-            break
-        except redis.ConnectionError:
-            time.sleep(0.1)
     moto, moto_url = start_moto()
     client = docker.from_env()
     services = os.path.join(folder, "services")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -19,27 +18,15 @@ import time
 import redis
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+sys.path.insert(0, os.path.join(ROOT, "scripts"))
+from local_services import start_redis  # noqa: E402
 
 
 def main() -> int:
     count = int(os.environ.get("MANAGERS", "5"))
     seconds = float(os.environ.get("SECONDS_MEASURED", "20"))
-    port = free_port()
-    server = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1",
-                               "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL)
+    server, port = start_redis()
     r = redis.Redis(port=port, decode_responses=True)
-    for _ in range(50):
-        try:
-            r.ping()
-            break
-        except redis.ConnectionError:
-            time.sleep(0.1)
     folder = tempfile.mkdtemp()
     config = os.path.join(folder, "config.json")
     with open(config, "w") as handle:

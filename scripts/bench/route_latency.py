@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -27,12 +26,8 @@ import redis
 
 IMAGE = "warden-test:latest"
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+sys.path.insert(0, os.path.join(ROOT, "scripts"))
+from local_services import start_redis  # noqa: E402
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -69,17 +64,8 @@ def main() -> int:
     sequential = int(os.environ.get("BENCH_SEQUENTIAL", "20"))
     burst = int(os.environ.get("BENCH_BURST", "30"))
     client = docker.from_env()
-    port = free_port()
-    server = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1",
-                               "--save", "", "--appendonly", "no",
-                               "--notify-keyspace-events", "Kh"], stdout=subprocess.DEVNULL)
+    server, port = start_redis("--notify-keyspace-events", "Kh")
     r = redis.Redis(port=port)
-    for _ in range(50):
-        try:
-            r.ping()
-            break
-        except redis.ConnectionError:
-            time.sleep(0.1)
     prefix = f"bench-{uuid.uuid4().hex[:6]}"
     folder = tempfile.mkdtemp()
     with open(os.path.join(folder, "services.json"), "w") as handle:
