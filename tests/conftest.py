@@ -301,6 +301,8 @@ def warden(tmp_path: Path, redx_server: RedisServer, moto: str) -> Any:
     for instance in made:
         running = instance.process is not None
         code = instance.stop()
+        # Shown by pytest when the test failed.
+        print(f"--- log of {instance.folder.name} ---\n{instance.log()[-6000:]}")
         if running:
             assert code == 0, f"warden exited {code}:\n{instance.log()[-3000:]}"
 
