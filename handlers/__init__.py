@@ -36,6 +36,8 @@ HOOKS = {
     "on_scaling_pass": signals.scaling_pass,
     "on_scaled": signals.scaled,
     "on_metric_failed": signals.metric_failed,
+    "on_host_draining": signals.host_draining,
+    "on_aws_event": signals.aws_event,
 }
 
 
@@ -97,6 +99,12 @@ class Handler:
 
     def on_metric_failed(self, sender: Any, **kw: Any) -> None:
         """A metric could not be read; the count holds."""
+
+    def on_host_draining(self, sender: Any, **kw: Any) -> None:
+        """This host is being drained."""
+
+    def on_aws_event(self, sender: Any, **kw: Any) -> None:
+        """An AWS event arrived through EventBridge and SQS."""
 
     def _overridden(self) -> list[str]:
         return [hook for hook in HOOKS

@@ -49,6 +49,10 @@ class ElbHandler(Handler):
         self.held: dict[LoadBalancerTarget, bool] = {}
         self._worker = _EnrolmentWorker(self)
         self._complained: set[LoadBalancerTarget] = set()
+        #: True once this host drains: it leaves every target and joins none again
+        self.draining = False
+        #: an Auto Scaling lifecycle action to complete once drained
+        self.lifecycle: Optional[dict] = None
 
     # -- AWS -----------------------------------------------------------------
 
@@ -110,7 +114,31 @@ class ElbHandler(Handler):
 
     def on_enrolment_changed(self, sender: Any, *, target: LoadBalancerTarget,
                              enrolled: bool, **kw: Any) -> None:
-        self._want({target: enrolled}, recheck=False)
+        self._want({target: enrolled and not self.draining}, recheck=False)
+
+    def on_host_draining(self, sender: Any, *, reason: str, lifecycle: Optional[dict] = None,
+                         **kw: Any) -> None:
+        """Leave every load balancer and target group now; join none again."""
+        with self._lock:
+            self.draining = True
+            self.lifecycle = lifecycle if lifecycle and lifecycle.get("LifecycleHookName") else None
+            targets = {t: False for t in self.wanted}
+        self._want(targets, recheck=True)
+
+    def complete_lifecycle(self) -> None:
+        """Tell Auto Scaling this host is drained (once)."""
+        lifecycle, self.lifecycle = self.lifecycle, None
+        if not lifecycle:
+            return
+        params = {"LifecycleHookName": lifecycle["LifecycleHookName"],
+                  "AutoScalingGroupName": lifecycle["AutoScalingGroupName"],
+                  "LifecycleActionResult": "CONTINUE"}
+        if lifecycle.get("LifecycleActionToken"):
+            params["LifecycleActionToken"] = lifecycle["LifecycleActionToken"]
+        else:
+            params["InstanceId"] = self.instance_id
+        self.client("autoscaling").complete_lifecycle_action(**params)
+        logger.info("drained: lifecycle action %s completed", lifecycle["LifecycleHookName"])
 
     def on_services_changed(self, sender: Any, *, retired: DesiredState, **kw: Any) -> None:
         if retired.targets:
@@ -120,7 +148,8 @@ class ElbHandler(Handler):
                  wait: bool = True, **kw: Any) -> list[Change]:
         if not wait:
             # The daemon's sweep: read AWS again on the handler's own thread.
-            self._want(dict(desired.targets), recheck=True)
+            self._want({t: on and not self.draining for t, on in desired.targets.items()},
+                       recheck=True)
             return []
         changes = []
         for target, enrolled in sorted(desired.targets.items()):
@@ -202,6 +231,11 @@ class _EnrolmentWorker(StoppableThread):
                     signals.send(signals.aws_call_failed, handler,
                                  api=f"{'elb' if target.kind == 'elb' else 'elbv2'}:{operation}",
                                  error=str(error))
+            if failed is None and handler.draining and handler.lifecycle and not handler.pending():
+                try:
+                    handler.complete_lifecycle()
+                except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as error:
+                    logger.warning("cannot complete the lifecycle action: %s", error)
             if failed is None:
                 self.backoff.reset()
             else:

@@ -216,6 +216,38 @@ def aws(moto: str, monkeypatch: pytest.MonkeyPatch) -> Any:
     return Clients()
 
 
+@pytest.fixture
+def ecs(aws: Any) -> Any:
+    """A cluster on moto's ECS with a Fargate task definition."""
+    cluster = f"c-{uuid.uuid4().hex[:6]}"
+    family = f"web-{uuid.uuid4().hex[:6]}"
+    aws.ecs.create_cluster(clusterName=cluster)
+    aws.ecs.register_task_definition(family=family, requiresCompatibilities=["FARGATE"],
+                                     networkMode="awsvpc", cpu="256", memory="512",
+                                     containerDefinitions=[{"name": "web", "image": "web",
+                                                            "memory": 64, "cpu": 10}])
+    client = aws.ecs
+    subnet = aws.ec2.describe_subnets()["Subnets"][0]["SubnetId"]
+    group = aws.ec2.describe_security_groups()["SecurityGroups"][0]["GroupId"]
+
+    class Ecs:
+        name = cluster
+        task_family = family
+        awsvpc = {"awsvpcConfiguration": {"subnets": [subnet], "securityGroups": [group],
+                                          "assignPublicIp": "DISABLED"}}
+
+        def tasks(self, **filters):
+            arns = client.list_tasks(cluster=cluster, family=family, desiredStatus="RUNNING")["taskArns"]
+            found = []
+            for start in range(0, len(arns), 100):
+                found += client.describe_tasks(cluster=cluster, tasks=arns[start:start + 100],
+                                               include=["TAGS"])["tasks"]
+            return found
+
+    return Ecs()
+
+
+
 class Warden:
     """A ``warden`` process run as a user would run it, with its own config folder."""
 

@@ -178,3 +178,12 @@ def test_metric_and_scaling_are_checked(tmp_path: Path) -> None:
         "services.json: [2].scaling.steps: must be a list of [threshold, tasks] pairs",
         "services.json: [2].scaling.minTasks: must be a whole number, 0 or more",
     ]
+
+
+def test_control_secret_may_come_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write(tmp_path, "config.json", {"controlSecret": "from-file"})
+    config, _ = load_config(str(tmp_path / "config.json"))
+    assert config is not None and config.control_secret == "from-file"
+    monkeypatch.setenv("WARDEN_CONTROL_SECRET", "from-env")
+    config, _ = load_config(str(tmp_path / "config.json"))
+    assert config is not None and config.control_secret == "from-env"

@@ -130,37 +130,6 @@ def test_steps_from_s3_and_from_a_file_are_read_again_when_they_change(aws, tmp_
         source.steps("steps.json")
 
 
-@pytest.fixture
-def ecs(aws):
-    """A cluster on moto's ECS with a Fargate task definition."""
-    cluster = f"c-{uuid.uuid4().hex[:6]}"
-    family = f"web-{uuid.uuid4().hex[:6]}"
-    aws.ecs.create_cluster(clusterName=cluster)
-    aws.ecs.register_task_definition(family=family, requiresCompatibilities=["FARGATE"],
-                                     networkMode="awsvpc", cpu="256", memory="512",
-                                     containerDefinitions=[{"name": "web", "image": "web",
-                                                            "memory": 64, "cpu": 10}])
-    client = aws.ecs
-    subnet = aws.ec2.describe_subnets()["Subnets"][0]["SubnetId"]
-    group = aws.ec2.describe_security_groups()["SecurityGroups"][0]["GroupId"]
-
-    class Ecs:
-        name = cluster
-        task_family = family
-        awsvpc = {"awsvpcConfiguration": {"subnets": [subnet], "securityGroups": [group],
-                                          "assignPublicIp": "DISABLED"}}
-
-        def tasks(self, **filters):
-            arns = client.list_tasks(cluster=cluster, family=family, desiredStatus="RUNNING")["taskArns"]
-            found = []
-            for start in range(0, len(arns), 100):
-                found += client.describe_tasks(cluster=cluster, tasks=arns[start:start + 100],
-                                               include=["TAGS"])["tasks"]
-            return found
-
-    return Ecs()
-
-
 def service_for(ecs, **scaling) -> Service:
     return Service("web", 80, task_name=ecs.task_family, cluster=ecs.name,
                    metric={"type": "static", "value": 0},

@@ -237,6 +237,9 @@ def load_config(path: str) -> tuple[Optional[Config], list[Problem]]:
     )
     if "handlers" in values:
         values["handlers"] = tuple(values["handlers"])
+    # The secret may stay out of the file: the environment gives it too (and wins).
+    if os.environ.get("WARDEN_CONTROL_SECRET"):
+        values["control_secret"] = os.environ["WARDEN_CONTROL_SECRET"]
 
     heartbeat = values.get("heartbeat_interval_seconds", Config.heartbeat_interval_seconds)
     lease = values.get("lease_seconds", Config.lease_seconds)

@@ -102,6 +102,15 @@ class ManagerDaemon:
             config.service_management_redis.client(socket_timeout=3, socket_connect_timeout=3),
             config.region))
         self.service_watcher = ServiceWatcher(catalog, self.scaler)
+        from warden.aws_events import AwsEventsConsumer, MetadataNotices
+        from warden import metadata
+
+        self.consumer = (AwsEventsConsumer(config.aws_events_queue_url, config.region,
+                                           lambda: self.manager.is_leader)
+                         if config.aws_events_queue_url else None)
+        # Only on EC2 (metadata answered when the identity was resolved).
+        self.notices = (MetadataNotices(metadata.metadata_endpoint())
+                        if metadata.metadata_enabled() and metadata.answered else None)
         self.subscriber = ControlSubscriber(
             lambda: config.service_management_redis.client(socket_connect_timeout=2,
                                                            health_check_interval=10),
@@ -121,11 +130,18 @@ class ManagerDaemon:
         self.scaler.start()
         self.manager.start()
         self.service_watcher.start()
+        for extra in (self.consumer, self.notices):
+            if extra is not None:
+                extra.start()
         logger.info("manager started as %s in zone %s", self.config.instance_id,
                     self.config.availability_zone or "-")
 
     def stop(self) -> None:
         """Finish the scaling passes in flight, hand leadership back, stop listening."""
+        for extra in (self.consumer, self.notices):
+            if extra is not None:
+                extra.stop()
+                extra.join(timeout=30)
         self.service_watcher.stop()
         self.scaler.stop()
         self.scaler.join(timeout=60)

@@ -9,6 +9,7 @@ atomic script on the keys (see :mod:`warden.election`); messages only wake it ea
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -153,6 +154,8 @@ class Manager(StoppableThread):
         self.alive = LivenessHolder(config)
         self.watch = LivenessWatch(self)
         signals.control_received.connect(self._on_control, weak=False)
+        signals.aws_event.connect(self._on_aws_event, weak=False)
+        signals.host_draining.connect(self._on_host_draining, weak=False)
 
     # -- public API ------------------------------------------------------------
 
@@ -195,7 +198,47 @@ class Manager(StoppableThread):
         except redis.RedisError as error:
             logger.debug("cannot publish %s: %s", kind, error)
 
+    def _on_aws_event(self, sender: Any, *, event: Any, **kw: Any) -> None:
+        """The leader passes a spot warning or a terminate action on to the host it
+        names, over the central Redis."""
+        if event.kind not in ("spot-interruption", "terminate-lifecycle") or not event.instance_id:
+            return
+        target = event.instance_id
+        lifecycle = None
+        if event.kind == "terminate-lifecycle":
+            lifecycle = {k: event.detail.get(k) for k in
+                         ("LifecycleHookName", "AutoScalingGroupName", "LifecycleActionToken")}
+        try:
+            self.redis.set(f"warden:drain:{target}",
+                           json.dumps({"reason": event.detail_type, "lifecycle": lifecycle}), ex=3600)
+        except redis.RedisError as error:
+            logger.warning("cannot record the drain of %s: %s", target, error)
+        logger.warning("%s for %s: asking it to drain", event.detail_type, target)
+        self.publish("drain", self.current_epoch(), instance_id=target)
+
+    def _on_host_draining(self, sender: Any, *, reason: str, **kw: Any) -> None:
+        if self.draining:
+            return
+        self.draining = True
+        logger.warning("draining (%s): standing in no election from now on", reason)
+        try:
+            self.redis.set(f"warden:draining:{self.me}", reason, ex=86400)
+        except redis.RedisError:
+            pass
+        if self.role == "leader":
+            self._step_down("draining", release=True)
+        self.wake.set()
+
     def _on_control(self, sender: Any, *, message: ControlMessage, **kw: Any) -> None:
+        if message.type == "drain" and message.instance_id == self.me:
+            details: dict = {}
+            try:
+                details = json.loads(self.redis.get(f"warden:drain:{self.me}") or "{}")
+            except (redis.RedisError, ValueError):
+                pass
+            signals.send(signals.host_draining, self, reason=details.get("reason") or "drain message",
+                         lifecycle=details.get("lifecycle"))
+            return
         if message.type == "election" and message.instance_id != self.me:
             self.wake.set()
         elif message.type == "kill" and message.instance_id == self.me:
@@ -231,6 +274,8 @@ class Manager(StoppableThread):
         self.watch.join(timeout=5)
         self.alive.join(timeout=5)
         signals.control_received.disconnect(self._on_control)
+        signals.aws_event.disconnect(self._on_aws_event)
+        signals.host_draining.disconnect(self._on_host_draining)
 
     def _lost_contact(self) -> None:
         """Redis did not answer: a leader that cannot renew within the lease is no

@@ -23,6 +23,10 @@ _FIELDS = {
     "region": ("WARDEN_REGION", "placement/region"),
 }
 
+#: True once instance metadata answered in this process: then this is an EC2 instance
+#: and its own interruption notices are worth polling
+answered = False
+
 #: the environment overrides, for messages
 ENV_KEYS = {field: env for field, (env, _) in _FIELDS.items()}
 
@@ -36,12 +40,17 @@ def metadata_enabled() -> bool:
     return os.environ.get("AWS_EC2_METADATA_DISABLED", "").lower() not in ("true", "1", "yes")
 
 
+def metadata_endpoint() -> str:
+    """Where instance metadata is (``AWS_EC2_METADATA_SERVICE_ENDPOINT`` moves it)."""
+    return os.environ.get("AWS_EC2_METADATA_SERVICE_ENDPOINT", DEFAULT_ENDPOINT).rstrip("/")
+
+
 def fetch_metadata(paths: list[str], timeout: float = 1.0) -> dict[str, str]:
     """Read ``paths`` under ``/latest/meta-data/`` with an IMDSv2 token. Missing or
     unreachable metadata gives an empty answer, never an error."""
     if not metadata_enabled() or not paths:
         return {}
-    endpoint = os.environ.get("AWS_EC2_METADATA_SERVICE_ENDPOINT", DEFAULT_ENDPOINT).rstrip("/")
+    endpoint = metadata_endpoint()
     try:
         request = urllib.request.Request(
             f"{endpoint}/latest/api/token", method="PUT",
@@ -51,6 +60,8 @@ def fetch_metadata(paths: list[str], timeout: float = 1.0) -> dict[str, str]:
     except (urllib.error.URLError, OSError) as error:
         logger.debug("no instance metadata at %s: %s", endpoint, error)
         return {}
+    global answered
+    answered = True
     found = {}
     for path in paths:
         request = urllib.request.Request(f"{endpoint}/latest/meta-data/{path}",

@@ -57,7 +57,8 @@ class Scaler(StoppableThread):
         #: rejected ``warden:metric`` messages by reason
         self.rejected: dict[str, int] = {}
         self._receivers = [(signals.leadership_gained, self._on_leadership),
-                           (signals.services_reloaded, self._on_services_reloaded)]
+                           (signals.services_reloaded, self._on_services_reloaded),
+                           (signals.aws_event, self._on_aws_event)]
         for signal, receiver in self._receivers:
             signal.connect(receiver, weak=False)
 
@@ -78,6 +79,24 @@ class Scaler(StoppableThread):
             for problem in problems:
                 (logger.warning if problem.warning else logger.error)("service file problem: %s", problem)
             self.request(None, "services changed")
+
+    def _on_aws_event(self, sender: Any, *, event: Any, **kw: Any) -> None:
+        """A task that stopped unexpectedly, or an alarm of a service's metric that
+        changed state: a pass for that service at once."""
+        if event.kind == "task-state":
+            detail = event.detail
+            if detail.get("lastStatus") != "STOPPED" and detail.get("desiredStatus") != "STOPPED":
+                return
+            if str(detail.get("stoppedReason") or "").startswith("warden:"):
+                return  # Warden stopped it on purpose
+            for service in self.catalog.services:
+                if service.metric and service.task_name and service.task_name == event.task_family:
+                    self.request(service.name, "task stopped")
+        elif event.kind == "alarm-state":
+            alarm = event.detail.get("alarmName")
+            for service in self.catalog.services:
+                if alarm and (service.metric or {}).get("alarmname") == alarm:
+                    self.request(service.name, f"alarm {alarm}")
 
     def on_metric_message(self, data: Any) -> None:
         """A message on ``warden:metric``: ``{"type": "metric", "service": NAME}``

@@ -179,3 +179,18 @@ aws_call_failed = _signals.signal(
     doc="""An AWS API call failed (after botocore's retries). Sender: the handler.
     kw: ``api`` (e.g. ``elb:RegisterInstancesWithLoadBalancer``), ``error`` (text).""",
 )
+
+aws_event = _signals.signal(
+    "aws-event",
+    doc="""An AWS event arrived through EventBridge and the SQS queue. Sender: the AWS
+    events consumer. kw: ``event`` (:class:`~warden.aws_events.AwsEvent`).""",
+)
+
+host_draining = _signals.signal(
+    "host-draining",
+    doc="""This host is being drained (spot interruption, Auto Scaling termination):
+    leave every load balancer, hand leadership over, stand in no election. Sender: the
+    Manager or the metadata watcher. kw: ``reason``, ``lifecycle`` (dict with
+    ``LifecycleHookName``, ``AutoScalingGroupName``, ``LifecycleActionToken`` when an
+    Auto Scaling lifecycle hook waits for it, else None).""",
+)

@@ -1,0 +1,201 @@
+"""AWS events through EventBridge and SQS (moto delivers put_events to an SQS target),
+drains, and this host's own notices through a stand-in for instance metadata."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+import pytest
+
+from conftest import eventually, free_port
+from warden.config import Config
+from warden.handlers.elb import ElbHandler
+from warden.model import LoadBalancerTarget
+from warden import signals
+
+
+@pytest.fixture
+def events(aws):
+    """An SQS queue fed by an EventBridge rule; ``events.emit(type, source, detail)``."""
+    name = f"warden-events-{uuid.uuid4().hex[:6]}"
+    url = aws.sqs.create_queue(QueueName=name)["QueueUrl"]
+    arn = aws.sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    rule = f"rule-{name}"
+    aws.events.put_rule(Name=rule, EventPattern=json.dumps(
+        {"source": ["aws.ecs", "aws.cloudwatch", "aws.ec2", "aws.autoscaling"]}))
+    aws.events.put_targets(Rule=rule, Targets=[{"Id": "warden", "Arn": arn}])
+
+    class Events:
+        queue_url = url
+
+        def emit(self, detail_type: str, source: str, detail: dict) -> None:
+            reply = aws.events.put_events(Entries=[{"Source": source, "DetailType": detail_type,
+                                                     "Detail": json.dumps(detail)}])
+            assert reply["FailedEntryCount"] == 0
+
+        def waiting(self) -> int:
+            attributes = aws.sqs.get_queue_attributes(
+                QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages",
+                                              "ApproximateNumberOfMessagesNotVisible"])["Attributes"]
+            return int(attributes["ApproximateNumberOfMessages"]) + \
+                int(attributes["ApproximateNumberOfMessagesNotVisible"])
+
+    return Events()
+
+
+def worker(ecs, metric: dict) -> dict:
+    return {"name": "worker", "port": 80, "taskName": ecs.task_family, "cluster": ecs.name,
+            "metric": metric, "scaling": {"scaleDownDelaySeconds": 0},
+            "runTask": {"launchType": "FARGATE", "networkConfiguration": ecs.awsvpc}}
+
+
+def running(ecs) -> list:
+    return [t for t in ecs.tasks() if t["startedBy"] == "warden"]
+
+
+def test_a_stopped_task_is_replaced_at_once(ecs, events, central, managers, aws):
+    managers("i-a", services=[worker(ecs, {"type": "static", "value": 2})],
+             handlers=["ecs"], managerSleepTimeSeconds=600, awsEventsQueueUrl=events.queue_url)
+    eventually(lambda: len(running(ecs)) == 2, 15, what="two tasks")
+    victim = running(ecs)[0]
+    aws.ecs.stop_task(cluster=ecs.name, task=victim["taskArn"], reason="OutOfMemoryError")
+    assert len(running(ecs)) == 1
+    events.emit("ECS Task State Change", "aws.ecs", {
+        "taskArn": victim["taskArn"], "taskDefinitionArn": victim["taskDefinitionArn"],
+        "lastStatus": "STOPPED", "desiredStatus": "STOPPED", "stoppedReason": "OutOfMemoryError"})
+    eventually(lambda: len(running(ecs)) == 2, 10, what="the stopped task replaced")
+    eventually(lambda: events.waiting() == 0, 10, what="the message deleted")
+
+
+def test_an_alarm_state_change_triggers_a_pass(ecs, events, central, managers):
+    central.set("demand:worker", "1")
+    service = worker(ecs, {"type": "redis", "key": "demand:worker", "alarmName": "worker-backlog"})
+    managers("i-a", services=[service], handlers=["ecs"], managerSleepTimeSeconds=600,
+             awsEventsQueueUrl=events.queue_url)
+    eventually(lambda: len(running(ecs)) == 1, 15, what="one task")
+    central.set("demand:worker", "4")  # no nudge on warden:metric: only the alarm says so
+    time.sleep(1.5)
+    assert len(running(ecs)) == 1
+    events.emit("CloudWatch Alarm State Change", "aws.cloudwatch",
+                {"alarmName": "worker-backlog", "state": {"value": "ALARM"}})
+    eventually(lambda: len(running(ecs)) == 4, 10, what="the pass the alarm asked for")
+
+
+def test_a_spot_warning_drains_the_host_it_names(events, central, managers):
+    a = managers("i-a", awsEventsQueueUrl=events.queue_url)
+    eventually(lambda: central.hget("service-manager", "id") == "i-a", 10, what="i-a leads")
+    b = managers("i-b", awsEventsQueueUrl=events.queue_url)
+    time.sleep(1)
+    events.emit("EC2 Spot Instance Interruption Warning", "aws.ec2",
+                {"instance-id": "i-a", "instance-action": "terminate"})
+    eventually(lambda: central.hget("service-manager", "id") == "i-b", 15, what="leadership moved")
+    assert "draining (EC2 Spot Instance Interruption Warning)" in a.log()
+    assert central.get("warden:draining:i-a") == "EC2 Spot Instance Interruption Warning"
+    # The drained host stands in no election, even with no leader left.
+    b.stop()
+    time.sleep(3)
+    assert central.hget("service-manager", "id") is None
+
+
+def test_malformed_messages_are_counted_and_deleted(events, central, managers, aws):
+    m = managers("i-a", awsEventsQueueUrl=events.queue_url)
+    eventually(lambda: central.hget("service-manager", "id") == "i-a", 10, what="i-a leads")
+    for body in ("not json", "[1, 2]", json.dumps({"detail-type": 7})):
+        aws.sqs.send_message(QueueUrl=events.queue_url, MessageBody=body)
+    eventually(lambda: m.log().count("malformed message on the AWS events queue") == 3, 15,
+               what="three malformed messages")
+    eventually(lambda: events.waiting() == 0, 10, what="all deleted")
+    assert central.hget("service-manager", "id") == "i-a"
+
+
+def test_an_unreachable_queue_is_retried(aws, central, managers, moto):
+    name = f"later-{uuid.uuid4().hex[:6]}"
+    url = f"{moto}/123456789012/{name}"
+    m = managers("i-a", awsEventsQueueUrl=url)
+    eventually(lambda: "AWS events queue unreachable" in m.log(), 15, what="the failure logged")
+    assert central.hget("service-manager", "id") == "i-a", "leadership is unaffected"
+    aws.sqs.create_queue(QueueName=name)
+    aws.sqs.send_message(QueueUrl=url, MessageBody="garbage")
+    eventually(lambda: "AWS events queue reachable again" in m.log(), 40, what="recovered")
+
+
+def test_draining_deregisters_from_every_load_balancer(aws, tmp_path):
+    image = aws.ec2.describe_images()["Images"][0]["ImageId"]
+    instance = aws.ec2.run_instances(ImageId=image, MinCount=1, MaxCount=1)["Instances"][0]["InstanceId"]
+    name = f"elb-{uuid.uuid4().hex[:6]}"
+    aws.elb.create_load_balancer(LoadBalancerName=name, AvailabilityZones=["us-east-1a"],
+                                 Listeners=[{"Protocol": "HTTP", "LoadBalancerPort": 80, "InstancePort": 80}])
+    handler = ElbHandler(Config(path=str(tmp_path / "c.json"), display_path="c.json",
+                                instance_id=instance, region="us-east-1"))
+    handler.connect()
+    handler.start()
+    target = LoadBalancerTarget("elb", name)
+
+    def enrolled() -> bool:
+        found = aws.elb.describe_load_balancers(LoadBalancerNames=[name])["LoadBalancerDescriptions"][0]
+        return any(i["InstanceId"] == instance for i in found["Instances"])
+
+    try:
+        signals.send(signals.enrolment_changed, "test", target=target, enrolled=True)
+        eventually(enrolled, 10, what="enrolled")
+        signals.send(signals.host_draining, "test", reason="spot", lifecycle=None)
+        eventually(lambda: not enrolled(), 10, what="deregistered on draining")
+        signals.send(signals.enrolment_changed, "test", target=target, enrolled=True)
+        time.sleep(1.5)
+        assert not enrolled(), "a draining host joins nothing again"
+    finally:
+        handler.stop()
+        handler.disconnect()
+
+
+@pytest.fixture
+def metadata_stand_in():
+    """A local stand-in for EC2 instance metadata (IMDSv2), which cannot run here."""
+    state = {"spot/instance-action": None, "instance-id": "i-meta",
+             "placement/availability-zone": "us-east-1a", "placement/region": "us-east-1",
+             "autoscaling/target-lifecycle-state": "InService"}
+
+    class Metadata(BaseHTTPRequestHandler):
+        def do_PUT(self) -> None:
+            self._reply(200, "token-1" if self.path == "/latest/api/token" else None)
+
+        def do_GET(self) -> None:
+            if self.headers.get("X-aws-ec2-metadata-token") != "token-1":
+                return self._reply(401, None)
+            self._reply(200, state.get(self.path.removeprefix("/latest/meta-data/")))
+
+        def _reply(self, status: int, body) -> None:
+            if body is None:
+                status, body = 404, "not found"
+            self.send_response(status)
+            self.end_headers()
+            self.wfile.write(body.encode())
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", free_port()), Metadata)
+    thread = threading.Thread(target=server.serve_forever, name="metadata")
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", state
+    server.shutdown()
+    thread.join()
+    server.server_close()
+
+
+def test_this_hosts_spot_notice_in_metadata_drains_it(central, managers, metadata_stand_in):
+    url, state = metadata_stand_in
+    m = managers("i-meta", start=False)
+    del m.env["WARDEN_INSTANCE_ID"]
+    m.env.pop("AWS_EC2_METADATA_DISABLED")
+    m.env["AWS_EC2_METADATA_SERVICE_ENDPOINT"] = url
+    m.start("manager")
+    eventually(lambda: central.hget("service-manager", "id") == "i-meta", 10,
+               what="the identity from metadata leads")
+    state["spot/instance-action"] = '{"action": "terminate", "time": "2026-11-26T12:00:00Z"}'
+    eventually(lambda: central.hget("service-manager", "id") is None, 15, what="handed back")
+    assert "spot interruption notice" in m.log()

@@ -1,0 +1,189 @@
+"""AWS events: EventBridge envelopes read from an SQS queue by the leader, and this
+host's own interruption notices from instance metadata.
+
+The leader (and only while it leads) long-polls ``awsEventsQueueUrl``, turns each
+envelope into an :class:`AwsEvent` and emits ``aws_event``; a message is deleted only
+after its receivers ran. A malformed message is logged, counted and deleted.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Optional
+
+import boto3
+import botocore.config
+import botocore.exceptions
+
+from warden import signals
+from warden.threads import Backoff, StoppableThread
+
+logger = logging.getLogger(__name__)
+
+#: the EventBridge detail types Warden acts on
+KINDS = {
+    "ECS Task State Change": "task-state",
+    "CloudWatch Alarm State Change": "alarm-state",
+    "EC2 Spot Instance Interruption Warning": "spot-interruption",
+    "EC2 Instance-terminate Lifecycle Action": "terminate-lifecycle",
+}
+_CLIENT_CONFIG = botocore.config.Config(connect_timeout=3, read_timeout=25,
+                                        retries={"mode": "standard", "max_attempts": 3})
+
+
+@dataclass(frozen=True)
+class AwsEvent:
+    """One EventBridge event Warden acts on."""
+
+    kind: str  # a value of KINDS
+    detail_type: str
+    source: str
+    detail: Mapping[str, Any] = field(default_factory=dict)
+    id: str = ""
+
+    @property
+    def instance_id(self) -> Optional[str]:
+        """The EC2 instance a spot warning or terminate action names."""
+        return self.detail.get("instance-id") or self.detail.get("EC2InstanceId")
+
+    @property
+    def task_family(self) -> Optional[str]:
+        """The task definition family of an ECS task state change."""
+        arn = self.detail.get("taskDefinitionArn") or ""
+        name = arn.rsplit("/", 1)[-1]
+        return name.rsplit(":", 1)[0] if name else None
+
+
+class MalformedEvent(ValueError):
+    """Not an EventBridge envelope Warden understands; the text says why."""
+
+
+def parse_envelope(body: str) -> Optional[AwsEvent]:
+    """The event in ``body``, None for a well-formed event of a type Warden ignores,
+    or :class:`MalformedEvent`."""
+    if len(body) > 256 * 1024:
+        raise MalformedEvent("larger than an SQS message can be")
+    try:
+        data = json.loads(body)
+    except ValueError:
+        raise MalformedEvent("not JSON") from None
+    if not isinstance(data, dict) or not isinstance(data.get("detail-type"), str) \
+            or not isinstance(data.get("detail", {}), dict):
+        raise MalformedEvent("not an EventBridge envelope (detail-type, detail)")
+    kind = KINDS.get(data["detail-type"])
+    if kind is None:
+        return None
+    return AwsEvent(kind, data["detail-type"], str(data.get("source") or ""),
+                    data.get("detail") or {}, str(data.get("id") or ""))
+
+
+class AwsEventsConsumer(StoppableThread):
+    """Long-polls the events queue while ``is_leader()`` says this instance leads."""
+
+    #: long-poll wait, seconds (also how long a stop may wait for a poll to end)
+    wait_seconds = 5
+
+    def __init__(self, queue_url: str, region: Optional[str], is_leader: Callable[[], bool]) -> None:
+        super().__init__("warden-aws-events")
+        self.queue_url = queue_url
+        self.region = region
+        self.is_leader = is_leader
+        self._client: Any = None
+        #: messages handled, and malformed ones
+        self.handled = 0
+        self.malformed = 0
+        #: True while the last receive worked (for /healthz)
+        self.reachable = True
+
+    def client(self) -> Any:
+        if self._client is None:
+            self._client = boto3.client("sqs", region_name=self.region, config=_CLIENT_CONFIG)
+        return self._client
+
+    def poll(self) -> int:
+        """One receive; returns the messages taken."""
+        reply = self.client().receive_message(QueueUrl=self.queue_url, MaxNumberOfMessages=10,
+                                              WaitTimeSeconds=self.wait_seconds)
+        messages = reply.get("Messages") or []
+        for message in messages:
+            try:
+                event = parse_envelope(message.get("Body") or "")
+            except MalformedEvent as error:
+                self.malformed += 1
+                logger.warning("malformed message on the AWS events queue (%s); deleted", error)
+                signals.send(signals.control_rejected, self, channel="aws-events", reason=str(error))
+                event = None
+            if event is not None:
+                logger.info("AWS event: %s", event.detail_type)
+                signals.send(signals.aws_event, self, event=event)
+                self.handled += 1
+            self.client().delete_message(QueueUrl=self.queue_url,
+                                         ReceiptHandle=message["ReceiptHandle"])
+        return len(messages)
+
+    def run(self) -> None:
+        backoff = Backoff(1.0, 30.0)
+        while not self.stopping:
+            if not self.is_leader():
+                self.stop_event.wait(0.5)
+                continue
+            try:
+                self.poll()
+                if not self.reachable:
+                    logger.info("AWS events queue reachable again")
+                self.reachable = True
+                backoff.reset()
+            except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as error:
+                delay = backoff.next_delay()
+                if self.reachable:
+                    logger.warning("AWS events queue unreachable (%s); retrying", error)
+                self.reachable = False
+                self.stop_event.wait(delay)
+
+
+class MetadataNotices(StoppableThread):
+    """Polls this instance's own notices in instance metadata (IMDSv2): a spot
+    ``instance-action``, or an Auto Scaling target lifecycle state of ``Terminated``."""
+
+    #: seconds between polls
+    interval = 5.0
+
+    def __init__(self, endpoint: str) -> None:
+        super().__init__("warden-metadata-notices")
+        self.endpoint = endpoint.rstrip("/")
+        self.noticed = False
+
+    def _get(self, path: str) -> Optional[str]:
+        try:
+            token_request = urllib.request.Request(
+                f"{self.endpoint}/latest/api/token", method="PUT",
+                headers={"X-aws-ec2-metadata-token-ttl-seconds": "60"})
+            with urllib.request.urlopen(token_request, timeout=1) as response:
+                token = response.read().decode()
+            request = urllib.request.Request(f"{self.endpoint}/latest/meta-data/{path}",
+                                             headers={"X-aws-ec2-metadata-token": token})
+            with urllib.request.urlopen(request, timeout=1) as response:
+                return response.read().decode().strip()
+        except (urllib.error.URLError, OSError):
+            return None
+
+    def check(self) -> Optional[str]:
+        """Why this host must drain, or None."""
+        action = self._get("spot/instance-action")
+        if action:
+            return f"spot interruption notice: {action}"
+        if self._get("autoscaling/target-lifecycle-state") == "Terminated":
+            return "Auto Scaling target lifecycle state Terminated"
+        return None
+
+    def run(self) -> None:
+        while not self.noticed and not self.stop_event.wait(self.interval):
+            reason = self.check()
+            if reason:
+                self.noticed = True
+                logger.warning("instance metadata: %s", reason)
+                signals.send(signals.host_draining, self, reason=reason, lifecycle=None)
