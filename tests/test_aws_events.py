@@ -95,6 +95,8 @@ def test_a_spot_warning_drains_the_host_it_names(events, central, managers):
     eventually(lambda: central.hget("service-manager", "id") == "i-b", 15, what="leadership moved")
     assert "draining (EC2 Spot Instance Interruption Warning)" in a.log()
     assert central.get("warden:draining:i-a") == "EC2 Spot Instance Interruption Warning"
+    status = json.loads(a.command("status", "--json", check=True).stdout)
+    assert status["draining"] == "EC2 Spot Instance Interruption Warning"
     # The drained host stands in no election, even with no leader left.
     b.stop()
     time.sleep(3)

@@ -36,7 +36,7 @@ def collect(config: Config, services: tuple[Service, ...]) -> dict:
                                "enrolled": enrolled.get(t)} for t in service.targets],
             "tasks": tasks.get(service.name, {"desired": None, "running": None}),
         })
-    report["leader"] = _leader(config, errors)
+    report["leader"], report["draining"] = _leader(config, errors)
     return report
 
 
@@ -128,24 +128,27 @@ def _tasks(config: Config, services: tuple[Service, ...], errors: list) -> dict:
     return found
 
 
-def _leader(config: Config, errors: list) -> Optional[dict]:
+def _leader(config: Config, errors: list) -> tuple[Optional[dict], Optional[str]]:
+    """The leader record, and why this host drains (None when it does not)."""
     from warden.election import ElectionStore
 
     try:
-        client = config.service_management_redis.client(socket_timeout=2, socket_connect_timeout=2)
+        client = config.service_management_redis.client(socket_timeout=2, socket_connect_timeout=2,
+                                                        decode_responses=True)
         view = ElectionStore(client, config.instance_id or "-", config.lease_seconds,
                              config.legacy_max_heartbeat_age_seconds, config.guard_time_seconds,
                              config.candidate_expiry_seconds).check(standing=False)
+        draining = client.get(f"warden:draining:{config.instance_id}") if config.instance_id else None
         client.close()
     except Exception as error:  # noqa: BLE001
         errors.append(f"central Redis {config.service_management_redis.display}: {error}")
-        return None
+        return None, None
     if view.state == "none":
         return {"id": None, "state": "none", "zone": None, "heartbeatAgeSeconds": None,
-                "epoch": None, "legacy": False}
+                "epoch": None, "legacy": False}, draining
     return {"id": view.leader_id, "state": view.state, "zone": view.zone or None,
             "heartbeatAgeSeconds": None if view.age_ms < 0 else round(view.age_ms / 1000, 3),
-            "epoch": view.epoch, "legacy": view.legacy}
+            "epoch": view.epoch, "legacy": view.legacy}, draining
 
 
 def _cell(value: Any) -> str:
@@ -181,7 +184,8 @@ def render_text(report: dict) -> str:
         lines.append(f"\nleader: {leader['id']} ({leader['state']}), zone {leader['zone'] or '-'}, "
                      f"heartbeat {'?' if age is None else f'{age:.1f}s'} ago, "
                      f"epoch {leader['epoch'] if leader['epoch'] is not None else '- (Perl/Go record)'}")
-    lines.append(f"this host: {report['instanceId'] or '?'} in {report['zone'] or '?'}")
+    lines.append(f"this host: {report['instanceId'] or '?'} in {report['zone'] or '?'}"
+                 + (f", DRAINING ({report['draining']})" if report.get("draining") else ""))
     for error in report["errors"]:
         lines.append(f"unknown: {error}")
     return "\n".join(lines)
