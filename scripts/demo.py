@@ -153,11 +153,12 @@ def main() -> int:
         api = run("demo-api-1", labels={"warden.service": "api"})
         settle()
         show(redx, "added services/api.json and a container labelled warden.service=api")
+        flag = f"/tmp/warden-demo-healthy-{os.getpid()}"
         checked = run("demo-web-checked", command="sh -c 'sleep 600'", healthcheck={
-            "test": ["CMD", "sh", "-c", "test -f /tmp/ok"], "interval": 300_000_000, "retries": 1})
+            "test": ["CMD", "sh", "-c", f"test -f {flag}"], "interval": 300_000_000, "retries": 1})
         settle()
         show(redx, f"started {checked.name} with a health check, not healthy yet: not routed")
-        checked.exec_run("touch /tmp/ok")
+        checked.exec_run(f"touch {flag}")
         time.sleep(1.2)
         show(redx, f"{checked.name} is healthy: routed")
         redx.flushdb()
@@ -167,6 +168,7 @@ def main() -> int:
         demand(60)
         demand(0)
         api.remove(force=True)
+        checked.exec_run(f"rm -f {flag}")
         checked.remove(force=True)
         settle()
         show(redx, "removed the remaining containers")
