@@ -7,6 +7,7 @@ tests that need it fail with a message naming it; they never skip.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -18,6 +19,7 @@ import threading
 import time
 import urllib.request
 import uuid
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -100,13 +102,21 @@ def redx_server() -> Any:
     server.stop()
 
 
+def emptied(server: RedisServer, db: int = 0) -> Any:
+    """A client of ``server`` (started again if a test stopped it), emptied."""
+    import redis
+
+    if server.process is None or server.process.poll() is not None:
+        server.start()
+    client = redis.Redis(port=server.port, db=db, decode_responses=True)
+    client.flushall()
+    return client
+
+
 @pytest.fixture
 def redx(redx_server: RedisServer) -> Any:
     """A client of the tests' Redx Redis, emptied before each test."""
-    if redx_server.process is None or redx_server.process.poll() is not None:
-        redx_server.start()
-    client = redx_server.client()
-    client.flushall()
+    client = emptied(redx_server)
     yield client
     client.close()
 
@@ -351,12 +361,7 @@ def central_server() -> Any:
 @pytest.fixture
 def central(central_server: RedisServer) -> Any:
     """A client of the central Redis (database 11), emptied before each test."""
-    if central_server.process is None or central_server.process.poll() is not None:
-        central_server.start()
-    client = central_server.client()
-    client.flushall()
-    client.close()
-    client = __import__("redis").Redis(port=central_server.port, db=11, decode_responses=True)
+    client = emptied(central_server, db=11)
     yield client
     client.close()
 
@@ -388,6 +393,20 @@ def managers(tmp_path: Path, central_server: RedisServer, redx_server: RedisServ
             except ProcessLookupError:
                 pass
         instance.stop()
+
+
+@contextlib.contextmanager
+def serve_http(handler: type) -> Any:
+    """An HTTP server of the test's own on loopback; yields its base URL."""
+    server = ThreadingHTTPServer(("127.0.0.1", free_port()), handler)
+    thread = threading.Thread(target=server.serve_forever, name="test-http")
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        thread.join()
+        server.server_close()
 
 
 @pytest.fixture(autouse=True)

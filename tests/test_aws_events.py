@@ -4,14 +4,13 @@ drains, and this host's own notices through a stand-in for instance metadata."""
 from __future__ import annotations
 
 import json
-import threading
 import time
 import uuid
-from http.server import BaseHTTPRequestHandler, HTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 
-from conftest import eventually, free_port
+from conftest import eventually, serve_http
 from warden.config import Config
 from warden.handlers.elb import ElbHandler
 from warden.model import LoadBalancerTarget
@@ -180,13 +179,8 @@ def metadata_stand_in():
         def log_message(self, *args) -> None:
             pass
 
-    server = HTTPServer(("127.0.0.1", free_port()), Metadata)
-    thread = threading.Thread(target=server.serve_forever, name="metadata")
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}", state
-    server.shutdown()
-    thread.join()
-    server.server_close()
+    with serve_http(Metadata) as url:
+        yield url, state
 
 
 def test_this_hosts_spot_notice_in_metadata_drains_it(central, managers, metadata_stand_in):

@@ -5,13 +5,12 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import threading
-from http.server import BaseHTTPRequestHandler, HTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
 
-from conftest import RUN, eventually, free_port, ip_of
+from conftest import RUN, eventually, free_port, ip_of, serve_http
 
 PLUGIN = '''
 from warden.handlers import Handler
@@ -94,13 +93,8 @@ def webhook():
         def log_message(self, *args) -> None:
             pass
 
-    server = HTTPServer(("127.0.0.1", free_port()), Receiver)
-    thread = threading.Thread(target=server.serve_forever, name="webhook")
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/hook", received
-    server.shutdown()
-    thread.join()
-    server.server_close()
+    with serve_http(Receiver) as url:
+        yield f"{url}/hook", received
 
 
 def test_leadership_alerts_reach_the_webhook(central, managers, webhook):
