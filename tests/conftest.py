@@ -8,6 +8,7 @@ tests that need it fail with a message naming it; they never skip.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import shutil
@@ -158,12 +159,11 @@ class Containers:
 
     def __init__(self, client: Any) -> None:
         self.client = client
-        self.count = 0
+        self._numbers = itertools.count(1)  # next() on it is safe from several threads
 
     def run(self, name: str = "", command: str = "sleep 600", labels: Optional[dict] = None,
             **kw: Any) -> Any:
-        self.count += 1
-        full = f"wt-{RUN}-{name or 'c'}-{self.count}"
+        full = f"wt-{RUN}-{name or 'c'}-{next(self._numbers)}"
         container = self.client.containers.run(
             IMAGE, command, name=full, detach=True,
             labels={LABEL: RUN, **(labels or {})}, **kw)

@@ -167,7 +167,7 @@ def test_central_redis_restart_under_running_managers(central, managers, central
     eventually(lambda: client.hget("service-manager", "id"), 15, what="a leader after the restart")
     assert int(client.get("warden:epoch")) > epoch
     time.sleep(1)
-    holders = [m for m in group if m.log().count("leadership gained") > m.log().count("leadership lost")]
+    holders = [m for m in group if m.log().count("leadership gained: epoch") > m.log().count("leadership lost (epoch")]
     assert len(holders) == 1, [m.log()[-500:] for m in group]
     client.close()
 
@@ -207,7 +207,7 @@ def test_manager_without_instance_id_is_exit_2(central, managers):
 
 def holders(group) -> list:
     """The managers whose log says they lead now."""
-    return [m for m in group if m.log().count("leadership gained") > m.log().count("leadership lost")]
+    return [m for m in group if m.log().count("leadership gained: epoch") > m.log().count("leadership lost (epoch")]
 
 
 def test_kill_9_fails_over_by_liveness_long_before_the_lease(central, managers):

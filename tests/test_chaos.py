@@ -1,0 +1,351 @@
+"""The chaos suite: faults injected while containers churn and managers scale, then,
+once quiet, the invariants a user relies on:
+
+- the Redx routes equal the running healthy containers;
+- exactly one leader, and the task count equals what the metric asks for;
+- no task carries an epoch that was never a leader's;
+- no Warden process crashed.
+
+Each scenario prints what it injected and how long convergence took; the suite prints
+totals at the end. Short lease and guard times keep it within a few minutes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import threading
+import time
+from http.server import BaseHTTPRequestHandler
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis as redis_lib
+import urllib.request
+
+from conftest import ROOT, RUN, eventually, ip_of, serve_http
+
+pytestmark = pytest.mark.chaos
+
+TOTALS = {"scenarios": 0, "faults": 0, "survived": 0, "routes_lost": 0}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def report_totals():
+    yield
+    print(f"\nchaos totals: {TOTALS['scenarios']} scenarios, {TOTALS['faults']} faults injected, "
+          f"{TOTALS['survived']} survived, routes lost = {TOTALS['routes_lost']}")
+
+
+class FaultProxy:
+    """An HTTP proxy in front of the moto server that passes requests on, or answers
+    them with throttling, a 5xx, or silence, as the scenario says."""
+
+    def __init__(self, upstream: str) -> None:
+        self.upstream = upstream
+        self.mode = "pass"
+        self.faults = 0
+        #: set at teardown, so a stalled request ends at once
+        self.release = threading.Event()
+
+    def handler(self) -> type:
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def _any(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                mode = proxy.mode
+                if mode != "pass":
+                    proxy.faults += 1
+                if mode == "stall":
+                    proxy.release.wait(12)  # longer than the clients' read timeout
+                    mode = "5xx"
+                if mode == "throttle":
+                    return self._reply(400, b'{"__type": "ThrottlingException", "message": "Rate exceeded"}')
+                if mode == "5xx":
+                    return self._reply(503, b'{"__type": "ServiceUnavailable", "message": "down"}')
+                request = urllib.request.Request(proxy.upstream + self.path, data=body or None,
+                                                 method=self.command,
+                                                 headers={k: v for k, v in self.headers.items()
+                                                          if k.lower() not in ("host", "content-length")})
+                try:
+                    with urllib.request.urlopen(request, timeout=30) as response:
+                        self._reply(response.status, response.read(), response.headers.get("Content-Type"))
+                except urllib.error.HTTPError as error:
+                    self._reply(error.code, error.read(), error.headers.get("Content-Type"))
+
+            do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = _any
+
+            def _reply(self, status: int, body: bytes, kind: Any = "application/x-amz-json-1.1") -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", kind or "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        return Handler
+
+
+class Churn:
+    """Starts and removes containers of the web service in the background."""
+
+    def __init__(self, containers: Any) -> None:
+        self.containers = containers
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.run, name="churn")
+        self.made = 0
+
+    def run(self) -> None:
+        alive: list = []
+        while not self.stop.is_set():
+            try:
+                if len(alive) < 4:
+                    alive.append(self.containers.run("web"))
+                    self.made += 1
+                else:
+                    alive.pop(0).remove(force=True)
+            except Exception:  # noqa: BLE001 - the engine may be down on purpose
+                self.stop.wait(0.5)
+            self.stop.wait(0.2)
+
+    def __enter__(self) -> "Churn":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop.set()
+        self.thread.join(60)
+
+
+@pytest.fixture
+def cluster(redx, central, central_server, containers, ecs, warden, managers, moto, docker_client):
+    """One `warden run` host and two more `warden manager` instances, a web service
+    routed here and a worker service scaled from a Redis metric on moto's ECS through a
+    fault proxy."""
+    proxy = FaultProxy(moto)
+    with serve_http(proxy.handler()) as proxy_url:
+        central.set("demand:worker", "12")
+        services = [
+            {"name": "web", "containerName": f"wt-{RUN}-web", "port": 8080,
+             "loadBalancerUrl": "web.example.com"},
+            {"name": "worker", "port": 80, "taskName": ecs.task_family, "cluster": ecs.name,
+             "metric": {"type": "redis", "key": "demand:worker"},
+             "scaling": {"steps": [[0, 1], [10, 3], [50, 5]], "scaleDownDelaySeconds": 0},
+             "runTask": {"launchType": "FARGATE", "networkConfiguration": ecs.awsvpc}},
+        ]
+        settings = dict(serviceManagementRedisAddress=f"127.0.0.1:{central_server.port}",
+                        zoneCheck="none", leaseSeconds=2, guardTimeSeconds=0.5,
+                        heartbeatIntervalSeconds=0.5, managerSleepTimeSeconds=2,
+                        registrarSleepTimeSeconds=5, handlers=["redx", "ecs"])
+        host = warden(services, **settings)
+        host.env.update(WARDEN_INSTANCE_ID="i-host", AWS_ENDPOINT_URL=proxy_url)
+        host.start("run")
+        others = []
+        for name in ("i-b", "i-c"):
+            m = managers(name, start=False, services=services,
+                         **{k: v for k, v in settings.items() if k != "serviceManagementRedisAddress"})
+            m.env["AWS_ENDPOINT_URL"] = proxy_url
+            m.start("manager")
+            others.append(m)
+
+        class Cluster:
+            pass
+
+        c = Cluster()
+        c.host, c.managers, c.proxy, c.central, c.redx, c.ecs = host, others, proxy, central, redx, ecs
+        c.containers, c.docker = containers, docker_client
+        c.all = [host, *others]
+        eventually(lambda: worker_tasks(ecs) == 3, 30, what="the first scaling")
+        try:
+            yield c
+        finally:
+            proxy.release.set()
+
+
+def worker_tasks(ecs: Any) -> int:
+    return sum(1 for t in ecs.tasks() if t["startedBy"] == "warden")
+
+
+def expected_routes(c: Any) -> set:
+    found = set()
+    for container in c.docker.containers.list(filters={"label": f"warden.test={RUN}"}):
+        if container.name.startswith(f"wt-{RUN}-web") and container.status == "running":
+            found.add(f"{ip_of(container)}:8080")
+    return found
+
+
+def holders(c: Any) -> list:
+    """The processes whose current run's log says they lead now."""
+    leading = []
+    for m in c.all:
+        if m.process is None:
+            continue
+        log = m.log().rsplit("manager started as", 1)[-1]
+        if log.count("leadership gained: epoch") > log.count("leadership lost (epoch"):
+            leading.append(m)
+    return leading
+
+
+def check_invariants(c: Any, scenario: str, injected: str, started: float) -> None:
+    """Wait for quiet, then assert every invariant; print the convergence time."""
+    state: dict = {}
+
+    def converged() -> bool:
+        state.update(routes=set(c.redx.hgetall("backend:web")) == expected_routes(c),
+                     leader=c.central.hget("service-manager", "id"),
+                     holders=[m.env["WARDEN_INSTANCE_ID"] for m in holders(c)],
+                     tasks=worker_tasks(c.ecs))
+        return (state["routes"] and state["leader"] is not None
+                and len(state["holders"]) == 1 and state["tasks"] == 3)
+
+    try:
+        eventually(converged, 60, interval=0.2, what=f"convergence after {scenario}")
+    except AssertionError as error:
+        logs = "\n".join(f"--- {m.env['WARDEN_INSTANCE_ID']} ---\n"
+                          + "\n".join(line for line in m.log().splitlines()
+                                      if "leadership" in line or "started as" in line)[-3000:]
+                          for m in c.all)
+        raise AssertionError(f"{error}; last state {state}\n{logs}") from None
+    took = time.monotonic() - started
+    routes = set(c.redx.hgetall("backend:web"))
+    lost = len(expected_routes(c) - routes)
+    TOTALS["routes_lost"] += lost
+    assert lost == 0
+    assert holders(c)[0].env["WARDEN_INSTANCE_ID"] == c.central.hget("service-manager", "id")
+    epochs = {int(e) for m in c.all for e in re.findall(r"leadership gained: epoch (\d+)", m.log())}
+    for task in c.ecs.tasks():
+        tags = {t["key"]: t["value"] for t in task.get("tags") or []}
+        if task["startedBy"] == "warden":
+            assert int(tags["warden:epoch"]) in epochs, "a task started under an epoch no leader held"
+    for m in c.all:
+        assert m.process is None or m.process.poll() is None, f"{m.folder.name} crashed:\n{m.log()[-2000:]}"
+    TOTALS["scenarios"] += 1
+    TOTALS["survived"] += 1
+    print(f"\nchaos: {scenario}: injected {injected}; converged in {took:.1f}s")
+
+
+def test_docker_engine_restarted_while_containers_churn(cluster):
+    c = cluster
+    with Churn(c.containers):
+        time.sleep(2)
+        pid = int(Path("/var/run/docker.pid").read_text())
+        os.kill(pid, signal.SIGTERM)
+        started = time.monotonic()
+        try:
+            eventually(lambda: not Path(f"/proc/{pid}").exists()
+                       or Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z",
+                       60, what="the engine to exit")
+        finally:
+            subprocess.run(["bash", str(ROOT / "scripts" / "start-dockerd.sh")], check=True)
+        time.sleep(2)
+    TOTALS["faults"] += 1
+    check_invariants(c, "Docker restart", "dockerd SIGTERM and start while churning", started)
+
+
+def test_redx_redis_flushed_and_restarted(cluster, redx_server):
+    c = cluster
+    with Churn(c.containers):
+        time.sleep(1.5)
+        started = time.monotonic()
+        c.redx.flushall()
+        time.sleep(1.5)
+        redx_server.restart()
+        c.redx = redx_server.client()
+        time.sleep(1)
+    TOTALS["faults"] += 2
+    check_invariants(c, "Redx Redis", "FLUSHALL, then a restart", started)
+
+
+def test_central_redis_restarted_under_the_managers(cluster, central_server):
+    c = cluster
+    with Churn(c.containers):
+        time.sleep(1)
+        started = time.monotonic()
+        central_server.restart()
+        c.central = redis_lib.Redis(port=central_server.port, db=11, decode_responses=True)
+        c.central.set("demand:worker", "12")
+        time.sleep(1)
+    TOTALS["faults"] += 1
+    check_invariants(c, "central Redis", "a restart (keys lost, metric set again)", started)
+
+
+def test_leaders_killed_and_frozen_repeatedly(cluster):
+    c = cluster
+    started = time.monotonic()
+    with Churn(c.containers):
+        for round_ in range(4):
+            chief = eventually(lambda: c.central.hget("service-manager", "id"), 20, what="a leader")
+            victim = next(m for m in c.all if m.env["WARDEN_INSTANCE_ID"] == chief)
+            if round_ % 2 == 0:
+                victim.process.kill()
+                victim.process.wait()
+                victim.log_file.close()
+                victim.process = None
+                eventually(lambda: c.central.hget("service-manager", "id") not in (None, chief), 20,
+                           what="failover after kill -9")
+                victim.start("run" if victim is c.host else "manager")
+            else:
+                victim.process.send_signal(signal.SIGSTOP)
+                eventually(lambda: c.central.hget("service-manager", "id") not in (None, chief), 20,
+                           what="failover after SIGSTOP")
+                victim.process.send_signal(signal.SIGCONT)
+            TOTALS["faults"] += 1
+    check_invariants(c, "leaders", "kill -9 twice and SIGSTOP/SIGCONT twice", started)
+
+
+def test_aws_throttling_errors_and_stalls(cluster):
+    c = cluster
+    started = time.monotonic()
+    with Churn(c.containers):
+        for mode in ("throttle", "5xx", "stall"):
+            c.proxy.mode = mode
+            c.central.set("demand:worker", "60")
+            c.central.publish("warden:metric", "worker")
+            time.sleep(3)
+            TOTALS["faults"] += 1
+        c.proxy.mode = "pass"
+        c.central.set("demand:worker", "12")
+        c.central.publish("warden:metric", "worker")
+    assert c.proxy.faults > 0
+    check_invariants(c, "AWS endpoint", f"throttling, 503s and stalls ({c.proxy.faults} calls)", started)
+
+
+def test_a_burst_of_100_starts_and_kills(cluster):
+    from concurrent.futures import ThreadPoolExecutor
+
+    c = cluster
+    started = time.monotonic()
+    with ThreadPoolExecutor(10) as pool:
+        made = list(pool.map(lambda _: c.containers.run("web"), range(50)))
+        list(pool.map(lambda x: x.kill(), made[::2]))
+        made += list(pool.map(lambda _: c.containers.run("web"), range(50)))
+        list(pool.map(lambda x: x.remove(force=True), made[1::4]))
+    TOTALS["faults"] += 1
+    check_invariants(c, "burst", "100 starts and 50 kills/removals", started)
+
+
+def test_a_storm_of_malformed_and_forged_control_messages(cluster, central_server):
+    c = cluster
+    pub = redis_lib.Redis(port=central_server.port)
+    started = time.monotonic()
+    with Churn(c.containers):
+        for n in range(300):
+            channel = ("warden:kill", "warden:election", "warden:heartbeat", "warden:drain", "warden:metric")[n % 5]
+            payload = (b"\xff garbage", b"{}", json.dumps({"type": "kill", "instanceId": "i-host", "az": "",
+                                                          "epoch": 1, "ts": time.time()}).encode(),
+                       json.dumps({"type": "drain", "instanceId": "i-nobody", "az": "", "epoch": 0,
+                                   "ts": time.time()}).encode(), b"x" * 100_000)[n % 5]
+            pub.publish(channel, payload)
+    pub.close()
+    TOTALS["faults"] += 1
+    check_invariants(c, "control messages", "300 malformed and forged messages", started)
