@@ -36,11 +36,13 @@ def percentile(values: list[float], q: float) -> float:
 
 
 class Watch:
-    """Records when each address first appears in each watched backend hash."""
+    """Records when each address appears in, and vanishes from, each watched hash."""
 
     def __init__(self, r: redis.Redis) -> None:
         self.r = r
         self.seen: dict[tuple[str, str], float] = {}
+        self.gone: dict[tuple[str, str], float] = {}
+        self.present: dict[str, set] = {}
         self.pubsub = r.pubsub()
         self.pubsub.psubscribe("__keyspace@0__:*backend:web")
         self.thread = threading.Thread(target=self.run, daemon=True)
@@ -50,19 +52,22 @@ class Watch:
     def run(self) -> None:
         while not self.stop.is_set():
             message = self.pubsub.get_message(timeout=0.1)
-            if not message or message["type"] != "pmessage" or message["data"] != b"hset":
+            if not message or message["type"] != "pmessage" or message["data"] not in (b"hset", b"hdel", b"del"):
                 continue
             key = message["channel"].decode().split(":", 1)[1]
-            addresses = self.r.hkeys(key)
-            # Taken after the read: an upper bound on when each address appeared.
+            addresses = {a.decode() for a in self.r.hkeys(key)}
+            # Taken after the read: an upper bound on when each change happened.
             now = time.time()
             for address in addresses:
-                self.seen.setdefault((key, address.decode()), now)
+                self.seen.setdefault((key, address), now)
+            for address in self.present.get(key, set()) - addresses:
+                self.gone.setdefault((key, address), now)
+            self.present[key] = addresses
 
 
 def main() -> int:
     sequential = int(os.environ.get("BENCH_SEQUENTIAL", "20"))
-    burst = int(os.environ.get("BENCH_BURST", "30"))
+    burst = int(os.environ.get("BENCH_BURST", "50"))
     client = docker.from_env()
     server, port = start_redis("--notify-keyspace-events", "Kh")
     r = redis.Redis(port=port)
@@ -82,12 +87,13 @@ def main() -> int:
                               str(port), prefix, "8080"], stdout=subprocess.PIPE, text=True)
     floor.stdout.readline()
     time.sleep(2)
-    events = client.api.events(decode=True, filters={"type": "container", "event": "start"})
+    events = client.api.events(decode=True, filters={"type": "container", "event": ["start", "kill"]})
     starts: dict[str, float] = {}
+    kills: dict[str, float] = {}
 
     def read_events() -> None:
         for event in events:
-            starts[event["id"]] = event["timeNano"] / 1e9
+            (starts if event["Action"] == "start" else kills).setdefault(event["id"], event["timeNano"] / 1e9)
 
     reader = threading.Thread(target=read_events, daemon=True)
     reader.start()
@@ -112,6 +118,15 @@ def main() -> int:
             time.sleep(0.05)
         raise SystemExit("routes did not appear within 30 s")
 
+    def wait_gone(addresses: list, timeout: float = 30) -> None:
+        deadline = time.time() + timeout
+        keys = ("backend:web", "floor:backend:web")
+        while time.time() < deadline:
+            if all((k, a) in watch.gone for k in keys for a in addresses):
+                return
+            time.sleep(0.02)
+        raise SystemExit("routes did not go within 30 s")
+
     results = {}
     try:
         for phase, count in (("sequential", sequential), (f"burst of {burst}", burst)):
@@ -133,12 +148,29 @@ def main() -> int:
                 address = c.attrs["NetworkSettings"]["Networks"]["bridge"]["IPAddress"] + ":8080"
                 lat["warden"].append(watch.seen[("backend:web", address)] - starts[c.id])
                 lat["floor"].append(watch.seen[("floor:backend:web", address)] - starts[c.id])
-            results[phase] = lat
+            results[f"start {phase}"] = lat
+            # kill -> unroute on the same containers, one at a time or all at once
+            addresses = {c.id: c.attrs["NetworkSettings"]["Networks"]["bridge"]["IPAddress"] + ":8080"
+                         for c in batch}
+            if phase == "sequential":
+                for c in batch:
+                    c.kill()
+                    wait_gone([addresses[c.id]])
+            else:
+                with ThreadPoolExecutor(burst) as pool:
+                    list(pool.map(lambda c: c.kill(), batch))
+                wait_gone(list(addresses.values()))
+            lat = {"warden": [], "floor": []}
+            for c in batch:
+                lat["warden"].append(watch.gone[("backend:web", addresses[c.id])] - kills[c.id])
+                lat["floor"].append(watch.gone[("floor:backend:web", addresses[c.id])] - kills[c.id])
+            results[f"kill {phase}"] = lat
             for c in batch:
                 c.remove(force=True)
             time.sleep(1)
-            r.delete("floor:backend:web")  # the floor never removes routes
+            r.delete("floor:backend:web")
             watch.seen.clear()
+            watch.gone.clear()
     finally:
         for c in made:
             try:
@@ -151,15 +183,16 @@ def main() -> int:
         floor.wait(10)
         watch.stop.set()
         server.terminate()
-    print(f"\nRoute latency, Docker event time -> route visible in Redis (ms), {os.cpu_count()} cores")
-    print(f"{'phase':<14} {'who':<7} {'n':>3} {'p50':>7} {'p95':>7} {'max':>7}   ratio p50 / p95")
+    print(f"\nRoute latency, Docker's start (kill) event time -> route added (removed) in Redis (ms), "
+          f"{os.cpu_count()} cores")
+    print(f"{'phase':<20} {'who':<7} {'n':>3} {'p50':>7} {'p95':>7} {'max':>7}   ratio p50 / p95")
     for phase, lat in results.items():
         floor_p50, floor_p95 = percentile(lat["floor"], 0.5), percentile(lat["floor"], 0.95)
         for who in ("floor", "warden"):
             values = lat[who]
             p50, p95 = percentile(values, 0.5), percentile(values, 0.95)
             ratio = f"{p50 / floor_p50:.2f}x / {p95 / floor_p95:.2f}x" if who == "warden" else ""
-            print(f"{phase:<14} {who:<7} {len(values):>3} {p50 * 1000:>7.1f} {p95 * 1000:>7.1f} "
+            print(f"{phase:<20} {who:<7} {len(values):>3} {p50 * 1000:>7.1f} {p95 * 1000:>7.1f} "
                   f"{max(values) * 1000:>7.1f}   {ratio}")
     return 0
 
