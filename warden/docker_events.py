@@ -217,11 +217,15 @@ class DockerEventReader(StoppableThread):
             except Exception:  # noqa: BLE001 - closing a dead stream may fail any way
                 pass
 
+    #: the actions Warden acts on; the engine filters the rest (health-check execs,
+    #: attaches, resizes) out, so a burst queues no more than it must
+    actions = ("start", "restart", "kill", "stop", "die", "oom", "destroy", "pause", "unpause",
+               "health_status", "update", "rename", "connect", "disconnect")
+
     def _open(self) -> Any:
-        since = self.last_time
         return self.source.api.events(
-            since=since, decode=True,
-            filters={"type": ["container", "network"]},
+            since=self.last_time, decode=True,
+            filters={"type": ["container", "network"], "event": list(self.actions)},
         )
 
     def run(self) -> None:
