@@ -393,6 +393,8 @@ def managers(tmp_path: Path, central_server: RedisServer, redx_server: RedisServ
             except ProcessLookupError:
                 pass
         instance.stop()
+        # Shown by pytest when the test failed.
+        print(f"--- log of {instance.folder.name} ---\n{instance.log()[-6000:]}")
 
 
 @contextlib.contextmanager
