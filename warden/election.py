@@ -273,7 +273,9 @@ class ElectionStore:
 
     def claim(self, zone: str) -> tuple[Optional[int], str]:
         """Claim leadership: ``(epoch, "")`` on success, else ``(None, why)``."""
-        drop_ms = self.guard_ms + self.lease_ms
+        # Members carry whole seconds (the Perl format), so an entry can look up to a
+        # second older than it is: allow for that before calling it abandoned.
+        drop_ms = self.guard_ms + self.lease_ms + 1000
         reply = self._claim(keys=[RECORD, CHALLENGE, EPOCH],
                             args=[self.me, zone, self.lease_ms, self.legacy_ms, drop_ms])
         if int(reply[0]) == 1:

@@ -326,8 +326,10 @@ class Manager(StoppableThread):
     def _campaign(self) -> None:
         guard = self.config.guard_time_seconds
         now = time.monotonic()
-        expiry = self.config.candidate_expiry_seconds
-        if self.candidate_since is None or now - self.candidate_since > expiry * 0.8:
+        # An entry older than guard + lease is dropped by the next claim (and one near
+        # its key's expiry is about to vanish): stand again rather than wait on it.
+        stale_after = min(guard + self.config.lease_seconds, self.config.candidate_expiry_seconds * 0.8)
+        if self.candidate_since is None or now - self.candidate_since > stale_after:
             member = self.store.enter()
             self.candidate_since = now
             logger.info("standing for election as %s", member)
@@ -341,6 +343,11 @@ class Manager(StoppableThread):
         epoch, why = self.store.claim(self.zone)
         if epoch is None:
             logger.debug("no claim: %s", why)
+            if why == "not-highest":
+                # No live entry at all, mine included: it was dropped; stand again now.
+                self.candidate_since = None
+                self._next_wake = 0.02
+                return
             self._next_wake = min(self.config.heartbeat_interval_seconds, guard)
             return
         self._become_leader(epoch)
