@@ -27,7 +27,7 @@ IMAGE = "warden-test:latest"
 LABEL = "warden.demo"
 
 
-from local_services import free_port, start_redis  # noqa: E402 - scripts/ is on the path
+from local_services import fargate_family, start_moto, start_redis  # noqa: E402 - scripts/ is on the path
 
 
 def show(redx: redis.Redis, title: str) -> None:
@@ -44,40 +44,13 @@ def settle() -> None:
     time.sleep(0.6)
 
 
-def start_moto() -> tuple[subprocess.Popen, str]:
-    """The moto server on a free port, standing in for ECS."""
-    port = free_port()
-    binary = os.path.join(os.path.dirname(sys.executable), "moto_server")
-    process = subprocess.Popen([binary, "-p", str(port)], stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    os.environ.update(AWS_ENDPOINT_URL=url, AWS_ACCESS_KEY_ID="demo", AWS_SECRET_ACCESS_KEY="demo",
-                      AWS_DEFAULT_REGION="us-east-1", AWS_EC2_METADATA_DISABLED="true",
-                      WARDEN_INSTANCE_ID="i-demo", WARDEN_AVAILABILITY_ZONE="us-east-1a")
-    for _ in range(100):
-        try:
-            boto3.client("ecs").list_clusters()
-            break
-        except Exception:  # noqa: BLE001 - still starting
-            time.sleep(0.2)
-    return process, url
-
-
 def worker_service() -> dict:
     """An ECS service scaled by a Redis metric, with a Fargate task definition."""
-    ecs, ec2 = boto3.client("ecs"), boto3.client("ec2")
-    ecs.create_cluster(clusterName="demo")
-    ecs.register_task_definition(family="worker", requiresCompatibilities=["FARGATE"],
-                                 networkMode="awsvpc", cpu="256", memory="512",
-                                 containerDefinitions=[{"name": "worker", "image": "worker",
-                                                        "memory": 64, "cpu": 10}])
-    subnet = ec2.describe_subnets()["Subnets"][0]["SubnetId"]
-    group = ec2.describe_security_groups()["SecurityGroups"][0]["GroupId"]
     return {"name": "worker", "port": 9100, "taskName": "worker", "cluster": "demo",
             "metric": {"type": "redis", "key": "demand:worker"},
             "scaling": {"steps": [[0, 1], [10, 3], [50, 6]], "scaleDownDelaySeconds": 0},
-            "runTask": {"launchType": "FARGATE", "networkConfiguration": {"awsvpcConfiguration": {
-                "subnets": [subnet], "securityGroups": [group]}}}}
+            "runTask": {"launchType": "FARGATE",
+                        "networkConfiguration": fargate_family("demo", "worker")}}
 
 
 def tasks_running() -> int:
@@ -92,6 +65,9 @@ def main() -> int:
     redx = redis.Redis(port=port, decode_responses=True)
     central = redis.Redis(port=port, db=11, decode_responses=True)
     moto, moto_url = start_moto()
+    os.environ.update(AWS_ENDPOINT_URL=moto_url, AWS_ACCESS_KEY_ID="demo", AWS_SECRET_ACCESS_KEY="demo",
+                      AWS_DEFAULT_REGION="us-east-1", AWS_EC2_METADATA_DISABLED="true",
+                      WARDEN_INSTANCE_ID="i-demo", WARDEN_AVAILABILITY_ZONE="us-east-1a")
     client = docker.from_env()
     services = os.path.join(folder, "services")
     os.makedirs(services)

@@ -32,3 +32,42 @@ def start_redis(*options: str) -> tuple[subprocess.Popen, int]:
             time.sleep(0.05)
     client.close()
     return process, port
+
+
+def start_moto() -> tuple[subprocess.Popen, str]:
+    """The moto server (from this venv) on a free port, answering; returns the process
+    and its URL."""
+    import os
+    import sys
+
+    import boto3
+
+    port = free_port()
+    process = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "moto_server"),
+                                "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    probe = boto3.client("ecs", endpoint_url=url, region_name="us-east-1",
+                         aws_access_key_id="local", aws_secret_access_key="local")
+    for _ in range(100):
+        try:
+            probe.list_clusters()
+            break
+        except Exception:  # noqa: BLE001 - still starting
+            time.sleep(0.2)
+    return process, url
+
+
+def fargate_family(cluster: str, family: str) -> dict:
+    """Create ``cluster`` and a Fargate task definition ``family`` (through boto3 as the
+    environment points it); returns the networkConfiguration RunTask needs."""
+    import boto3
+
+    ecs, ec2 = boto3.client("ecs"), boto3.client("ec2")
+    ecs.create_cluster(clusterName=cluster)
+    ecs.register_task_definition(family=family, requiresCompatibilities=["FARGATE"],
+                                 networkMode="awsvpc", cpu="256", memory="512",
+                                 containerDefinitions=[{"name": family, "image": family,
+                                                        "memory": 64, "cpu": 10}])
+    return {"awsvpcConfiguration": {
+        "subnets": [ec2.describe_subnets()["Subnets"][0]["SubnetId"]],
+        "securityGroups": [ec2.describe_security_groups()["SecurityGroups"][0]["GroupId"]]}}

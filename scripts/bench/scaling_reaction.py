@@ -25,16 +25,13 @@ import redis
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
-from local_services import free_port, start_redis  # noqa: E402
+from local_services import fargate_family, free_port, start_moto, start_redis  # noqa: E402
 
 
 def main() -> int:
     trials = int(os.environ.get("TRIALS", "10"))
     server, port = start_redis()
-    moto_port = free_port()
-    moto = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "moto_server"), "-p",
-                             str(moto_port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    upstream = f"http://127.0.0.1:{moto_port}"
+    moto, upstream = start_moto()
     run_tasks: list[float] = []
 
     class Proxy(BaseHTTPRequestHandler):
@@ -68,19 +65,8 @@ def main() -> int:
                AWS_EC2_METADATA_DISABLED="true", WARDEN_INSTANCE_ID="i-bench")
     os.environ.update({k: env[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")})
     os.environ["AWS_ENDPOINT_URL"] = upstream
-    for _ in range(100):
-        try:
-            boto3.client("ecs").list_clusters()
-            break
-        except Exception:  # noqa: BLE001 - still starting
-            time.sleep(0.2)
-    ecs, ec2 = boto3.client("ecs"), boto3.client("ec2")
-    ecs.create_cluster(clusterName="bench")
-    ecs.register_task_definition(family="worker", requiresCompatibilities=["FARGATE"], networkMode="awsvpc",
-                                 cpu="256", memory="512",
-                                 containerDefinitions=[{"name": "w", "image": "w", "memory": 64, "cpu": 10}])
-    awsvpc = {"awsvpcConfiguration": {"subnets": [ec2.describe_subnets()["Subnets"][0]["SubnetId"]],
-                                      "securityGroups": [ec2.describe_security_groups()["SecurityGroups"][0]["GroupId"]]}}
+    ecs = boto3.client("ecs")
+    awsvpc = fargate_family("bench", "worker")
     folder = tempfile.mkdtemp()
     with open(os.path.join(folder, "services.json"), "w") as handle:
         json.dump([{"name": "worker", "port": 80, "taskName": "worker", "cluster": "bench",
