@@ -125,11 +125,10 @@ def _prepare(args: argparse.Namespace, roles: frozenset[str] = REGISTRAR):
         raise ConfigError("no service description could be loaded:\n"
                           + "\n".join(str(p) for p in errors))
     named = [s.name for s in catalog.services if s.targets]
-    if "manager" in roles:
-        config = resolve_identity(config)
-    if "elb" in config.handlers and named:
-        config = resolve_identity(config, needed=("instance_id", "region"))
-        for field in ("instance_id", "region"):
+    needed = ("instance_id", "region") if "elb" in config.handlers and named else ()
+    if needed or "manager" in roles:
+        config = resolve_identity(config, needed)
+        for field in needed:
             if not getattr(config, field):
                 raise ConfigError(
                     f"{CONFIG_KEYS[field]} is needed by the elb handler (services "

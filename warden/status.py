@@ -6,6 +6,7 @@ so it works whether or not the daemon runs. A part that cannot be read is report
 from __future__ import annotations
 
 import json
+import os
 from typing import Any, Optional
 
 from warden.config import Config
@@ -108,7 +109,7 @@ def _tasks(config: Config, services: tuple[Service, ...], errors: list) -> dict:
     context = MetricContext(config.service_management_redis.client(socket_timeout=2,
                                                                    socket_connect_timeout=2),
                             config.region)
-    steps_source = StepsSource(lambda: context.aws("s3"), config.path.rsplit("/", 1)[0])
+    steps_source = StepsSource(lambda: context.aws("s3"), os.path.dirname(config.path))
     found = {}
     for service in scaled:
         entry: dict[str, Optional[float]] = {"desired": None, "running": None, "metric": None}
