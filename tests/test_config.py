@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -156,14 +157,18 @@ def test_broken_file_keeps_its_last_good_version(tmp_path: Path) -> None:
     assert [p.file for p in problems] == ["s/b.json"]
     (tmp_path / "s/b.json").unlink()
     services, _ = catalog.load()
+    assert [s.name for s in services] == ["a", "b"], "a file just gone is kept for a grace time"
+    catalog.gone_grace_seconds = 0.2
+    time.sleep(0.3)
+    services, _ = catalog.load()
     assert [s.name for s in services] == ["a"]
 
 
 def test_metric_and_scaling_are_checked(tmp_path: Path) -> None:
     write(tmp_path, "config.json", {"serviceDescriptionFilename": "services.json"})
     write(tmp_path, "services.json", [
-        {"name": "a", "port": 80, "metric": {"type": "redis"}},
-        {"name": "b", "port": 80, "metric": {"Type": "tea-leaves"}},
+        {"name": "a", "port": 80, "metric": {"type": "redis"}, "scaling": {"maxTasks": 3}},
+        {"name": "b", "port": 80, "metric": {"Type": "tea-leaves"}, "scaling": {"maxTasks": 3}},
         {"name": "c", "port": 80, "metric": {"type": "static", "value": 3},
          "scaling": {"steps": [[0, 1], [5, "two"]], "minTasks": -1}},
         {"name": "d", "port": 80, "metric": {"type": "sqs", "queueUrl": "http://q"},
@@ -187,3 +192,114 @@ def test_control_secret_may_come_from_the_environment(tmp_path: Path, monkeypatc
     monkeypatch.setenv("WARDEN_CONTROL_SECRET", "from-env")
     config, _ = load_config(str(tmp_path / "config.json"))
     assert config is not None and config.control_secret == "from-env"
+
+
+# -- production conditions: service files as people really edit them -------------------
+
+
+def test_a_unicode_digit_is_a_problem_line_not_a_crash(tmp_path: Path) -> None:
+    """Defect 6: "²".isdigit() is true and int("²") raises; the other files still load."""
+    write(tmp_path, "config.json", {"serviceDescriptionFilename": "services"})
+    write(tmp_path, "services/a.json", {"name": "a", "port": "8²"})
+    write(tmp_path, "services/b.json", {"name": "b", "port": "81", "targetPort": "٣"})
+    write(tmp_path, "services/c.json", {"name": "c", "port": 82})
+    result = run_warden(tmp_path, "validate")
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stdout.splitlines() == [
+        "services/a.json: port: must be a port number (a number or a string of digits)",
+        "services/b.json: targetPort: must be a port number (a number or a string of digits)",
+    ]
+    services, _ = ServiceCatalog(str(tmp_path / "services"), "services").load()
+    assert [s.name for s in services] == ["c"]
+
+
+GARBAGE = ["²", "", " ", "1e400", 1e300, -1, 0, 70000, True, None, [], {}, [1, 2], {"a": 1},
+           "x" * 5000, "\u0000", 3.5, "NaN"]
+
+
+def test_no_field_value_crashes_the_loader(tmp_path: Path) -> None:
+    """Defect 6: every field check gives a problem line; none raises."""
+    from warden.services import _FIELDS, parse_file
+
+    fields = [k for k in _FIELDS] + ["metric.type", "metric.value", "metric.key", "scaling.steps",
+                                     "scaling.minTasks", "scaling.maxTasks", "scaling.maxStep",
+                                     "scaling.scaleDownDelaySeconds", "scaling.stepsUrl", "runTask"]
+    for field in fields:
+        for value in GARBAGE:
+            service: dict = {"name": "a", "port": 80, "metric": {"type": "static", "value": 1},
+                             "scaling": {"steps": [[0, 1]]}}
+            head, _, tail = field.partition(".")
+            if tail:
+                service[head] = dict(service[head], **{tail: value})
+            else:
+                service[head] = value
+            path = write(tmp_path, "s.json", service)
+            services, problems = parse_file(str(path), "s.json")
+            assert services is not None or problems, (field, value)
+            assert all(str(p).startswith("s.json: ") for p in problems), (field, value, problems)
+
+
+def test_a_conflicting_new_file_is_the_one_rejected(tmp_path: Path) -> None:
+    """Defect 5: a new file (sorting first) claiming a frontend in force is rejected and
+    named; the good file keeps its services."""
+    write(tmp_path, "s/b.json", {"name": "b", "port": 80, "loadBalancerUrl": "x.example.com"})
+    catalog = ServiceCatalog(str(tmp_path / "s"), "s")
+    catalog.load()
+    write(tmp_path, "s/a.json", {"name": "a", "port": 80, "loadBalancerUrl": "x.example.com"})
+    services, problems = catalog.load()
+    assert [(s.name, s.frontend, s.backend_name) for s in services] == [("b", "x.example.com", "b")]
+    assert [str(p) for p in problems] == [
+        "s/a.json: loadBalancerUrl: frontend 'x.example.com' is already claimed by service 'b' "
+        "(s/b.json) for backend 'b'"]
+    # A good file that changes into a conflict keeps its last good version.
+    write(tmp_path, "s/a.json", {"name": "a", "port": 80, "loadBalancerUrl": "a.example.com"})
+    catalog.load()
+    write(tmp_path, "s/b.json", {"name": "b", "port": 80, "loadBalancerUrl": "a.example.com"})
+    services, problems = catalog.load()
+    assert sorted((s.name, s.frontend) for s in services) == [("a", "a.example.com"),
+                                                              ("b", "x.example.com")]
+    assert [p.file for p in problems] == ["s/b.json"]
+
+
+def test_a_missing_service_file_keeps_the_services_in_force(tmp_path: Path) -> None:
+    """Defect 2: deleting the only service file retires nothing; [] does."""
+    path = write(tmp_path, "services.json", [{"name": "a", "port": 80}])
+    catalog = ServiceCatalog(str(path), "services.json")
+    catalog.load()
+    path.unlink()
+    services, problems = catalog.load()
+    assert [s.name for s in services] == ["a"]
+    assert [str(p) for p in problems] == [
+        "services.json: -: not found; keeping the 1 services in force ([] in the file retires them)"]
+    assert catalog.errors == 1
+    write(tmp_path, "services.json", [])
+    services, problems = catalog.load()
+    assert services == () and problems == []
+
+
+def test_a_metric_without_steps_must_name_max_tasks(tmp_path: Path) -> None:
+    """Defect 13c: no ceiling on a task count."""
+    write(tmp_path, "config.json", {"serviceDescriptionFilename": "services.json"})
+    write(tmp_path, "services.json", [
+        {"name": "a", "port": 80, "taskName": "t", "metric": {"type": "redis", "key": "k"},
+         "scaling": {"steps": []}},
+        {"name": "b", "port": 80, "taskName": "t", "metric": {"type": "redis", "key": "k"}},
+        {"name": "c", "port": 80, "taskName": "t", "metric": {"type": "redis", "key": "k"},
+         "Scaling": {"MaxTasks": 4}},
+        {"name": "d", "port": 80, "taskName": "t", "metric": {"type": "redis", "key": "k"},
+         "scaling": {"steps": [[0, 1], [10, 5]], "scaleDownDelaySeconds": "soon"}},
+    ])
+    result = run_warden(tmp_path, "validate")
+    assert result.returncode == 2
+    assert result.stdout.splitlines() == [
+        "services.json: [0].scaling.maxTasks: is required when the scaling has no steps "
+        "(a metric alone could ask for any number of tasks)",
+        "services.json: [1].scaling.maxTasks: is required when the scaling has no steps "
+        "(a metric alone could ask for any number of tasks)",
+        "services.json: [3].scaling.scaleDownDelaySeconds: must be a number of seconds, 0 or more",
+    ]
+    from warden.scaling import Policy
+
+    assert Policy.from_spec({"steps": [[0, 1], [10, 5]]}).wanted(1e6, ((0, 1), (10, 5))) == 5
+    assert Policy.from_spec({"maxtasks": 4}).wanted(1e6, ()) == 4

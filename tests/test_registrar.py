@@ -257,3 +257,95 @@ def test_running_container_connected_to_the_service_network_is_routed(redx, cont
                what="routed once connected")
     net.disconnect(c)
     eventually(lambda: servers(redx, "late") == {}, 5, what="unrouted once disconnected")
+
+
+# -- production conditions ------------------------------------------------------------
+
+
+def test_same_tag_redeploy_keeps_the_old_containers_routed(redx, containers, warden, docker_client):
+    """Defect 1: once a tag points at a new image, the listing names the old containers'
+    image by ID; the sweep must still judge them by the reference they were made from."""
+    from conftest import IMAGE, LABEL
+
+    repository = f"wt-redeploy-{RUN}"
+    docker_client.images.get(IMAGE).tag(repository, "v1")
+    old = docker_client.containers.run(f"{repository}:v1", "sleep 600", detach=True,
+                                       name=f"wt-{RUN}-old-{time.monotonic_ns()}",
+                                       labels={LABEL: RUN})
+    try:
+        w = warden([service("img", containerName=repository)], registrarSleepTimeSeconds=0.5).start()
+        address = f"{ip_of(old)}:8080"
+        assert servers(redx, "img") == {address: "0"}
+        # The redeploy: the same tag now names another image.
+        other = containers.run("builder")
+        other.commit(repository=repository, tag="v1")
+        listed = docker_client.api.containers(filters={"id": old.id})[0]["Image"]
+        assert listed.startswith("sha256:"), f"the listing should name the image by ID: {listed}"
+        sweeps = w.log().count("sweep (periodic)")
+        eventually(lambda: w.log().count("sweep (periodic)") >= sweeps + 3, 10, what="three sweeps")
+        assert servers(redx, "img") == {address: "0"}
+        assert f"- backend:img {address}" not in w.log()
+        assert w.command("sweep", "--dry-run", check=True).stdout == ""
+    finally:
+        old.remove(force=True)
+        docker_client.images.remove(f"{repository}:v1", force=True)
+
+
+def test_deleting_the_only_service_file_keeps_every_route(redx, containers, warden):
+    """Defect 2: a missing file keeps the last good services; [] retires them."""
+    c = containers.run("web")
+    w = warden(None, serviceDescriptionFilename="services/services.json", registrarSleepTimeSeconds=0.5)
+    path = w.write_services("services.json", [service("web")])
+    w.start()
+    address = f"{ip_of(c)}:8080"
+    assert servers(redx, "web") == {address: "0"}
+    path.unlink()
+    eventually(lambda: "services.json: -: not found; keeping the 1 services in force" in w.log(), 5,
+               what="the missing file logged")
+    sweeps = w.log().count("sweep (periodic)")
+    eventually(lambda: w.log().count("sweep (periodic)") >= sweeps + 2, 5, what="two sweeps")
+    assert servers(redx, "web") == {address: "0"}
+    assert redx.get("frontend:web.example.com") == "web"
+    w.write_services("services.json", [])
+    eventually(lambda: redx.get("frontend:web.example.com") is None and servers(redx, "web") == {},
+               5, what="[] retires every service")
+
+
+def test_a_non_atomic_replace_in_a_folder_never_flaps_routes(redx, containers, warden):
+    """Defect 2: an editor's unlink-then-write is not a retirement; a file that stays
+    gone is retired after about 2 s."""
+    import threading
+
+    c = containers.run("api")
+    w = warden([service("web")])
+    w.write_services("api.json", [service("api")])
+    w.start()
+    address = f"{ip_of(c)}:8080"
+    assert servers(redx, "api") == {address: "0"}
+    seen: list = []
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            seen.append((redx.get("frontend:api.example.com"), address in servers(redx, "api")))
+            stop.wait(0.02)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        path = w.services_dir / "api.json"
+        path.unlink()
+        time.sleep(0.5)
+        path.write_text(json.dumps([service("api")]))
+        eventually(lambda: "looked at again after the grace time: back" in w.log(), 5,
+                   what="the second look")
+        time.sleep(0.5)  # the reload it asked for, had it retired anything
+    finally:
+        stop.set()
+        sampler.join()
+    assert seen and all(s == ("api", True) for s in seen), [s for s in seen if s != ("api", True)][:3]
+    (w.services_dir / "api.json").unlink()
+    started = time.monotonic()
+    eventually(lambda: redx.get("frontend:api.example.com") is None, 6, what="retired once gone")
+    assert time.monotonic() - started >= 1.5, "retired before the grace time"
+    assert servers(redx, "api") == {}

@@ -12,8 +12,10 @@ from __future__ import annotations
 import ipaddress
 import logging
 import queue
+import re
 import threading
 import time
+from dataclasses import replace
 from typing import Any, Optional
 
 import docker
@@ -36,6 +38,10 @@ INSPECT_ACTIONS = frozenset({"start", "unpause", "pause", "restart", "update", "
 #: errors that mean the engine is unreachable rather than that a call was refused
 _CONNECTION_ERRORS = (requests.exceptions.ConnectionError, requests.exceptions.Timeout,
                       ConnectionError, OSError)
+
+
+#: how the listing names an image by ID (``sha256:<hex>``, or bare hex)
+_IMAGE_ID = re.compile(r"(sha256:)?[0-9a-f]{12,64}")
 
 
 def _health_from_status(status: str) -> Optional[str]:
@@ -116,24 +122,53 @@ class DockerSource:
         self.api = self.client.api
         #: Docker API calls made, by kind (for benchmarks and metrics)
         self.calls: dict[str, int] = {"inspect": 0, "list": 0, "networks": 0}
+        #: container id -> the image reference it was created from (inspect's
+        #: ``Config.Image``), which never changes for a container
+        self._configured_image: dict[str, str] = {}
+        self._lock = threading.Lock()
 
     def inspect(self, container_id: str) -> Container:
         """The container as it is now, or :class:`ContainerGone`."""
         self.calls["inspect"] += 1
         try:
-            return container_from_inspect(self.api.inspect_container(container_id))
+            container = container_from_inspect(self.api.inspect_container(container_id))
         except docker.errors.NotFound:
             raise ContainerGone(container_id) from None
         except _CONNECTION_ERRORS as error:
             raise ConnectionLost(f"Docker: {error}") from None
+        with self._lock:
+            self._configured_image[container.id] = container.image
+        return container
 
     def running(self) -> list[Container]:
-        """Every running (or paused) container, from one listing."""
+        """Every running (or paused) container, from one listing, each with the image
+        reference it was created from, as an inspect gives it.
+
+        The listing names a container's image by ID once its tag points at another
+        image (a same-tag redeploy), so the reference comes from the inspect cache; a
+        container first seen that way is inspected once."""
         self.calls["list"] += 1
         try:
-            return [container_from_summary(c) for c in self.api.containers()]
+            listed = [container_from_summary(c) for c in self.api.containers()]
         except _CONNECTION_ERRORS as error:
             raise ConnectionLost(f"Docker: {error}") from None
+        with self._lock:
+            known = {c.id: self._configured_image.get(c.id) for c in listed}
+        found = []
+        for container in listed:
+            image = known[container.id]
+            if image is None and _IMAGE_ID.fullmatch(container.image):
+                try:
+                    image = self.inspect(container.id).image
+                except ContainerGone:
+                    continue
+            elif image is None:
+                # The listing shows the reference while its tag still names the image.
+                image = container.image
+            found.append(replace(container, image=image))
+        with self._lock:
+            self._configured_image = {c.id: c.image for c in found}
+        return found
 
     def subnets(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
         """The subnets of this host's Docker networks."""

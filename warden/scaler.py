@@ -209,6 +209,7 @@ class Scaler(StoppableThread):
             try:
                 value = self.metric_of(service).read()
                 steps = self.steps_source.steps(policy.steps_url) if policy.steps_url else policy.steps
+                policy.wanted(value, steps)  # unbounded (no steps, no maxTasks): hold
             except MetricError as error:
                 logger.warning("scaling %s holds: %s", service.name, error)
                 signals.send(signals.metric_failed, self, service=service.name, error=str(error))

@@ -4,7 +4,9 @@ largest step a pass may take.
 - ``steps``: ``[[threshold, tasks], ...]``; the tasks of the highest threshold the
   metric reaches. Below the lowest threshold: ``minTasks``. With a metric but no steps,
   the metric itself, rounded up.
-- ``minTasks`` (default 0) and ``maxTasks`` (no default) clamp first.
+- ``minTasks`` (default 0) and ``maxTasks`` clamp first. ``maxTasks`` defaults to the
+  highest step's count; without steps it must be given, so a garbage metric never asks
+  for a million tasks.
 - ``scaleDownDelaySeconds`` (default 300): scale down only to the highest count wanted
   in that window. The last sample before the window counts too, so passes further apart
   than the window never scale down at once.
@@ -48,17 +50,25 @@ class Policy:
             max_step=None if spec.get("maxstep") is None else int(spec["maxstep"]),
         )
 
+    def ceiling(self, steps: tuple[tuple[float, int], ...]) -> Optional[int]:
+        """The most tasks this policy ever asks for: ``maxTasks``, else the highest
+        step's count; None when there is neither (no count can be trusted then)."""
+        if self.max_tasks is not None:
+            return self.max_tasks
+        return max((n for _, n in steps), default=None)
+
     def wanted(self, value: float, steps: tuple[tuple[float, int], ...]) -> int:
-        """The clamped count for ``value``."""
+        """The clamped count for ``value``; :class:`MetricError` when neither steps nor
+        ``maxTasks`` bound it."""
+        ceiling = self.ceiling(steps)
+        if ceiling is None:
+            raise MetricError("no steps and no maxTasks: refusing an unbounded count")
         if steps:
             reached = [n for threshold, n in sorted(steps) if value >= threshold]
             count = reached[-1] if reached else self.min_tasks
         else:
             count = max(0, math.ceil(value))
-        count = max(count, self.min_tasks)
-        if self.max_tasks is not None:
-            count = min(count, self.max_tasks)
-        return count
+        return min(max(count, self.min_tasks), ceiling)
 
 
 class Window:

@@ -10,6 +10,9 @@ from __future__ import annotations
 import glob
 import logging
 import os
+import re
+import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
@@ -114,8 +117,12 @@ def _string(value: Any) -> tuple[Any, Optional[str]]:
     return (value, None) if isinstance(value, str) else (None, "must be a string")
 
 
+#: ASCII digits only: ``str.isdigit`` is also true of "²", which ``int`` refuses
+DIGITS = re.compile(r"[0-9]+")
+
+
 def _port(value: Any) -> tuple[Any, Optional[str]]:
-    if isinstance(value, str) and value.strip().isdigit():
+    if isinstance(value, str) and DIGITS.fullmatch(value.strip()):
         value = int(value.strip())
     if not is_int(value):
         return None, "must be a port number (a number or a string of digits)"
@@ -203,7 +210,28 @@ def _check_scaling(file: str, where: str, obj: KeyedObject) -> list[Problem]:
         value = obj.get(key)
         if value is not None and (not is_int(value) or value < 0):
             problems.append(Problem(file, f"{where}.{obj.spelled(key)}", "must be a whole number, 0 or more"))
+    delay = obj.get("scaledowndelayseconds")
+    if delay is not None and (not is_number(delay) or not 0 <= delay < 1e9):
+        problems.append(Problem(file, f"{where}.{obj.spelled('scaledowndelayseconds')}",
+                                "must be a number of seconds, 0 or more"))
+    url = obj.get("stepsurl")
+    if url is not None and (not isinstance(url, str) or not url):
+        problems.append(Problem(file, f"{where}.{obj.spelled('stepsurl')}",
+                                "must be a path or an s3://bucket/key URL"))
     return problems
+
+
+def _check_ceiling(file: str, where: str, obj: KeyedObject) -> list[Problem]:
+    """A metric without steps asks for the metric itself, rounded up: without
+    ``maxTasks`` a garbage value (1e6 in a Redis key) would start that many tasks."""
+    scaling = obj.get("scaling") if isinstance(obj.get("scaling"), KeyedObject) else None
+    if scaling is not None and (scaling.get("steps") or scaling.get("stepsurl")
+                                or scaling.get("maxtasks") is not None):
+        return []
+    prefix = f"{where}{obj.spelled('scaling')}." if scaling is not None else f"{where}scaling."
+    spelled = scaling.spelling.get("maxtasks", "maxTasks") if scaling is not None else "maxTasks"
+    return [Problem(file, prefix + spelled, "is required when the scaling has no steps "
+                                            "(a metric alone could ask for any number of tasks)")]
 
 
 def parse_service(file: str, where: str, obj: Any) -> tuple[Optional[Service], list[Problem]]:
@@ -227,6 +255,8 @@ def parse_service(file: str, where: str, obj: Any) -> tuple[Optional[Service], l
             problems += _check_metric(file, where + spelled, raw)
         if lower == "scaling" and value is not None:
             problems += _check_scaling(file, where + spelled, raw)
+    if values.get("metric") is not None:
+        problems += _check_ceiling(file, where, obj)
     for required in ("name", "port"):
         if not values.get(required):
             if not any(p.field == where + obj.spelled(required) for p in problems):
@@ -259,13 +289,14 @@ def parse_file(path: str, display: str) -> tuple[Optional[list[Service]], list[P
     return services, problems
 
 
-def cross_check(services: list[Service]) -> list[Problem]:
-    """Problems between services: a name used twice, or one frontend key claimed for
-    two different backends."""
+def conflicts(standing: list[Service], newcomers: list[Service]) -> list[Problem]:
+    """Problems the ``newcomers`` bring among the ``standing`` services: a name used
+    twice, or one frontend key claimed for two different backends. The newcomers are
+    the ones named: what stands is never blamed."""
     problems = []
-    names: dict[str, Service] = {}
-    frontends: dict[str, Service] = {}
-    for service in services:
+    names: dict[str, Service] = {s.name: s for s in reversed(standing)}
+    frontends: dict[str, Service] = {s.frontend: s for s in reversed(standing) if s.frontend}
+    for service in newcomers:
         if service.name in names:
             problems.append(Problem(service.source, service.field_name("name", "name"),
                                     f"service {service.name!r} is also defined in {names[service.name].source}"))
@@ -283,13 +314,33 @@ def cross_check(services: list[Service]) -> list[Problem]:
 
 
 class ServiceCatalog:
-    """The services in force, reloaded file by file; each file keeps its last good
-    version when a new one is broken."""
+    """The services in force, reloaded file by file.
+
+    - A broken file keeps its last good version.
+    - A changed file that conflicts with the services in force is rejected (it keeps its
+      last good version), whatever the files' sort order: the file that changed is the
+      one blamed, and the services in force never conflict.
+    - A missing file or folder keeps the last good services (an error says so); ``[]``
+      in the file is the way to retire everything. Inside a folder, a file that
+      disappears is acted on only once it has stayed gone ``gone_grace_seconds``, so an
+      editor's or ``git checkout``'s non-atomic replace never flaps routes.
+
+    :attr:`services` is an immutable snapshot, replaced whole by each load, so readers
+    on other threads never see a load half done.
+    """
+
+    #: seconds a file must stay gone from the folder before its services are retired
+    gone_grace_seconds = 2.0
 
     def __init__(self, path: str, display: str) -> None:
         self.path = path
         self.display = display
         self._good: dict[str, list[Service]] = {}
+        self._gone_since: dict[str, float] = {}
+        self._services: tuple[Service, ...] = ()
+        self._lock = threading.Lock()
+        #: errors found by every load so far (a broken file counts at each load)
+        self.errors = 0
 
     def _files(self) -> list[str]:
         if os.path.isdir(self.path):
@@ -308,40 +359,67 @@ class ServiceCatalog:
             return os.path.dirname(file) == self.path and file.endswith(".json")
         return file == self.path
 
+    def retire_pending(self) -> float:
+        """Seconds until a file that went missing is retired, or 0 when none waits."""
+        with self._lock:
+            if not self._gone_since:
+                return 0.0
+            oldest = min(self._gone_since.values())
+        return max(0.01, oldest + self.gone_grace_seconds - time.monotonic())
+
     def load(self) -> tuple[tuple[Service, ...], list[Problem]]:
-        """Read every file again. Broken files keep their last good services; the
-        problems (errors and warnings) say which and why."""
-        problems: list[Problem] = []
+        """Read every file again. Returns the services in force and the problems
+        (errors and warnings) found."""
+        with self._lock:
+            problems = self._load()
+            self._services = tuple(s for file in sorted(self._good) for s in self._good[file])
+            self.errors += sum(1 for p in problems if not p.warning)
+            return self._services, problems
+
+    def _load(self) -> list[Problem]:
         if not os.path.exists(self.path):
-            problems.append(Problem(self.display, "-", "service description file or folder not found"))
-            self._good.pop(self.path, None)
-            return self.services, problems
+            if not self._good:
+                return [Problem(self.display, "-", "not found")]
+            return [Problem(self.display, "-", f"not found; keeping the {len(self._services)} "
+                                               f"services in force ([] in the file retires them)")]
+        problems: list[Problem] = []
         files = self._files()
-        previous = dict(self._good)
-        for gone in set(self._good) - set(files):
-            del self._good[gone]
+        now = time.monotonic()
+        standing = dict(self._good)
+        for gone in set(standing) - set(files):
+            since = self._gone_since.setdefault(gone, now)
+            if now - since >= self.gone_grace_seconds:
+                del standing[gone]
+                del self._gone_since[gone]
+        for file in files:
+            self._gone_since.pop(file, None)
+        changed: dict[str, list[Service]] = {}
         for file in files:
             loaded, found = parse_file(file, self._display_of(file))
             problems += found
-            if loaded is not None:
-                self._good[file] = loaded
-            elif file in self._good:
-                logger.error("%s is broken; keeping its last good version", self._display_of(file))
-        conflicts = cross_check(list(self.services))
-        problems += conflicts
-        # A file that conflicts with the others is broken too: it goes back to its
-        # last good version, so the services in force never conflict.
-        for file in {f for f in files if any(p.file == self._display_of(f) for p in conflicts)}:
-            if file in previous:
-                self._good[file] = previous[file]
-            else:
-                self._good.pop(file, None)
-        return self.services, problems
+            if loaded is None:
+                if file in standing:
+                    logger.error("%s is broken; keeping its last good version", self._display_of(file))
+            elif file not in standing or repr(loaded) != repr(standing[file]):
+                changed[file] = loaded
+        # What stands never conflicts; each changed file joins only if it keeps it so.
+        for file in sorted(changed):
+            others = [s for f in sorted(standing) if f != file for s in standing[f]]
+            found = conflicts(others, changed[file])
+            if found:
+                problems += found
+                if file in standing:
+                    logger.error("%s conflicts with the services in force; keeping its last "
+                                 "good version", self._display_of(file))
+                continue
+            standing[file] = changed[file]
+        self._good = standing
+        return problems
 
     @property
     def services(self) -> tuple[Service, ...]:
-        """The services in force, in file order."""
-        return tuple(s for file in sorted(self._good) for s in self._good[file])
+        """The services in force, in file order (a snapshot: never changes in place)."""
+        return self._services
 
 
 def validate_services(path: str, display: str) -> list[Problem]:

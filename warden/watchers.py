@@ -52,6 +52,7 @@ class ServiceWatcher:
         self.sender = sender
         self.observer: Optional[Any] = None
         self._timer: Optional[threading.Timer] = None
+        self._recheck: Optional[threading.Timer] = None
         self._paths: set[str] = set()
         self._lock = threading.Lock()
 
@@ -68,13 +69,31 @@ class ServiceWatcher:
         self.observer.start()
 
     def changed(self, paths: list[str]) -> None:
-        """Note changed paths; the reload follows once the burst settles."""
+        """Note changed paths; the reload follows once the burst settles. A file that
+        disappeared is looked at once more after the catalog's grace time, when its
+        services are retired if it is still gone."""
         with self._lock:
             self._paths.update(paths)
             if self._timer is None:
                 self._timer = threading.Timer(self.settle_seconds, self._fire)
                 self._timer.daemon = True
                 self._timer.start()
+            if any(not os.path.exists(p) for p in paths):
+                if self._recheck is not None:
+                    self._recheck.cancel()
+                self._recheck = threading.Timer(
+                    self.catalog.gone_grace_seconds + self.settle_seconds, self._fire_recheck,
+                    args=(sorted(paths),))
+                self._recheck.daemon = True
+                self._recheck.start()
+
+    def _fire_recheck(self, paths: list[str]) -> None:
+        with self._lock:
+            self._recheck = None
+        gone = [p for p in paths if not os.path.exists(p)]
+        logger.info("service files looked at again after the grace time: %s",
+                    f"gone: {', '.join(gone)}" if gone else "back")
+        signals.send(signals.services_reloaded, self.sender, paths=paths)
 
     def _fire(self) -> None:
         with self._lock:
@@ -85,8 +104,9 @@ class ServiceWatcher:
     def stop(self) -> None:
         """Stop watching."""
         with self._lock:
-            if self._timer is not None:
-                self._timer.cancel()
+            for timer in (self._timer, self._recheck):
+                if timer is not None:
+                    timer.cancel()
         if self.observer is not None:
             self.observer.stop()
             self.observer.join(timeout=5)
