@@ -17,7 +17,7 @@ import redis
 from warden import signals
 from warden.config import Config
 from warden.handlers import Handler
-from warden.model import Change, DesiredState, Route
+from warden.model import Change, DesiredState, Ownership, Route
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +48,11 @@ class RedxHandler(Handler):
         super().__init__(config)
         self.redis = client or redx_client(config)
         self._delete_if_names = self.redis.register_script(_DELETE_IF_NAMES)
+        #: what retired services held and is not yet emptied: backend -> the ownership
+        #: rule of its day, and frontend key -> the backend it named. Kept until the
+        #: Redx Redis takes it, so a retirement during an outage is never lost.
+        self.retiring_backends: dict[str, Ownership] = {}
+        self.retiring_frontends: dict[str, str] = {}
 
     def _made(self, change: Change, service: Optional[str] = None, container_id: str = "") -> None:
         logger.info("%s%s", change, f" (service {service}, container {container_id[:12]})"
@@ -76,22 +81,41 @@ class RedxHandler(Handler):
 
     def on_services_changed(self, sender: Any, *, retired: DesiredState, **kw: Any) -> None:
         """Empty what retired services held: owned addresses leave their old backends,
-        and an old frontend key goes if it still names the old backend."""
-        for backend in sorted(retired.backends):
-            servers = self.redis.hgetall(f"backend:{backend}")
-            owned = sorted(a for a in servers
-                           if not a.startswith("_") and retired.ownership.owns(backend, a))
-            if owned:
-                self.redis.hdel(f"backend:{backend}", *owned)
-            for address in owned:
-                self._made(Change("-", f"backend:{backend} {address}"))
-        for key, backend in sorted(retired.frontends.items()):
-            if self._delete_if_names(keys=[f"frontend:{key}"], args=[backend]):
-                self._made(Change("-", f"frontend:{key} {backend}"))
+        and an old frontend key goes if it still names the old backend. What the Redx
+        Redis does not take now is retried at every sweep until it does."""
+        for backend in retired.backends:
+            self.retiring_backends[backend] = retired.ownership
+        self.retiring_frontends.update(retired.frontends)
+        self._retire()
+
+    def _retire(self) -> None:
+        try:
+            for backend in sorted(self.retiring_backends):
+                ownership = self.retiring_backends[backend]
+                servers = self.redis.hgetall(f"backend:{backend}")
+                owned = sorted(a for a in servers if not a.startswith("_") and ownership.owns(backend, a))
+                if owned:
+                    self.redis.hdel(f"backend:{backend}", *owned)
+                del self.retiring_backends[backend]
+                for address in owned:
+                    self._made(Change("-", f"backend:{backend} {address}"))
+            for key in sorted(self.retiring_frontends):
+                backend = self.retiring_frontends[key]
+                deleted = self._delete_if_names(keys=[f"frontend:{key}"], args=[backend])
+                del self.retiring_frontends[key]
+                if deleted:
+                    self._made(Change("-", f"frontend:{key} {backend}"))
+        except redis.RedisError as error:
+            logger.warning("Redx Redis %s did not take a retirement (%s); retrying at the next sweep: "
+                           "%s", self.config.nginx_redis.display, error,
+                           ", ".join([f"backend:{b}" for b in sorted(self.retiring_backends)]
+                                     + [f"frontend:{k}" for k in sorted(self.retiring_frontends)]))
 
     def plan(self, desired: DesiredState) -> tuple[list[Change], list[tuple[str, str, str]]]:
         """Compare ``desired`` with what the Redx Redis holds, in one round trip.
-        Returns the change lines and the writes (``set``/``hset``/``hdel``) they need."""
+        Returns the change lines and the writes (``set``/``hset``/``hdel``) they need.
+        A key Redis refuses to read (of the wrong type, say) is left alone and
+        reported; every other key is reconciled."""
         frontends = sorted(desired.frontends)
         backends = sorted(desired.backends)
         pipe = self.redis.pipeline(transaction=False)
@@ -99,10 +123,13 @@ class RedxHandler(Handler):
             pipe.get(f"frontend:{key}")
         for name in backends:
             pipe.hgetall(f"backend:{name}")
-        replies = pipe.execute()
+        replies = pipe.execute(raise_on_error=False)
         changes: list[Change] = []
         writes: list[tuple[str, str, str]] = []
         for key, held in zip(frontends, replies[:len(frontends)]):
+            if isinstance(held, Exception):
+                self._key_error(f"frontend:{key}", held)
+                continue
             wanted = desired.frontends[key]
             if held != wanted:
                 if held is not None:
@@ -111,6 +138,9 @@ class RedxHandler(Handler):
                 changes.append(Change("+", f"frontend:{key} {wanted}"))
                 writes.append(("set", f"frontend:{key}", wanted))
         for name, held in zip(backends, replies[len(frontends):]):
+            if isinstance(held, Exception):
+                self._key_error(f"backend:{name}", held)
+                continue
             wanted = desired.backends[name]
             for address in sorted(wanted - set(held)):
                 changes.append(Change("+", f"backend:{name} {address}"))
@@ -122,9 +152,22 @@ class RedxHandler(Handler):
                     writes.append(("hdel", f"backend:{name}", address))
         return changes, writes
 
+    def _key_error(self, key: str, error: Exception) -> None:
+        logger.error("%s cannot be reconciled (%s); its service is skipped, the others go on",
+                     key, error)
+        signals.send(signals.redx_key_failed, self, key=key, error=str(error))
+
     def on_sweep(self, sender: Any, *, desired: DesiredState, apply: bool = True,
                  **kw: Any) -> list[Change]:
         try:
+            if apply:
+                # A retired backend or frontend that is wanted again is no longer retired.
+                for backend in set(self.retiring_backends) & set(desired.backends):
+                    del self.retiring_backends[backend]
+                for key in set(self.retiring_frontends) & set(desired.frontends):
+                    del self.retiring_frontends[key]
+                if self.retiring_backends or self.retiring_frontends:
+                    self._retire()
             return self.reconcile(desired, apply)
         except (redis.ConnectionError, redis.TimeoutError) as error:
             logger.warning("Redx Redis %s unreachable; routes wait for it: %s",
@@ -132,7 +175,8 @@ class RedxHandler(Handler):
             return []
 
     def reconcile(self, desired: DesiredState, apply: bool) -> list[Change]:
-        """Plan, and with ``apply`` write, in one pipeline."""
+        """Plan, and with ``apply`` write, in one pipeline; a write Redis refuses is
+        reported and left out of the changes made."""
         changes, writes = self.plan(desired)
         if apply and writes:
             pipe = self.redis.pipeline(transaction=False)
@@ -143,9 +187,15 @@ class RedxHandler(Handler):
                     pipe.hset(key, value, SCORE)
                 else:
                     pipe.hdel(key, value)
-            pipe.execute()
-            for change in changes:
+            replies = pipe.execute(raise_on_error=False)
+            made = []
+            for change, (_, key, _), reply in zip(changes, writes, replies):
+                if isinstance(reply, Exception):
+                    self._key_error(key, reply)
+                    continue
                 self._made(change)
+                made.append(change)
+            return made
         return changes
 
     def stop(self) -> None:

@@ -63,13 +63,17 @@ class RedisServer:
         self.name = name
         self.port = free_port()
         self.process: Optional[subprocess.Popen] = None
+        #: its own folder: a test that SAVEs gets the data back after a restart
+        import tempfile
+
+        self.dir = tempfile.mkdtemp(prefix=f"warden-test-{name}-")
 
     def start(self) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             pytest.fail("redis-server is not installed: run scripts/test, which installs it")
         self.process = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--dir", self.dir,
              "--appendonly", "no", "--protected-mode", "no"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         import redis

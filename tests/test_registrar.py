@@ -4,6 +4,7 @@ and a real Redx Redis; routes are checked in Redis, never by connecting."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import time
 
@@ -349,3 +350,55 @@ def test_a_non_atomic_replace_in_a_folder_never_flaps_routes(redx, containers, w
     eventually(lambda: redx.get("frontend:api.example.com") is None, 6, what="retired once gone")
     assert time.monotonic() - started >= 1.5, "retired before the grace time"
     assert servers(redx, "api") == {}
+
+
+def test_a_key_of_the_wrong_type_skips_its_own_service_only(redx, containers, warden):
+    """Defect 3: one WRONGTYPE reply used to fail the whole sweep pipeline."""
+    web = containers.run("web")
+    containers.run("api")
+    redx.set("backend:api", "not a hash")
+    w = warden([service("web"), service("api")])
+    result = w.command("sweep", "--dry-run")
+    assert result.returncode == 0, result.stderr
+    assert f"+ backend:web {ip_of(web)}:8080" in result.stdout.splitlines()
+    assert "backend:api cannot be reconciled" in result.stderr
+    w.start()
+    assert servers(redx, "web") == {f"{ip_of(web)}:8080": "0"}
+    assert redx.get("frontend:web.example.com") == "web"
+    assert redx.get("backend:api") == "not a hash"
+    assert "backend:api cannot be reconciled (WRONGTYPE" in w.log()
+
+
+def test_a_retirement_the_redx_redis_refused_is_done_at_the_next_sweep(redx, redx_server, containers,
+                                                                      warden):
+    """Defect 4: retiring a service while the Redx Redis fails used to be lost."""
+    api = containers.run("api")
+    w = warden([service("web")], registrarSleepTimeSeconds=1)
+    w.write_services("api.json", [service("api")])
+    w.start()
+    address = f"{ip_of(api)}:8080"
+    assert servers(redx, "api") == {address: "0"}
+    # Every command waits 3 s, past the handler's 2 s socket timeout.
+    redx.execute_command("CLIENT", "PAUSE", "3000", "ALL")
+    w.write_services("api.json", [])
+    eventually(lambda: "did not take a retirement" in w.log(), 10, what="the failed retirement")
+    eventually(lambda: redx.get("frontend:api.example.com") is None and servers(redx, "api") == {},
+               10, what="the retirement done by a later sweep")
+    # A Redx Redis that comes back from a restart with its old data (persisted) while
+    # the retirement waits gets it too.
+    w.write_services("api.json", [service("api")])
+    eventually(lambda: servers(redx, "api") == {address: "0"}, 5, what="api routed again")
+    redx.save()
+    redx_server.stop()
+    try:
+        w.write_services("api.json", [])
+        eventually(lambda: w.log().count("did not take a retirement") >= 2, 10, what="refused again")
+        redx_server.start()
+        restored = redx_server.client()
+        eventually(lambda: restored.get("frontend:api.example.com") is None
+                   and restored.hgetall("backend:api") == {}, 10, what="retired after the restart")
+        # Removed from the data the restart brought back, not found gone already.
+        assert w.log().count("- frontend:api.example.com api") == 2
+    finally:
+        os.remove(os.path.join(redx_server.dir, "dump.rdb"))
+    assert "+ frontend:api.example.com" not in w.log().rsplit("services reloaded: web", 1)[-1]

@@ -23,6 +23,7 @@ class RegistrarDaemon:
     def __init__(self, config: Config, catalog: ServiceCatalog, handlers: list[Handler],
                  docker_source: DockerSource) -> None:
         self.config = config
+        self.catalog = catalog
         self.handlers = handlers
         self.docker = docker_source
         self.registrar = Registrar(config, docker_source, catalog)
@@ -39,6 +40,9 @@ class RegistrarDaemon:
         telemetry.health_check("docker-events", self.reader.connected.is_set)
         telemetry.health_check("redx-redis", lambda: self.redx_watcher.reachable)
         telemetry.reconnect_source("docker-events", lambda: self.reader.reconnects)
+        telemetry.counter_source("warden_service_file_errors",
+                                 "Errors found in the service files (a broken file counts at each load)",
+                                 lambda: self.catalog.errors)
 
     def _on_sweep_requested(self, sender: Any, *, reason: str, **kw: Any) -> None:
         self.registrar.submit("sweep", reason)

@@ -81,6 +81,13 @@ services_reloaded = _signals.signal(
     kw: ``paths`` (the files that changed).""",
 )
 
+redx_key_failed = _signals.signal(
+    "redx-key-failed",
+    doc="""A key in the Redx Redis could not be read or written (a key of the wrong type,
+    say): its service is skipped, the others go on. Sender: the Redx handler.
+    kw: ``key``, ``error`` (text).""",
+)
+
 change_made = _signals.signal(
     "change-made",
     doc="""A handler changed a store. Sender: the handler.

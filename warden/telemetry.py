@@ -16,6 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from warden import signals
@@ -55,6 +56,11 @@ class Telemetry:
         self.running = Gauge("warden_tasks_running", "Tasks running after the last pass", ["service"], registry=r)
         self.reconnects = Gauge("warden_reconnects", "Reconnects of each subscriber since start",
                                 ["subscriber"], registry=r)
+        self.redx_key_errors = Counter("warden_redx_key_errors_total",
+                                       "Redx keys that could not be read or written (their service "
+                                       "skipped)", registry=r)
+        self._counter_sources: dict[str, tuple[str, Callable[[], int]]] = {}
+        r.register(_CounterSources(self._counter_sources))
         self._reconnect_sources: dict[str, Callable[[], int]] = {}
         self._health: dict[str, Callable[[], bool]] = {}
         self._server: Any = None
@@ -69,6 +75,7 @@ class Telemetry:
             (signals.leadership_gained, self._on_leadership_gained),
             (signals.leadership_lost, self._on_leadership_lost),
             (signals.scaling_checked, self._on_scaling_checked),
+            (signals.redx_key_failed, lambda sender, **kw: self.redx_key_errors.inc()),
         ]
 
     # -- wiring ------------------------------------------------------------------
@@ -80,6 +87,11 @@ class Telemetry:
     def reconnect_source(self, name: str, count: Callable[[], int]) -> None:
         """A subscriber's reconnect counter, read at each scrape."""
         self._reconnect_sources[name] = count
+
+    def counter_source(self, name: str, documentation: str, count: Callable[[], int]) -> None:
+        """A counter kept by a part of Warden itself (``name`` without ``_total``),
+        read at each scrape."""
+        self._counter_sources[name] = (documentation, count)
 
     def health(self) -> tuple[bool, dict[str, bool]]:
         """Each check's answer, and whether all pass."""
@@ -165,3 +177,14 @@ class Telemetry:
     def _on_scaling_checked(self, sender: Any, *, service: str, desired: int, running: int, **kw: Any) -> None:
         self.desired.labels(service).set(desired)
         self.running.labels(service).set(running)
+
+
+class _CounterSources:
+    """A collector for counters that Warden's parts keep themselves."""
+
+    def __init__(self, sources: dict[str, tuple[str, Callable[[], int]]]) -> None:
+        self.sources = sources
+
+    def collect(self) -> Any:
+        for name, (documentation, count) in list(self.sources.items()):
+            yield CounterMetricFamily(name, documentation, value=count())
