@@ -48,7 +48,7 @@ def events(aws):
 
 def worker(ecs, metric: dict) -> dict:
     return {"name": "worker", "port": 80, "taskName": ecs.task_family, "cluster": ecs.name,
-            "metric": metric, "scaling": {"scaleDownDelaySeconds": 0},
+            "metric": metric, "scaling": {"scaleDownDelaySeconds": 0, "maxTasks": 10},
             "runTask": {"launchType": "FARGATE", "networkConfiguration": ecs.awsvpc}}
 
 

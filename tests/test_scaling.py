@@ -24,8 +24,11 @@ def test_steps_take_the_highest_threshold_reached_then_clamp():
     policy = Policy(steps=STEPS, min_tasks=0, max_tasks=4)
     assert [policy.wanted(v, STEPS) for v in (0, 9.9, 10, 49, 50, 1000)] == [1, 1, 2, 2, 4, 4]
     assert Policy(min_tasks=3).wanted(-5, ((0, 1),)) == 3, "below the lowest threshold: minTasks"
-    assert Policy().wanted(3.2, ()) == 4, "no steps: the metric itself, rounded up"
-    assert Policy(min_tasks=2).wanted(0, ()) == 2
+    assert Policy(max_tasks=9).wanted(3.2, ()) == 4, "no steps: the metric itself, rounded up"
+    assert Policy(min_tasks=2, max_tasks=9).wanted(0, ()) == 2
+    assert Policy().wanted(1e6, STEPS) == 5, "maxTasks defaults to the highest step's count"
+    with pytest.raises(MetricError):
+        Policy().wanted(3, ())
 
 
 def test_scale_down_waits_out_the_window_and_the_last_sample_before_it_counts():
@@ -133,7 +136,7 @@ def test_steps_from_s3_and_from_a_file_are_read_again_when_they_change(aws, tmp_
 def service_for(ecs, **scaling) -> Service:
     return Service("web", 80, task_name=ecs.task_family, cluster=ecs.name,
                    metric={"type": "static", "value": 0},
-                   scaling={"scaledowndelayseconds": 0, **scaling},
+                   scaling={"scaledowndelayseconds": 0, "maxtasks": 30, **scaling},
                    run_task={"launchtype": "FARGATE", "networkconfiguration": ecs.awsvpc})
 
 

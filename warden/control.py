@@ -12,6 +12,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import math
+import re
 import threading
 import time
 from collections import Counter
@@ -61,8 +63,15 @@ def encode(kind: str, instance_id: str, az: str, epoch: int, secret: Optional[st
     return json.dumps(message, separators=(",", ":"))
 
 
+#: a signature is HMAC-SHA256 in lower-case hex
+_SIGNATURE = re.compile(r"[0-9a-f]{64}")
+#: ``warden:metric``: nudges a scaling pass; not one of the control channels above
+METRIC_CHANNEL = "warden:metric"
+
+
 class ControlCodec:
-    """Parses and checks received messages, counting the rejected ones by reason."""
+    """Parses and checks received messages on every channel, ``warden:metric``
+    included, counting the rejected ones by reason (a short snake_case word)."""
 
     def __init__(self, secret: Optional[str], max_skew_seconds: float) -> None:
         self.secret = secret
@@ -74,55 +83,117 @@ class ControlCodec:
 
     def decode(self, channel: str, payload: Any, now: Optional[float] = None) -> ControlMessage:
         """The message, or :class:`Rejected` (counted)."""
+        return self._counted(self._decode, channel, payload, now)
+
+    def decode_metric(self, payload: Any, services: frozenset[str],
+                      now: Optional[float] = None) -> Optional[str]:
+        """A ``warden:metric`` nudge: the service it names, or None for every service;
+        :class:`Rejected` (counted) when it must be ignored.
+
+        ``{"type": "metric", "service": NAME}`` (+ ``sig`` and ``ts`` when a secret is
+        set); without a secret also a bare service name, and anything else means every
+        service."""
+        return self._counted(self._decode_metric, services, payload, now)
+
+    def _counted(self, decode: Any, first: Any, payload: Any, now: Optional[float]) -> Any:
         try:
-            message = self._decode(channel, payload, time.time() if now is None else now)
+            result = decode(first, payload, time.time() if now is None else now)
         except Rejected as reason:
             with self._lock:
                 self.rejected[str(reason)] += 1
             raise
         with self._lock:
             self.accepted += 1
-        return message
+        return result
 
-    def _decode(self, channel: str, payload: Any, now: float) -> ControlMessage:
+    def _text(self, payload: Any) -> str:
         if isinstance(payload, bytes):
             if len(payload) > MAX_PAYLOAD:
-                raise Rejected("too large")
+                raise Rejected("too_large")
             try:
                 payload = payload.decode()
             except UnicodeDecodeError:
-                raise Rejected("not UTF-8") from None
+                raise Rejected("not_utf8") from None
         if not isinstance(payload, str) or len(payload) > MAX_PAYLOAD:
-            raise Rejected("too large")
+            raise Rejected("too_large")
+        return payload
+
+    def _json(self, text: str) -> dict:
         try:
-            data = json.loads(payload)
-        except ValueError:
-            raise Rejected("not JSON") from None
+            data = json.loads(text)
+        except (ValueError, RecursionError):
+            raise Rejected("not_json") from None
         if not isinstance(data, dict):
-            raise Rejected("not a JSON object")
+            raise Rejected("not_object")
+        return data
+
+    def _verify(self, data: dict, now: float, ts_required: bool) -> None:
+        """The signature and the time, when a secret is set."""
+        if not self.secret:
+            return
+        sig = data.get("sig")
+        if sig is None:
+            raise Rejected("unsigned")
+        if not isinstance(sig, str) or not _SIGNATURE.fullmatch(sig):
+            raise Rejected("bad_signature")
+        try:
+            body = canonical(data)
+        except (ValueError, TypeError):  # NaN and the like cannot be signed
+            raise Rejected("bad_signature") from None
+        expected = hmac.new(self.secret.encode(), body, hashlib.sha256).hexdigest()
+        if not hmac.compare_digest(sig, expected):
+            raise Rejected("bad_signature")
+        ts = data.get("ts")
+        if ts is None and not ts_required:
+            return
+        if abs(now - _timestamp(ts)) > self.max_skew:
+            raise Rejected("stale_ts")
+
+    def _decode(self, channel: str, payload: Any, now: float) -> ControlMessage:
+        data = self._json(self._text(payload))
         kind = CHANNELS.get(channel)
         if kind is None or data.get("type") != kind:
-            raise Rejected("type does not match the channel")
+            raise Rejected("wrong_type")
         instance_id, az, epoch, ts = (data.get("instanceId"), data.get("az", ""),
                                       data.get("epoch"), data.get("ts"))
         if not isinstance(instance_id, str) or not instance_id or not isinstance(az, str):
-            raise Rejected("bad instanceId or az")
-        if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0:
-            raise Rejected("bad epoch")
-        if not isinstance(ts, (int, float)) or isinstance(ts, bool):
-            raise Rejected("bad ts")
+            raise Rejected("bad_instance")
+        if not isinstance(epoch, int) or isinstance(epoch, bool) or not 0 <= epoch < 2 ** 63:
+            raise Rejected("bad_epoch")
+        when = _timestamp(ts)
+        self._verify(data, now, ts_required=True)
         if self.secret:
-            sig = data.get("sig")
-            if not isinstance(sig, str):
-                raise Rejected("unsigned")
-            expected = hmac.new(self.secret.encode(), canonical(data), hashlib.sha256).hexdigest()
-            if not hmac.compare_digest(sig, expected):
-                raise Rejected("bad signature")
-            if abs(now - ts) > self.max_skew:
-                raise Rejected("replayed (stale ts)")
             with self._lock:
                 if kind == "heartbeat" and epoch < self._highest_epoch:
-                    raise Rejected("replayed (old epoch)")
+                    raise Rejected("old_epoch")
                 if kind == "heartbeat":
                     self._highest_epoch = max(self._highest_epoch, epoch)
-        return ControlMessage(kind, instance_id, az, epoch, float(ts))
+        return ControlMessage(kind, instance_id, az, epoch, when)
+
+    def _decode_metric(self, services: frozenset[str], payload: Any, now: float) -> Optional[str]:
+        text = self._text(payload)
+        if not self.secret:
+            try:
+                data: Any = json.loads(text)
+            except (ValueError, RecursionError):
+                data = None
+            if not isinstance(data, dict):
+                return text.strip() if text.strip() in services else None
+        else:
+            data = self._json(text)
+        self._verify(data, now, ts_required=False)
+        name = data.get("service") if data.get("type") == "metric" else None
+        return name if isinstance(name, str) and name in services else None
+
+
+def _timestamp(value: Any) -> float:
+    """``ts``: Unix time in seconds, a finite number in a sane range; else
+    :class:`Rejected` (a 400-digit integer or NaN never reaches the arithmetic)."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise Rejected("bad_ts")
+    if isinstance(value, int) and not 0 <= value < 2 ** 53:
+        raise Rejected("bad_ts")
+    number = float(value)
+    if not math.isfinite(number) or not 0 <= number < 2 ** 53:
+        raise Rejected("bad_ts")
+    return number

@@ -104,7 +104,7 @@ class ManagerDaemon:
         self.manager = Manager(config, central_client(config), self.zones)
         self.scaler = Scaler(config, self.manager, catalog, MetricContext(
             config.service_management_redis.client(socket_timeout=3, socket_connect_timeout=3),
-            config.region))
+            config.region), self.codec)
         self.service_watcher = ServiceWatcher(catalog, self.scaler)
         from warden.aws_events import AwsEventsConsumer, MetadataNotices
         from warden import metadata

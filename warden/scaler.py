@@ -9,9 +9,6 @@ never blocks another's pass, nor the heartbeat.
 
 from __future__ import annotations
 
-import hmac
-import hashlib
-import json
 import logging
 import os
 import threading
@@ -21,7 +18,7 @@ from typing import Any, Optional
 
 from warden import signals
 from warden.config import Config
-from warden.control import canonical
+from warden.control import METRIC_CHANNEL, ControlCodec, Rejected
 from warden.metrics import Metric, MetricContext, MetricError, load_metric
 from warden.scaling import Policy, StepsSource
 from warden.services import Service, ServiceCatalog
@@ -40,9 +37,10 @@ class Scaler(StoppableThread):
     workers = 4
 
     def __init__(self, config: Config, manager: Any, catalog: ServiceCatalog,
-                 context: MetricContext) -> None:
+                 context: MetricContext, codec: Optional[ControlCodec] = None) -> None:
         super().__init__("warden-scaler")
         self.config = config
+        self.codec = codec or ControlCodec(config.control_secret, config.lease_seconds)
         self.manager = manager
         self.catalog = catalog
         self.context = context
@@ -54,8 +52,6 @@ class Scaler(StoppableThread):
         self._metrics: dict[str, tuple[str, Metric]] = {}
         self._cond = threading.Condition()
         self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="warden-scaling")
-        #: rejected ``warden:metric`` messages by reason
-        self.rejected: dict[str, int] = {}
         self._receivers = [(signals.leadership_gained, self._on_leadership),
                            (signals.services_reloaded, self._on_services_reloaded),
                            (signals.aws_event, self._on_aws_event)]
@@ -99,41 +95,15 @@ class Scaler(StoppableThread):
                     self.request(service.name, f"alarm {alarm}")
 
     def on_metric_message(self, data: Any) -> None:
-        """A message on ``warden:metric``: ``{"type": "metric", "service": NAME}``
-        (+ ``sig`` when a secret is set), or, without a secret, a bare service name;
-        anything else (unsigned) means every service."""
-        text = data.decode(errors="replace") if isinstance(data, bytes) else str(data)
-        if len(text) > 4096:
-            return self._reject("too large")
+        """A message on ``warden:metric``, checked by the one verifier every channel
+        shares (:meth:`ControlCodec.decode_metric`)."""
         try:
-            message = json.loads(text)
-        except ValueError:
-            message = None
-        secret = self.config.control_secret
-        if secret:
-            if not isinstance(message, dict) or not isinstance(message.get("sig"), str):
-                return self._reject("unsigned")
-            expected = hmac.new(secret.encode(), canonical(message), hashlib.sha256).hexdigest()
-            if not hmac.compare_digest(message["sig"], expected):
-                return self._reject("bad signature")
-            ts = message.get("ts")
-            if isinstance(ts, (int, float)) and abs(time.time() - ts) > self.config.lease_seconds:
-                return self._reject("replayed (stale ts)")
-        if isinstance(message, dict) and message.get("type") == "metric" \
-                and isinstance(message.get("service"), str):
-            name: Optional[str] = message["service"]
-        elif not secret and text.strip() in {s.name for s in self.catalog.services}:
-            name = text.strip()
-        else:
-            name = None
-        if name is not None and name not in {s.name for s in self.catalog.services}:
-            name = None
+            name = self.codec.decode_metric(data, frozenset(s.name for s in self.catalog.services))
+        except Rejected as reason:
+            logger.warning("ignored a message on %s: %s", METRIC_CHANNEL, reason)
+            signals.send(signals.control_rejected, self, channel=METRIC_CHANNEL, reason=str(reason))
+            return
         self.request(name, "metric nudge")
-
-    def _reject(self, reason: str) -> None:
-        self.rejected[reason] = self.rejected.get(reason, 0) + 1
-        logger.warning("ignored a message on warden:metric: %s", reason)
-        signals.send(signals.control_rejected, self, channel="warden:metric", reason=reason)
 
     # -- the loop ------------------------------------------------------------------
 

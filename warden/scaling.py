@@ -52,10 +52,13 @@ class Policy:
 
     def ceiling(self, steps: tuple[tuple[float, int], ...]) -> Optional[int]:
         """The most tasks this policy ever asks for: ``maxTasks``, else the highest
-        step's count; None when there is neither (no count can be trusted then)."""
+        step's count (or ``minTasks``, if higher); None when there is neither (no count
+        can be trusted then)."""
         if self.max_tasks is not None:
             return self.max_tasks
-        return max((n for _, n in steps), default=None)
+        if not steps:
+            return None
+        return max(self.min_tasks, *(n for _, n in steps))
 
     def wanted(self, value: float, steps: tuple[tuple[float, int], ...]) -> int:
         """The clamped count for ``value``; :class:`MetricError` when neither steps nor
