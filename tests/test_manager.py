@@ -219,7 +219,8 @@ def test_kill_9_fails_over_by_liveness_long_before_the_lease(central, managers):
     killed_at = time.monotonic()
     eventually(lambda: leader(central) not in ("", chief), 10, what="a new leader", interval=0.01)
     took = time.monotonic() - killed_at
-    assert took < GUARD + 0.5, f"failover took {took:.2f}s with a 5 s lease"
+    # Far below the 5 s lease; the room above guard + 0.3 s is for a busy machine.
+    assert took < GUARD + 1.5, f"failover took {took:.2f}s with a 5 s lease"
     victim.process.wait()
     victim.process = None
     victim.log_file.close()
@@ -291,3 +292,55 @@ def test_malformed_signatures_and_times_are_counted_never_raised(central, manage
     assert "Traceback" not in m.log()
     assert m.log().count("ignored a message on warden:") == 6
     assert leader(central) == "i-0" and int(central.get("warden:epoch")) == epoch
+
+
+def test_liveness_blips_never_depose_a_healthy_leader(central, managers, central_server):
+    """Defect 7: one empty reading of the leader's liveness channel used to lodge its
+    kill; a connection that drops and comes back at once deposes nobody."""
+    group = [managers(f"i-{n}", leaseSeconds=5) for n in range(3)]
+    chief = eventually(lambda: leader(central), 10, what="a leader")
+    epoch = central.get("warden:epoch")
+    admin = redis_lib.Redis(port=central_server.port, decode_responses=True)
+    for _ in range(20):
+        victims = eventually(lambda: [c for c in admin.client_list()
+                                      if c["name"] == f"warden-alive-{chief}"], 5,
+                             what="the liveness connection back")
+        admin.client_kill_filter(_id=victims[0]["id"])
+        time.sleep(0.25)
+    time.sleep(1)  # a deposed leader would see its kill at its next heartbeat (0.5 s)
+    admin.close()
+    assert leader(central) == chief and central.get("warden:epoch") == epoch
+    assert central.get(f"{chief}-kill") is None
+    assert "leadership lost" not in by_id(group, chief).log()
+    assert by_id(group, chief).log().count("liveness subscription lost") == 20
+
+
+def test_one_empty_liveness_reading_is_not_a_dead_leader(central, central_server):
+    """Defect 7: the check script used to count one empty reading of the leader's
+    liveness channel as stale and lodge its kill. Only a follower's confirmation (two
+    readings in a row, LivenessWatch) makes it so."""
+    a = ElectionStore(central, "i-a", 5.0, 300, GUARD, 30)
+    b = ElectionStore(central, "i-b", 5.0, 300, GUARD, 30)
+    alive = redis_lib.Redis(port=central_server.port).pubsub()
+    alive.subscribe("warden:alive:i-a")
+    eventually(lambda: central.pubsub_numsub("warden:alive:i-a")[0][1] == 1, 2, what="subscribed")
+    a.enter(100)
+    epoch, _ = a.claim("z")
+    assert epoch
+    alive.unsubscribe("warden:alive:i-a")  # the blip: one reading finds the channel empty
+    eventually(lambda: central.pubsub_numsub("warden:alive:i-a")[0][1] == 0, 2, what="the blip")
+    view = b.check(standing=True)
+    assert view.state == "live" and central.get("i-a-kill") is None
+    b.enter(50)
+    assert b.claim("z") == (None, "leader-live i-a")
+    alive.subscribe("warden:alive:i-a")  # back within the confirm window
+    eventually(lambda: central.pubsub_numsub("warden:alive:i-a")[0][1] == 1, 2, what="back")
+    assert a.heartbeat(epoch, "z")[0]
+    # Confirmed gone (two empty readings): stale, and the mark tells the other followers.
+    alive.unsubscribe("warden:alive:i-a")
+    eventually(lambda: central.pubsub_numsub("warden:alive:i-a")[0][1] == 0, 2, what="gone")
+    assert b.check(standing=True, gone=f"i-a:{epoch}").state == "stale"
+    assert central.get("i-a-kill") == "1"
+    c = ElectionStore(central, "i-c", 5.0, 300, GUARD, 30)
+    assert c.check(standing=False).state == "stale"
+    alive.close()

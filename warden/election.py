@@ -28,6 +28,10 @@ KILL_SECONDS = 86400
 #: each Warden manager holds a subscription to ``<prefix><instanceId>`` on a
 #: connection of its own: when its process dies, Redis closes it at once
 ALIVE_PREFIX = "warden:alive:"
+#: ``warden:gone:<instanceId>`` holds the epoch of a leader whose liveness channel a
+#: follower saw empty on two readings in a row: only then does an empty channel make
+#: that leader stale, so a connection that blipped and came back deposes nobody
+GONE_PREFIX = "warden:gone:"
 
 # Helpers every script starts with: the server's clock, and the two heartbeat formats.
 _LUA_COMMON = r"""
@@ -96,9 +100,11 @@ local function stamp(ms)
 end
 -- The leader record and whether it is live: a Warden record (with epoch) for the
 -- lease, a Perl/Go record for the legacy age. An unparseable heartbeat is stale. A
--- Warden leader whose liveness channel has no subscriber is stale too: its process
--- died and Redis closed its connection.
-local function leader(now, lease_ms, legacy_ms)
+-- Warden leader whose liveness channel has no subscriber is stale too (its process
+-- died and Redis closed its connection), but only once a follower confirmed it on two
+-- readings: ``gone`` is "<id>:<epoch>" from the follower that just did, and the mark it
+-- leaves tells the others.
+local function leader(now, lease_ms, legacy_ms, gone)
   local rec = redis.call('HMGET', KEYS[1], 'id', 'heartbeat', 'subnet', 'epoch')
   if not rec[1] then return 'none', rec, -1 end
   local hb = parse_ms(rec[2])
@@ -107,18 +113,24 @@ local function leader(now, lease_ms, legacy_ms)
   local age = now - hb
   if age > limit then return 'stale', rec, age end
   if rec[4] and redis.call('PUBSUB', 'NUMSUB', '@ALIVE@' .. rec[1])[2] == 0 then
-    return 'stale', rec, age
+    local mark = '@GONE@' .. rec[1]
+    if gone == rec[1] .. ':' .. rec[4] then
+      redis.call('SET', mark, rec[4], 'PX', lease_ms)
+      return 'stale', rec, age
+    end
+    if redis.call('GET', mark) == rec[4] then return 'stale', rec, age end
   end
   return 'live', rec, age
 end
-""".replace("@ALIVE@", ALIVE_PREFIX)
+""".replace("@ALIVE@", ALIVE_PREFIX).replace("@GONE@", GONE_PREFIX)
 
 # KEYS: record. ARGV: me, lease_ms, legacy_ms, lodge ("1": I stand, so a stale leader's
-# kill is lodged here, in the same script that finds it stale).
+# kill is lodged here, in the same script that finds it stale), gone ("<id>:<epoch>" of
+# a leader whose liveness channel I saw empty twice, or "").
 # Returns {state, id, age_ms, subnet, epoch}.
 _CHECK = _LUA_COMMON + r"""
 local now = now_ms()
-local state, rec, age = leader(now, tonumber(ARGV[2]), tonumber(ARGV[3]))
+local state, rec, age = leader(now, tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[5])
 if state == 'stale' and ARGV[4] == '1' and rec[1] ~= ARGV[1] then
   redis.call('SET', rec[1] .. '-kill', '1', 'EX', %(kill)d)
 end
@@ -134,14 +146,14 @@ redis.call('SET', member, ARGV[1], 'EX', tonumber(ARGV[3]))
 return member
 """
 
-# KEYS: record, challenge, epoch. ARGV: me, zone, lease_ms, legacy_ms, drop_ms.
+# KEYS: record, challenge, epoch. ARGV: me, zone, lease_ms, legacy_ms, drop_ms, gone.
 # Claims leadership if the record is absent, stale or mine and I hold the highest live
 # entry. Entries whose candidate key expired, or older than drop_ms (a winner that
 # never claimed), are dropped. Returns {1, epoch} or {0, reason, winner}.
 _CLAIM = _LUA_COMMON + r"""
 local now = now_ms()
 local me = ARGV[1]
-local state, rec = leader(now, tonumber(ARGV[3]), tonumber(ARGV[4]))
+local state, rec = leader(now, tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[6])
 if state == 'live' and rec[1] ~= me then return {0, 'leader-live', rec[1]} end
 local entries = redis.call('ZRANGE', KEYS[2], 0, -1, 'WITHSCORES')
 local best, best_score, best_id = nil, -1, nil
@@ -187,14 +199,16 @@ end
 """
 
 # KEYS: record, epoch. ARGV: me, epoch, zone, lease_ms. Returns {1, heartbeat} or {0, why}.
-_HEARTBEAT = _LUA_COMMON + _STILL_MINE + r"""
+_HEARTBEAT = (_LUA_COMMON + _STILL_MINE + r"""
 local why = still_mine(ARGV[1], ARGV[2])
 if why ~= 'ok' then return {0, why} end
+-- Beating, so not gone: a mark left by a blip of the liveness connection goes.
+redis.call('DEL', '@GONE@' .. ARGV[1])
 local hb = rfc3339(now_ms())
 redis.call('HSET', KEYS[1], 'heartbeat', hb, 'subnet', ARGV[3])
 redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[4]))
 return {1, hb}
-"""
+""").replace("@GONE@", GONE_PREFIX)
 
 # KEYS: record, epoch. ARGV: me, epoch. Returns "ok" or why not.
 _FENCE = _STILL_MINE + r"""
@@ -259,10 +273,12 @@ class ElectionStore:
         self._release = client.register_script(_RELEASE)
         self._kill_if_leader = client.register_script(_KILL_IF_LEADER)
 
-    def check(self, standing: bool) -> LeaderView:
-        """Read the leader record; when ``standing``, lodge a stale leader's kill."""
+    def check(self, standing: bool, gone: str = "") -> LeaderView:
+        """Read the leader record; when ``standing``, lodge a stale leader's kill.
+        ``gone`` (``"<id>:<epoch>"``) names a leader whose liveness channel this
+        instance saw empty on two readings in a row."""
         state, leader_id, age, zone, epoch = self._check(
-            keys=[RECORD], args=[self.me, self.lease_ms, self.legacy_ms, "1" if standing else "0"])
+            keys=[RECORD], args=[self.me, self.lease_ms, self.legacy_ms, "1" if standing else "0", gone])
         return LeaderView(_text(state), _text(leader_id), int(float(_text(age))), _text(zone),
                           int(_text(epoch)) if _text(epoch) else None)
 
@@ -271,13 +287,13 @@ class ElectionStore:
         roll = random.SystemRandom().randint(0, 100) if dice is None else dice
         return _text(self._enter(keys=[RECORD, CHALLENGE], args=[self.me, roll, self.candidate_expiry]))
 
-    def claim(self, zone: str) -> tuple[Optional[int], str]:
+    def claim(self, zone: str, gone: str = "") -> tuple[Optional[int], str]:
         """Claim leadership: ``(epoch, "")`` on success, else ``(None, why)``."""
         # Members carry whole seconds (the Perl format), so an entry can look up to a
         # second older than it is: allow for that before calling it abandoned.
         drop_ms = self.guard_ms + self.lease_ms + 1000
         reply = self._claim(keys=[RECORD, CHALLENGE, EPOCH],
-                            args=[self.me, zone, self.lease_ms, self.legacy_ms, drop_ms])
+                            args=[self.me, zone, self.lease_ms, self.legacy_ms, drop_ms, gone])
         if int(reply[0]) == 1:
             return int(reply[1]), ""
         return None, f"{_text(reply[1])} {_text(reply[2])}".strip()

@@ -55,6 +55,7 @@ class LivenessHolder(StoppableThread):
 
     def run(self) -> None:
         backoff = Backoff(0.1, 2.0)
+        retried_at_once = False
         while not self.stopping:
             client = self.config.service_management_redis.client(
                 socket_connect_timeout=2, client_name=f"warden-alive-{self.config.instance_id}")
@@ -67,11 +68,16 @@ class LivenessHolder(StoppableThread):
                     if message and message.get("type") == "subscribe":
                         self.subscribed.set()
                         backoff.reset()
+                        retried_at_once = False
                 pubsub.close()
             except redis.RedisError as error:
                 self.subscribed.clear()
                 if not self.stopping:
-                    delay = backoff.next_delay()
+                    # The first retry is at once: followers count the channel empty
+                    # only on two readings LivenessWatch.confirm apart, and a cut
+                    # connection must be back well within that.
+                    delay = backoff.next_delay() if retried_at_once else 0.0
+                    retried_at_once = True
                     logger.warning("liveness subscription lost (%s); again in %.1fs", error, delay)
                     self.stop_event.wait(delay)
             finally:
@@ -86,8 +92,9 @@ class LivenessWatch(StoppableThread):
 
     #: seconds between readings
     interval = 0.15
-    #: seconds before a zero reading is read again
-    confirm = 0.05
+    #: seconds before a zero reading is read again: a leader whose connection blipped
+    #: resubscribes at once, well within this
+    confirm = 0.1
 
     def __init__(self, manager: "Manager") -> None:
         super().__init__("warden-liveness-watch")
@@ -116,8 +123,9 @@ class LivenessWatch(StoppableThread):
             except redis.RedisError:
                 continue
             if manager.view is view:
-                logger.warning("leader %s's liveness channel has no subscriber: "
+                logger.warning("leader %s's liveness channel has no subscriber on two readings: "
                                "its process is gone", view.leader_id)
+                manager.gone = f"{view.leader_id}:{view.epoch}"
                 manager.view = None
                 manager.wake.set()
 
@@ -147,6 +155,9 @@ class Manager(StoppableThread):
         self.view: Optional[LeaderView] = None
         #: True while this host drains: it stands in no election
         self.draining = False
+        #: ``"<id>:<epoch>"`` of a leader whose liveness channel LivenessWatch saw
+        #: empty on two readings, or ""
+        self.gone = ""
         self.wake = threading.Event()
         self._lock = threading.Lock()
         self._last_beat = 0.0
@@ -293,8 +304,10 @@ class Manager(StoppableThread):
             return
         standing = (not self.draining and self.zones.active(self.zone)
                     and self.alive.subscribed.is_set())
-        view = self.store.check(standing)
+        view = self.store.check(standing, self.gone)
         self.view = view
+        if self.gone and self.gone != f"{view.leader_id}:{view.epoch}":
+            self.gone = ""
         if view.leader_id == self.me and view.state == "live" and view.epoch is not None:
             # A record of mine that I do not know of: left from before a restart.
             self.store.release(view.epoch)
@@ -340,7 +353,7 @@ class Manager(StoppableThread):
         if waited < guard:
             self._next_wake = guard - waited
             return
-        epoch, why = self.store.claim(self.zone)
+        epoch, why = self.store.claim(self.zone, self.gone)
         if epoch is None:
             logger.debug("no claim: %s", why)
             if why == "not-highest":
