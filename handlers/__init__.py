@@ -60,6 +60,10 @@ class Handler:
     def stop(self) -> None:
         """Stop the handler's threads; called once at shutdown."""
 
+    def threads(self) -> list[Any]:
+        """The handler's own long-running threads, watched by ``/healthz``."""
+        return []
+
     def on_container_changed(self, sender: Any, **kw: Any) -> None:
         """A Docker event changed a container."""
 

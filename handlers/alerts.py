@@ -54,6 +54,9 @@ class AlertsHandler(Handler):
     def start(self) -> None:
         self._sender.start()
 
+    def threads(self) -> list[Any]:
+        return [self._sender]
+
     def stop(self) -> None:
         self._sender.stop()
         if self._sender.ident is not None:

@@ -99,6 +99,9 @@ class ElbHandler(Handler):
     def start(self) -> None:
         self._worker.start()
 
+    def threads(self) -> list[Any]:
+        return [self._worker]
+
     def stop(self) -> None:
         self._worker.stop()
         if self._worker.ident is not None:

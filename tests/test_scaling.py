@@ -245,3 +245,161 @@ def test_a_frozen_leader_that_wakes_cannot_scale(ecs, central, managers):
     new_tasks = [e for e in epochs if e != old_epoch]
     assert new_tasks and all(int(e) > int(old_epoch) for e in new_tasks)
     assert "leadership lost" in frozen.log()
+
+
+# -- production conditions: the leader's scheduler and fencing, in process ---------------
+
+
+class _Leader:
+    """A real Manager on the tests' central Redis, made leader by the election scripts
+    (its threads are not started: the test drives it)."""
+
+    def __init__(self, tmp_path, central_server, instance: str = "i-a") -> None:
+        import dataclasses
+
+        from warden.config import RedisAddress
+        from warden.manager import Manager, central_client
+        from warden.zones import ZoneChecker
+
+        self.config = dataclasses.replace(
+            config_for(tmp_path), instance_id=instance, zone_check="none",
+            service_management_redis=RedisAddress(f"redis://127.0.0.1:{central_server.port}", 11))
+        self.manager = Manager(self.config, central_client(self.config), ZoneChecker("none", None))
+
+    def lead(self) -> int:
+        store = self.manager.store
+        store.enter(100)
+        epoch, why = store.claim("z")
+        assert epoch, why
+        self.manager._become_leader(epoch)
+        return epoch
+
+    def hand_back(self) -> None:
+        self.manager._step_down("test", release=True)
+
+    def close(self) -> None:
+        from warden import signals
+
+        signals.control_received.disconnect(self.manager._on_control)
+        signals.aws_event.disconnect(self.manager._on_aws_event)
+        signals.host_draining.disconnect(self.manager._on_host_draining)
+
+
+def _scaler(leader, tmp_path, services: list, central):
+    from warden.scaler import Scaler
+    from warden.services import ServiceCatalog
+
+    (tmp_path / "services.json").write_text(json.dumps(services))
+    catalog = ServiceCatalog(str(tmp_path / "services.json"), "services.json")
+    catalog.load()
+    return Scaler(leader.config, leader.manager, catalog, MetricContext(central, "us-east-1")), catalog
+
+
+def _fargate_service(ecs, **fields) -> dict:
+    return dict({"name": "web", "port": 80, "taskName": ecs.task_family, "cluster": ecs.name,
+                 "metric": {"type": "static", "value": 3},
+                 "scaling": {"maxTasks": 5, "scaleDownDelaySeconds": 0},
+                 "runTask": {"launchType": "FARGATE", "networkConfiguration": ecs.awsvpc}}, **fields)
+
+
+def test_a_pass_decided_under_one_epoch_never_acts_under_the_next(ecs, central, central_server, tmp_path):
+    """Defect 8: the fence checked the manager's epoch at the time of the call, so a pass
+    computed under epoch N acted once the same manager held N+1."""
+    import threading
+
+    leader = _Leader(tmp_path, central_server)
+    scaler, catalog = _scaler(leader, tmp_path, [_fargate_service(ecs)], central)
+    handler = EcsHandler(leader.config)
+    handler.connect()
+    reading, release = threading.Event(), threading.Event()
+
+    class SlowMetric:
+        def read(self):
+            reading.set()
+            release.wait(10)
+            return 3.0
+
+    try:
+        first = leader.lead()
+        [service] = catalog.services
+        scaler._metrics["web"] = (repr(sorted(service.metric.items())), SlowMetric())
+        passing = threading.Thread(target=scaler._pass, args=(service, "test"))
+        passing.start()
+        assert reading.wait(5)
+        leader.hand_back()
+        second = leader.lead()  # the same manager, leading again under a newer epoch
+        assert second > first
+        release.set()
+        passing.join(10)
+        assert ecs.tasks() == [], "a pass decided under the old epoch started tasks"
+        assert leader.manager.fence(second) and not leader.manager.fence(first)
+    finally:
+        release.set()
+        handler.disconnect()
+        for signal_, receiver in scaler._receivers:
+            signal_.disconnect(receiver)
+        scaler._pool.shutdown()
+        leader.close()
+
+
+def test_the_scaler_outlives_a_failing_step_and_healthz_names_a_dead_worker(ecs, central, central_server,
+                                                                          tmp_path):
+    """Defect 9: a step of the scheduler that raised (a catalog read mid-reload) ended
+    its thread silently; now it logs and goes on, and /healthz names any dead worker."""
+    import urllib.error
+    import urllib.request
+
+    from conftest import free_port
+    from warden.telemetry import Telemetry
+    from warden.threads import StoppableThread
+
+    leader = _Leader(tmp_path, central_server)
+    scaler, catalog = _scaler(leader, tmp_path, [_fargate_service(ecs)], central)
+    handler = EcsHandler(leader.config)
+    handler.connect()
+    snapshot = catalog.services
+    failures = []
+
+    class Flaky(type(catalog)):
+        @property
+        def services(self):
+            if len(failures) < 3:
+                failures.append(1)
+                raise RuntimeError("dictionary changed size during iteration")
+            return snapshot
+
+    catalog.__class__ = Flaky
+    try:
+        leader.lead()
+        scaler.start()
+        eventually(lambda: len([t for t in ecs.tasks() if t["startedBy"] == "warden"]) == 3, 15,
+                   what="a pass after the failing steps")
+        assert scaler.is_alive() and len(failures) == 3
+    finally:
+        scaler.stop()
+        scaler.join(10)
+        handler.disconnect()
+        leader.close()
+
+    class Dies(StoppableThread):
+        def run(self) -> None:
+            return  # ends without being asked to, as a worker an uncaught bug ended
+
+    telemetry = Telemetry(f"127.0.0.1:{free_port()}")
+    dead = Dies("warden-doomed")
+    telemetry.thread_check(dead)
+    telemetry.thread_check(scaler)  # stopped on purpose: not a failure
+    telemetry.start()
+    try:
+        dead.start()
+        dead.join(5)
+        url = f"http://127.0.0.1:{telemetry.address[1]}/healthz"
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            raise AssertionError("healthz answered 200 with a dead worker")
+        except urllib.error.HTTPError as error:
+            assert error.code == 503
+            body = json.loads(error.read())
+        assert body["subscribers"] == {"thread:warden-doomed": False, "thread:warden-scaler": True}
+    finally:
+        telemetry.stop()

@@ -37,6 +37,9 @@ class RegistrarDaemon:
 
     def register(self, telemetry: Any) -> None:
         """Health checks and reconnect counters for ``/healthz`` and ``/metrics``."""
+        for thread in [self.reader, self.registrar, self.redx_watcher,
+                       *(t for h in self.handlers for t in h.threads())]:
+            telemetry.thread_check(thread)
         telemetry.health_check("docker-events", self.reader.connected.is_set)
         telemetry.health_check("redx-redis", lambda: self.redx_watcher.reachable)
         telemetry.reconnect_source("docker-events", lambda: self.reader.reconnects)
@@ -122,6 +125,11 @@ class ManagerDaemon:
 
     def register(self, telemetry: Any) -> None:
         """Health checks and reconnect counters for ``/healthz`` and ``/metrics``."""
+        for thread in [self.manager, self.manager.alive, self.manager.watch, self.scaler,
+                       self.subscriber, self.zones, self.consumer, self.notices,
+                       *(t for h in self.handlers for t in h.threads())]:
+            if thread is not None:
+                telemetry.thread_check(thread)
         telemetry.health_check("control-channels", self.subscriber.connected.is_set)
         telemetry.reconnect_source("control-channels", lambda: self.subscriber.reconnects)
 

@@ -175,21 +175,22 @@ class Manager(StoppableThread):
         """True while this instance holds the leadership (as last confirmed)."""
         return self.role == "leader"
 
-    def fence(self) -> bool:
-        """The fencing check: True only if this instance leads under an epoch that is
-        still the current one, checked atomically in Redis right now. Call it right
-        before every action on the cluster; on False, do nothing."""
+    def fence(self, epoch: Optional[int] = None) -> bool:
+        """The fencing check: True only if this instance leads under ``epoch`` (by
+        default the epoch it leads under now) and that epoch is still the current one,
+        checked atomically in Redis right now. Call it right before every action on the
+        cluster, with the epoch the action was decided under; on False, do nothing."""
         with self._lock:
-            epoch = self.epoch if self.role == "leader" else None
-        if epoch is None:
+            leading = self.epoch if self.role == "leader" else None
+        if leading is None or (epoch is not None and epoch != leading):
             return False
         try:
-            answer = self.store.fence(epoch)
+            answer = self.store.fence(leading)
         except redis.RedisError as error:
             logger.warning("fencing check failed: %s", error)
             return False
         if answer != "ok":
-            logger.warning("fencing refused epoch %s: %s", epoch, answer)
+            logger.warning("fencing refused epoch %s: %s", leading, answer)
             self.wake.set()
             return False
         return True

@@ -35,6 +35,8 @@ class Scaler(StoppableThread):
 
     #: passes that may run at once (for different services)
     workers = 4
+    #: seconds before the scheduler tries again after a step of its own failed
+    retry_seconds = 0.5
 
     def __init__(self, config: Config, manager: Any, catalog: ServiceCatalog,
                  context: MetricContext, codec: Optional[ControlCodec] = None) -> None:
@@ -115,17 +117,21 @@ class Scaler(StoppableThread):
         period = self.config.manager_sleep_time_seconds
         next_periodic = time.monotonic() + period
         while not self.stopping:
-            with self._cond:
-                now = time.monotonic()
-                if now >= next_periodic:
-                    self._due.setdefault(None, "periodic")
-                    next_periodic = now + period
-                ready = self._take_ready(now)
-                if not ready:
-                    self._cond.wait(max(0.05, min(next_periodic - now, self._soonest(now))))
-                    continue
-            for service, reason in ready:
-                self._pool.submit(self._pass, service, reason)
+            try:
+                with self._cond:
+                    now = time.monotonic()
+                    if now >= next_periodic:
+                        self._due.setdefault(None, "periodic")
+                        next_periodic = now + period
+                    ready = self._take_ready(now)
+                    if not ready:
+                        self._cond.wait(max(0.05, min(next_periodic - now, self._soonest(now))))
+                        continue
+                for service, reason in ready:
+                    self._pool.submit(self._pass, service, reason)
+            except Exception:  # noqa: BLE001 - the scheduler must outlive any one bug
+                logger.exception("scaling scheduler step failed; going on")
+                self.stop_event.wait(self.retry_seconds)
         self._pool.shutdown(wait=True)
         for signal, receiver in self._receivers:
             signal.disconnect(receiver)
@@ -141,6 +147,7 @@ class Scaler(StoppableThread):
         if not self.manager.is_leader:
             self._due.clear()
             return []
+        # One snapshot of the catalog (immutable) for this whole step.
         services = {s.name: s for s in self.catalog.services if s.metric}
         wanted: dict[str, str] = {}
         if None in self._due:
@@ -185,8 +192,9 @@ class Scaler(StoppableThread):
                 signals.send(signals.metric_failed, self, service=service.name, error=str(error))
                 return
             logger.debug("scaling pass for %s (%s): metric %s", service.name, reason, value)
+            # Every action of this pass is fenced with the epoch it was decided under.
             signals.send(signals.scaling_pass, self, service=service, metric=value, steps=steps,
-                         epoch=epoch, fence=self.manager.fence)
+                         epoch=epoch, fence=lambda: self.manager.fence(epoch))
         except Exception:  # noqa: BLE001 - one service's failure never stops the others
             logger.exception("scaling pass for %s failed", service.name)
         finally:

@@ -88,6 +88,12 @@ class Telemetry:
         """A subscriber's reconnect counter, read at each scrape."""
         self._reconnect_sources[name] = count
 
+    def thread_check(self, thread: Any) -> None:
+        """``/healthz`` fails, naming ``thread``, once it has died without being asked
+        to stop (a worker that ended on a bug does nothing more)."""
+        self.health_check(f"thread:{thread.name}", lambda: (
+            thread.ident is None or thread.is_alive() or bool(getattr(thread, "stopping", False))))
+
     def counter_source(self, name: str, documentation: str, count: Callable[[], int]) -> None:
         """A counter kept by a part of Warden itself (``name`` without ``_total``),
         read at each scrape."""
