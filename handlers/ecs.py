@@ -18,11 +18,10 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
-import boto3
 import botocore.config
 import botocore.exceptions
 
-from warden import signals
+from warden import aws, signals
 from warden.config import Config
 from warden.handlers import Handler
 from warden.scaling import Policy, Window, desired
@@ -30,9 +29,21 @@ from warden.services import Service
 
 logger = logging.getLogger(__name__)
 
-#: throttling and 5xx are botocore's standard retry mode's to handle
+#: reads (ListTasks, DescribeTasks): throttling and 5xx are botocore's standard retry
+#: mode's to handle
 AWS_CLIENT_CONFIG = botocore.config.Config(connect_timeout=3, read_timeout=10,
                                            retries={"mode": "standard", "max_attempts": 5})
+#: mutating calls (RunTask, StopTask): a short timeout and no hidden retries, so a call
+#: that passed the fence reaches ECS within seconds or not at all; Warden retries once
+#: itself, fencing again first
+MUTATING_CLIENT_CONFIG = botocore.config.Config(connect_timeout=2, read_timeout=3,
+                                                retries={"mode": "standard", "total_max_attempts": 1})
+#: attempts of one mutating call, each fenced
+MUTATING_ATTEMPTS = 2
+#: errors worth the one retry of a mutating call
+_RETRYABLE_CODES = frozenset({"ThrottlingException", "Throttling", "TooManyRequestsException",
+                              "RequestLimitExceeded", "ServiceUnavailable", "ServerException",
+                              "InternalFailure", "InternalError"})
 STARTED_BY = "warden"
 RUN_TASK_BATCH = 10
 DESCRIBE_BATCH = 100
@@ -78,6 +89,7 @@ class EcsHandler(Handler):
     def __init__(self, config: Config) -> None:
         super().__init__(config)
         self._client: Any = None
+        self._mutating: Any = None
         self._windows: dict[str, Window] = {}
         self._passes = 0
         self._lock = threading.Lock()
@@ -85,9 +97,29 @@ class EcsHandler(Handler):
     def client(self) -> Any:
         """The boto3 ECS client, made on first use."""
         if self._client is None:
-            self._client = boto3.client("ecs", region_name=self.config.region,
-                                        config=AWS_CLIENT_CONFIG)
+            self._client = aws.client("ecs", self.config.region,
+                                        AWS_CLIENT_CONFIG)
         return self._client
+
+    def mutating_client(self) -> Any:
+        """The ECS client for RunTask and StopTask (short timeouts, no retries)."""
+        if self._mutating is None:
+            self._mutating = aws.client("ecs", self.config.region, MUTATING_CLIENT_CONFIG)
+        return self._mutating
+
+    def _fenced(self, fence: Callable[[], bool], operation: str, **params: Any) -> Optional[dict]:
+        """One mutating call, fenced right before each of its (at most two) attempts:
+        the reply, or None when the fence refused."""
+        for attempt in range(1, MUTATING_ATTEMPTS + 1):
+            if not fence():
+                return None
+            try:
+                return getattr(self.mutating_client(), operation)(**params)
+            except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as error:
+                if attempt == MUTATING_ATTEMPTS or not _retryable(error):
+                    raise
+                logger.info("%s failed (%s); once more, fenced again", operation, error)
+        return None
 
     def on_leadership_gained(self, sender: Any, **kw: Any) -> None:
         # A new leader seeds each window with the running count at its first pass.
@@ -131,14 +163,15 @@ class EcsHandler(Handler):
                  if k in RUN_TASK_OPTIONS}
         started, batch = 0, 0
         while started < count:
-            if not fence():
-                return started, True
             size = min(RUN_TASK_BATCH, count - started)
-            reply = self.client().run_task(
-                cluster=cluster, taskDefinition=definition, count=size, startedBy=STARTED_BY,
-                clientToken=self._client_token(service, epoch, batch),
+            # The same clientToken on the retry: ECS starts the batch once.
+            reply = self._fenced(
+                fence, "run_task", cluster=cluster, taskDefinition=definition, count=size,
+                startedBy=STARTED_BY, clientToken=self._client_token(service, epoch, batch),
                 tags=[{"key": "warden:service", "value": service.name},
                       {"key": "warden:epoch", "value": str(epoch)}], **extra)
+            if reply is None:
+                return started, True
             batch += 1
             placed = len(reply.get("tasks") or [])
             started += placed
@@ -156,10 +189,9 @@ class EcsHandler(Handler):
         newest = sorted(tasks, key=lambda t: (_created(t), t["taskArn"]), reverse=True)
         stopped = 0
         for task in newest[:count]:
-            if not fence():
+            if self._fenced(fence, "stop_task", cluster=cluster, task=task["taskArn"],
+                            reason=f"warden: scaling {service.name} to {desired_count}") is None:
                 return stopped, True
-            self.client().stop_task(cluster=cluster, task=task["taskArn"],
-                                    reason=f"warden: scaling {service.name} to {desired_count}")
             stopped += 1
         return stopped, False
 
@@ -204,6 +236,17 @@ class EcsHandler(Handler):
             signals.send(signals.scaled, self, service=service.name, metric=metric, desired=target,
                          running=running, started=started, stopped=stopped, epoch=epoch)
         return result
+
+
+def _retryable(error: Exception) -> bool:
+    """Throttling, a 5xx or a timeout: worth one more (fenced) attempt."""
+    if isinstance(error, botocore.exceptions.ClientError):
+        reply = error.response or {}
+        code = (reply.get("Error") or {}).get("Code", "")
+        status = (reply.get("ResponseMetadata") or {}).get("HTTPStatusCode") or 0
+        return code in _RETRYABLE_CODES or status >= 500
+    return isinstance(error, (botocore.exceptions.ConnectionError,
+                              botocore.exceptions.ReadTimeoutError))
 
 
 def _created(task: dict) -> float:

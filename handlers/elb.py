@@ -12,11 +12,10 @@ import logging
 import threading
 from typing import Any, Optional
 
-import boto3
 import botocore.config
 import botocore.exceptions
 
-from warden import signals
+from warden import aws, signals
 from warden.config import Config
 from warden.handlers import Handler
 from warden.model import Change, DesiredState, LoadBalancerTarget
@@ -59,8 +58,8 @@ class ElbHandler(Handler):
     def client(self, service: str) -> Any:
         """A boto3 client (``elb`` or ``elbv2``), made on first use."""
         if service not in self._clients:
-            self._clients[service] = boto3.client(service, region_name=self.config.region,
-                                                  config=AWS_CLIENT_CONFIG)
+            self._clients[service] = aws.client(service, self.config.region,
+                                                  AWS_CLIENT_CONFIG)
         return self._clients[service]
 
     def is_enrolled(self, target: LoadBalancerTarget) -> bool:

@@ -427,3 +427,90 @@ def no_thread_leaks() -> Any:
             break
         time.sleep(0.05)
     assert not extra, f"threads left running: {[t.name for t in extra]}"
+
+
+class AwsProxy:
+    """An HTTP proxy of the tests' own in front of the moto server: it records each AWS
+    operation it passes (by ``X-Amz-Target``, or the query protocol's ``Action``) with
+    its time, and answers the operations a test names with a 503 or with silence."""
+
+    def __init__(self, upstream: str) -> None:
+        self.upstream = upstream
+        #: (monotonic time, operation, request body) of every request
+        self.calls: list[tuple[float, str, bytes]] = []
+        #: operation -> what to answer, in order: "503", "stall" (then 503), "pass"; an
+        #: operation whose list is used up passes
+        self.plan: dict[str, list[str]] = {}
+        #: set at teardown, so a stalled request ends at once
+        self.release = threading.Event()
+        self.url = ""
+
+    def operation(self, headers: Any, body: bytes) -> str:
+        target = headers.get("X-Amz-Target")
+        if target:
+            return target.rsplit(".", 1)[-1]
+        from urllib.parse import parse_qs
+
+        return (parse_qs(body.decode(errors="replace")).get("Action") or [""])[0]
+
+    def made(self, operation: str) -> list[tuple[float, str, bytes]]:
+        return [c for c in list(self.calls) if c[1] == operation]
+
+    def handler(self) -> type:
+        from http.server import BaseHTTPRequestHandler
+
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def _any(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                operation = proxy.operation(self.headers, body)
+                proxy.calls.append((time.monotonic(), operation, body))
+                planned = proxy.plan.get(operation) or []
+                mode = planned.pop(0) if planned else "pass"
+                if mode == "stall":
+                    proxy.release.wait(30)
+                    mode = "503"
+                if mode == "503":
+                    return self._reply(503, b'{"__type": "ServiceUnavailable", "message": "down"}')
+                request = urllib.request.Request(
+                    proxy.upstream + self.path, data=body or None, method=self.command,
+                    headers={k: v for k, v in self.headers.items()
+                             if k.lower() not in ("host", "content-length")})
+                try:
+                    with urllib.request.urlopen(request, timeout=30) as response:
+                        self._reply(response.status, response.read(), response.headers.get("Content-Type"))
+                except urllib.error.HTTPError as error:
+                    self._reply(error.code, error.read(), error.headers.get("Content-Type"))
+
+            do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = _any
+
+            def _reply(self, status: int, body: bytes, kind: Any = "application/x-amz-json-1.1") -> None:
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", kind or "application/json")
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                except OSError:
+                    pass  # the client gave up waiting
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        return Handler
+
+
+@pytest.fixture
+def aws_proxy(moto: str) -> Any:
+    """An :class:`AwsProxy` in front of the moto server; ``aws_proxy.url`` is its endpoint."""
+    proxy = AwsProxy(moto)
+    with serve_http(proxy.handler()) as url:
+        proxy.url = url
+        try:
+            yield proxy
+        finally:
+            proxy.release.set()

@@ -147,7 +147,7 @@ def config_for(tmp_path) -> Config:
 def test_ecs_handler_starts_in_batches_of_ten_and_stops_newest_first(ecs, tmp_path):
     handler = EcsHandler(config_for(tmp_path))
     calls = []
-    handler.client().meta.events.register("provide-client-params.ecs.RunTask",
+    handler.mutating_client().meta.events.register("provide-client-params.ecs.RunTask",
                                           lambda params, **kw: calls.append(params["count"]))
     service = service_for(ecs)
     result = handler.on_scaling_pass(None, service=service, metric=23, steps=(), epoch=7,
@@ -403,3 +403,56 @@ def test_the_scaler_outlives_a_failing_step_and_healthz_names_a_dead_worker(ecs,
         assert body["subscribers"] == {"thread:warden-doomed": False, "thread:warden-scaler": True}
     finally:
         telemetry.stop()
+
+
+def test_a_stalled_run_task_gives_up_in_seconds_with_one_fenced_retry(ecs, central, managers, aws_proxy):
+    """Defect 13a: the ECS client retried up to 5 times with a 10 s read timeout, so a
+    RunTask checked against the epoch could reach ECS a minute later."""
+    aws_proxy.plan["RunTask"] = ["stall"] * 6
+    m = managers("i-a", start=False, services=[_fargate_service(ecs)], handlers=["ecs"],
+                 managerSleepTimeSeconds=600)
+    m.env["AWS_ENDPOINT_URL"] = aws_proxy.url
+    m.start("manager")
+    eventually(lambda: aws_proxy.made("RunTask"), 15, what="the first RunTask")
+    first = aws_proxy.made("RunTask")[0][0]
+    eventually(lambda: "scaling web: ECS call failed" in m.log(), 15, what="the pass giving up")
+    attempts = [t - first for t, _, _ in aws_proxy.made("RunTask")]
+    assert len(attempts) == 2, attempts
+    assert attempts[1] < 8, f"the retry came {attempts[1]:.1f}s after the first attempt"
+    assert m.log().count("once more, fenced again") == 1
+
+
+def test_warden_makes_its_aws_clients_from_one_session_one_at_a_time(aws, tmp_path):
+    """Defect 13b: the parts made clients from boto3's default session on several
+    threads at once (a known botocore race). Every part's client comes from
+    warden.aws now: one session, created under a lock."""
+    import threading
+
+    from warden import aws as warden_aws
+    from warden.handlers.elb import ElbHandler
+    from warden.zones import ZoneChecker
+
+    config = config_for(tmp_path)
+    errors = []
+    for _ in range(5):
+        warden_aws._session = None
+        barrier = threading.Barrier(6)
+        makers = [lambda: ElbHandler(config).client("elb"), lambda: ElbHandler(config).client("elbv2"),
+                  lambda: EcsHandler(config).client(), lambda: EcsHandler(config).mutating_client(),
+                  lambda: MetricContext(None, "us-east-1").aws("sqs"),
+                  lambda: ZoneChecker("ec2", "us-east-1").lookup()]
+
+        def make(maker):
+            barrier.wait()
+            try:
+                maker()
+            except Exception as error:  # noqa: BLE001 - what the test counts
+                errors.append(repr(error))
+
+        threads = [threading.Thread(target=make, args=(m,)) for m in makers]
+        [t.start() for t in threads]
+        [t.join() for t in threads]
+        session = warden_aws._session
+        assert session is not None and EcsHandler(config).client().meta.region_name == "us-east-1"
+        assert warden_aws._session is session, "one session per process"
+    assert errors == []

@@ -15,11 +15,10 @@ import urllib.request
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Optional
 
-import boto3
 import botocore.config
 import botocore.exceptions
 
-from warden import signals
+from warden import aws, signals
 from warden.threads import Backoff, StoppableThread
 
 logger = logging.getLogger(__name__)
@@ -101,7 +100,7 @@ class AwsEventsConsumer(StoppableThread):
 
     def client(self) -> Any:
         if self._client is None:
-            self._client = boto3.client("sqs", region_name=self.region, config=_CLIENT_CONFIG)
+            self._client = aws.client("sqs", self.region, _CLIENT_CONFIG)
         return self._client
 
     def poll(self) -> int:

@@ -14,10 +14,10 @@ from datetime import datetime, timedelta, timezone
 from importlib.metadata import entry_points
 from typing import Any, Callable, Mapping, Optional
 
-import boto3
 import botocore.config
 import botocore.exceptions
 
+from warden import aws
 from warden.errors import WardenError
 
 logger = logging.getLogger(__name__)
@@ -41,8 +41,8 @@ class MetricContext:
     def aws(self, service: str) -> Any:
         """A boto3 client with short timeouts and standard retries."""
         if service not in self._clients:
-            self._clients[service] = boto3.client(service, region_name=self.region,
-                                                  config=AWS_CLIENT_CONFIG)
+            self._clients[service] = aws.client(service, self.region,
+                                                  AWS_CLIENT_CONFIG)
         return self._clients[service]
 
 

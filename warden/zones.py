@@ -13,10 +13,10 @@ import logging
 import threading
 from typing import Optional
 
-import boto3
 import botocore.config
 import botocore.exceptions
 
+from warden import aws
 from warden.threads import StoppableThread
 
 logger = logging.getLogger(__name__)
@@ -69,7 +69,7 @@ class ZoneChecker(StoppableThread):
             return
         try:
             if self._client is None:
-                self._client = boto3.client("ec2", region_name=self.region, config=_CLIENT_CONFIG)
+                self._client = aws.client("ec2", self.region, _CLIENT_CONFIG)
             reply = self._client.describe_availability_zones(AllAvailabilityZones=False)
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as error:
             self.failures += 1
