@@ -10,6 +10,7 @@ POST is retried briefly, then dropped with a log line.
 
 from __future__ import annotations
 
+import http.client
 import json
 import logging
 import queue
@@ -89,8 +90,8 @@ class AlertsHandler(Handler):
                     if 200 <= response.status < 300:
                         self.sent += 1
                         return True
-            except (urllib.error.URLError, OSError, ValueError) as error:
-                reason = str(error)
+            except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as error:
+                reason = f"{type(error).__name__}: {error}"
             else:
                 reason = f"HTTP {response.status}"
             if delay is None or self._sender.stop_event.wait(delay):
@@ -148,4 +149,9 @@ class _Sender(StoppableThread):
             body = self.handler.queue.get()
             if body is None:
                 break
-            self.handler.post(body)
+            try:
+                self.handler.post(body)
+            except Exception as error:  # noqa: BLE001 - one bad reply never ends the sender
+                self.handler.dropped += 1
+                logger.warning("alert dropped (%s: %s): %s", type(error).__name__, error,
+                               body.get("text"))

@@ -303,3 +303,42 @@ def test_a_metric_without_steps_must_name_max_tasks(tmp_path: Path) -> None:
 
     assert Policy.from_spec({"steps": [[0, 1], [10, 5]]}).wanted(1e6, ((0, 1), (10, 5))) == 5
     assert Policy.from_spec({"maxtasks": 4}).wanted(1e6, ()) == 4
+
+
+def test_alerts_settings_are_checked(tmp_path: Path) -> None:
+    """Defect 15: "events": "errors" became a set of letters, a file:// URL killed the
+    sender thread."""
+    write(tmp_path, "config.json", {"alerts": {"webhookUrl": "file:///etc/passwd", "events": "errors",
+                                               "colour": "red"}})
+    result = run_warden(tmp_path, "validate")
+    assert result.returncode == 2
+    assert result.stdout.splitlines() == [
+        "config.json: alerts.webhookUrl: must be an http:// or https:// URL",
+        "config.json: alerts.events: must be a list of event kinds (leadership, errors, scaling, routes)",
+        "config.json: alerts.colour: unknown key, ignored (warning)",
+    ]
+    write(tmp_path, "config.json", {"alerts": {"webhookUrl": "https://hooks.example.com/x",
+                                               "events": ["errors", "pages"]}})
+    result = run_warden(tmp_path, "validate")
+    assert result.stdout.splitlines() == [
+        "config.json: alerts.events: unknown event kind 'pages' (known: leadership, errors, scaling, routes)"]
+
+
+def test_an_instance_id_that_cannot_name_a_redis_client_is_exit_2(tmp_path: Path) -> None:
+    """Defect 14: an instanceId with a space could never stand (Redis refuses it as a
+    client name, and the liveness holder retried forever)."""
+    write(tmp_path, "config.json", {"instanceId": "i 123", "serviceDescriptionFilename": "s.json"})
+    write(tmp_path, "s.json", [])
+    result = run_warden(tmp_path, "validate")
+    assert result.returncode == 2
+    assert result.stdout.splitlines() == [
+        "config.json: instanceId: must be 1 to 128 letters, digits, '-', '_', '.' or ':'"]
+    write(tmp_path, "config.json", {"serviceDescriptionFilename": "s.json", "zoneCheck": "none",
+                                    "serviceManagementRedisAddress": "127.0.0.1:1"})
+    result = subprocess.run([sys.executable, "-m", "warden", "manager"], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=30,
+                            env={**__import__("os").environ, "WARDEN_INSTANCE_ID": "i 123",
+                                 "WARDEN_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"})
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip() == ("warden: instanceId 'i 123' from WARDEN_INSTANCE_ID must be 1 to "
+                                     "128 letters, digits, '-', '_', '.' or ':'")

@@ -113,3 +113,40 @@ def test_an_unreachable_webhook_is_dropped_with_a_log_line(central, managers):
     m = managers("i-alert", alerts={"webhookUrl": f"http://127.0.0.1:{free_port()}/hook"})
     eventually(lambda: "alert dropped after 3 attempts" in m.log(), 10, what="the drop logged")
     assert central.hget("service-manager", "id") == "i-alert", "the leader carries on"
+
+
+def test_a_garbage_reply_never_ends_the_alert_sender(redx, containers, warden):
+    """Defect 15: a reply that is not HTTP raised past the sender's except clause and
+    its thread died: no alert was ever sent again."""
+    from conftest import RUN, ip_of
+
+    received: list[dict] = []
+
+    class Garbage(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            length = int(self.headers.get("Content-Length", 0))
+            body = json.loads(self.rfile.read(length))
+            if not received and not getattr(Garbage, "garbled", False):
+                Garbage.garbled = True
+                self.wfile.write(b"NOT HTTP AT ALL\r\n\r\n")
+                return
+            received.append(body)
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args) -> None:
+            pass
+
+    with serve_http(Garbage) as url:
+        w = warden([{"name": "web", "containerName": f"wt-{RUN}-web", "port": 8080,
+                     "loadBalancerUrl": "web.example.com"}],
+                   handlers=["redx"], alerts={"webhookUrl": f"{url}/hook", "events": ["routes"]}).start()
+        first = containers.run("web")
+        second = containers.run("web")
+        for c in (first, second):
+            address = f"{ip_of(c)}:8080"
+            eventually(lambda: any(address in a["text"] for a in received), 10,
+                       what=f"the alert for {c.name}")
+        assert Garbage.garbled
+        w.stop()
+    assert "Traceback" not in w.log()

@@ -7,6 +7,7 @@ casing. Relative paths are relative to the config file's folder.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Optional
 from urllib.parse import urlparse, urlunparse
@@ -152,6 +153,19 @@ def _optional_str(value: Any) -> Optional[str]:
     return None if value is None or isinstance(value, str) else "must be a string"
 
 
+#: what an instance id may hold: it names Redis keys, channels and client names
+INSTANCE_ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
+INSTANCE_ID_RULE = "must be 1 to 128 letters, digits, '-', '_', '.' or ':'"
+
+
+def _instance_id(value: Any) -> Optional[str]:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not INSTANCE_ID.fullmatch(value):
+        return INSTANCE_ID_RULE
+    return None
+
+
 #: lower-case key -> (Config attribute, check returning a problem or None)
 _KEYS: dict[str, tuple[str, Callable[[Any], Optional[str]]]] = {
     "servicemanagementredisaddress": ("service_management_redis", _str),
@@ -161,7 +175,7 @@ _KEYS: dict[str, tuple[str, Callable[[Any], Optional[str]]]] = {
     "servicedescriptionfilename": ("service_description_path", _str),
     "registrarsleeptimeseconds": ("registrar_sleep_time_seconds", _seconds),
     "managersleeptimeseconds": ("manager_sleep_time_seconds", _seconds),
-    "instanceid": ("instance_id", _optional_str),
+    "instanceid": ("instance_id", _instance_id),
     "availabilityzone": ("availability_zone", _optional_str),
     "region": ("region", _optional_str),
     "hostaddress": ("host_address", _str),
@@ -178,6 +192,33 @@ _KEYS: dict[str, tuple[str, Callable[[Any], Optional[str]]]] = {
     "awseventsqueueurl": ("aws_events_queue_url", _optional_str),
     "controlsecret": ("control_secret", _optional_str),
 }
+
+
+#: the kinds of alert an operator may choose
+ALERT_KINDS = ("leadership", "errors", "scaling", "routes")
+
+
+def _alert_problems(display: str, spelled: str, alerts: KeyedObject) -> list[Problem]:
+    """``alerts``: ``webhookUrl`` an http(s) URL, ``events`` a list of known kinds."""
+    problems = jsonfile.duplicate_problems(display, spelled + ".", alerts)
+    for lower, key, value in alerts.items_spelled():
+        field_name = f"{spelled}.{key}"
+        if lower == "webhookurl":
+            parsed = urlparse(value) if isinstance(value, str) else None
+            if parsed is None or parsed.scheme not in ("http", "https") or not parsed.netloc:
+                problems.append(Problem(display, field_name, "must be an http:// or https:// URL"))
+        elif lower == "events":
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                problems.append(Problem(display, field_name,
+                                        f"must be a list of event kinds ({', '.join(ALERT_KINDS)})"))
+            else:
+                for kind in value:
+                    if kind not in ALERT_KINDS:
+                        problems.append(Problem(display, field_name,
+                                                f"unknown event kind {kind!r} (known: {', '.join(ALERT_KINDS)})"))
+        else:
+            problems.append(Problem(display, field_name, "unknown key, ignored", warning=True))
+    return problems
 
 
 def resolve_config_path(given: Optional[str]) -> str:
@@ -240,6 +281,9 @@ def load_config(path: str) -> tuple[Optional[Config], list[Problem]]:
     # The secret may stay out of the file: the environment gives it too (and wins).
     if os.environ.get("WARDEN_CONTROL_SECRET"):
         values["control_secret"] = os.environ["WARDEN_CONTROL_SECRET"]
+
+    if isinstance(data.get("alerts"), KeyedObject):
+        problems += _alert_problems(display, data.spelled("alerts"), data["alerts"])
 
     heartbeat = values.get("heartbeat_interval_seconds", Config.heartbeat_interval_seconds)
     lease = values.get("lease_seconds", Config.lease_seconds)

@@ -9,7 +9,8 @@ import urllib.error
 import urllib.request
 from typing import Optional
 
-from warden.config import Config, with_identity
+from warden.config import INSTANCE_ID, INSTANCE_ID_RULE, Config, with_identity
+from warden.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -80,13 +81,21 @@ def resolve_identity(config: Config, needed: tuple[str, ...] = ()) -> Config:
     ``AWS_DEFAULT_REGION``, and, only when one of the ``needed`` fields is still
     missing, from instance metadata."""
     values: dict[str, Optional[str]] = {}
+    source: dict[str, str] = {}
     for field, (env, _) in _FIELDS.items():
         values[field] = os.environ.get(env) or getattr(config, field)
+        source[field] = env if os.environ.get(env) else CONFIG_KEYS[field]
     if not values["region"]:
         values["region"] = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
     if any(not values[field] for field in needed):
         missing = [path for field, (_, path) in _FIELDS.items() if not values[field]]
         fetched = fetch_metadata(missing)
         for field, (_, path) in _FIELDS.items():
-            values[field] = values[field] or fetched.get(path)
+            if not values[field] and fetched.get(path):
+                values[field] = fetched[path]
+                source[field] = f"instance metadata ({path})"
+    instance_id = values["instance_id"]
+    if instance_id and not INSTANCE_ID.fullmatch(instance_id):
+        # It names Redis keys and client names: one with a space could never stand.
+        raise ConfigError(f"instanceId {instance_id!r} from {source['instance_id']} {INSTANCE_ID_RULE}")
     return with_identity(config, **values)
