@@ -50,8 +50,7 @@ class ElbHandler(Handler):
         self._complained: set[LoadBalancerTarget] = set()
         #: True once this host drains: it leaves every target and joins none again
         self.draining = False
-        #: an Auto Scaling lifecycle action to complete once drained
-        self.lifecycle: Optional[dict] = None
+        self._drained_told = False
 
     # -- AWS -----------------------------------------------------------------
 
@@ -118,29 +117,21 @@ class ElbHandler(Handler):
                              enrolled: bool, **kw: Any) -> None:
         self._want({target: enrolled and not self.draining}, recheck=False)
 
-    def on_host_draining(self, sender: Any, *, reason: str, lifecycle: Optional[dict] = None,
-                         **kw: Any) -> None:
+    def on_host_draining(self, sender: Any, *, reason: str, **kw: Any) -> None:
         """Leave every load balancer and target group now; join none again."""
         with self._lock:
             self.draining = True
-            self.lifecycle = lifecycle if lifecycle and lifecycle.get("LifecycleHookName") else None
             targets = {t: False for t in self.wanted}
         self._want(targets, recheck=True)
+        if not targets:
+            self.tell_drained()
 
-    def complete_lifecycle(self) -> None:
-        """Tell Auto Scaling this host is drained (once)."""
-        lifecycle, self.lifecycle = self.lifecycle, None
-        if not lifecycle:
-            return
-        params = {"LifecycleHookName": lifecycle["LifecycleHookName"],
-                  "AutoScalingGroupName": lifecycle["AutoScalingGroupName"],
-                  "LifecycleActionResult": "CONTINUE"}
-        if lifecycle.get("LifecycleActionToken"):
-            params["LifecycleActionToken"] = lifecycle["LifecycleActionToken"]
-        else:
-            params["InstanceId"] = self.instance_id
-        self.client("autoscaling").complete_lifecycle_action(**params)
-        logger.info("drained: lifecycle action %s completed", lifecycle["LifecycleHookName"])
+    def tell_drained(self) -> None:
+        """Say, once, that this draining host is enrolled nowhere any more."""
+        if not self._drained_told:
+            self._drained_told = True
+            logger.info("drained: enrolled in no load balancer or target group")
+            signals.send(signals.enrolment_drained, self)
 
     def on_services_changed(self, sender: Any, *, retired: DesiredState, **kw: Any) -> None:
         if retired.targets:
@@ -233,11 +224,8 @@ class _EnrolmentWorker(StoppableThread):
                     signals.send(signals.aws_call_failed, handler,
                                  api=f"{'elb' if target.kind == 'elb' else 'elbv2'}:{operation}",
                                  error=str(error))
-            if failed is None and handler.draining and handler.lifecycle and not handler.pending():
-                try:
-                    handler.complete_lifecycle()
-                except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as error:
-                    logger.warning("cannot complete the lifecycle action: %s", error)
+            if failed is None and handler.draining and not handler.pending():
+                handler.tell_drained()
             if failed is None:
                 self.backoff.reset()
             else:

@@ -438,8 +438,9 @@ class AwsProxy:
         self.upstream = upstream
         #: (monotonic time, operation, request body) of every request
         self.calls: list[tuple[float, str, bytes]] = []
-        #: operation -> what to answer, in order: "503", "stall" (then 503), "pass"; an
-        #: operation whose list is used up passes
+        #: operation -> what to answer, in order: "503", "stall" (then 503), "pass", or
+        #: "empty-result": the query protocol's empty success, a stand-in for an operation
+        #: moto lacks (CompleteLifecycleAction); an operation whose list is used up passes
         self.plan: dict[str, list[str]] = {}
         #: set at teardown, so a stalled request ends at once
         self.release = threading.Event()
@@ -474,8 +475,18 @@ class AwsProxy:
                 if mode == "stall":
                     proxy.release.wait(30)
                     mode = "503"
-                if mode == "503":
+                if mode == "503" and self.headers.get("X-Amz-Target"):
                     return self._reply(503, b'{"__type": "ServiceUnavailable", "message": "down"}')
+                if mode == "503":  # the query protocol's error document
+                    return self._reply(503, b"<ErrorResponse><Error><Type>Receiver</Type><Code>"
+                                            b"ServiceUnavailable</Code><Message>down</Message></Error>"
+                                            b"<RequestId>warden-test</RequestId></ErrorResponse>",
+                                       "text/xml")
+                if mode == "empty-result":
+                    return self._reply(200, (
+                        f"<{operation}Response><{operation}Result/><ResponseMetadata><RequestId>"
+                        f"warden-test</RequestId></ResponseMetadata></{operation}Response>").encode(),
+                        "text/xml")
                 request = urllib.request.Request(
                     proxy.upstream + self.path, data=body or None, method=self.command,
                     headers={k: v for k, v in self.headers.items()

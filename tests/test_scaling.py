@@ -400,7 +400,7 @@ def test_the_scaler_outlives_a_failing_step_and_healthz_names_a_dead_worker(ecs,
         except urllib.error.HTTPError as error:
             assert error.code == 503
             body = json.loads(error.read())
-        assert body["subscribers"] == {"thread:warden-doomed": False, "thread:warden-scaler": True}
+        assert body["threads"] == {"warden-doomed": False, "warden-scaler": True}
     finally:
         telemetry.stop()
 

@@ -126,15 +126,13 @@ def _prepare(args: argparse.Namespace, roles: frozenset[str] = REGISTRAR):
                           + "\n".join(str(p) for p in errors))
     named = [s.name for s in catalog.services if s.targets]
     needed = ("instance_id", "region") if "elb" in config.handlers and named else ()
-    if needed or "manager" in roles:
-        config = resolve_identity(config, needed)
-        for field in needed:
-            if not getattr(config, field):
-                raise ConfigError(
-                    f"{CONFIG_KEYS[field]} is needed by the elb handler (services "
-                    f"{', '.join(named)} name load balancers) but neither the config, "
-                    f"{ENV_KEYS[field]} "
-                    f"nor instance metadata gives it")
+    config = resolve_identity(config, needed)
+    for field in needed:
+        if not getattr(config, field):
+            raise ConfigError(
+                f"{CONFIG_KEYS[field]} is needed by the elb handler (services "
+                f"{', '.join(named)} name load balancers) but neither the config, "
+                f"{ENV_KEYS[field]} nor instance metadata gives it")
     handlers = load_handlers(config, roles)
     try:
         import docker
@@ -243,26 +241,31 @@ def _serve(daemons: list, config: Optional[Config] = None) -> int:
 
 def cmd_registrar(args: argparse.Namespace) -> int:
     """Run the Registrar until SIGTERM or SIGINT."""
-    from warden.daemon import RegistrarDaemon
+    from warden.daemon import DrainDaemon, RegistrarDaemon
 
     config, catalog, handlers, source = _prepare(args)
-    return _serve([RegistrarDaemon(config, catalog, handlers, source)], config)
+    daemons: list = [RegistrarDaemon(config, catalog, handlers, source)]
+    if any(h.name == "elb" for h in handlers):
+        # Draining matters to the Registrar for its load-balancer enrolment.
+        daemons.append(DrainDaemon(config, handlers, subscribe=True))
+    return _serve(daemons, config)
 
 
 def cmd_manager(args: argparse.Namespace) -> int:
     """Run the Manager until SIGTERM or SIGINT; a leader hands back on the way out."""
-    from warden.daemon import ManagerDaemon
+    from warden.daemon import DrainDaemon, ManagerDaemon
 
     config, catalog, problems = _load(args.config)
     for problem in problems:
         (logger.warning if problem.warning else logger.error)("%s", problem)
     config, handlers = _prepare_manager(config)
-    return _serve([ManagerDaemon(config, catalog, handlers)], config)
+    return _serve([ManagerDaemon(config, catalog, handlers),
+                   DrainDaemon(config, handlers, subscribe=False)], config)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     """The Registrar and the Manager in one process, one signal bus, one shutdown."""
-    from warden.daemon import ManagerDaemon, RegistrarDaemon
+    from warden.daemon import DrainDaemon, ManagerDaemon, RegistrarDaemon
 
     config, catalog, handlers, source = _prepare(args, REGISTRAR | MANAGER)
     config, _ = _prepare_manager(config, roles=None)
@@ -270,7 +273,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     manager_catalog = ServiceCatalog(config.service_description_path, config.service_description_display)
     manager_catalog.load()
     return _serve([RegistrarDaemon(config, catalog, handlers, source),
-                   ManagerDaemon(config, manager_catalog, [])], config)
+                   ManagerDaemon(config, manager_catalog, []),
+                   DrainDaemon(config, handlers, subscribe=False)], config)
 
 
 def cmd_status(args: argparse.Namespace) -> int:

@@ -109,15 +109,11 @@ class ManagerDaemon:
             config.service_management_redis.client(socket_timeout=3, socket_connect_timeout=3),
             config.region), self.codec)
         self.service_watcher = ServiceWatcher(catalog, self.scaler)
-        from warden.aws_events import AwsEventsConsumer, MetadataNotices
-        from warden import metadata
+        from warden.aws_events import AwsEventsConsumer
 
         self.consumer = (AwsEventsConsumer(config.aws_events_queue_url, config.region,
                                            lambda: self.manager.is_leader)
                          if config.aws_events_queue_url else None)
-        # Only on EC2 (metadata answered when the identity was resolved).
-        self.notices = (MetadataNotices(metadata.metadata_endpoint())
-                        if metadata.metadata_enabled() and metadata.answered else None)
         self.subscriber = ControlSubscriber(
             lambda: config.service_management_redis.client(socket_connect_timeout=2,
                                                            health_check_interval=10),
@@ -126,7 +122,7 @@ class ManagerDaemon:
     def register(self, telemetry: Any) -> None:
         """Health checks and reconnect counters for ``/healthz`` and ``/metrics``."""
         for thread in [self.manager, self.manager.alive, self.manager.watch, self.scaler,
-                       self.subscriber, self.zones, self.consumer, self.notices,
+                       self.subscriber, self.zones, self.consumer,
                        *(t for h in self.handlers for t in h.threads())]:
             if thread is not None:
                 telemetry.thread_check(thread)
@@ -142,18 +138,16 @@ class ManagerDaemon:
         self.scaler.start()
         self.manager.start()
         self.service_watcher.start()
-        for extra in (self.consumer, self.notices):
-            if extra is not None:
-                extra.start()
+        if self.consumer is not None:
+            self.consumer.start()
         logger.info("manager started as %s in zone %s", self.config.instance_id,
                     self.config.availability_zone or "-")
 
     def stop(self) -> None:
         """Finish the scaling passes in flight, hand leadership back, stop listening."""
-        for extra in (self.consumer, self.notices):
-            if extra is not None:
-                extra.stop()
-                extra.join(timeout=30)
+        if self.consumer is not None:
+            self.consumer.stop()
+            self.consumer.join(timeout=30)
         self.service_watcher.stop()
         self.scaler.stop()
         self.scaler.join(timeout=60)
@@ -169,3 +163,57 @@ class ManagerDaemon:
             finally:
                 handler.disconnect()
         logger.info("manager stopped")
+
+
+class DrainDaemon:
+    """This host's drain, once per process whatever the command: the drain watcher
+    (the key, nudged by ``warden:drain``), this instance's own metadata notices on EC2,
+    the record for ``warden status`` and the lifecycle action completed once drained.
+
+    ``subscribe``: listen on ``warden:drain`` itself (``warden registrar``, which has no
+    control-channel subscriber of its own)."""
+
+    def __init__(self, config: Config, handlers: list[Handler], subscribe: bool) -> None:
+        from warden import metadata
+        from warden.aws_events import MetadataNotices
+        from warden.control import ControlCodec
+        from warden.drain import DrainRecorder, DrainWatcher, LifecycleCompleter
+        from warden.pubsub import ControlSubscriber
+
+        self.config = config
+        elb_here = any(h.name == "elb" for h in handlers)
+        self.watcher = DrainWatcher(config)
+        self.completer = LifecycleCompleter(config, elb_here=elb_here,
+                                            elb_elsewhere="elb" in config.handlers and not elb_here)
+        self.recorder = DrainRecorder(config)
+        self.subscriber = (ControlSubscriber(
+            lambda: config.service_management_redis.client(socket_connect_timeout=2,
+                                                           health_check_interval=10),
+            ControlCodec(config.control_secret, config.lease_seconds), channels=("warden:drain",))
+            if subscribe else None)
+        # Only on EC2 (metadata answered when the identity was resolved).
+        self.notices = (MetadataNotices(metadata.metadata_endpoint())
+                        if metadata.metadata_enabled() and metadata.answered else None)
+        self.threads = [t for t in (self.watcher, self.completer, self.subscriber, self.notices)
+                        if t is not None]
+
+    def register(self, telemetry: Any) -> None:
+        """Health checks for ``/healthz``."""
+        for thread in self.threads:
+            telemetry.thread_check(thread)
+
+    def start(self) -> None:
+        if not self.config.instance_id:
+            logger.info("this host's instanceId is unknown: it cannot be asked to drain")
+            return
+        signals.host_draining.connect(self.recorder.on_host_draining, weak=False)
+        for thread in self.threads:
+            thread.start()
+
+    def stop(self) -> None:
+        for thread in self.threads:
+            thread.stop()
+        for thread in self.threads:
+            if thread.ident is not None:
+                thread.join(timeout=10)
+        signals.host_draining.disconnect(self.recorder.on_host_draining)

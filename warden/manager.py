@@ -9,7 +9,6 @@ atomic script on the keys (see :mod:`warden.election`); messages only wake it ea
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -22,6 +21,7 @@ from redis.retry import Retry
 from warden import signals
 from warden.config import Config
 from warden.control import ControlMessage, encode
+from warden.drain import request_drain
 from warden.election import ALIVE_PREFIX, ElectionStore, LeaderView
 from warden.threads import Backoff, StoppableThread
 from warden.zones import ZoneChecker
@@ -212,7 +212,7 @@ class Manager(StoppableThread):
 
     def _on_aws_event(self, sender: Any, *, event: Any, **kw: Any) -> None:
         """The leader passes a spot warning or a terminate action on to the host it
-        names, over the central Redis."""
+        names: the drain key first (the truth), then a nudge."""
         if event.kind not in ("spot-interruption", "terminate-lifecycle") or not event.instance_id:
             return
         target = event.instance_id
@@ -221,10 +221,10 @@ class Manager(StoppableThread):
             lifecycle = {k: event.detail.get(k) for k in
                          ("LifecycleHookName", "AutoScalingGroupName", "LifecycleActionToken")}
         try:
-            self.redis.set(f"warden:drain:{target}",
-                           json.dumps({"reason": event.detail_type, "lifecycle": lifecycle}), ex=3600)
+            request_drain(self.redis, target, event.detail_type, lifecycle)
         except redis.RedisError as error:
             logger.warning("cannot record the drain of %s: %s", target, error)
+            return
         logger.warning("%s for %s: asking it to drain", event.detail_type, target)
         self.publish("drain", self.current_epoch(), instance_id=target)
 
@@ -233,24 +233,12 @@ class Manager(StoppableThread):
             return
         self.draining = True
         logger.warning("draining (%s): standing in no election from now on", reason)
-        try:
-            self.redis.set(f"warden:draining:{self.me}", reason, ex=86400)
-        except redis.RedisError:
-            pass
         if self.role == "leader":
             self._step_down("draining", release=True)
         self.wake.set()
 
     def _on_control(self, sender: Any, *, message: ControlMessage, **kw: Any) -> None:
-        if message.type == "drain" and message.instance_id == self.me:
-            details: dict = {}
-            try:
-                details = json.loads(self.redis.get(f"warden:drain:{self.me}") or "{}")
-            except (redis.RedisError, ValueError):
-                pass
-            signals.send(signals.host_draining, self, reason=details.get("reason") or "drain message",
-                         lifecycle=details.get("lifecycle"))
-            return
+        # A drain message only wakes the drain watcher (warden.drain), which acts on the key.
         if message.type == "election" and message.instance_id != self.me:
             self.wake.set()
         elif message.type == "kill" and message.instance_id == self.me:

@@ -24,10 +24,13 @@ class ControlSubscriber(StoppableThread):
     """Listens on the control channels (and any extra ones) of the central Redis."""
 
     def __init__(self, client_factory: Callable[[], redis.Redis], codec: ControlCodec,
-                 extra: Optional[dict[str, Callable[[Any], None]]] = None) -> None:
+                 extra: Optional[dict[str, Callable[[Any], None]]] = None,
+                 channels: tuple[str, ...] = tuple(CHANNELS)) -> None:
         super().__init__("warden-pubsub")
         self.client_factory = client_factory
         self.codec = codec
+        #: the control channels listened to (all of them by default)
+        self.channels = channels
         #: channel -> callback for channels that are not control channels
         self.extra = dict(extra or {})
         #: set while subscribed (for /healthz)
@@ -54,7 +57,7 @@ class ControlSubscriber(StoppableThread):
             try:
                 client = self.client_factory()
                 pubsub = client.pubsub(ignore_subscribe_messages=True)
-                pubsub.subscribe(*CHANNELS, *self.extra)
+                pubsub.subscribe(*self.channels, *self.extra)
                 self.connected.set()
                 if not first:
                     self.reconnects += 1

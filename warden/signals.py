@@ -52,6 +52,12 @@ enrolment_changed = _signals.signal(
     kw: ``target`` (:class:`~warden.model.LoadBalancerTarget`), ``enrolled`` (bool).""",
 )
 
+enrolment_drained = _signals.signal(
+    "enrolment-drained",
+    doc="""This host, draining, is enrolled in no load balancer or target group any
+    more (sent at once when it was in none). Sender: the ELB handler. No kw.""",
+)
+
 services_changed = _signals.signal(
     "services-changed",
     doc="""The service descriptions changed. Sender: the Registrar.

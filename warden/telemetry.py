@@ -63,6 +63,7 @@ class Telemetry:
         r.register(_CounterSources(self._counter_sources))
         self._reconnect_sources: dict[str, Callable[[], int]] = {}
         self._health: dict[str, Callable[[], bool]] = {}
+        self._threads: dict[str, Callable[[], bool]] = {}
         self._server: Any = None
         self._thread: Any = None
         self._receivers = [
@@ -91,23 +92,24 @@ class Telemetry:
     def thread_check(self, thread: Any) -> None:
         """``/healthz`` fails, naming ``thread``, once it has died without being asked
         to stop (a worker that ended on a bug does nothing more)."""
-        self.health_check(f"thread:{thread.name}", lambda: (
-            thread.ident is None or thread.is_alive() or bool(getattr(thread, "stopping", False))))
+        self._threads[thread.name] = lambda: (
+            thread.ident is None or thread.is_alive() or bool(getattr(thread, "stopping", False)))
 
     def counter_source(self, name: str, documentation: str, count: Callable[[], int]) -> None:
         """A counter kept by a part of Warden itself (``name`` without ``_total``),
         read at each scrape."""
         self._counter_sources[name] = (documentation, count)
 
-    def health(self) -> tuple[bool, dict[str, bool]]:
-        """Each check's answer, and whether all pass."""
+    def health(self) -> tuple[bool, dict[str, bool], dict[str, bool]]:
+        """Each subscriber's and each worker thread's answer, and whether all pass."""
         answers = {}
         for name, check in self._health.items():
             try:
                 answers[name] = bool(check())
             except Exception:  # noqa: BLE001 - a failing check is an unhealthy one
                 answers[name] = False
-        return all(answers.values()), answers
+        threads = {name: check() for name, check in self._threads.items()}
+        return all(answers.values()) and all(threads.values()), answers, threads
 
     def start(self) -> None:
         for signal, receiver in self._receivers:
@@ -121,8 +123,8 @@ class Telemetry:
                         telemetry.reconnects.labels(name).set(count())
                     body, status, kind = generate_latest(telemetry.registry), 200, CONTENT_TYPE_LATEST
                 elif self.path.split("?")[0] == "/healthz":
-                    ok, answers = telemetry.health()
-                    body = json.dumps({"ok": ok, "subscribers": answers}).encode()
+                    ok, answers, threads = telemetry.health()
+                    body = json.dumps({"ok": ok, "subscribers": answers, "threads": threads}).encode()
                     status, kind = (200 if ok else 503), "application/json"
                 else:
                     body, status, kind = b"not found\n", 404, "text/plain"

@@ -1,0 +1,235 @@
+"""Draining this host: where a drain comes from, and the Auto Scaling lifecycle action
+completed once it is done.
+
+A drain is asked for by the leader (a spot warning or a terminate lifecycle action from
+the AWS events queue names this host) through the key ``warden:drain:<instanceId>``
+and a nudge on ``warden:drain``; or by this host's own instance metadata. Like a kill,
+a drain takes effect only when the key backs it: the message only wakes the watcher,
+and a lost message is recovered from the key at the next check. Every Warden process
+on the host acts on it, so a host drains whether it runs ``warden run`` or
+``warden registrar`` and ``warden manager`` as two processes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from typing import Any, Optional
+
+import botocore.config
+import botocore.exceptions
+import redis
+
+from warden import aws, signals
+from warden.config import Config
+from warden.threads import Backoff, StoppableThread
+
+logger = logging.getLogger(__name__)
+
+#: ``warden:drain:<instanceId>``: JSON ``{"reason", "lifecycle"}``, set by the leader
+DRAIN_PREFIX = "warden:drain:"
+#: ``warden:draining:<instanceId>``: why the host drains, for ``warden status``
+DRAINING_PREFIX = "warden:draining:"
+#: how long a drain request and its record live, in seconds
+DRAIN_SECONDS = 3600
+
+#: Warden retries CompleteLifecycleAction itself, with backoff, until it succeeds
+_CLIENT_CONFIG = botocore.config.Config(connect_timeout=3, read_timeout=5,
+                                        retries={"mode": "standard", "total_max_attempts": 1})
+
+
+def request_drain(client: Any, instance_id: str, reason: str, lifecycle: Optional[dict]) -> None:
+    """Ask ``instance_id`` to drain (the leader's side): the key first, since it is the
+    truth; the caller then nudges on ``warden:drain``."""
+    client.set(DRAIN_PREFIX + instance_id, json.dumps({"reason": reason, "lifecycle": lifecycle}),
+               ex=DRAIN_SECONDS)
+
+
+class DrainWatcher(StoppableThread):
+    """Checks this host's drain key every ``heartbeatIntervalSeconds``, and at once on a
+    ``warden:drain`` message naming this host; emits ``host_draining`` once."""
+
+    def __init__(self, config: Config) -> None:
+        super().__init__("warden-drain-watch")
+        self.instance_id = config.instance_id or ""
+        self.key = DRAIN_PREFIX + self.instance_id
+        self.interval = config.heartbeat_interval_seconds
+        self.redis = config.service_management_redis.client(
+            socket_timeout=2, socket_connect_timeout=2, decode_responses=True)
+        self.display = config.service_management_redis.display
+        self.wake = threading.Event()
+        #: True once the drain was acted on
+        self.drained = False
+        self._reachable = True
+
+    def _on_control(self, sender: Any, *, message: Any, **kw: Any) -> None:
+        if message.type == "drain" and message.instance_id == self.instance_id:
+            logger.info("drain message for this host: checking %s", self.key)
+            self.wake.set()
+
+    def on_stop(self) -> None:
+        self.wake.set()
+
+    def check(self) -> bool:
+        """One look at the key; True when it asks this host to drain."""
+        try:
+            raw = self.redis.get(self.key)
+        except redis.RedisError as error:
+            if self._reachable:
+                logger.warning("cannot read %s from the central Redis %s (%s); trying again",
+                               self.key, self.display, error)
+            self._reachable = False
+            return False
+        self._reachable = True
+        if raw is None:
+            return False
+        try:
+            details = json.loads(raw)
+        except ValueError:
+            details = None
+        if not isinstance(details, dict):
+            details = {}
+        lifecycle = details.get("lifecycle") if isinstance(details.get("lifecycle"), dict) else None
+        self.drained = True
+        reason = str(details.get("reason") or "drain requested")
+        logger.warning("%s: draining (%s)", self.key, reason)
+        signals.send(signals.host_draining, self, reason=reason, lifecycle=lifecycle)
+        return True
+
+    def run(self) -> None:
+        signals.control_received.connect(self._on_control, weak=False)
+        try:
+            while not self.stopping and not self.check():
+                self.wake.wait(self.interval)
+                self.wake.clear()
+        finally:
+            signals.control_received.disconnect(self._on_control)
+            self.redis.close()
+
+
+class LifecycleCompleter(StoppableThread):
+    """Completes the Auto Scaling lifecycle action a drain carries, once this host is
+    drained: after the ELB handler left every target (when this process runs it), at
+    once when no process on the host enrols it anywhere. The call is retried, with its
+    token, until it succeeds or the hook can no longer be waiting."""
+
+    #: seconds after which the hook has timed out whatever its settings (the longest
+    #: heartbeat timeout Auto Scaling allows)
+    deadline_seconds = 7200.0
+    #: first and longest wait between attempts, in seconds
+    backoff_initial = 1.0
+    backoff_cap = 30.0
+
+    def __init__(self, config: Config, elb_here: bool, elb_elsewhere: bool) -> None:
+        super().__init__("warden-lifecycle")
+        self.config = config
+        #: the ELB handler runs in this process: complete once it says it is drained
+        self.elb_here = elb_here
+        #: the ``elb`` handler is enabled but runs in another process on this host
+        #: (``warden registrar``), which completes the action itself
+        self.elb_elsewhere = elb_elsewhere
+        self.lifecycle: Optional[dict] = None
+        self.enrolment_drained = threading.Event()
+        self.wake = threading.Event()
+        #: True once the action was completed (or Auto Scaling no longer waits for it)
+        self.completed = False
+        self._receivers = [(signals.host_draining, self._on_host_draining),
+                           (signals.enrolment_drained, self._on_enrolment_drained)]
+
+    def _on_host_draining(self, sender: Any, *, lifecycle: Optional[dict] = None, **kw: Any) -> None:
+        if lifecycle and lifecycle.get("LifecycleHookName") and self.lifecycle is None:
+            self.lifecycle = dict(lifecycle)
+            self.wake.set()
+
+    def _on_enrolment_drained(self, sender: Any, **kw: Any) -> None:
+        self.enrolment_drained.set()
+        self.wake.set()
+
+    def on_stop(self) -> None:
+        self.wake.set()
+
+    def complete(self, lifecycle: dict) -> None:
+        """One CompleteLifecycleAction (raises botocore's errors)."""
+        params = {"LifecycleHookName": lifecycle["LifecycleHookName"],
+                  "AutoScalingGroupName": lifecycle.get("AutoScalingGroupName") or "",
+                  "LifecycleActionResult": "CONTINUE"}
+        if lifecycle.get("LifecycleActionToken"):
+            params["LifecycleActionToken"] = lifecycle["LifecycleActionToken"]
+        else:
+            params["InstanceId"] = self.config.instance_id
+        aws.client("autoscaling", self.config.region, _CLIENT_CONFIG).complete_lifecycle_action(**params)
+
+    def _ready(self) -> bool:
+        return self.lifecycle is not None and (not self.elb_here or self.enrolment_drained.is_set())
+
+    def run(self) -> None:
+        for signal, receiver in self._receivers:
+            signal.connect(receiver, weak=False)
+        try:
+            while not self.stopping and not self._ready():
+                self.wake.wait(1.0)
+                self.wake.clear()
+            if self.stopping or self.lifecycle is None:
+                return
+            if self.elb_elsewhere:
+                logger.info("lifecycle action %s: the registrar's process completes it once "
+                            "drained", self.lifecycle["LifecycleHookName"])
+                return
+            self._complete_until_done(self.lifecycle)
+        finally:
+            for signal, receiver in self._receivers:
+                signal.disconnect(receiver)
+
+    def _complete_until_done(self, lifecycle: dict) -> None:
+        backoff = Backoff(self.backoff_initial, self.backoff_cap)
+        started = time.monotonic()
+        name = lifecycle["LifecycleHookName"]
+        while not self.stopping:
+            try:
+                self.complete(lifecycle)
+            except botocore.exceptions.ClientError as error:
+                message = str((error.response.get("Error") or {}).get("Message") or error)
+                if "No active Lifecycle Action" in message:
+                    logger.info("lifecycle action %s: Auto Scaling no longer waits (%s)", name, message)
+                    self.completed = True
+                    return
+                failure: Exception = error
+            except Exception as error:  # noqa: BLE001 - whatever failed, the action waits: retry
+                failure = error
+            else:
+                self.completed = True
+                logger.info("drained: lifecycle action %s completed", name)
+                return
+            if time.monotonic() - started > self.deadline_seconds:
+                logger.error("lifecycle action %s never completed (%s); giving up: the hook "
+                             "has timed out", name, failure)
+                return
+            delay = backoff.next_delay()
+            logger.warning("cannot complete lifecycle action %s (%s); again in %.0fs", name,
+                           failure, delay)
+            signals.send(signals.aws_call_failed, self, api="autoscaling:CompleteLifecycleAction",
+                         error=str(failure))
+            self.stop_event.wait(delay)
+
+
+class DrainRecorder:
+    """Records why this host drains (``warden:draining:<instanceId>``) for ``warden
+    status``, once, whichever source said so."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.recorded = False
+
+    def on_host_draining(self, sender: Any, *, reason: str, **kw: Any) -> None:
+        if self.recorded or not self.config.instance_id:
+            return
+        self.recorded = True
+        client = self.config.service_management_redis.client(socket_timeout=2, socket_connect_timeout=2)
+        try:
+            client.set(DRAINING_PREFIX + self.config.instance_id, reason, ex=DRAIN_SECONDS * 24)
+        except redis.RedisError as error:
+            logger.warning("cannot record this host's drain: %s", error)
+        finally:
+            client.close()
