@@ -438,12 +438,16 @@ class AwsProxy:
         self.upstream = upstream
         #: (monotonic time, operation, request body) of every request
         self.calls: list[tuple[float, str, bytes]] = []
-        #: operation -> what to answer, in order: "503", "stall" (then 503), "pass", or
+        #: operation -> what to answer, in order: "503", "stall" (then 503), "hold" (then
+        #: pass, once the test sets ``unhold``), "pass", or
         #: "empty-result": the query protocol's empty success, a stand-in for an operation
         #: moto lacks (CompleteLifecycleAction); an operation whose list is used up passes
         self.plan: dict[str, list[str]] = {}
         #: set at teardown, so a stalled request ends at once
         self.release = threading.Event()
+        #: "hold": the request waits here until ``unhold`` is set, then passes
+        self.holding = threading.Event()
+        self.unhold = threading.Event()
         self.url = ""
 
     def operation(self, headers: Any, body: bytes) -> str:
@@ -475,6 +479,9 @@ class AwsProxy:
                 if mode == "stall":
                     proxy.release.wait(30)
                     mode = "503"
+                if mode == "hold":
+                    proxy.holding.set()
+                    proxy.unhold.wait(30)
                 if mode == "503" and self.headers.get("X-Amz-Target"):
                     return self._reply(503, b'{"__type": "ServiceUnavailable", "message": "down"}')
                 if mode == "503":  # the query protocol's error document
@@ -525,3 +532,4 @@ def aws_proxy(moto: str) -> Any:
             yield proxy
         finally:
             proxy.release.set()
+            proxy.unhold.set()

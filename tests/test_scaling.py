@@ -202,9 +202,8 @@ def test_managers_follow_a_redis_metric_nudged_on_warden_metric(ecs, central, ma
     import redis as redis_lib
 
     central.set("demand:web", "0")
-    for n in range(3):
-        managers(f"i-{n}", services=[web_service(ecs)], managerSleepTimeSeconds=600,
-                 handlers=["ecs"])
+    group = [managers(f"i-{n}", services=[web_service(ecs)], managerSleepTimeSeconds=600,
+                      handlers=["ecs"]) for n in range(3)]
     eventually(lambda: count_tasks(ecs) == 1, 15, what="the pass on gaining leadership")
     pub = redis_lib.Redis(port=central_server.port)
     central.set("demand:web", "12")
@@ -219,7 +218,7 @@ def test_managers_follow_a_redis_metric_nudged_on_warden_metric(ecs, central, ma
     # An unreadable metric holds the count, whatever it was.
     central.set("demand:web", "garbage")
     pub.publish("warden:metric", "web")
-    time.sleep(2)
+    eventually(lambda: any("scaling web holds" in m.log() for m in group), 5, what="the pass holding")
     assert count_tasks(ecs) == 1
     pub.close()
 
@@ -456,3 +455,60 @@ def test_warden_makes_its_aws_clients_from_one_session_one_at_a_time(aws, tmp_pa
         assert session is not None and EcsHandler(config).client().meta.region_name == "us-east-1"
         assert warden_aws._session is session, "one session per process"
     assert errors == []
+
+
+def test_a_leader_frozen_mid_pass_changes_nothing_when_it_wakes(ecs, central, central_server, managers,
+                                                               aws_proxy):
+    """Test gap 17: Manager.fence() refusing a real deposed process. The leader is
+    frozen (SIGSTOP) while its pass waits on ListTasks; another takes over and scales;
+    the old leader wakes with a stale count in hand. Read back unfiltered, every task
+    carries the new leader's epoch."""
+    central.set("demand:web", "0")
+    aws_proxy.plan["ListTasks"] = ["hold"]
+    a = managers("i-a", start=False, services=[web_service(ecs)], managerSleepTimeSeconds=600,
+                 handlers=["ecs"])
+    a.env["AWS_ENDPOINT_URL"] = aws_proxy.url
+    a.start("manager")
+    eventually(lambda: central.hget("service-manager", "id") == "i-a", 10, what="i-a leads")
+    old_epoch = central.get("warden:epoch")
+    b = managers("i-b", services=[web_service(ecs)], managerSleepTimeSeconds=600, handlers=["ecs"])
+    assert aws_proxy.holding.wait(10), "i-a's pass reached ListTasks"
+    a.process.send_signal(signal.SIGSTOP)
+    aws_proxy.unhold.set()  # the reply waits in the frozen process's socket
+    eventually(lambda: central.hget("service-manager", "id") == "i-b", 10, what="i-b took over")
+    new_epoch = central.get("warden:epoch")
+    import redis as redis_lib
+
+    central.set("demand:web", "12")
+    redis_lib.Redis(port=central_server.port).publish("warden:metric", "web")
+    eventually(lambda: count_tasks(ecs) == 3, 10, what="i-b scales to 3")
+    a.process.send_signal(signal.SIGCONT)
+    eventually(lambda: "scaling web: fencing refused epoch" in a.log(), 10,
+               what="i-a's pass refused by the fence")
+    eventually(lambda: "leadership lost" in a.log(), 10, what="i-a stepped down")
+    tasks = ecs.tasks()  # unfiltered: every task of the family, whoever started it
+    epochs = [next(t["value"] for t in task["tags"] if t["key"] == "warden:epoch") for task in tasks]
+    assert len(tasks) == 3 and set(epochs) == {new_epoch}, (epochs, old_epoch)
+    assert [c for c in aws_proxy.calls if c[1] in ("RunTask", "StopTask")] == []
+    assert "Traceback" not in a.log() + b.log()
+
+
+def test_a_second_sigterm_exits_at_once_while_a_step_is_in_flight(ecs, central, managers, aws_proxy):
+    """Test gap 19: the first SIGTERM waits for the scaling pass in flight (its RunTask
+    stalls); a second exits at once with a non-zero code."""
+    aws_proxy.plan["RunTask"] = ["stall"] * 4
+    m = managers("i-a", start=False, services=[_fargate_service(ecs)], handlers=["ecs"],
+                 managerSleepTimeSeconds=600)
+    m.env["AWS_ENDPOINT_URL"] = aws_proxy.url
+    m.start("manager")
+    eventually(lambda: aws_proxy.made("RunTask"), 15, what="the RunTask in flight")
+    m.process.send_signal(signal.SIGTERM)
+    eventually(lambda: "SIGTERM: stopping" in m.log(), 5, what="the clean stop begun")
+    assert m.process.poll() is None, "the first SIGTERM waits for the step in flight"
+    m.process.send_signal(signal.SIGTERM)
+    started = time.monotonic()
+    code = m.process.wait(5)
+    assert code == 128 + signal.SIGTERM and time.monotonic() - started < 2
+    assert "second SIGTERM: exiting now" in m.log()
+    m.process = None
+    m.log_file.close()
