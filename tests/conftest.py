@@ -432,7 +432,8 @@ def no_thread_leaks() -> Any:
 class AwsProxy:
     """An HTTP proxy of the tests' own in front of the moto server: it records each AWS
     operation it passes (by ``X-Amz-Target``, or the query protocol's ``Action``) with
-    its time, and answers the operations a test names with a 503 or with silence."""
+    its time, and answers the operations a test names (``plan``), or every request
+    (``mode``), with throttling, a 503 or silence."""
 
     def __init__(self, upstream: str) -> None:
         self.upstream = upstream
@@ -443,6 +444,10 @@ class AwsProxy:
         #: "empty-result": the query protocol's empty success, a stand-in for an operation
         #: moto lacks (CompleteLifecycleAction); an operation whose list is used up passes
         self.plan: dict[str, list[str]] = {}
+        #: what every request gets, whatever the plan: "pass", "throttle", "503", "stall"
+        self.mode = "pass"
+        #: requests answered with a fault
+        self.faults = 0
         #: set at teardown, so a stalled request ends at once
         self.release = threading.Event()
         #: "hold": the request waits here until ``unhold`` is set, then passes
@@ -476,6 +481,11 @@ class AwsProxy:
                 proxy.calls.append((time.monotonic(), operation, body))
                 planned = proxy.plan.get(operation) or []
                 mode = planned.pop(0) if planned else "pass"
+                mode = proxy.mode if proxy.mode != "pass" else mode
+                if mode not in ("pass", "hold"):
+                    proxy.faults += 1
+                if mode == "throttle":
+                    return self._reply(400, b'{"__type": "ThrottlingException", "message": "Rate exceeded"}')
                 if mode == "stall":
                     proxy.release.wait(30)
                     mode = "503"

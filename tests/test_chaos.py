@@ -19,15 +19,13 @@ import signal
 import subprocess
 import threading
 import time
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis as redis_lib
-import urllib.request
 
-from conftest import ROOT, RUN, eventually, ip_of, serve_http
+from conftest import ROOT, RUN, eventually, ip_of
 
 pytestmark = pytest.mark.chaos
 
@@ -103,61 +101,6 @@ class RouteSampler:
         self.redx.close()
 
 
-class FaultProxy:
-    """An HTTP proxy in front of the moto server that passes requests on, or answers
-    them with throttling, a 5xx, or silence, as the scenario says."""
-
-    def __init__(self, upstream: str) -> None:
-        self.upstream = upstream
-        self.mode = "pass"
-        self.faults = 0
-        #: set at teardown, so a stalled request ends at once
-        self.release = threading.Event()
-
-    def handler(self) -> type:
-        proxy = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def _any(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length) if length else b""
-                mode = proxy.mode
-                if mode != "pass":
-                    proxy.faults += 1
-                if mode == "stall":
-                    proxy.release.wait(12)  # longer than the clients' read timeout
-                    mode = "5xx"
-                if mode == "throttle":
-                    return self._reply(400, b'{"__type": "ThrottlingException", "message": "Rate exceeded"}')
-                if mode == "5xx":
-                    return self._reply(503, b'{"__type": "ServiceUnavailable", "message": "down"}')
-                request = urllib.request.Request(proxy.upstream + self.path, data=body or None,
-                                                 method=self.command,
-                                                 headers={k: v for k, v in self.headers.items()
-                                                          if k.lower() not in ("host", "content-length")})
-                try:
-                    with urllib.request.urlopen(request, timeout=30) as response:
-                        self._reply(response.status, response.read(), response.headers.get("Content-Type"))
-                except urllib.error.HTTPError as error:
-                    self._reply(error.code, error.read(), error.headers.get("Content-Type"))
-
-            do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = _any
-
-            def _reply(self, status: int, body: bytes, kind: Any = "application/x-amz-json-1.1") -> None:
-                self.send_response(status)
-                self.send_header("Content-Type", kind or "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        return Handler
-
-
 class Churn:
     """Starts and removes containers of the web service in the background."""
 
@@ -190,51 +133,47 @@ class Churn:
 
 
 @pytest.fixture
-def cluster(redx, redx_server, central, central_server, containers, ecs, warden, managers, moto,
+def cluster(redx, redx_server, central, central_server, containers, ecs, warden, managers, aws_proxy,
             docker_client):
     """One `warden run` host and two more `warden manager` instances, a web service
     routed here and a worker service scaled from a Redis metric on moto's ECS through a
     fault proxy."""
-    proxy = FaultProxy(moto)
-    with serve_http(proxy.handler()) as proxy_url:
-        central.set("demand:worker", "12")
-        services = [
-            {"name": "web", "containerName": f"wt-{RUN}-web", "port": 8080,
-             "loadBalancerUrl": "web.example.com"},
-            {"name": "worker", "port": 80, "taskName": ecs.task_family, "cluster": ecs.name,
-             "metric": {"type": "redis", "key": "demand:worker"},
-             "scaling": {"steps": [[0, 1], [10, 3], [50, 5]], "scaleDownDelaySeconds": 0},
-             "runTask": {"launchType": "FARGATE", "networkConfiguration": ecs.awsvpc}},
-        ]
-        settings = dict(serviceManagementRedisAddress=f"127.0.0.1:{central_server.port}",
-                        zoneCheck="none", leaseSeconds=2, guardTimeSeconds=0.5,
-                        heartbeatIntervalSeconds=0.5, managerSleepTimeSeconds=2,
-                        registrarSleepTimeSeconds=5, handlers=["redx", "ecs"])
-        host = warden(services, **settings)
-        host.env.update(WARDEN_INSTANCE_ID="i-host", AWS_ENDPOINT_URL=proxy_url)
-        host.start("run")
-        others = []
-        for name in ("i-b", "i-c"):
-            m = managers(name, start=False, services=services,
-                         **{k: v for k, v in settings.items() if k != "serviceManagementRedisAddress"})
-            m.env["AWS_ENDPOINT_URL"] = proxy_url
-            m.start("manager")
-            others.append(m)
+    proxy, proxy_url = aws_proxy, aws_proxy.url
+    central.set("demand:worker", "12")
+    services = [
+        {"name": "web", "containerName": f"wt-{RUN}-web", "port": 8080,
+         "loadBalancerUrl": "web.example.com"},
+        {"name": "worker", "port": 80, "taskName": ecs.task_family, "cluster": ecs.name,
+         "metric": {"type": "redis", "key": "demand:worker"},
+         "scaling": {"steps": [[0, 1], [10, 3], [50, 5]], "scaleDownDelaySeconds": 0},
+         "runTask": {"launchType": "FARGATE", "networkConfiguration": ecs.awsvpc}},
+    ]
+    settings = dict(serviceManagementRedisAddress=f"127.0.0.1:{central_server.port}",
+                    zoneCheck="none", leaseSeconds=2, guardTimeSeconds=0.5,
+                    heartbeatIntervalSeconds=0.5, managerSleepTimeSeconds=2,
+                    registrarSleepTimeSeconds=5, handlers=["redx", "ecs"])
+    host = warden(services, **settings)
+    host.env.update(WARDEN_INSTANCE_ID="i-host", AWS_ENDPOINT_URL=proxy_url)
+    host.start("run")
+    others = []
+    for name in ("i-b", "i-c"):
+        m = managers(name, start=False, services=services,
+                     **{k: v for k, v in settings.items() if k != "serviceManagementRedisAddress"})
+        m.env["AWS_ENDPOINT_URL"] = proxy_url
+        m.start("manager")
+        others.append(m)
 
-        class Cluster:
-            pass
+    class Cluster:
+        pass
 
-        c = Cluster()
-        c.host, c.managers, c.proxy, c.central, c.redx, c.ecs = host, others, proxy, central, redx, ecs
-        c.containers, c.docker = containers, docker_client
-        c.all = [host, *others]
-        eventually(lambda: worker_tasks(ecs) == 3, 30, what="the first scaling")
-        c.sampler = RouteSampler(docker_client, redx_server.port)
-        try:
-            with c.sampler:
-                yield c
-        finally:
-            proxy.release.set()
+    c = Cluster()
+    c.host, c.managers, c.proxy, c.central, c.redx, c.ecs = host, others, proxy, central, redx, ecs
+    c.containers, c.docker = containers, docker_client
+    c.all = [host, *others]
+    eventually(lambda: worker_tasks(ecs) == 3, 30, what="the first scaling")
+    c.sampler = RouteSampler(docker_client, redx_server.port)
+    with c.sampler:
+        yield c
 
 
 def worker_tasks(ecs: Any) -> int:
@@ -376,7 +315,7 @@ def test_aws_throttling_errors_and_stalls(cluster):
     c = cluster
     started = time.monotonic()
     with Churn(c.containers):
-        for mode in ("throttle", "5xx", "stall"):
+        for mode in ("throttle", "503", "stall"):
             c.proxy.mode = mode
             c.central.set("demand:worker", "60")
             c.central.publish("warden:metric", "worker")

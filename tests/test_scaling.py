@@ -404,14 +404,18 @@ def test_the_scaler_outlives_a_failing_step_and_healthz_names_a_dead_worker(ecs,
         telemetry.stop()
 
 
+def _behind(aws_proxy, managers, instance: str, services: list):
+    """A `warden manager` scaling ``services``, its AWS calls through the proxy."""
+    m = managers(instance, start=False, services=services, handlers=["ecs"], managerSleepTimeSeconds=600)
+    m.env["AWS_ENDPOINT_URL"] = aws_proxy.url
+    return m.start("manager")
+
+
 def test_a_stalled_run_task_gives_up_in_seconds_with_one_fenced_retry(ecs, central, managers, aws_proxy):
     """Defect 13a: the ECS client retried up to 5 times with a 10 s read timeout, so a
     RunTask checked against the epoch could reach ECS a minute later."""
     aws_proxy.plan["RunTask"] = ["stall"] * 6
-    m = managers("i-a", start=False, services=[_fargate_service(ecs)], handlers=["ecs"],
-                 managerSleepTimeSeconds=600)
-    m.env["AWS_ENDPOINT_URL"] = aws_proxy.url
-    m.start("manager")
+    m = _behind(aws_proxy, managers, "i-a", [_fargate_service(ecs)])
     eventually(lambda: aws_proxy.made("RunTask"), 15, what="the first RunTask")
     first = aws_proxy.made("RunTask")[0][0]
     eventually(lambda: "scaling web: ECS call failed" in m.log(), 15, what="the pass giving up")
@@ -465,10 +469,7 @@ def test_a_leader_frozen_mid_pass_changes_nothing_when_it_wakes(ecs, central, ce
     carries the new leader's epoch."""
     central.set("demand:web", "0")
     aws_proxy.plan["ListTasks"] = ["hold"]
-    a = managers("i-a", start=False, services=[web_service(ecs)], managerSleepTimeSeconds=600,
-                 handlers=["ecs"])
-    a.env["AWS_ENDPOINT_URL"] = aws_proxy.url
-    a.start("manager")
+    a = _behind(aws_proxy, managers, "i-a", [web_service(ecs)])
     eventually(lambda: central.hget("service-manager", "id") == "i-a", 10, what="i-a leads")
     old_epoch = central.get("warden:epoch")
     b = managers("i-b", services=[web_service(ecs)], managerSleepTimeSeconds=600, handlers=["ecs"])
@@ -497,10 +498,7 @@ def test_a_second_sigterm_exits_at_once_while_a_step_is_in_flight(ecs, central, 
     """Test gap 19: the first SIGTERM waits for the scaling pass in flight (its RunTask
     stalls); a second exits at once with a non-zero code."""
     aws_proxy.plan["RunTask"] = ["stall"] * 4
-    m = managers("i-a", start=False, services=[_fargate_service(ecs)], handlers=["ecs"],
-                 managerSleepTimeSeconds=600)
-    m.env["AWS_ENDPOINT_URL"] = aws_proxy.url
-    m.start("manager")
+    m = _behind(aws_proxy, managers, "i-a", [_fargate_service(ecs)])
     eventually(lambda: aws_proxy.made("RunTask"), 15, what="the RunTask in flight")
     m.process.send_signal(signal.SIGTERM)
     eventually(lambda: "SIGTERM: stopping" in m.log(), 5, what="the clean stop begun")

@@ -101,6 +101,7 @@ class ManagerDaemon:
         from warden.zones import ZoneChecker
 
         self.config = config
+        self.catalog = catalog
         self.handlers = handlers
         self.zones = ZoneChecker(config.zone_check, config.region)
         self.codec = ControlCodec(config.control_secret, config.lease_seconds)
@@ -127,6 +128,9 @@ class ManagerDaemon:
             if thread is not None:
                 telemetry.thread_check(thread)
         telemetry.health_check("control-channels", self.subscriber.connected.is_set)
+        telemetry.counter_source("warden_service_file_errors",
+                                 "Errors found in the service files (a broken file counts at each load)",
+                                 lambda: self.catalog.errors)
         telemetry.reconnect_source("control-channels", lambda: self.subscriber.reconnects)
 
     def start(self) -> None:

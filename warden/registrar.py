@@ -75,11 +75,15 @@ class Registrar(StoppableThread):
         period = self.config.registrar_sleep_time_seconds
         self._safe_sweep("start-up")
         next_sweep = time.monotonic() + period
+        #: when a service file that went missing is due for retirement, if one is
+        next_reload: Optional[float] = None
         while not self.stopping:
+            due = min(next_sweep, next_reload or next_sweep)
             try:
-                kind, payload = self.inbox.get(timeout=max(0.0, next_sweep - time.monotonic()))
+                kind, payload = self.inbox.get(timeout=max(0.0, due - time.monotonic()))
             except queue.Empty:
-                kind, payload = "sweep", "periodic"
+                kind, payload = ("reload", None) if next_reload and next_reload <= next_sweep \
+                    else ("sweep", "periodic")
             if kind == "stop":
                 break
             try:
@@ -89,6 +93,10 @@ class Registrar(StoppableThread):
                     self.reload()
                     self._safe_sweep("services changed")
                     next_sweep = time.monotonic() + period
+                    # A file gone for less than the grace time: look again when it is due,
+                    # whatever the watcher does.
+                    pending = self.catalog.retire_pending()
+                    next_reload = None if pending is None else time.monotonic() + pending
                 elif kind == "sweep":
                     self._drain_sweeps()
                     self._safe_sweep(payload)

@@ -359,13 +359,14 @@ class ServiceCatalog:
             return os.path.dirname(file) == self.path and file.endswith(".json")
         return file == self.path
 
-    def retire_pending(self) -> float:
-        """Seconds until a file that went missing is retired, or 0 when none waits."""
+    def retire_pending(self) -> Optional[float]:
+        """Seconds until a file that went missing is due for retirement (at least a
+        little), or None when no file waits."""
         with self._lock:
             if not self._gone_since:
-                return 0.0
+                return None
             oldest = min(self._gone_since.values())
-        return max(0.01, oldest + self.gone_grace_seconds - time.monotonic())
+        return max(0.05, oldest + self.gone_grace_seconds - time.monotonic())
 
     def load(self) -> tuple[tuple[Service, ...], list[Problem]]:
         """Read every file again. Returns the services in force and the problems

@@ -97,8 +97,9 @@ class Telemetry:
 
     def counter_source(self, name: str, documentation: str, count: Callable[[], int]) -> None:
         """A counter kept by a part of Warden itself (``name`` without ``_total``),
-        read at each scrape."""
-        self._counter_sources[name] = (documentation, count)
+        read at each scrape. The first part to register a name keeps it (under ``warden
+        run`` the Registrar and the Manager both offer the service-file errors)."""
+        self._counter_sources.setdefault(name, (documentation, count))
 
     def health(self) -> tuple[bool, dict[str, bool], dict[str, bool]]:
         """Each subscriber's and each worker thread's answer, and whether all pass."""

@@ -46,6 +46,9 @@ class ServiceWatcher:
 
     #: how long a burst of file events is gathered before one reload, in seconds
     settle_seconds = 0.1
+    #: the second look at a vanished file comes this long after its grace time, so the
+    #: reload it asks for finds the grace over even when the first reload came late
+    recheck_margin = 0.5
 
     def __init__(self, catalog: ServiceCatalog, sender: Any) -> None:
         self.catalog = catalog
@@ -82,8 +85,8 @@ class ServiceWatcher:
                 if self._recheck is not None:
                     self._recheck.cancel()
                 self._recheck = threading.Timer(
-                    self.catalog.gone_grace_seconds + self.settle_seconds, self._fire_recheck,
-                    args=(sorted(paths),))
+                    self.catalog.gone_grace_seconds + self.settle_seconds + self.recheck_margin,
+                    self._fire_recheck, args=(sorted(paths),))
                 self._recheck.daemon = True
                 self._recheck.start()
 
