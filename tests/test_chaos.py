@@ -43,10 +43,12 @@ def report_totals():
 
 class RouteSampler:
     """Samples the routes *during* a scenario, every ``interval`` seconds: each moment a
-    running container of the web service has had no route for longer than ``grace``
-    (the time an event takes to land), and each moment a route has pointed at no running
-    container for that long. Samples the engine or Redis could not answer (the fault
-    itself) are counted apart."""
+    running, ready container of the web service has had no route for longer than
+    ``grace`` (the time an event takes to land), and each moment a route has pointed at
+    no running container for that long. A container that was sent a stop signal (a
+    ``kill`` or ``stop`` event, as when the engine shuts down) is not ready: Warden
+    unroutes it on purpose before it dies. Samples the engine or Redis could not answer
+    (the fault itself) are counted apart."""
 
     interval = 0.1
     grace = 1.0
@@ -57,13 +59,36 @@ class RouteSampler:
                                     socket_connect_timeout=0.5)
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self.run, name="route-sampler")
+        self.watcher = threading.Thread(target=self.watch_stops, name="route-sampler-events")
+        #: ids of containers sent a stop signal, until they die or start again
+        self.stopping: set = set()
+        self._stream: Any = None
         self.samples = self.unrouted = self.stale = self.unobservable = 0
         self._unrouted_since: dict[str, float] = {}
         self._stale_since: dict[str, float] = {}
 
+    def watch_stops(self) -> None:
+        since = time.time()
+        while not self.stop.is_set():
+            try:
+                self._stream = self.docker.api.events(
+                    since=since, decode=True,
+                    filters={"type": "container", "event": ["kill", "stop", "die", "start"]})
+                for event in self._stream:
+                    since = event.get("time", since)
+                    cid, action = event["Actor"]["ID"], event["Action"]
+                    if action in ("kill", "stop"):
+                        self.stopping.add(cid)
+                    else:
+                        self.stopping.discard(cid)
+            except Exception:  # noqa: BLE001 - the engine restarts on purpose
+                self.stop.wait(0.2)
+
     def running(self) -> set:
         found = set()
         for entry in self.docker.api.containers(filters={"label": f"warden.test={RUN}"}):
+            if entry["Id"] in self.stopping:
+                continue
             if entry["Names"][0].lstrip("/").startswith(f"wt-{RUN}-web") and entry["State"] == "running":
                 address = (entry["NetworkSettings"]["Networks"].get("bridge") or {}).get("IPAddress")
                 if address:
@@ -92,12 +117,19 @@ class RouteSampler:
             self.sample()
 
     def __enter__(self) -> "RouteSampler":
+        self.watcher.start()
         self.thread.start()
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def finish(self) -> None:
         self.stop.set()
+        if self._stream is not None:
+            self._stream.close()
         self.thread.join(10)
+        self.watcher.join(10)
+
+    def __exit__(self, *exc: Any) -> None:
+        self.finish()
         self.redx.close()
 
 
@@ -222,8 +254,7 @@ def check_invariants(c: Any, scenario: str, injected: str, started: float) -> No
         raise AssertionError(f"{error}; last state {state}\n{logs}") from None
     took = time.monotonic() - started
     sampler = c.sampler
-    sampler.stop.set()  # the scenario is over: what was sampled during it is the report
-    sampler.thread.join(10)
+    sampler.finish()  # the scenario is over: what was sampled during it is the report
     assert holders(c)[0].env["WARDEN_INSTANCE_ID"] == c.central.hget("service-manager", "id")
     epochs = {int(e) for m in c.all for e in re.findall(r"leadership gained: epoch (\d+)", m.log())}
     for task in c.ecs.tasks():

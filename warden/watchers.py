@@ -125,8 +125,8 @@ class RedxWatcher(StoppableThread):
 
     #: seconds between checks
     interval = 1.0
-    #: least seconds between two sweeps it asks for, so drift it cannot see mended
-    #: does not turn into a sweep a second
+    #: least seconds between two sweeps it asks for because Warden's keys went missing,
+    #: so drift it cannot see mended does not turn into a sweep a second
     min_gap = 3.0
 
     def __init__(self, config: Config, keys: Callable[[], tuple[str, ...]], sender: Any,
@@ -172,7 +172,10 @@ class RedxWatcher(StoppableThread):
     def run(self) -> None:
         while not self.stop_event.wait(self.interval):
             reason = self.check()
-            if reason and time.monotonic() - self._last_request >= self.min_gap:
+            # A restart or a return is one event: sweep at once. Only lost keys (which
+            # may stay lost, if something else deletes them) wait out the gap.
+            urgent = reason in ("Redx Redis restarted", "Redx Redis is back")
+            if reason and (urgent or time.monotonic() - self._last_request >= self.min_gap):
                 self._last_request = time.monotonic()
                 logger.warning("%s: sweeping", reason)
                 signals.send(signals.sweep_requested, self.sender, reason=reason)
