@@ -5,6 +5,12 @@ hash of ``ip:port`` -> ``"0"``. Warden changes only the addresses it owns (insid
 host's Docker networks, or ``hostAddress:<port>`` of published ports); fields starting
 with ``_`` (Redx's backend config), static servers and other tools' keys stay as they
 are.
+
+A frontend key exists only while its backend holds at least one server: Redx answers
+500 for a frontend over an empty backend, and sends a request to nginx's fallback only
+when the frontend key is missing. So the first server is written before the frontend,
+and the last server and the frontend (if it still names this backend) go in one atomic
+step (a script, or one MULTI in a sweep).
 """
 
 from __future__ import annotations
@@ -27,8 +33,42 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 """
 
+#: KEYS: the backend, then its frontends. ARGV: the address, the backend name.
+#: Adds the server, then sets each frontend that is missing. Returns the frontends set.
+_ADD_SERVER = """
+redis.call('HSET', KEYS[1], ARGV[1], '0')
+local set = {}
+for i = 2, #KEYS do
+  if redis.call('SET', KEYS[i], ARGV[2], 'NX') then table.insert(set, KEYS[i]) end
+end
+return set
+"""
+
+#: KEYS: the backend, then its frontends. ARGV: the address, the backend name.
+#: Removes the server; when no server is left (``_`` fields are config, not servers),
+#: removes each frontend that still names this backend. Returns the frontends removed.
+_REMOVE_SERVER = """
+redis.call('HDEL', KEYS[1], ARGV[1])
+for _, field in ipairs(redis.call('HKEYS', KEYS[1])) do
+  if string.sub(field, 1, 1) ~= '_' then return {} end
+end
+local gone = {}
+for i = 2, #KEYS do
+  if redis.call('GET', KEYS[i]) == ARGV[2] then
+    redis.call('DEL', KEYS[i])
+    table.insert(gone, KEYS[i])
+  end
+end
+return gone
+"""
+
 #: the score Redx starts every server with
 SCORE = "0"
+
+
+def is_server(field: str) -> bool:
+    """A field of a ``backend:`` hash that is a server (``_`` fields are Redx config)."""
+    return not field.startswith("_")
 
 
 def redx_client(config: Config) -> redis.Redis:
@@ -48,6 +88,10 @@ class RedxHandler(Handler):
         super().__init__(config)
         self.redis = client or redx_client(config)
         self._delete_if_names = self.redis.register_script(_DELETE_IF_NAMES)
+        self._add_server = self.redis.register_script(_ADD_SERVER)
+        self._remove_server = self.redis.register_script(_REMOVE_SERVER)
+        #: backend -> the frontend keys that name it, from the last sweep's desired state
+        self.frontends_of: dict[str, tuple[str, ...]] = {}
         #: what retired services held and is not yet emptied: backend -> the ownership
         #: rule of its day, and frontend key -> the backend it named. Kept until the
         #: Redx Redis takes it, so a retirement during an outage is never lost.
@@ -68,16 +112,17 @@ class RedxHandler(Handler):
 
     def _write_route(self, op: str, route: Route) -> None:
         key = f"backend:{route.backend}"
+        frontends = [f"frontend:{f}" for f in self.frontends_of.get(route.backend, ())]
+        script = self._add_server if op == "+" else self._remove_server
         try:
-            if op == "+":
-                self.redis.hset(key, route.address, SCORE)
-            else:
-                self.redis.hdel(key, route.address)
+            touched = script(keys=[key, *frontends], args=[route.address, route.backend])
         except redis.RedisError as error:
             logger.warning("cannot write %s %s %s (%s); the next sweep will",
                            op, key, route.address, error)
             return
         self._made(Change(op, f"{key} {route.address}"), route.service, route.container_id)
+        for frontend in touched:
+            self._made(Change(op, f"{frontend} {route.backend}"), route.service, route.container_id)
 
     def on_services_changed(self, sender: Any, *, retired: DesiredState, **kw: Any) -> None:
         """Empty what retired services held: owned addresses leave their old backends,
@@ -93,7 +138,7 @@ class RedxHandler(Handler):
             for backend in sorted(self.retiring_backends):
                 ownership = self.retiring_backends[backend]
                 servers = self.redis.hgetall(f"backend:{backend}")
-                owned = sorted(a for a in servers if not a.startswith("_") and ownership.owns(backend, a))
+                owned = sorted(a for a in servers if is_server(a) and ownership.owns(backend, a))
                 if owned:
                     self.redis.hdel(f"backend:{backend}", *owned)
                 del self.retiring_backends[backend]
@@ -113,9 +158,11 @@ class RedxHandler(Handler):
 
     def plan(self, desired: DesiredState) -> tuple[list[Change], list[tuple[str, str, str]]]:
         """Compare ``desired`` with what the Redx Redis holds, in one round trip.
-        Returns the change lines and the writes (``set``/``hset``/``hdel``) they need.
-        A key Redis refuses to read (of the wrong type, say) is left alone and
-        reported; every other key is reconciled."""
+        Returns the change lines and the writes (``hset``/``set``/``hdel``/``unset``)
+        they need. A frontend is wanted only while its backend will hold a server (a
+        static one counts); over an empty backend it goes, if it still names it. A key
+        Redis refuses to read (of the wrong type, say) is left alone and reported;
+        every other key is reconciled."""
         frontends = sorted(desired.frontends)
         backends = sorted(desired.backends)
         pipe = self.redis.pipeline(transaction=False)
@@ -126,30 +173,47 @@ class RedxHandler(Handler):
         replies = pipe.execute(raise_on_error=False)
         changes: list[Change] = []
         writes: list[tuple[str, str, str]] = []
-        for key, held in zip(frontends, replies[:len(frontends)]):
-            if isinstance(held, Exception):
-                self._key_error(f"frontend:{key}", held)
-                continue
-            wanted = desired.frontends[key]
-            if held != wanted:
-                if held is not None:
-                    logger.warning("frontend:%s named backend %r; setting it to %r",
-                                   key, held, wanted)
-                changes.append(Change("+", f"frontend:{key} {wanted}"))
-                writes.append(("set", f"frontend:{key}", wanted))
+        removals: list[tuple[Change, tuple[str, str, str]]] = []
+        #: backend -> servers it will hold once the writes are made (None: unknown)
+        servers_after: dict[str, Optional[int]] = {}
         for name, held in zip(backends, replies[len(frontends):]):
             if isinstance(held, Exception):
                 self._key_error(f"backend:{name}", held)
+                servers_after[name] = None
                 continue
             wanted = desired.backends[name]
             for address in sorted(wanted - set(held)):
                 changes.append(Change("+", f"backend:{name} {address}"))
                 writes.append(("hset", f"backend:{name}", address))
+            gone = set()
             for address in sorted(held):
-                if (address not in wanted and not address.startswith("_")
+                if (address not in wanted and is_server(address)
                         and desired.ownership.owns(name, address)):
-                    changes.append(Change("-", f"backend:{name} {address}"))
-                    writes.append(("hdel", f"backend:{name}", address))
+                    gone.add(address)
+                    removals.append((Change("-", f"backend:{name} {address}"),
+                                     ("hdel", f"backend:{name}", address)))
+            servers_after[name] = len(({a for a in held if is_server(a)} | wanted) - gone)
+        for key, held in zip(frontends, replies[:len(frontends)]):
+            if isinstance(held, Exception):
+                self._key_error(f"frontend:{key}", held)
+                continue
+            backend = desired.frontends[key]
+            servers = servers_after.get(backend)
+            if servers is None:
+                continue
+            if servers and held != backend:
+                if held is not None:
+                    logger.warning("frontend:%s named backend %r; setting it to %r",
+                                   key, held, backend)
+                changes.append(Change("+", f"frontend:{key} {backend}"))
+                writes.append(("set", f"frontend:{key}", backend))
+            elif not servers and held == backend:
+                # No server behind it: Redx would answer 500; without the key it falls back.
+                removals.append((Change("-", f"frontend:{key} {backend}"),
+                                 ("unset", f"frontend:{key}", backend)))
+        for change, write in removals:
+            changes.append(change)
+            writes.append(write)
         return changes, writes
 
     def _key_error(self, key: str, error: Exception) -> None:
@@ -159,6 +223,10 @@ class RedxHandler(Handler):
 
     def on_sweep(self, sender: Any, *, desired: DesiredState, apply: bool = True,
                  **kw: Any) -> list[Change]:
+        frontends_of: dict[str, list[str]] = {}
+        for key, backend in sorted(desired.frontends.items()):
+            frontends_of.setdefault(backend, []).append(key)
+        self.frontends_of = {backend: tuple(keys) for backend, keys in frontends_of.items()}
         try:
             if apply:
                 # A retired backend or frontend that is wanted again is no longer retired.
@@ -175,24 +243,29 @@ class RedxHandler(Handler):
             return []
 
     def reconcile(self, desired: DesiredState, apply: bool) -> list[Change]:
-        """Plan, and with ``apply`` write, in one pipeline; a write Redis refuses is
-        reported and left out of the changes made."""
+        """Plan, and with ``apply`` write, in one MULTI: Redx never sees a frontend over
+        a backend that is empty midway. A write Redis refuses is reported and left out
+        of the changes made."""
         changes, writes = self.plan(desired)
         if apply and writes:
-            pipe = self.redis.pipeline(transaction=False)
+            pipe = self.redis.pipeline(transaction=True)
             for op, key, value in writes:
                 if op == "set":
                     pipe.set(key, value)
                 elif op == "hset":
                     pipe.hset(key, value, SCORE)
-                else:
+                elif op == "hdel":
                     pipe.hdel(key, value)
+                else:
+                    self._delete_if_names(keys=[key], args=[value], client=pipe)
             replies = pipe.execute(raise_on_error=False)
             made = []
-            for change, (_, key, _), reply in zip(changes, writes, replies):
+            for change, (op, key, _), reply in zip(changes, writes, replies):
                 if isinstance(reply, Exception):
                     self._key_error(key, reply)
                     continue
+                if op == "unset" and not reply:
+                    continue  # it named another backend by the time of the write
                 self._made(change)
                 made.append(change)
             return made

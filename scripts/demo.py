@@ -30,13 +30,21 @@ LABEL = "warden.demo"
 from local_services import fargate_family, start_moto, start_redis  # noqa: E402 - scripts/ is on the path
 
 
+#: the frontends the demo's services configure
+FRONTENDS = ("web.localhost", "web.localhost/api/")
+
+
 def show(redx: redis.Redis, title: str) -> None:
-    """Print what Redx would read now."""
+    """Print what Redx would read now: a frontend exists only while its backend has a
+    server; without it Redx sends the request to its fallback page."""
     print(f"\n== {title}")
-    for key in sorted(redx.scan_iter("frontend:*")):
-        backend = redx.get(key)
+    for frontend in FRONTENDS:
+        backend = redx.get(f"frontend:{frontend}")
+        if backend is None:
+            print(f"   {frontend:<28} -> (no frontend key: Redx serves its fallback page)")
+            continue
         servers = sorted(redx.hkeys(f"backend:{backend}"))
-        print(f"   {key[len('frontend:'):]:<28} -> {backend:<6} {', '.join(servers) or '(no servers)'}")
+        print(f"   {frontend:<28} -> {backend:<6} {', '.join(servers)}")
     sys.stdout.flush()
 
 
@@ -107,7 +115,7 @@ def main() -> int:
 
     try:
         time.sleep(2.5)
-        show(redx, "Warden started: the frontend is written, no containers yet")
+        show(redx, "Warden started, no containers yet: no frontend, so Redx falls back")
         print(f"\n== leader: {central.hget('service-manager', 'id')} "
               f"(epoch {central.hget('service-manager', 'epoch')}); "
               f"{tasks_running()} worker task running (the lowest step)")

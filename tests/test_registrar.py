@@ -398,3 +398,62 @@ def test_a_retirement_the_redx_redis_refused_is_done_at_the_next_sweep(redx, red
     finally:
         os.remove(os.path.join(redx_server.dir, "dump.rdb"))
     assert "+ frontend:api.example.com" not in w.log().rsplit("services reloaded: web", 1)[-1]
+
+
+# -- Redx fallback: a frontend only while its backend has a server ----------------------
+
+
+def test_a_frontend_exists_only_while_its_backend_has_a_server(redx, containers, warden):
+    """Redx answers 500 for a frontend over an empty backend and falls back only when the
+    key is missing: no container, no frontend; the first server is written before the
+    frontend; the last one leaving takes the frontend with it."""
+    w = warden([service("web")])
+    assert sorted(w.command("sweep", "--dry-run", check=True).stdout.splitlines()) == []
+    w.start()
+    assert redx.get("frontend:web.example.com") is None
+    status = json.loads(w.command("status", "--json", check=True).stdout)
+    assert status["services"][0]["routes"] == [] and status["services"][0]["fallback"] is True
+    assert "no servers (fallback)" in w.command("status", check=True).stdout
+    redx.config_set("notify-keyspace-events", "KA")
+    watch = redx.pubsub()
+    watch.psubscribe("__keyspace@0__:*end:web*")
+    c = containers.run("web")
+    address = f"{ip_of(c)}:8080"
+    eventually(lambda: redx.get("frontend:web.example.com") == "web", 5, what="the frontend")
+    assert servers(redx, "web") == {address: "0"}
+    seen: list = []
+    deadline = time.monotonic() + 3
+    while len(seen) < 2 and time.monotonic() < deadline:
+        message = watch.get_message(timeout=0.2)
+        if message and message["type"] == "pmessage":
+            seen.append((message["channel"].split(":", 1)[1], message["data"]))
+    assert seen[:2] == [("backend:web", "hset"), ("frontend:web.example.com", "set")], seen
+    assert f"+ frontend:web.example.com web (service web, container {c.short_id})" in w.log()
+    c.remove(force=True)
+    eventually(lambda: redx.get("frontend:web.example.com") is None, 5, what="the frontend gone")
+    assert servers(redx, "web") == {}
+    assert "- frontend:web.example.com web" in w.log()
+    watch.close()
+    redx.config_set("notify-keyspace-events", "")
+
+
+def test_a_static_server_keeps_its_frontend_and_another_backends_frontend_stays(redx, containers, warden):
+    redx.hset("backend:web", mapping={"_sticky": "1", "10.200.0.5:80": "0"})
+    redx.set("frontend:api.example.com", "someone-else")
+    w = warden([service("web"), service("api")]).start()
+    assert redx.get("frontend:web.example.com") == "web", "a static server counts"
+    assert redx.get("frontend:api.example.com") == "someone-else"
+    c = containers.run("web")
+    address = f"{ip_of(c)}:8080"
+    eventually(lambda: address in servers(redx, "web"), 5, what="routed")
+    c.remove(force=True)
+    eventually(lambda: address not in servers(redx, "web"), 5, what="unrouted")
+    assert redx.get("frontend:web.example.com") == "web"
+    assert servers(redx, "web") == {"_sticky": "1", "10.200.0.5:80": "0"}
+    # A person removes the static server: the next sweep takes the frontend away.
+    redx.hdel("backend:web", "10.200.0.5:80")
+    assert w.command("sweep", "--dry-run", check=True).stdout.splitlines() == [
+        "- frontend:web.example.com web"]
+    w.command("sweep", check=True)
+    assert redx.get("frontend:web.example.com") is None
+    assert redx.get("frontend:api.example.com") == "someone-else"

@@ -313,9 +313,12 @@ class Registrar(StoppableThread):
         return new
 
     def _update_probe(self) -> None:
-        keys = [f"frontend:{s.frontend}" for s in self.services if s.frontend]
-        keys += sorted({f"backend:{r.backend}" for routes in self.routes.values() for r in routes})
-        self.probe_keys = tuple(keys)
+        # Only keys that must exist: a backend with a route here, and its frontends (a
+        # frontend over an empty backend is removed on purpose).
+        routed = {r.backend for routes in self.routes.values() for r in routes}
+        keys = sorted({f"frontend:{s.frontend}" for s in self.services
+                       if s.frontend and s.backend_name in routed})
+        self.probe_keys = tuple(keys + sorted(f"backend:{b}" for b in routed))
 
 
 def all_routes(registrar: Registrar) -> Iterable[Route]:

@@ -32,6 +32,10 @@ def collect(config: Config, services: tuple[Service, ...]) -> dict:
             "frontend": service.frontend or None,
             "backend": service.backend_name,
             "routes": servers.get(service.backend_name),
+            # No server: the frontend key is absent, and Redx sends its requests to
+            # nginx's fallback.
+            "fallback": (None if servers.get(service.backend_name) is None
+                         else bool(service.frontend) and not servers[service.backend_name]),
             "containers": containers.get(service.name),
             "loadBalancers": [{"target": t.describe(config.instance_id or "?"),
                                "enrolled": enrolled.get(t)} for t in service.targets],
@@ -171,7 +175,8 @@ def render_text(report: dict) -> str:
             else f"{_cell(tasks['desired'])}/{_cell(tasks['running'])}"
         containers = s["containers"]
         rows.append((s["name"], s["frontend"] or "-",
-                     "?" if routes is None else (", ".join(routes) or "none"),
+                     "?" if routes is None else (", ".join(routes) or (
+                         "no servers (fallback)" if s["frontend"] else "no servers")),
                      "?" if containers is None else str(len(containers)), lbs, task_text))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip() for row in rows]
