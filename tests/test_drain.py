@@ -93,9 +93,10 @@ def test_a_drain_takes_effect_only_when_its_key_backs_it(central, managers, cent
     pub.close()
 
 
-@pytest.mark.parametrize("handlers", [["redx"], ["redx", "elb"]])
+@pytest.mark.parametrize("command, handlers", [("run", ["redx"]), ("run", ["redx", "elb"]),
+                                               ("manager", ["redx", "elb", "ecs"])])
 def test_the_lifecycle_action_is_completed_without_targets_and_retried_with_its_token(
-        handlers, events, aws_proxy, central, central_server, redx, warden):  # noqa: F811
+        command, handlers, events, aws_proxy, central, central_server, redx, warden):  # noqa: F811
     """Defect 11: the lifecycle action was completed only by the ELB handler's worker,
     and only when it had targets: with none, or with the elb handler off, the host
     stayed in Terminating:Wait. A failing call is retried, with its token, until it
@@ -104,7 +105,7 @@ def test_the_lifecycle_action_is_completed_without_targets_and_retried_with_its_
     w = warden([{"name": "web", "port": 8080, "loadBalancerUrl": "web.example.com"}],
                **host_settings(central_server, handlers=handlers, awsEventsQueueUrl=events.queue_url))
     w.env.update(WARDEN_INSTANCE_ID="i-host", WARDEN_REGION="us-east-1", AWS_ENDPOINT_URL=aws_proxy.url)
-    w.start("run")
+    w.start(command, ready="manager started")
     eventually(lambda: leader(central) == "i-host", 10, what="this host leads")
     token = str(uuid.uuid4())
     events.emit("EC2 Instance-terminate Lifecycle Action", "aws.autoscaling",

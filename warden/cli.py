@@ -239,6 +239,11 @@ def _serve(daemons: list, config: Optional[Config] = None) -> int:
     return EXIT_OK
 
 
+def _enrols(catalog: ServiceCatalog) -> bool:
+    """Does some service name a load balancer or target group?"""
+    return any(s.targets for s in catalog.services)
+
+
 def cmd_registrar(args: argparse.Namespace) -> int:
     """Run the Registrar until SIGTERM or SIGINT."""
     from warden.daemon import DrainDaemon, RegistrarDaemon
@@ -247,7 +252,7 @@ def cmd_registrar(args: argparse.Namespace) -> int:
     daemons: list = [RegistrarDaemon(config, catalog, handlers, source)]
     if any(h.name == "elb" for h in handlers):
         # Draining matters to the Registrar for its load-balancer enrolment.
-        daemons.append(DrainDaemon(config, handlers, subscribe=True))
+        daemons.append(DrainDaemon(config, handlers, subscribe=True, enrols=_enrols(catalog)))
     return _serve(daemons, config)
 
 
@@ -260,7 +265,7 @@ def cmd_manager(args: argparse.Namespace) -> int:
         (logger.warning if problem.warning else logger.error)("%s", problem)
     config, handlers = _prepare_manager(config)
     return _serve([ManagerDaemon(config, catalog, handlers),
-                   DrainDaemon(config, handlers, subscribe=False)], config)
+                   DrainDaemon(config, handlers, subscribe=False, enrols=_enrols(catalog))], config)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -274,7 +279,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     manager_catalog.load()
     return _serve([RegistrarDaemon(config, catalog, handlers, source),
                    ManagerDaemon(config, manager_catalog, []),
-                   DrainDaemon(config, handlers, subscribe=False)], config)
+                   DrainDaemon(config, handlers, subscribe=False, enrols=_enrols(catalog))], config)
 
 
 def cmd_status(args: argparse.Namespace) -> int:

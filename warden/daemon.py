@@ -175,9 +175,10 @@ class DrainDaemon:
     the record for ``warden status`` and the lifecycle action completed once drained.
 
     ``subscribe``: listen on ``warden:drain`` itself (``warden registrar``, which has no
-    control-channel subscriber of its own)."""
+    control-channel subscriber of its own). ``enrols``: some service names a load
+    balancer, so a process running the ``elb`` handler enrols this host somewhere."""
 
-    def __init__(self, config: Config, handlers: list[Handler], subscribe: bool) -> None:
+    def __init__(self, config: Config, handlers: list[Handler], subscribe: bool, enrols: bool) -> None:
         from warden import metadata
         from warden.aws_events import MetadataNotices
         from warden.control import ControlCodec
@@ -187,8 +188,9 @@ class DrainDaemon:
         self.config = config
         elb_here = any(h.name == "elb" for h in handlers)
         self.watcher = DrainWatcher(config)
-        self.completer = LifecycleCompleter(config, elb_here=elb_here,
-                                            elb_elsewhere="elb" in config.handlers and not elb_here)
+        self.completer = LifecycleCompleter(
+            config, elb_here=elb_here,
+            elb_elsewhere="elb" in config.handlers and enrols and not elb_here)
         self.recorder = DrainRecorder(config)
         self.subscriber = (ControlSubscriber(
             lambda: config.service_management_redis.client(socket_connect_timeout=2,
