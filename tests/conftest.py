@@ -231,6 +231,35 @@ def aws(moto: str, monkeypatch: pytest.MonkeyPatch) -> Any:
 
 
 @pytest.fixture
+def events(aws: Any) -> Any:
+    """An SQS queue fed by an EventBridge rule; ``events.emit(type, source, detail)``."""
+    name = f"warden-events-{uuid.uuid4().hex[:6]}"
+    url = aws.sqs.create_queue(QueueName=name)["QueueUrl"]
+    arn = aws.sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    rule = f"rule-{name}"
+    aws.events.put_rule(Name=rule, EventPattern=json.dumps(
+        {"source": ["aws.ecs", "aws.cloudwatch", "aws.ec2", "aws.autoscaling"]}))
+    aws.events.put_targets(Rule=rule, Targets=[{"Id": "warden", "Arn": arn}])
+
+    class Events:
+        queue_url = url
+
+        def emit(self, detail_type: str, source: str, detail: dict) -> None:
+            reply = aws.events.put_events(Entries=[{"Source": source, "DetailType": detail_type,
+                                                     "Detail": json.dumps(detail)}])
+            assert reply["FailedEntryCount"] == 0
+
+        def waiting(self) -> int:
+            attributes = aws.sqs.get_queue_attributes(
+                QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages",
+                                              "ApproximateNumberOfMessagesNotVisible"])["Attributes"]
+            return int(attributes["ApproximateNumberOfMessages"]) + \
+                int(attributes["ApproximateNumberOfMessagesNotVisible"])
+
+    return Events()
+
+
+@pytest.fixture
 def ecs(aws: Any) -> Any:
     """A cluster on moto's ECS with a Fargate task definition."""
     cluster = f"c-{uuid.uuid4().hex[:6]}"

@@ -13,7 +13,6 @@ import pytest
 import redis as redis_lib
 
 from conftest import RUN, eventually
-from test_aws_events import events  # noqa: F401 - the fixture
 from warden.control import encode
 
 
@@ -46,7 +45,7 @@ def host_settings(central_server, **extra) -> dict:
 
 
 @pytest.mark.parametrize("deployment", ["run", "registrar and manager apart"])
-def test_a_spot_warning_deregisters_the_host_it_names(deployment, events, load_balancer, central,  # noqa: F811
+def test_a_spot_warning_deregisters_the_host_it_names(deployment, events, load_balancer, central,
                                                       central_server, redx, containers, warden):
     """Defects 10 and 18: from the spot warning to the deregistration, through `warden
     run`, and through `warden registrar` + `warden manager` as two processes (where the
@@ -96,7 +95,7 @@ def test_a_drain_takes_effect_only_when_its_key_backs_it(central, managers, cent
 @pytest.mark.parametrize("command, handlers", [("run", ["redx"]), ("run", ["redx", "elb"]),
                                                ("manager", ["redx", "elb", "ecs"])])
 def test_the_lifecycle_action_is_completed_without_targets_and_retried_with_its_token(
-        command, handlers, events, aws_proxy, central, central_server, redx, warden):  # noqa: F811
+        command, handlers, events, aws_proxy, central, central_server, redx, warden):
     """Defect 11: the lifecycle action was completed only by the ELB handler's worker,
     and only when it had targets: with none, or with the elb handler off, the host
     stayed in Terminating:Wait. A failing call is retried, with its token, until it
