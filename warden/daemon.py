@@ -16,6 +16,14 @@ from warden.watchers import RedxWatcher, ServiceWatcher
 logger = logging.getLogger(__name__)
 
 
+def _register_catalog(telemetry: Any, catalog: ServiceCatalog) -> None:
+    """The service files' error count on ``/metrics`` (the first part to offer it
+    keeps it: under ``warden run`` both the Registrar and the Manager do)."""
+    telemetry.counter_source("warden_service_file_errors",
+                             "Errors found in the service files (a broken file counts at each load)",
+                             lambda: catalog.errors)
+
+
 class RegistrarDaemon:
     """``warden registrar``: the Docker events reader, the Registrar's worker, the
     service watcher, the Redx watcher and the handlers, started and stopped together."""
@@ -43,9 +51,7 @@ class RegistrarDaemon:
         telemetry.health_check("docker-events", self.reader.connected.is_set)
         telemetry.health_check("redx-redis", lambda: self.redx_watcher.reachable)
         telemetry.reconnect_source("docker-events", lambda: self.reader.reconnects)
-        telemetry.counter_source("warden_service_file_errors",
-                                 "Errors found in the service files (a broken file counts at each load)",
-                                 lambda: self.catalog.errors)
+        _register_catalog(telemetry, self.catalog)
 
     def _on_sweep_requested(self, sender: Any, *, reason: str, **kw: Any) -> None:
         self.registrar.submit("sweep", reason)
@@ -93,7 +99,7 @@ class ManagerDaemon:
     Manager's election thread and the Scaler, started and stopped together."""
 
     def __init__(self, config: Config, catalog: ServiceCatalog, handlers: list[Handler]) -> None:
-        from warden.control import ControlCodec
+        from warden.control import METRIC_CHANNEL, ControlCodec
         from warden.manager import Manager, central_client
         from warden.metrics import MetricContext
         from warden.pubsub import ControlSubscriber
@@ -118,7 +124,7 @@ class ManagerDaemon:
         self.subscriber = ControlSubscriber(
             lambda: config.service_management_redis.client(socket_connect_timeout=2,
                                                            health_check_interval=10),
-            self.codec, extra={"warden:metric": self.scaler.on_metric_message})
+            self.codec, extra={METRIC_CHANNEL: self.scaler.on_metric_message})
 
     def register(self, telemetry: Any) -> None:
         """Health checks and reconnect counters for ``/healthz`` and ``/metrics``."""
@@ -128,9 +134,7 @@ class ManagerDaemon:
             if thread is not None:
                 telemetry.thread_check(thread)
         telemetry.health_check("control-channels", self.subscriber.connected.is_set)
-        telemetry.counter_source("warden_service_file_errors",
-                                 "Errors found in the service files (a broken file counts at each load)",
-                                 lambda: self.catalog.errors)
+        _register_catalog(telemetry, self.catalog)
         telemetry.reconnect_source("control-channels", lambda: self.subscriber.reconnects)
 
     def start(self) -> None:

@@ -21,7 +21,9 @@ logger = logging.getLogger(__name__)
 
 
 class ControlSubscriber(StoppableThread):
-    """Listens on the control channels (and any extra ones) of the central Redis."""
+    """Listens on the control channels (and any extra ones) of the central Redis. An
+    extra channel's callback gets the raw payload and raises :class:`Rejected` for a
+    message to ignore: it is logged and counted like any other."""
 
     def __init__(self, client_factory: Callable[[], redis.Redis], codec: ControlCodec,
                  extra: Optional[dict[str, Callable[[Any], None]]] = None,
@@ -38,10 +40,12 @@ class ControlSubscriber(StoppableThread):
         self.reconnects = 0
 
     def _dispatch(self, channel: str, data: Any) -> None:
-        if channel in self.extra:
-            self.extra[channel](data)
-            return
         try:
+            if channel in self.extra:
+                # Extra channels check their messages with the same codec, and raise
+                # Rejected the same way.
+                self.extra[channel](data)
+                return
             message = self.codec.decode(channel, data)
         except Rejected as reason:
             logger.warning("ignored a message on %s: %s", channel, reason)

@@ -18,7 +18,7 @@ from typing import Any, Optional
 
 from warden import signals
 from warden.config import Config
-from warden.control import METRIC_CHANNEL, ControlCodec, Rejected
+from warden.control import ControlCodec
 from warden.metrics import Metric, MetricContext, MetricError, load_metric
 from warden.scaling import Policy, StepsSource
 from warden.services import Service, ServiceCatalog
@@ -98,14 +98,10 @@ class Scaler(StoppableThread):
 
     def on_metric_message(self, data: Any) -> None:
         """A message on ``warden:metric``, checked by the one verifier every channel
-        shares (:meth:`ControlCodec.decode_metric`)."""
-        try:
-            name = self.codec.decode_metric(data, frozenset(s.name for s in self.catalog.services))
-        except Rejected as reason:
-            logger.warning("ignored a message on %s: %s", METRIC_CHANNEL, reason)
-            signals.send(signals.control_rejected, self, channel=METRIC_CHANNEL, reason=str(reason))
-            return
-        self.request(name, "metric nudge")
+        shares (:meth:`ControlCodec.decode_metric`); raises :class:`Rejected` for one
+        to ignore, which the subscriber logs and counts."""
+        self.request(self.codec.decode_metric(data, frozenset(s.name for s in self.catalog.services)),
+                     "metric nudge")
 
     # -- the loop ------------------------------------------------------------------
 
