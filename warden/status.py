@@ -46,6 +46,8 @@ def collect(config: Config, services: tuple[Service, ...]) -> dict:
 
 
 def _redx_servers(config: Config, services: tuple[Service, ...], errors: list) -> dict:
+    from warden.handlers.redx import is_server
+
     try:
         client = config.nginx_redis.client(decode_responses=True, socket_timeout=2,
                                            socket_connect_timeout=2)
@@ -55,7 +57,7 @@ def _redx_servers(config: Config, services: tuple[Service, ...], errors: list) -
             pipe.hkeys(f"backend:{name}")
         replies = pipe.execute()
         client.close()
-        return {name: sorted(a for a in reply if not a.startswith("_")) for name, reply in zip(names, replies)}
+        return {name: sorted(a for a in reply if is_server(a)) for name, reply in zip(names, replies)}
     except Exception as error:  # noqa: BLE001 - status reports, never fails
         errors.append(f"Redx Redis {config.nginx_redis.display}: {error}")
         return {}
