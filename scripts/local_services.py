@@ -10,6 +10,20 @@ import time
 import redis
 
 
+#: a test-image command whose PID 1 is the server itself, answering on 8080 from its
+#: first moment (for the benchmarks: the probe's cost, not the server's boot, is timed)
+HTTPD_8080 = "httpd -f -p 8080 -h /www"
+
+
+def serving(*ports: int, after: float = 0) -> str:
+    """A command for the test image: busybox httpd answering on ``ports`` (``after``
+    seconds from the start, like a server slow to boot), so the container passes
+    Warden's readiness probe; PID 1 is a sleep."""
+    wait = f"sleep {after}; " if after else ""
+    starts = "".join(f"httpd -p {port} -h /www; " for port in ports)
+    return f"sh -c '{wait}{starts}exec sleep 600'"
+
+
 def free_port() -> int:
     """A free TCP port on loopback."""
     with socket.socket() as sock:

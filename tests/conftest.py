@@ -30,6 +30,13 @@ ROOT = Path(__file__).resolve().parent.parent
 IMAGE = os.environ.get("WARDEN_TEST_IMAGE", "warden-test:latest")
 #: every container and network a test run makes carries this label, for clean-up
 LABEL = "warden.test"
+#: the ports the tests' services use
+PORTS = (80, 7000, 8080, 9000, 9090)
+#: what a test container runs unless told otherwise: a server answering on every port
+#: the tests use (so it passes a readiness probe), under a PID 1 that ignores SIGTERM
+#: (so ``docker stop`` leaves it running until the kill, as a slow server would)
+SERVE = ("sh -c 'for port in " + " ".join(map(str, PORTS))
+         + "; do httpd -p $port -h /www; done; exec sleep 600'")
 RUN = uuid.uuid4().hex[:8]
 
 
@@ -165,7 +172,7 @@ class Containers:
         self.client = client
         self._numbers = itertools.count(1)  # next() on it is safe from several threads
 
-    def run(self, name: str = "", command: str = "sleep 600", labels: Optional[dict] = None,
+    def run(self, name: str = "", command: str = SERVE, labels: Optional[dict] = None,
             **kw: Any) -> Any:
         full = f"wt-{RUN}-{name or 'c'}-{next(self._numbers)}"
         container = self.client.containers.run(

@@ -64,7 +64,7 @@ def test_label_beats_image_and_name_matching(redx, containers, warden):
     # Both services' containerName match this container's name, but the label says
     # it belongs to "api" only.
     labelled = containers.run("web", labels={"warden.service": "api"})
-    by_image = containers.run("other", command="sleep 601")
+    by_image = containers.run("other")
     services = [service("web"), service("api", containerName="", port=9000),
                 service("img", containerName="warden-test", port=7000)]
     warden(services).start()
@@ -261,11 +261,11 @@ def test_running_container_connected_to_the_service_network_is_routed(redx, cont
 def test_same_tag_redeploy_keeps_the_old_containers_routed(redx, containers, warden, docker_client):
     """Defect 1: once a tag points at a new image, the listing names the old containers'
     image by ID; the sweep must still judge them by the reference they were made from."""
-    from conftest import IMAGE, LABEL
+    from conftest import IMAGE, LABEL, SERVE
 
     repository = f"wt-redeploy-{RUN}"
     docker_client.images.get(IMAGE).tag(repository, "v1")
-    old = docker_client.containers.run(f"{repository}:v1", "sleep 600", detach=True,
+    old = docker_client.containers.run(f"{repository}:v1", SERVE, detach=True,
                                        name=f"wt-{RUN}-old-{time.monotonic_ns()}",
                                        labels={LABEL: RUN})
     try:

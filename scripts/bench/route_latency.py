@@ -27,7 +27,7 @@ import redis
 IMAGE = "warden-test:latest"
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
-from local_services import start_redis  # noqa: E402
+from local_services import HTTPD_8080, start_redis  # noqa: E402
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -81,7 +81,7 @@ def main() -> int:
                    "registrarSleepTimeSeconds": 600}, handle)
     watch = Watch(r)
     warden = subprocess.Popen([sys.executable, "-m", "warden", "--config",
-                               os.path.join(folder, "config.json"), "--log-level", "warning",
+                               os.path.join(folder, "config.json"), "--log-level", os.environ.get("BENCH_LOG_LEVEL", "warning"),
                                "registrar"], cwd=ROOT)
     floor = subprocess.Popen([sys.executable, os.path.join(ROOT, "scripts", "bench", "floor.py"),
                               str(port), prefix, "8080"], stdout=subprocess.PIPE, text=True)
@@ -102,7 +102,7 @@ def main() -> int:
 
     def start_one() -> docker.models.containers.Container:
         counter[0] += 1
-        container = client.containers.run(IMAGE, "sleep 600", name=f"{prefix}-{uuid.uuid4().hex[:6]}",
+        container = client.containers.run(IMAGE, HTTPD_8080, name=f"{prefix}-{uuid.uuid4().hex[:6]}",
                                           detach=True, stop_signal="SIGKILL")
         made.append(container)
         return container

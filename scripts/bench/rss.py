@@ -20,7 +20,7 @@ import docker
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
-from local_services import start_redis  # noqa: E402
+from local_services import HTTPD_8080, start_redis  # noqa: E402
 
 IMAGE = "warden-test:latest"
 
@@ -63,7 +63,7 @@ def main() -> int:
         idle = (rss_mb(warden.pid), rss_mb(floor.pid))
 
         def one(_: int) -> None:
-            container = client.containers.run(IMAGE, "sleep 600", detach=True, stop_signal="SIGKILL",
+            container = client.containers.run(IMAGE, HTTPD_8080, detach=True, stop_signal="SIGKILL",
                                               name=f"{prefix}-{uuid.uuid4().hex[:8]}")
             container.remove(force=True)
 
