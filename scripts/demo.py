@@ -27,7 +27,7 @@ IMAGE = "warden-test:latest"
 LABEL = "warden.demo"
 
 
-from local_services import fargate_family, start_moto, start_redis  # noqa: E402 - scripts/ is on the path
+from local_services import fargate_family, serving, start_moto, start_redis  # noqa: E402 - scripts/ is on the path
 
 
 #: the frontends the demo's services configure
@@ -97,7 +97,7 @@ def main() -> int:
     made = []
 
     def run(name: str, **kw: object) -> docker.models.containers.Container:
-        container = client.containers.run(IMAGE, kw.pop("command", "sleep 600"), name=name,
+        container = client.containers.run(IMAGE, kw.pop("command", serving(8080, 9000)), name=name,
                                           detach=True, labels={LABEL: "1", **kw.pop("labels", {})},
                                           stop_signal="SIGKILL", **kw)
         made.append(container)
@@ -137,6 +137,12 @@ def main() -> int:
         api = run("demo-api-1", labels={"warden.service": "api"})
         settle()
         show(redx, "added services/api.json and a container labelled warden.service=api")
+        slow = run("demo-web-slow", command=serving(8080, after=1.5))
+        settle()
+        show(redx, f"started {slow.name}, which listens 1.5 s after it starts: not routed yet")
+        time.sleep(1.2)
+        show(redx, f"{slow.name} accepts connections now: routed")
+        slow.remove(force=True)
         flag = f"/tmp/warden-demo-healthy-{os.getpid()}"
         checked = run("demo-web-checked", command="sh -c 'sleep 600'", healthcheck={
             "test": ["CMD", "sh", "-c", f"test -f {flag}"], "interval": 300_000_000, "retries": 1})

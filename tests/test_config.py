@@ -342,3 +342,27 @@ def test_an_instance_id_that_cannot_name_a_redis_client_is_exit_2(tmp_path: Path
     assert result.returncode == 2, result.stderr
     assert result.stderr.strip() == ("warden: instanceId 'i 123' from WARDEN_INSTANCE_ID must be 1 to "
                                      "128 letters, digits, '-', '_', '.' or ':'")
+
+
+def test_readiness_is_checked(tmp_path: Path) -> None:
+    write(tmp_path, "config.json", {"serviceDescriptionFilename": "services.json"})
+    write(tmp_path, "services.json", [
+        {"name": "a", "port": 80, "readiness": "tcp"},
+        {"name": "b", "port": 80, "readiness": {"HTTP": "/healthz"}},
+        {"name": "c", "port": 80, "Readiness": "http"},
+        {"name": "d", "port": 80, "readiness": {"http": "healthz"}},
+        {"name": "e", "port": 80, "readiness": {"http": "/", "tcp": True}},
+    ])
+    result = run_warden(tmp_path, "validate")
+    assert result.returncode == 2
+    assert result.stdout.splitlines() == [
+        'services.json: [2].Readiness: must be "tcp", "none" or {"http": "/path"}',
+        'services.json: [3].readiness: has an http path that must start with "/" and hold no spaces',
+        'services.json: [4].readiness: must be "tcp", "none" or {"http": "/path"}',
+    ]
+    write(tmp_path, "config.json", {"serviceDescriptionFilename": "services.json",
+                                    "readinessReportSeconds": 0})
+    result = run_warden(tmp_path, "validate")
+    assert result.returncode == 2
+    assert result.stdout.splitlines() == [
+        "config.json: readinessReportSeconds: must be a positive number of seconds"]

@@ -164,6 +164,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     try:
         changes = registrar.sweep("warden sweep", apply=not args.dry_run, wait=True)
     finally:
+        registrar.close()
         for handler in handlers:
             handler.disconnect()
             handler.stop()

@@ -79,6 +79,9 @@ class Config:
     service_description_display: str = "services.json"
     #: period of the Registrar's safety-net sweep, in seconds
     registrar_sleep_time_seconds: float = 60.0
+    #: a container whose readiness probe has had no answer for this long is reported
+    #: (logged once, counted); it stays unrouted and its probe goes on
+    readiness_report_seconds: float = 30.0
     #: period of the Manager's safety-net check and scaling pass, in seconds
     manager_sleep_time_seconds: float = 30.0
     #: this host's EC2 instance id (else from the environment or instance metadata)
@@ -175,6 +178,7 @@ _KEYS: dict[str, tuple[str, Callable[[Any], Optional[str]]]] = {
     "servicedescriptionfilename": ("service_description_path", _str),
     "registrarsleeptimeseconds": ("registrar_sleep_time_seconds", _seconds),
     "managersleeptimeseconds": ("manager_sleep_time_seconds", _seconds),
+    "readinessreportseconds": ("readiness_report_seconds", _seconds),
     "instanceid": ("instance_id", _instance_id),
     "availabilityzone": ("availability_zone", _optional_str),
     "region": ("region", _optional_str),

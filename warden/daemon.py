@@ -52,6 +52,14 @@ class RegistrarDaemon:
         telemetry.health_check("redx-redis", lambda: self.redx_watcher.reachable)
         telemetry.reconnect_source("docker-events", lambda: self.reader.reconnects)
         _register_catalog(telemetry, self.catalog)
+        prober = self.registrar.prober
+        telemetry.counter_source("warden_containers_reported_not_ready",
+                                 "Containers whose readiness probe had no answer for "
+                                 "readinessReportSeconds (each counted once)",
+                                 lambda: prober.reported_total)
+        telemetry.gauge_source("warden_containers_not_ready",
+                               "Containers reported not ready and still unrouted",
+                               lambda: len({p.container_id for p in prober.not_ready()}))
 
     def _on_sweep_requested(self, sender: Any, *, reason: str, **kw: Any) -> None:
         self.registrar.submit("sweep", reason)

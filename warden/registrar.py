@@ -19,6 +19,7 @@ from warden.config import Config
 from warden.docker_events import DockerSource
 from warden.errors import ConnectionLost, ContainerGone
 from warden.model import Change, Container, DesiredState, LoadBalancerTarget, Ownership, Route
+from warden.readiness import Probe, ReadinessProber
 from warden.services import Service, ServiceCatalog
 from warden.threads import StoppableThread
 
@@ -49,6 +50,11 @@ class Registrar(StoppableThread):
         self.last_sweep_changes: list[Change] = []
         self._warned: set[tuple[str, str]] = set()
         self._ready_wait: Any = None
+        #: probes containers without a Docker health check until they answer
+        self.prober = ReadinessProber(self._on_probe_answered, config.readiness_report_seconds)
+        #: container id -> Docker's time for its start event, while it may still wait
+        #: for its probe (so the route's latency counts from the start)
+        self.started_at: dict[str, float] = {}
         #: keys that must exist in the Redx Redis unless something wiped it (read by
         #: the Redx watcher from its own thread, so replaced whole, never mutated)
         self.probe_keys: tuple[str, ...] = ()
@@ -57,11 +63,21 @@ class Registrar(StoppableThread):
     # -- the worker loop ---------------------------------------------------------
 
     def submit(self, kind: str, payload: Any = None) -> None:
-        """Queue work for the worker thread: ``event``, ``sweep``, ``reload``."""
+        """Queue work for the worker thread: ``event``, ``sweep``, ``reload``,
+        ``ready`` (a container id whose probe answered)."""
         self.inbox.put((kind, payload))
 
     def on_stop(self) -> None:
         self.inbox.put(("stop", None))
+
+    def close(self) -> None:
+        """Stop the readiness probes (after the worker has stopped, or after a one-off
+        sweep)."""
+        self.prober.stop()
+
+    def _on_probe_answered(self, probe: Probe) -> None:
+        # On a prober thread: the worker takes it from here.
+        self.submit("ready", probe.container_id)
 
     def wait_before_first_sweep(self, ready: Any) -> None:
         """The first sweep waits until ``ready`` (an Event: the Docker events stream is
@@ -89,6 +105,8 @@ class Registrar(StoppableThread):
             try:
                 if kind == "event":
                     self._handle_event(payload)
+                elif kind == "ready":
+                    self._update(payload, self.started_at.get(payload))
                 elif kind == "reload":
                     self.reload()
                     self._safe_sweep("services changed")
@@ -104,6 +122,7 @@ class Registrar(StoppableThread):
             except Exception:  # noqa: BLE001 - one bad step must not end the Registrar
                 logger.exception("registrar step %s failed", kind)
         signals.container_changed.disconnect(self._on_container_changed, sender=self)
+        self.close()
 
     def _drain_sweeps(self) -> None:
         """Several sweep requests queued together need one sweep; events between them
@@ -118,6 +137,8 @@ class Registrar(StoppableThread):
                 continue
             if item[0] == "event":
                 self._handle_event(item[1])
+            elif item[0] == "ready":
+                self._update(item[1], self.started_at.get(item[1]))
             else:
                 held.append(item)
         for item in held:
@@ -165,14 +186,35 @@ class Registrar(StoppableThread):
             if not service.claims(container):
                 continue
             address, why = service.address_of(container, self.config.host_address)
-            if address is None:
-                if (container.id, service.name) not in self._warned:
-                    self._warned.add((container.id, service.name))
-                    logger.warning("container %s (%s) of service %s is not routed: %s",
-                                   container.name, container.short_id, service.name, why)
-                continue
-            found.add(Route(service.backend_name, address, service.name, container.id))
+            if address is not None:
+                ready, why = self._ready(container, service)
+                if not ready:
+                    if why:
+                        self._warn(container, service, why)
+                    continue
+                found.add(Route(service.backend_name, address, service.name, container.id))
+            else:
+                self._warn(container, service, why)
         return frozenset(found)
+
+    def _warn(self, container: Container, service: Service, why: str) -> None:
+        if (container.id, service.name) not in self._warned:
+            self._warned.add((container.id, service.name))
+            logger.warning("container %s (%s) of service %s is not routed: %s",
+                           container.name, container.short_id, service.name, why)
+
+    def _ready(self, container: Container, service: Service) -> tuple[bool, str]:
+        """Has ``container`` shown it is ready for ``service``? A Docker health check
+        decides when there is one (``_routable`` has checked it); else the service's
+        readiness probe, which starts here when it has not run yet. The second value
+        says why not, when worth a warning."""
+        if container.health is not None or service.readiness.kind == "none":
+            return True, ""
+        ip, why = service.own_address_of(container)
+        if ip is None:
+            return False, f"its readiness cannot be probed: it {why}"
+        probe = Probe(container.id, ip, service.port, service.readiness.path, container.name)
+        return self.prober.require(probe), ""
 
     def _provided(self, backend: str, address: str, besides: str) -> bool:
         return any(r.backend == backend and r.address == address
@@ -183,12 +225,16 @@ class Registrar(StoppableThread):
                               event_time: Optional[float] = None, **_: Any) -> None:
         if stopping:
             self.being_stopped.add(container_id)
+            self.prober.forget(container_id)
         elif action in ("die", "destroy", "oom"):
             self.being_stopped.discard(container_id)
             self.containers.pop(container_id, None)
+            self.prober.forget(container_id)
         if container is not None:
             if action in ("start", "restart"):
                 self.being_stopped.discard(container_id)
+                if event_time is not None:
+                    self.started_at[container_id] = event_time
             if container.running:
                 self.containers[container_id] = container
             else:
@@ -206,6 +252,9 @@ class Registrar(StoppableThread):
             self.routes.pop(container_id, None)
         if container is None:
             self._warned = {w for w in self._warned if w[0] != container_id}
+            self.started_at.pop(container_id, None)
+        elif new:
+            self.started_at.pop(container_id, None)
         for route in sorted(old - new):
             if not self._provided(route.backend, route.address, container_id):
                 signals.send(signals.route_removed, self, route=route,
@@ -241,13 +290,23 @@ class Registrar(StoppableThread):
         signals.send(signals.containers_listed, self, containers=list(listed.values()))
         self.containers = listed
         self.being_stopped &= set(listed)
-        self.routes = {}
-        for container in listed.values():
-            routes = self.routes_for(container)
-            if routes:
-                self.routes[container.id] = routes
+        self.started_at = {cid: t for cid, t in self.started_at.items() if cid in listed}
+        self.prober.retain(listed)
+        self.routes = self._routes_of(listed.values())
+        # Containers that already answer (every one, when Warden restarts) are routed by
+        # this sweep, not unrouted until their probe comes back.
+        self.prober.settle(self.prober.attempt_timeout)
+        self.routes = self._routes_of(listed.values())
         published = frozenset(s.backend_name for s in self.services if s.published_port)
         self.ownership = Ownership(subnets, self.config.host_address, published)
+
+    def _routes_of(self, containers: Iterable[Container]) -> dict[str, frozenset[Route]]:
+        found = {}
+        for container in containers:
+            routes = self.routes_for(container)
+            if routes:
+                found[container.id] = routes
+        return found
 
     def desired(self) -> DesiredState:
         """What Redis and the load balancers should hold, from the current view."""

@@ -27,6 +27,19 @@ SERVICE_LABEL = "warden.service"
 
 
 @dataclass(frozen=True)
+class Readiness:
+    """When a container without a Docker health check may be routed: ``tcp`` once a
+    TCP connect to its own address and port succeeds, ``http`` once a GET of ``path``
+    answers below 500, ``none`` at once."""
+
+    kind: str = "tcp"
+    path: str = ""
+
+    def __str__(self) -> str:
+        return f'{{"http": "{self.path}"}}' if self.kind == "http" else f'"{self.kind}"'
+
+
+@dataclass(frozen=True)
 class Service:
     """One service description."""
 
@@ -44,6 +57,7 @@ class Service:
     target_group_arn: str = ""
     target_port: int = 80
     cluster: str = ""
+    readiness: Readiness = Readiness()
     metric: Optional[dict] = field(default=None, compare=False)
     scaling: Optional[dict] = field(default=None, compare=False)
     run_task: Optional[dict] = field(default=None, compare=False)
@@ -91,6 +105,16 @@ class Service:
             if host_port is None:
                 return None, f"port {self.port} is not published on the host"
             return f"{host_address}:{host_port}", ""
+        ip, why = self.own_address_of(container)
+        if ip is None:
+            return None, why
+        return (f"[{ip}]:{self.port}" if ":" in ip else f"{ip}:{self.port}"), ""
+
+    def own_address_of(self, container: Container) -> tuple[Optional[str], str]:
+        """The container's own IP (v4 before v6) on the service's network, else the
+        default bridge, else its first network by name; or ``(None, why not)``. Its
+        readiness is probed there, even for a published port: the engine's proxy
+        accepts on the host port before the process behind it listens."""
         attachment: Optional[Attachment]
         if self.network:
             attachment = container.attachment(self.network)
@@ -104,10 +128,8 @@ class Service:
                 attachment = named[0] if named else None
             if attachment is None:
                 return None, "has no network address"
-        if attachment.ipv4:
-            return f"{attachment.ipv4}:{self.port}", ""
-        if attachment.ipv6:
-            return f"[{attachment.ipv6}]:{self.port}", ""
+        if attachment.ipv4 or attachment.ipv6:
+            return attachment.ipv4 or attachment.ipv6, ""
         return None, f"has no address on network {attachment.network!r}"
 
 
@@ -149,6 +171,17 @@ def _object(value: Any) -> tuple[Any, Optional[str]]:
     return (dict(value), None) if isinstance(value, dict) else (None, "must be an object")
 
 
+def _readiness(value: Any) -> tuple[Any, Optional[str]]:
+    if value in ("tcp", "none"):
+        return Readiness(value), None
+    if isinstance(value, dict) and list(value) == ["http"]:
+        path = value["http"]
+        if isinstance(path, str) and path.startswith("/") and not any(c.isspace() for c in path):
+            return Readiness("http", path), None
+        return None, 'has an http path that must start with "/" and hold no spaces'
+    return None, 'must be "tcp", "none" or {"http": "/path"}'
+
+
 #: lower-case key -> (Service attribute, converter returning (value, problem))
 _FIELDS: dict[str, tuple[str, Callable[[Any], tuple[Any, Optional[str]]]]] = {
     "name": ("name", _string),
@@ -165,6 +198,7 @@ _FIELDS: dict[str, tuple[str, Callable[[Any], tuple[Any, Optional[str]]]]] = {
     "targetgrouparn": ("target_group_arn", _string),
     "targetport": ("target_port", _port),
     "cluster": ("cluster", _string),
+    "readiness": ("readiness", _readiness),
     "metric": ("metric", _object),
     "scaling": ("scaling", _object),
     "runtask": ("run_task", _object),

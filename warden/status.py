@@ -80,8 +80,21 @@ def _containers(services: tuple[Service, ...], config: Config, errors: list) -> 
                 address, why = service.address_of(container, config.host_address)
                 found[service.name].append({"name": container.name, "id": container.short_id,
                                             "health": container.health, "paused": container.paused,
-                                            "address": address})
+                                            "address": address, "ready": _ready(service, container)})
     return found
+
+
+def _ready(service: Service, container: Any) -> Optional[bool]:
+    """One readiness probe, as the Registrar would make it; None when a Docker health
+    check or ``readiness: "none"`` decides instead."""
+    from warden.readiness import Probe
+
+    if container.health is not None or service.readiness.kind == "none":
+        return None
+    ip, _ = service.own_address_of(container)
+    if ip is None:
+        return False
+    return Probe(container.id, ip, service.port, service.readiness.path).attempt(timeout=0.5)
 
 
 def _enrolment(config: Config, services: tuple[Service, ...], errors: list) -> dict:
@@ -176,10 +189,12 @@ def render_text(report: dict) -> str:
         task_text = "-" if tasks["desired"] is None and tasks["running"] is None \
             else f"{_cell(tasks['desired'])}/{_cell(tasks['running'])}"
         containers = s["containers"]
+        waiting = sum(1 for c in containers or () if c.get("ready") is False)
         rows.append((s["name"], s["frontend"] or "-",
                      "?" if routes is None else (", ".join(routes) or (
                          "no servers (fallback)" if s["frontend"] else "no servers")),
-                     "?" if containers is None else str(len(containers)), lbs, task_text))
+                     "?" if containers is None else str(len(containers))
+                     + (f" ({waiting} not ready)" if waiting else ""), lbs, task_text))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip() for row in rows]
     leader = report["leader"]

@@ -101,6 +101,10 @@ class Telemetry:
         run`` the Registrar and the Manager both offer the service-file errors)."""
         self._counter_sources.setdefault(name, (documentation, count))
 
+    def gauge_source(self, name: str, documentation: str, value: Callable[[], float]) -> None:
+        """A gauge read from a part of Warden at each scrape."""
+        Gauge(name, documentation, registry=self.registry).set_function(value)
+
     def health(self) -> tuple[bool, dict[str, bool], dict[str, bool]]:
         """Each subscriber's and each worker thread's answer, and whether all pass."""
         answers = {}

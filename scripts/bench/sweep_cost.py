@@ -21,7 +21,7 @@ from redis.connection import Connection
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
-from local_services import start_redis  # noqa: E402
+from local_services import serving, start_redis  # noqa: E402
 
 from warden.config import Config, RedisAddress  # noqa: E402
 from warden.docker_events import DockerSource  # noqa: E402
@@ -61,7 +61,7 @@ def main() -> int:
             with ThreadPoolExecutor(8) as workers:
                 need = size - len(made)
                 made += list(workers.map(lambda n: client.containers.run(
-                    IMAGE, "sleep 600", detach=True, stop_signal="SIGKILL",
+                    IMAGE, serving(8080, 9000), detach=True, stop_signal="SIGKILL",
                     name=f"{prefix}-{'web' if n % 2 else 'api'}-{uuid.uuid4().hex[:6]}"), range(need)))
             source = DockerSource(client)
             registrar = Registrar(config, source, catalog)
@@ -75,6 +75,7 @@ def main() -> int:
                 timings.append(time.perf_counter() - started)
                 docker_calls.append(sum(source.calls.values()) - before_calls)
                 round_trips.append(CountingConnection.sent - before_trips)
+            registrar.close()
             rows.append((size, statistics.median(docker_calls), statistics.median(round_trips),
                          statistics.median(timings), max(timings)))
     finally:

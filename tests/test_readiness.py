@@ -1,0 +1,187 @@
+"""Readiness: a container without a Docker health check is routed only once it answers
+on its own address and port. Real Docker, a real Redx Redis and real ``warden``
+processes; the moment a route appears is taken from keyspace notifications."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+import urllib.request
+
+from conftest import RUN, eventually, free_port, ip_of
+
+#: a server on port 8080 that starts listening 1.5 s after the container starts
+LATE = "sh -c 'sleep 1.5; httpd -p 8080 -h /www; exec sleep 600'"
+#: a container that never listens
+SILENT = "sleep 600"
+
+
+def service(name: str, **fields: object) -> dict:
+    base = {"name": name, "containerName": f"wt-{RUN}-{name}", "port": 8080,
+            "loadBalancerUrl": f"{name}.example.com"}
+    base.update(fields)
+    return base
+
+
+def answers(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+class FirstServer:
+    """Waits for the first server written to ``backend:<name>`` and, at that moment,
+    tries a TCP connect to it: what the first request through Redx would meet."""
+
+    def __init__(self, redx, backend: str) -> None:
+        redx.config_set("notify-keyspace-events", "Kh")
+        self.redx = redx
+        self.pubsub = redx.pubsub()
+        self.pubsub.subscribe(f"__keyspace@0__:backend:{backend}")
+        self.pubsub.get_message(timeout=1)  # the subscribe confirmation
+        self.key = f"backend:{backend}"
+        self.address = ""
+        self.at = 0.0
+        self.answered = None
+        self.thread = threading.Thread(target=self._watch, name="test-first-server")
+        self.thread.start()
+
+    def _watch(self) -> None:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            message = self.pubsub.get_message(timeout=0.5)
+            if message and message["data"] == "hset":
+                self.at = time.monotonic()
+                self.address = next(iter(self.redx.hkeys(self.key)), "")
+                host, _, port = self.address.rpartition(":")
+                self.answered = answers(host, int(port))
+                return
+
+    def wait(self) -> "FirstServer":
+        self.thread.join(25)
+        self.pubsub.close()
+        self.redx.config_set("notify-keyspace-events", "")
+        assert self.address, f"no server was written to {self.key}"
+        return self
+
+
+def metric(port: int, name: str) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        for line in response.read().decode().splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+    raise AssertionError(f"{name} is not in /metrics")
+
+
+def test_a_container_is_routed_once_it_accepts_connections_not_at_start(redx, containers, warden):
+    warden([service("late")]).start()
+    first = FirstServer(redx, "late")
+    started = time.monotonic()
+    c = containers.run("late", command=LATE)
+    first.wait()
+    assert first.address == f"{ip_of(c)}:8080"
+    assert first.answered, "the route appeared before the container accepted connections"
+    assert first.at - started >= 1.4, f"routed {first.at - started:.2f} s after start"
+    assert redx.get("frontend:late.example.com") == "late"
+
+
+def test_readiness_none_routes_at_start(redx, containers, warden):
+    warden([service("eager", readiness="none")]).start()
+    first = FirstServer(redx, "eager")
+    started = time.monotonic()
+    c = containers.run("eager", command=LATE)
+    first.wait()
+    assert first.address == f"{ip_of(c)}:8080"
+    assert first.answered is False, "with readiness none the route comes before the server"
+    assert first.at - started < 1.4
+
+
+def test_a_published_port_is_probed_on_the_containers_own_address(redx, containers, warden):
+    """The engine's proxy accepts on the host port at once; the probe must not be fooled."""
+    warden([service("pub", publishedPort=True)], hostAddress="127.0.0.1").start()
+    first = FirstServer(redx, "pub")
+    started = time.monotonic()
+    c = containers.run("pub", command=LATE, ports={"8080/tcp": None})
+    c.reload()
+    host_port = c.attrs["NetworkSettings"]["Ports"]["8080/tcp"][0]["HostPort"]
+    assert time.monotonic() - started < 1.2 and answers("127.0.0.1", int(host_port)), \
+        "the proxy should accept on the host port before the container listens"
+    first.wait()
+    assert first.address == f"127.0.0.1:{host_port}"
+    assert answers(ip_of(c), 8080)
+    assert first.at - started >= 1.4, f"routed {first.at - started:.2f} s after start"
+
+
+#: a CGI at /cgi-bin/ready that answers 503 until /tmp/ok exists, then 200
+HTTP_READY = ("sh -c 'mkdir -p /w/cgi-bin; printf \"#!/bin/sh\\nif test -f /tmp/ok; "
+              "then echo Status: 200 OK; else echo Status: 503 Not yet; fi\\necho\\necho x\\n\" "
+              "> /w/cgi-bin/ready; busybox chmod +x /w/cgi-bin/ready; httpd -p 8080 -h /w; "
+              "exec sleep 600'")
+
+
+def test_http_readiness_waits_for_an_answer_below_500(redx, containers, warden):
+    warden([service("web", readiness={"http": "/cgi-bin/ready"})]).start()
+    c = containers.run("web", command=HTTP_READY)
+    address = f"{ip_of(c)}:8080"
+    eventually(lambda: answers(ip_of(c), 8080), 5, what="the server up")
+    time.sleep(1)
+    assert redx.hgetall("backend:web") == {}, "a 503 is not ready"
+    assert redx.get("frontend:web.example.com") is None
+    c.exec_run("touch /tmp/ok")
+    eventually(lambda: address in redx.hgetall("backend:web"), 3, what="routed after a 200")
+
+
+def test_a_container_that_never_answers_stays_unrouted_and_is_reported(redx, containers, warden):
+    port = free_port()
+    w = warden([service("mute")], readinessReportSeconds=1, registrarSleepTimeSeconds=0.5,
+               metricsAddress=f"127.0.0.1:{port}").start()
+    mute = containers.run("mute", command=SILENT)
+    other = containers.run("mute", command=SILENT)
+    eventually(lambda: w.log().count("no answer for") >= 2, 5, what="both reported")
+    eventually(lambda: w.log().count("sweep (periodic)") >= 2, 5, what="sweeps")
+    assert redx.hgetall("backend:mute") == {}, "a sweep never routes an unanswered container"
+    assert redx.get("frontend:mute.example.com") is None
+    assert w.command("sweep", "--dry-run", check=True).stdout == ""
+    assert w.log().count(f"TCP {ip_of(mute)}:8080 of container {mute.name}: no answer") == 1, \
+        "logged once"
+    assert metric(port, "warden_containers_reported_not_ready_total") == 2
+    assert metric(port, "warden_containers_not_ready") == 2
+    report = json.loads(w.command("status", "--json", check=True).stdout)
+    [entry] = [s for s in report["services"] if s["name"] == "mute"]
+    assert sorted(c["ready"] for c in entry["containers"]) == [False, False]
+    assert "2 (2 not ready)" in w.command("status", check=True).stdout
+    # It starts listening: routed; the other is stopped: its probe ends with it.
+    mute.exec_run("httpd -p 8080 -h /www")
+    eventually(lambda: f"{ip_of(mute)}:8080" in redx.hgetall("backend:mute"), 3, what="routed")
+    assert redx.get("frontend:mute.example.com") == "mute"
+    other.kill()
+    eventually(lambda: metric(port, "warden_containers_not_ready") == 0, 3, what="none waiting")
+    assert metric(port, "warden_containers_reported_not_ready_total") == 2
+    assert "not ready" not in w.command("status", check=True).stdout
+
+
+def test_restarting_warden_never_unroutes_a_container_that_answers(redx, containers, warden):
+    c = containers.run("web")
+    w = warden([service("web")]).start()
+    address = f"{ip_of(c)}:8080"
+    assert address in redx.hgetall("backend:web")
+    assert w.stop() == 0
+    redx.config_set("notify-keyspace-events", "Kgh")
+    watch = redx.pubsub()
+    watch.psubscribe("__keyspace@0__:*end:web*")
+    try:
+        w.start()
+        time.sleep(0.5)
+        changes = []
+        while (message := watch.get_message(timeout=0.1)) is not None:
+            if message["type"] == "pmessage":
+                changes.append(message["data"])
+    finally:
+        watch.close()
+        redx.config_set("notify-keyspace-events", "")
+    assert changes == [], f"the restart changed the routes: {changes}"
+    assert redx.hgetall("backend:web") == {address: "0"}

@@ -1,0 +1,281 @@
+"""Readiness probes: a container without a Docker health check is routed only once it
+answers on its own address and port.
+
+The Registrar asks :meth:`ReadinessProber.require` whether a container is ready; the
+first ask starts a probe. Probes run on a small pool of their own, so a container that
+is slow to answer never delays another's route or unroute. A probe retries quickly at
+first and backs off; when it succeeds the prober calls ``on_ready`` (the Registrar
+queues the container for another look). A container that has not answered after
+``report_after`` seconds is logged once and counted, and probing goes on.
+
+Probes only ever go to addresses that Docker reports for containers on this host.
+"""
+
+from __future__ import annotations
+
+import errno
+import heapq
+import http.client
+import itertools
+import logging
+import select
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Optional
+
+from warden.threads import StoppableThread
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Probe:
+    """One readiness check of one container: a TCP connect to ``host:port``, or with
+    ``path``, an HTTP GET that must answer below 500."""
+
+    container_id: str
+    host: str
+    port: int
+    path: str = ""
+    #: for log lines only
+    container_name: str = field(default="", compare=False)
+
+    def __str__(self) -> str:
+        where = f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+        what = f"GET http://{where}{self.path}" if self.path else f"TCP {where}"
+        return f"{what} of container {self.container_name or self.container_id[:12]}"
+
+    def glance(self) -> Optional[bool]:
+        """A TCP probe's first try, which never waits: a non-blocking connect, and a
+        look whether the handshake is already done (to a container on this host it
+        usually is, within microseconds). True: it answers; False: refused; None: not
+        known yet (and always for an HTTP probe)."""
+        if self.path:
+            return None
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        try:
+            with socket.socket(family, socket.SOCK_STREAM) as sock:
+                sock.setblocking(False)
+                code = sock.connect_ex((self.host, self.port))
+                if code not in (0, errno.EINPROGRESS):
+                    return False
+                poller = select.poll()
+                poller.register(sock, select.POLLOUT)
+                if not poller.poll(0):
+                    return None
+                return sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0
+        except OSError:
+            return None
+
+    def attempt(self, timeout: float) -> bool:
+        """One try: True when the container answers as required."""
+        try:
+            if not self.path:
+                with socket.create_connection((self.host, self.port), timeout=timeout):
+                    return True
+            connection = http.client.HTTPConnection(self.host, self.port, timeout=timeout)
+            try:
+                connection.request("GET", self.path, headers={"User-Agent": "warden-readiness"})
+                return connection.getresponse().status < 500
+            finally:
+                connection.close()
+        except (OSError, http.client.HTTPException):
+            return False
+
+
+@dataclass
+class _Pending:
+    """A probe not yet answered: when it started, how often it was tried."""
+
+    started: float
+    attempts: int = 0
+    reported: bool = False
+    #: the order number of its one live entry in the due heap
+    entry: int = -1
+
+
+class ReadinessProber:
+    """Probes containers until they answer; remembers which did, until they go."""
+
+    #: delay before the first retry, seconds; each retry doubles it up to ``cap``
+    initial = 0.01
+    #: the retry delay never grows past this many seconds
+    cap = 0.5
+    #: seconds one attempt may take (a connect to a container here is refused at once
+    #: when nothing listens; only a vanished address is slow)
+    attempt_timeout = 1.0
+    #: threads that run probe attempts
+    workers = 4
+
+    def __init__(self, on_ready: Callable[[Probe], None], report_after: float = 30.0) -> None:
+        self.on_ready = on_ready
+        self.report_after = report_after
+        self._ready: set[Probe] = set()
+        self._pending: dict[Probe, _Pending] = {}
+        #: (due, order, probe): the next attempt of each pending probe not being tried
+        self._due: list[tuple[float, int, Probe]] = []
+        self._order = itertools.count()
+        self._lock = threading.Condition()
+        self._threads: list[StoppableThread] = []
+        self._stopping = False
+        #: containers reported as not ready so far
+        self.reported_total = 0
+
+    # -- the Registrar's side ------------------------------------------------------
+
+    def require(self, probe: Probe) -> bool:
+        """True once ``probe`` has succeeded; until then False, and the probe runs. The
+        first try is a :meth:`Probe.glance`, made at once by the caller: it never waits,
+        and it saves a container that already answers the trip through the pool."""
+        with self._lock:
+            if probe in self._ready:
+                return True
+            if probe in self._pending or self._stopping:
+                return False
+        started = time.monotonic()
+        answered = probe.glance()
+        with self._lock:
+            if probe in self._ready:
+                return True
+            if probe in self._pending or self._stopping:
+                return False
+            if answered:
+                self._ready.add(probe)
+                return True
+            self._pending[probe] = _Pending(started, attempts=0 if answered is None else 1)
+            self._schedule(probe, 0.0 if answered is None else self.initial)
+            self._start_workers()
+            return False
+
+    def forget(self, container_id: str) -> None:
+        """The container stops, dies or goes: cancel its probes and forget that it was
+        ready (a container that starts again must answer again)."""
+        with self._lock:
+            self._ready = {p for p in self._ready if p.container_id != container_id}
+            for probe in [p for p in self._pending if p.container_id == container_id]:
+                del self._pending[probe]
+
+    def retain(self, container_ids: Iterable[str]) -> None:
+        """Forget every container but these (the ones a listing found running)."""
+        keep = set(container_ids)
+        with self._lock:
+            self._ready = {p for p in self._ready if p.container_id in keep}
+            for probe in [p for p in self._pending if p.container_id not in keep]:
+                del self._pending[probe]
+
+    def settle(self, timeout: float) -> None:
+        """Wait (at most ``timeout``) until every pending probe has been tried once, so
+        a sweep routes the containers that already answer instead of unrouting them
+        until their probe comes back."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while any(p.attempts == 0 for p in self._pending.values()):
+                left = deadline - time.monotonic()
+                if left <= 0 or self._stopping:
+                    return
+                self._lock.wait(left)
+
+    def not_ready(self) -> list[Probe]:
+        """Probes reported as not answering and still pending."""
+        with self._lock:
+            return sorted((p for p, s in self._pending.items() if s.reported),
+                          key=lambda p: (p.container_id, p.host, p.port, p.path))
+
+    def stop(self) -> None:
+        """Stop the workers; pending probes are dropped."""
+        with self._lock:
+            self._stopping = True
+            self._pending.clear()
+            self._due.clear()
+            threads, self._threads = self._threads, []
+            self._lock.notify_all()
+        for thread in threads:
+            thread.stop()
+        for thread in threads:
+            thread.join(timeout=self.attempt_timeout + 5)
+
+    # -- the workers ---------------------------------------------------------------------
+
+    def _schedule(self, probe: Probe, delay: float) -> None:
+        entry = next(self._order)
+        self._pending[probe].entry = entry
+        heapq.heappush(self._due, (time.monotonic() + delay, entry, probe))
+        self._lock.notify()
+
+    def _start_workers(self) -> None:
+        if self._threads or self._stopping:
+            return
+        for number in range(self.workers):
+            thread = _Worker(f"warden-readiness-{number + 1}", self)
+            self._threads.append(thread)
+            thread.start()
+
+    def _next(self, worker: StoppableThread) -> Optional[Probe]:
+        """Block until a probe is due; None when the worker should end."""
+        with self._lock:
+            while not worker.stopping and not self._stopping:
+                if self._due:
+                    due, entry, probe = self._due[0]
+                    state = self._pending.get(probe)
+                    if state is None or state.entry != entry:
+                        heapq.heappop(self._due)  # forgotten, or scheduled again, meanwhile
+                        continue
+                    wait = due - time.monotonic()
+                    if wait <= 0:
+                        heapq.heappop(self._due)
+                        return probe
+                    self._lock.wait(wait)
+                else:
+                    self._lock.wait()
+            return None
+
+    def _attempt(self, probe: Probe) -> None:
+        answered = probe.attempt(self.attempt_timeout)
+        with self._lock:
+            state = self._pending.get(probe)
+            if state is None:
+                return  # forgotten while it was being tried
+            state.attempts += 1
+            self._lock.notify_all()
+            if answered:
+                del self._pending[probe]
+                self._ready.add(probe)
+                waited = time.monotonic() - state.started
+            else:
+                waited = time.monotonic() - state.started
+                if waited >= self.report_after and not state.reported:
+                    state.reported = True
+                    self.reported_total += 1
+                    logger.warning("%s: no answer for %.0f s; it stays unrouted until it answers",
+                                   probe, waited)
+                self._schedule(probe, min(self.cap, self.initial * 2.0 ** (state.attempts - 1)))
+                return
+        if state.reported:
+            logger.warning("%s: answers after %.1f s; routing it", probe, waited)
+        else:
+            logger.debug("%s: answers after %.3f s (%d attempts)", probe, waited, state.attempts)
+        self.on_ready(probe)
+
+
+class _Worker(StoppableThread):
+    """One of the prober's threads: takes the next due probe and tries it."""
+
+    def __init__(self, name: str, prober: ReadinessProber) -> None:
+        super().__init__(name)
+        self.prober = prober
+
+    def on_stop(self) -> None:
+        with self.prober._lock:
+            self.prober._lock.notify_all()
+
+    def run(self) -> None:
+        while True:
+            probe = self.prober._next(self)
+            if probe is None:
+                return
+            try:
+                self.prober._attempt(probe)
+            except Exception:  # noqa: BLE001 - one bad probe must not end the worker
+                logger.exception("readiness probe %s failed", probe)
