@@ -239,12 +239,11 @@ class ReadinessProber:
                 return  # forgotten while it was being tried
             state.attempts += 1
             self._lock.notify_all()
+            waited = time.monotonic() - state.started
             if answered:
                 del self._pending[probe]
                 self._ready.add(probe)
-                waited = time.monotonic() - state.started
             else:
-                waited = time.monotonic() - state.started
                 if waited >= self.report_after and not state.reported:
                     state.reported = True
                     self.reported_total += 1
