@@ -8,6 +8,7 @@ import json
 import socket
 import threading
 import time
+import urllib.error
 import urllib.request
 
 from conftest import RUN, eventually, free_port, ip_of
@@ -16,6 +17,8 @@ from conftest import RUN, eventually, free_port, ip_of
 LATE = "sh -c 'sleep 1.5; httpd -p 8080 -h /www; exec sleep 600'"
 #: a container that never listens
 SILENT = "sleep 600"
+#: a server that listens only 8 s after the container starts
+LATER = "sh -c 'sleep 8; httpd -p 8080 -h /www; exec sleep 600'"
 
 
 def service(name: str, **fields: object) -> dict:
@@ -35,9 +38,11 @@ def answers(host: str, port: int) -> bool:
 
 class FirstServer:
     """Waits for the first server written to ``backend:<name>`` and, at that moment,
-    tries a TCP connect to it: what the first request through Redx would meet."""
+    tries it (a TCP connect, or ``check(host, port)``): what the first request through
+    Redx would meet."""
 
-    def __init__(self, redx, backend: str) -> None:
+    def __init__(self, redx, backend: str, check=None) -> None:
+        self.check = check or answers
         redx.config_set("notify-keyspace-events", "Kh")
         self.redx = redx
         self.pubsub = redx.pubsub()
@@ -58,7 +63,7 @@ class FirstServer:
                 self.at = time.monotonic()
                 self.address = next(iter(self.redx.hkeys(self.key)), "")
                 host, _, port = self.address.rpartition(":")
-                self.answered = answers(host, int(port))
+                self.answered = self.check(host, int(port))
                 return
 
     def wait(self) -> "FirstServer":
@@ -116,31 +121,45 @@ def test_a_published_port_is_probed_on_the_containers_own_address(redx, containe
     assert first.at - started >= 1.4, f"routed {first.at - started:.2f} s after start"
 
 
-#: a CGI at /cgi-bin/ready that answers 503 until /tmp/ok exists, then 200
+#: a CGI at /cgi-bin/ready that answers 503 for the container's first 2 s, then 200
+#: (no ``docker exec``: where the engine runs chrooted, exec may run outside)
 HTTP_READY = ("sh -c 'mkdir -p /w/cgi-bin; printf \"#!/bin/sh\\nif test -f /tmp/ok; "
               "then echo Status: 200 OK; else echo Status: 503 Not yet; fi\\necho\\necho x\\n\" "
               "> /w/cgi-bin/ready; busybox chmod +x /w/cgi-bin/ready; httpd -p 8080 -h /w; "
-              "exec sleep 600'")
+              "(sleep 2; touch /tmp/ok) & exec sleep 600'")
+
+
+def status_of(host: str, port: int) -> int:
+    try:
+        with urllib.request.urlopen(f"http://{host}:{port}/cgi-bin/ready", timeout=2) as response:
+            return response.status
+    except urllib.error.HTTPError as error:
+        return error.code
+    except OSError:
+        return 0
 
 
 def test_http_readiness_waits_for_an_answer_below_500(redx, containers, warden):
     warden([service("web", readiness={"http": "/cgi-bin/ready"})]).start()
+    first = FirstServer(redx, "web", check=status_of)
     c = containers.run("web", command=HTTP_READY)
-    address = f"{ip_of(c)}:8080"
-    eventually(lambda: answers(ip_of(c), 8080), 5, what="the server up")
-    time.sleep(1)
+    eventually(lambda: status_of(ip_of(c), 8080) == 503, 2, what="the server answering 503")
+    time.sleep(0.5)
+    assert status_of(ip_of(c), 8080) == 503
     assert redx.hgetall("backend:web") == {}, "a 503 is not ready"
     assert redx.get("frontend:web.example.com") is None
-    c.exec_run("touch /tmp/ok")
-    eventually(lambda: address in redx.hgetall("backend:web"), 3, what="routed after a 200")
+    first.wait()
+    assert first.address == f"{ip_of(c)}:8080"
+    assert first.answered == 200, f"routed while the server answered {first.answered}"
 
 
 def test_a_container_that_never_answers_stays_unrouted_and_is_reported(redx, containers, warden):
     port = free_port()
     w = warden([service("mute")], readinessReportSeconds=1, registrarSleepTimeSeconds=0.5,
                metricsAddress=f"127.0.0.1:{port}").start()
-    mute = containers.run("mute", command=SILENT)
+    mute = containers.run("mute", command=LATER)
     other = containers.run("mute", command=SILENT)
+    started = time.monotonic()
     eventually(lambda: w.log().count("no answer for") >= 2, 5, what="both reported")
     eventually(lambda: w.log().count("sweep (periodic)") >= 2, 5, what="sweeps")
     assert redx.hgetall("backend:mute") == {}, "a sweep never routes an unanswered container"
@@ -154,9 +173,9 @@ def test_a_container_that_never_answers_stays_unrouted_and_is_reported(redx, con
     [entry] = [s for s in report["services"] if s["name"] == "mute"]
     assert sorted(c["ready"] for c in entry["containers"]) == [False, False]
     assert "2 (2 not ready)" in w.command("status", check=True).stdout
+    assert time.monotonic() - started < 7.5, "the checks above took too long to mean anything"
     # It starts listening: routed; the other is stopped: its probe ends with it.
-    mute.exec_run("httpd -p 8080 -h /www")
-    eventually(lambda: f"{ip_of(mute)}:8080" in redx.hgetall("backend:mute"), 3, what="routed")
+    eventually(lambda: f"{ip_of(mute)}:8080" in redx.hgetall("backend:mute"), 10, what="routed")
     assert redx.get("frontend:mute.example.com") == "mute"
     other.kill()
     eventually(lambda: metric(port, "warden_containers_not_ready") == 0, 3, what="none waiting")
