@@ -277,11 +277,7 @@ class _Leader:
         self.manager._step_down("test", release=True)
 
     def close(self) -> None:
-        from warden import signals
-
-        signals.control_received.disconnect(self.manager._on_control)
-        signals.aws_event.disconnect(self.manager._on_aws_event)
-        signals.host_draining.disconnect(self.manager._on_host_draining)
+        self.manager.receivers.disconnect()
 
 
 def _scaler(leader, tmp_path, services: list, central):
@@ -335,8 +331,6 @@ def test_a_pass_decided_under_one_epoch_never_acts_under_the_next(ecs, central, 
     finally:
         release.set()
         handler.disconnect()
-        for signal_, receiver in scaler._receivers:
-            signal_.disconnect(receiver)
         scaler._pool.shutdown()
         leader.close()
 

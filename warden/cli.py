@@ -248,9 +248,10 @@ def _enrols(catalog: ServiceCatalog) -> bool:
 def cmd_registrar(args: argparse.Namespace) -> int:
     """Run the Registrar until SIGTERM or SIGINT."""
     from warden.daemon import DrainDaemon, RegistrarDaemon
+    from warden.watchers import ServiceWatcher
 
     config, catalog, handlers, source = _prepare(args)
-    daemons: list = [RegistrarDaemon(config, catalog, handlers, source)]
+    daemons: list = [ServiceWatcher(catalog), RegistrarDaemon(config, catalog, handlers, source)]
     if any(h.name == "elb" for h in handlers):
         # Draining matters to the Registrar for its load-balancer enrolment.
         daemons.append(DrainDaemon(config, handlers, subscribe=True, enrols=_enrols(catalog)))
@@ -260,26 +261,25 @@ def cmd_registrar(args: argparse.Namespace) -> int:
 def cmd_manager(args: argparse.Namespace) -> int:
     """Run the Manager until SIGTERM or SIGINT; a leader hands back on the way out."""
     from warden.daemon import DrainDaemon, ManagerDaemon
+    from warden.watchers import ServiceWatcher
 
     config, catalog, problems = _load(args.config)
     for problem in problems:
         (logger.warning if problem.warning else logger.error)("%s", problem)
     config, handlers = _prepare_manager(config)
-    return _serve([ManagerDaemon(config, catalog, handlers),
+    return _serve([ServiceWatcher(catalog), ManagerDaemon(config, catalog, handlers),
                    DrainDaemon(config, handlers, subscribe=False, enrols=_enrols(catalog))], config)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     """The Registrar and the Manager in one process, one signal bus, one shutdown."""
     from warden.daemon import DrainDaemon, ManagerDaemon, RegistrarDaemon
+    from warden.watchers import ServiceWatcher
 
     config, catalog, handlers, source = _prepare(args, REGISTRAR | MANAGER)
     config, _ = _prepare_manager(config, roles=None)
-    # Each part keeps its own view of the service files (each reloads on its own).
-    manager_catalog = ServiceCatalog(config.service_description_path, config.service_description_display)
-    manager_catalog.load()
-    return _serve([RegistrarDaemon(config, catalog, handlers, source),
-                   ManagerDaemon(config, manager_catalog, []),
+    return _serve([ServiceWatcher(catalog), RegistrarDaemon(config, catalog, handlers, source),
+                   ManagerDaemon(config, catalog, []),
                    DrainDaemon(config, handlers, subscribe=False, enrols=_enrols(catalog))], config)
 
 

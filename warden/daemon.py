@@ -11,22 +11,14 @@ from warden.docker_events import DockerEventReader, DockerSource
 from warden.handlers import Handler
 from warden.registrar import Registrar
 from warden.services import ServiceCatalog
-from warden.watchers import RedxWatcher, ServiceWatcher
+from warden.watchers import RedxWatcher
 
 logger = logging.getLogger(__name__)
 
 
-def _register_catalog(telemetry: Any, catalog: ServiceCatalog) -> None:
-    """The service files' error count on ``/metrics`` (the first part to offer it
-    keeps it: under ``warden run`` both the Registrar and the Manager do)."""
-    telemetry.counter_source("warden_service_file_errors",
-                             "Errors found in the service files (a broken file counts at each load)",
-                             lambda: catalog.errors)
-
-
 class RegistrarDaemon:
     """``warden registrar``: the Docker events reader, the Registrar's worker, the
-    service watcher, the Redx watcher and the handlers, started and stopped together."""
+    Redx watcher and the handlers, started and stopped together."""
 
     def __init__(self, config: Config, catalog: ServiceCatalog, handlers: list[Handler],
                  docker_source: DockerSource) -> None:
@@ -36,12 +28,7 @@ class RegistrarDaemon:
         self.docker = docker_source
         self.registrar = Registrar(config, docker_source, catalog)
         self.reader = DockerEventReader(docker_source, self.registrar.inbox)
-        self.service_watcher = ServiceWatcher(catalog, self.registrar)
-        self.redx_watcher = RedxWatcher(config, lambda: self.registrar.probe_keys, self.registrar)
-        self._receivers = [
-            (signals.sweep_requested, self._on_sweep_requested),
-            (signals.services_reloaded, self._on_services_reloaded),
-        ]
+        self.redx_watcher = RedxWatcher(config, lambda: self.registrar.probe_keys)
 
     def register(self, telemetry: Any) -> None:
         """Health checks and reconnect counters for ``/healthz`` and ``/metrics``."""
@@ -51,7 +38,6 @@ class RegistrarDaemon:
         telemetry.health_check("docker-events", self.reader.connected.is_set)
         telemetry.health_check("redx-redis", lambda: self.redx_watcher.reachable)
         telemetry.reconnect_source("docker-events", lambda: self.reader.reconnects)
-        _register_catalog(telemetry, self.catalog)
         prober = self.registrar.prober
         telemetry.counter_source("warden_containers_reported_not_ready",
                                  "Containers whose readiness probe had no answer for "
@@ -61,23 +47,14 @@ class RegistrarDaemon:
                                "Containers reported not ready and still unrouted",
                                lambda: len({p.container_id for p in prober.not_ready()}))
 
-    def _on_sweep_requested(self, sender: Any, *, reason: str, **kw: Any) -> None:
-        self.registrar.submit("sweep", reason)
-
-    def _on_services_reloaded(self, sender: Any, **kw: Any) -> None:
-        self.registrar.submit("reload")
-
     def start(self) -> None:
         """Start everything; the first sweep waits for the events stream to open."""
         for handler in self.handlers:
             handler.connect()
             handler.start()
-        for signal, receiver in self._receivers:
-            signal.connect(receiver, sender=self.registrar, weak=False)
         self.reader.start()
         self.registrar.wait_before_first_sweep(self.reader.connected)
         self.registrar.start()
-        self.service_watcher.start()
         self.redx_watcher.start()
         logger.info("registrar started: %d services, handlers %s",
                     len(self.registrar.services), ", ".join(h.name for h in self.handlers) or "none")
@@ -85,15 +62,12 @@ class RegistrarDaemon:
     def stop(self) -> None:
         """Stop the subscribers first, then let the Registrar finish its step, then the
         handlers."""
-        self.service_watcher.stop()
         self.redx_watcher.stop()
         self.reader.stop()
         self.registrar.stop()
         self.registrar.join(timeout=30)
         self.reader.join(timeout=5)
         self.redx_watcher.join(timeout=5)
-        for signal, receiver in self._receivers:
-            signal.disconnect(receiver, sender=self.registrar)
         for handler in self.handlers:
             try:
                 handler.stop()
@@ -123,7 +97,6 @@ class ManagerDaemon:
         self.scaler = Scaler(config, self.manager, catalog, MetricContext(
             config.service_management_redis.client(socket_timeout=3, socket_connect_timeout=3),
             config.region), self.codec)
-        self.service_watcher = ServiceWatcher(catalog, self.scaler)
         from warden.aws_events import AwsEventsConsumer
 
         self.consumer = (AwsEventsConsumer(config.aws_events_queue_url, config.region,
@@ -142,7 +115,6 @@ class ManagerDaemon:
             if thread is not None:
                 telemetry.thread_check(thread)
         telemetry.health_check("control-channels", self.subscriber.connected.is_set)
-        _register_catalog(telemetry, self.catalog)
         telemetry.reconnect_source("control-channels", lambda: self.subscriber.reconnects)
 
     def start(self) -> None:
@@ -153,7 +125,6 @@ class ManagerDaemon:
         self.subscriber.start()
         self.scaler.start()
         self.manager.start()
-        self.service_watcher.start()
         if self.consumer is not None:
             self.consumer.start()
         logger.info("manager started as %s in zone %s", self.config.instance_id,
@@ -164,7 +135,6 @@ class ManagerDaemon:
         if self.consumer is not None:
             self.consumer.stop()
             self.consumer.join(timeout=30)
-        self.service_watcher.stop()
         self.scaler.stop()
         self.scaler.join(timeout=60)
         self.manager.stop()
@@ -204,6 +174,7 @@ class DrainDaemon:
             config, elb_here=elb_here,
             elb_elsewhere="elb" in config.handlers and enrols and not elb_here)
         self.recorder = DrainRecorder(config)
+        self.receivers = signals.Receivers((signals.host_draining, self.recorder.on_host_draining))
         self.subscriber = (ControlSubscriber(
             lambda: config.service_management_redis.client(socket_connect_timeout=2,
                                                            health_check_interval=10),
@@ -224,7 +195,7 @@ class DrainDaemon:
         if not self.config.instance_id:
             logger.info("this host's instanceId is unknown: it cannot be asked to drain")
             return
-        signals.host_draining.connect(self.recorder.on_host_draining, weak=False)
+        self.receivers.connect()
         for thread in self.threads:
             thread.start()
 
@@ -234,4 +205,4 @@ class DrainDaemon:
         for thread in self.threads:
             if thread.ident is not None:
                 thread.join(timeout=10)
-        signals.host_draining.disconnect(self.recorder.on_host_draining)
+        self.receivers.disconnect()

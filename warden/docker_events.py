@@ -22,8 +22,9 @@ import docker
 import docker.errors
 import requests.exceptions
 
+from warden import signals
 from warden.errors import ConnectionLost, ContainerGone
-from warden.model import Attachment, Container, PublishedPort
+from warden.model import Attachment, Container, ContainerEvent, PublishedPort
 from warden.threads import Backoff, StoppableThread
 
 logger = logging.getLogger(__name__)
@@ -113,6 +114,31 @@ def container_from_summary(data: dict) -> Container:
     )
 
 
+def container_event(raw: dict) -> Optional[ContainerEvent]:
+    """The event Warden acts on in one raw Docker event, or None for one it ignores (a
+    kill with a signal that stops nothing, a network event without a container)."""
+    kind = raw.get("Type")
+    action = raw.get("Action") or raw.get("status") or ""
+    actor = raw.get("Actor") or {}
+    attributes = actor.get("Attributes") or {}
+    event_time = raw.get("timeNano", 0) / 1e9 or float(raw.get("time", 0))
+    if kind == "network":
+        if action not in ("connect", "disconnect") or not attributes.get("container"):
+            return None
+        return ContainerEvent(action, attributes["container"], event_time)
+    if kind != "container":
+        return None
+    container_id = actor.get("ID") or raw.get("id") or ""
+    if action in ("kill", "stop"):
+        if action == "kill" and attributes.get("signal", "").upper() not in STOP_SIGNALS:
+            return None
+        return ContainerEvent(action, container_id, event_time, stopping=True)
+    if action in INSPECT_ACTIONS or action in ("die", "destroy", "oom") \
+            or action.startswith("health_status"):
+        return ContainerEvent(action, container_id, event_time)
+    return None
+
+
 class DockerSource:
     """Warden's reads of the Docker engine: inspect one container, list them all, and
     list the network subnets. Errors come out as Warden's own."""
@@ -186,52 +212,18 @@ class DockerSource:
                     continue
         return tuple(found)
 
-    def describe(self, raw: dict) -> Optional[dict]:
-        """Turn one raw event into what happened: ``None`` for events Warden ignores,
-        else a dict of the ``container_changed`` signal's keyword arguments. Inspects
-        the container where the event alone does not say enough."""
-        kind = raw.get("Type")
-        action = raw.get("Action") or raw.get("status") or ""
-        actor = raw.get("Actor") or {}
-        attributes = actor.get("Attributes") or {}
-        event_time = raw.get("timeNano", 0) / 1e9 or float(raw.get("time", 0))
-        if kind == "network":
-            if action not in ("connect", "disconnect") or not attributes.get("container"):
-                return None
-            container_id = attributes["container"]
-        elif kind == "container":
-            container_id = actor.get("ID") or raw.get("id") or ""
-        else:
-            return None
-        base = {"action": action, "container_id": container_id, "event_time": event_time}
-        if kind == "container" and action in ("kill", "stop"):
-            if action == "kill" and attributes.get("signal", "").upper() not in STOP_SIGNALS:
-                return None
-            return dict(base, container=None, stopping=True)
-        if kind == "container" and action in ("die", "destroy", "oom"):
-            return dict(base, container=None, stopping=False)
-        if kind == "network" or action in INSPECT_ACTIONS or action.startswith("health_status"):
-            try:
-                container = self.inspect(container_id)
-            except ContainerGone:
-                return dict(base, action="destroy", container=None, stopping=False)
-            return dict(base, container=container, stopping=False)
-        return None
-
-
 class DockerEventReader(StoppableThread):
-    """Reads the Docker event stream and queues each event; never inspects or writes.
-
-    It puts ``("event", raw)`` for each event and ``("sweep", reason)`` after every
-    reconnect, so the worker reconciles whatever the gap hid.
-    """
+    """Reads the Docker event stream and queues each event Warden acts on as a
+    :class:`~warden.model.ContainerEvent`; never inspects or writes. After every
+    reconnect it asks for a sweep (``sweep_requested``), so whatever the gap hid is
+    reconciled."""
 
     #: first delay before reconnecting, in seconds
     backoff_initial = 0.5
     #: reconnect delay cap, in seconds
     backoff_cap = 30.0
 
-    def __init__(self, source: DockerSource, out: "queue.Queue[tuple[str, Any]]") -> None:
+    def __init__(self, source: DockerSource, out: "queue.Queue[Any]") -> None:
         super().__init__("warden-docker-events")
         self.source = source
         self.out = out
@@ -284,7 +276,7 @@ class DockerEventReader(StoppableThread):
             if not first:
                 self.reconnects += 1
                 logger.info("Docker events stream reconnected; replaying since %s", self.last_time)
-                self.out.put(("sweep", "Docker events reconnected"))
+                signals.send(signals.sweep_requested, self, reason="Docker events reconnected")
             if self.last_time is None:
                 # Replay from here on: a reconnect asks for what happened since now.
                 self.last_time = f"{time.time():.9f}"
@@ -294,7 +286,13 @@ class DockerEventReader(StoppableThread):
                     if raw.get("timeNano"):
                         ns = int(raw["timeNano"])
                         self.last_time = f"{ns // 10**9}.{ns % 10**9:09d}"
-                    self.out.put(("event", raw))
+                    event = container_event(raw)
+                    if event is not None:
+                        self.out.put(event)
+                    if logger.isEnabledFor(logging.DEBUG):
+                        logger.debug("docker event %s %s %s%s", raw.get("Type"), raw.get("Action"),
+                                     ((raw.get("Actor") or {}).get("ID") or "")[:12],
+                                     "" if event else " (changes nothing)")
             except Exception as error:  # noqa: BLE001 - a broken stream is a lost connection
                 if not self.stopping:
                     logger.warning("Docker events stream broke: %s", error)

@@ -62,6 +62,7 @@ class DrainWatcher(StoppableThread):
         self.wake = threading.Event()
         #: True once the drain was acted on
         self.drained = False
+        self.receivers = signals.Receivers((signals.control_received, self._on_control))
         self._reachable = True
 
     def _on_control(self, sender: Any, *, message: Any, **kw: Any) -> None:
@@ -69,7 +70,12 @@ class DrainWatcher(StoppableThread):
             logger.info("drain message for this host: checking %s", self.key)
             self.wake.set()
 
+    def start(self) -> None:
+        self.receivers.connect()
+        super().start()
+
     def on_stop(self) -> None:
+        self.receivers.disconnect()
         self.wake.set()
 
     def check(self) -> bool:
@@ -99,13 +105,11 @@ class DrainWatcher(StoppableThread):
         return True
 
     def run(self) -> None:
-        signals.control_received.connect(self._on_control, weak=False)
         try:
             while not self.stopping and not self.check():
                 self.wake.wait(self.interval)
                 self.wake.clear()
         finally:
-            signals.control_received.disconnect(self._on_control)
             self.redis.close()
 
 
@@ -135,8 +139,8 @@ class LifecycleCompleter(StoppableThread):
         self.wake = threading.Event()
         #: True once the action was completed (or Auto Scaling no longer waits for it)
         self.completed = False
-        self._receivers = [(signals.host_draining, self._on_host_draining),
-                           (signals.enrolment_drained, self._on_enrolment_drained)]
+        self.receivers = signals.Receivers((signals.host_draining, self._on_host_draining),
+                                           (signals.enrolment_drained, self._on_enrolment_drained))
 
     def _on_host_draining(self, sender: Any, *, lifecycle: Optional[dict] = None, **kw: Any) -> None:
         if lifecycle and lifecycle.get("LifecycleHookName") and self.lifecycle is None:
@@ -147,7 +151,12 @@ class LifecycleCompleter(StoppableThread):
         self.enrolment_drained.set()
         self.wake.set()
 
+    def start(self) -> None:
+        self.receivers.connect()
+        super().start()
+
     def on_stop(self) -> None:
+        self.receivers.disconnect()
         self.wake.set()
 
     def complete(self, lifecycle: dict) -> None:
@@ -165,22 +174,16 @@ class LifecycleCompleter(StoppableThread):
         return self.lifecycle is not None and (not self.elb_here or self.enrolment_drained.is_set())
 
     def run(self) -> None:
-        for signal, receiver in self._receivers:
-            signal.connect(receiver, weak=False)
-        try:
-            while not self.stopping and not self._ready():
-                self.wake.wait(1.0)
-                self.wake.clear()
-            if self.stopping or self.lifecycle is None:
-                return
-            if self.elb_elsewhere:
-                logger.info("lifecycle action %s: the registrar's process completes it once "
-                            "drained", self.lifecycle["LifecycleHookName"])
-                return
-            self._complete_until_done(self.lifecycle)
-        finally:
-            for signal, receiver in self._receivers:
-                signal.disconnect(receiver)
+        while not self.stopping and not self._ready():
+            self.wake.wait(1.0)
+            self.wake.clear()
+        if self.stopping or self.lifecycle is None:
+            return
+        if self.elb_elsewhere:
+            logger.info("lifecycle action %s: the registrar's process completes it once "
+                        "drained", self.lifecycle["LifecycleHookName"])
+            return
+        self._complete_until_done(self.lifecycle)
 
     def _complete_until_done(self, lifecycle: dict) -> None:
         backoff = Backoff(self.backoff_initial, self.backoff_cap)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import redis
 from redis.backoff import NoBackoff
@@ -164,9 +164,9 @@ class Manager(StoppableThread):
         self._next_wake = config.heartbeat_interval_seconds
         self.alive = LivenessHolder(config)
         self.watch = LivenessWatch(self)
-        signals.control_received.connect(self._on_control, weak=False)
-        signals.aws_event.connect(self._on_aws_event, weak=False)
-        signals.host_draining.connect(self._on_host_draining, weak=False)
+        self.receivers = signals.Receivers((signals.control_received, self._on_control),
+                                           (signals.aws_event, self._on_aws_event),
+                                           (signals.host_draining, self._on_host_draining))
 
     # -- public API ------------------------------------------------------------
 
@@ -247,7 +247,12 @@ class Manager(StoppableThread):
 
     # -- the loop ------------------------------------------------------------------
 
+    def start(self) -> None:
+        self.receivers.connect()
+        super().start()
+
     def on_stop(self) -> None:
+        self.receivers.disconnect()
         self.wake.set()
 
     def run(self) -> None:
@@ -273,9 +278,6 @@ class Manager(StoppableThread):
         self.alive.stop()
         self.watch.join(timeout=5)
         self.alive.join(timeout=5)
-        signals.control_received.disconnect(self._on_control)
-        signals.aws_event.disconnect(self._on_aws_event)
-        signals.host_draining.disconnect(self._on_host_draining)
 
     def _lost_contact(self) -> None:
         """Redis did not answer: a leader that cannot renew within the lease is no

@@ -67,6 +67,31 @@ class Container:
         return hash(self.id)
 
 
+@dataclass(frozen=True)
+class ContainerEvent:
+    """One Docker event about a container, as read from the stream: what happened, to
+    which container, when. Network ``connect``/``disconnect`` events are about the
+    container they name."""
+
+    action: str
+    container_id: str
+    #: Docker's time of the event, float seconds
+    time: float
+    #: a ``stop``, or a ``kill`` with a signal that stops the container
+    stopping: bool = False
+
+    @property
+    def gone(self) -> bool:
+        """The container died or was removed: nothing left to inspect."""
+        return self.action in ("die", "destroy", "oom")
+
+    @property
+    def needs_inspect(self) -> bool:
+        """Only a fresh inspect tells what the event changed (its state, health,
+        networks)."""
+        return not (self.stopping or self.gone)
+
+
 @dataclass(frozen=True, order=True)
 class Route:
     """One ``ip:port`` server in one Redx backend, and the container behind it."""

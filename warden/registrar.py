@@ -1,10 +1,11 @@
 """The Registrar: keeps this host's Redx routes and load-balancer enrolment in step with
 its running containers.
 
-It owns one worker thread. Docker events, sweep requests and service reloads arrive on
-one queue and are handled there in order, so the Registrar's view never races with
-itself. From each change it works out which routes and enrolments should exist and
-emits signals; the handlers (Redx, ELB, yours) make it so.
+It owns one worker thread. Docker events, probe answers, sweep requests and service
+reloads arrive on one queue as typed items and are handled there in order, so the
+Registrar's view never races with itself. From each change it works out which routes
+and enrolments should exist and emits signals; the handlers (Redx, ELB, yours) make it
+so.
 """
 
 from __future__ import annotations
@@ -12,13 +13,15 @@ from __future__ import annotations
 import logging
 import queue
 import time
-from typing import Any, Iterable, Optional
+from dataclasses import dataclass, replace
+from typing import Any, Iterable, Optional, Union
 
 from warden import signals
 from warden.config import Config
 from warden.docker_events import DockerSource
 from warden.errors import ConnectionLost, ContainerGone
-from warden.model import Change, Container, DesiredState, LoadBalancerTarget, Ownership, Route
+from warden.model import (Change, Container, ContainerEvent, DesiredState, LoadBalancerTarget,
+                          Ownership, Route)
 from warden.readiness import Probe, ReadinessProber
 from warden.services import Service, ServiceCatalog
 from warden.threads import StoppableThread
@@ -26,16 +29,40 @@ from warden.threads import StoppableThread
 logger = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class SweepRequest:
+    """Reconcile everything now, for ``reason``."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class Reload:
+    """The service catalog holds new descriptions."""
+
+
+@dataclass(frozen=True)
+class ProbeAnswered:
+    """A container's readiness probe answered: look at its routes again."""
+
+    container_id: str
+
+
+#: what the Registrar's queue carries (and ``None``, which ends the worker)
+Work = Union[ContainerEvent, ProbeAnswered, SweepRequest, Reload]
+
+
 class Registrar(StoppableThread):
     """This host's view of its containers and the routes they should have."""
 
     def __init__(self, config: Config, docker_source: DockerSource, catalog: ServiceCatalog,
-                 inbox: "Optional[queue.Queue[tuple[str, Any]]]" = None) -> None:
+                 inbox: "Optional[queue.Queue[Optional[Work]]]" = None) -> None:
         super().__init__("warden-registrar")
         self.config = config
         self.docker = docker_source
         self.catalog = catalog
-        self.inbox: "queue.Queue[tuple[str, Any]]" = inbox or queue.Queue()
+        #: the worker's queue; the Docker events reader puts its events here
+        self.inbox: "queue.Queue[Optional[Work]]" = inbox or queue.Queue()
         self.services: tuple[Service, ...] = catalog.services
         #: running containers by id, from the last listing and the events since
         self.containers: dict[str, Container] = {}
@@ -51,33 +78,34 @@ class Registrar(StoppableThread):
         self._warned: set[tuple[str, str]] = set()
         self._ready_wait: Any = None
         #: probes containers without a Docker health check until they answer
-        self.prober = ReadinessProber(self._on_probe_answered, config.readiness_report_seconds)
+        self.prober = ReadinessProber(
+            lambda probe: self.inbox.put(ProbeAnswered(probe.container_id)),
+            config.readiness_report_seconds)
         #: container id -> Docker's time for its start event, while it may still wait
         #: for its probe (so the route's latency counts from the start)
         self.started_at: dict[str, float] = {}
         #: keys that must exist in the Redx Redis unless something wiped it (read by
         #: the Redx watcher from its own thread, so replaced whole, never mutated)
         self.probe_keys: tuple[str, ...] = ()
-        signals.container_changed.connect(self._on_container_changed, sender=self, weak=False)
+        self.receivers = signals.Receivers(
+            (signals.sweep_requested, lambda sender, *, reason, **kw: self.inbox.put(SweepRequest(reason))),
+            (signals.services_reloaded, lambda sender, **kw: self.inbox.put(Reload())),
+        )
 
     # -- the worker loop ---------------------------------------------------------
 
-    def submit(self, kind: str, payload: Any = None) -> None:
-        """Queue work for the worker thread: ``event``, ``sweep``, ``reload``,
-        ``ready`` (a container id whose probe answered)."""
-        self.inbox.put((kind, payload))
+    def start(self) -> None:
+        self.receivers.connect()
+        super().start()
 
     def on_stop(self) -> None:
-        self.inbox.put(("stop", None))
+        self.receivers.disconnect()
+        self.inbox.put(None)
 
     def close(self) -> None:
         """Stop the readiness probes (after the worker has stopped, or after a one-off
         sweep)."""
         self.prober.stop()
-
-    def _on_probe_answered(self, probe: Probe) -> None:
-        # On a prober thread: the worker takes it from here.
-        self.submit("ready", probe.container_id)
 
     def wait_before_first_sweep(self, ready: Any) -> None:
         """The first sweep waits until ``ready`` (an Event: the Docker events stream is
@@ -91,78 +119,77 @@ class Registrar(StoppableThread):
         period = self.config.registrar_sleep_time_seconds
         self._safe_sweep("start-up")
         next_sweep = time.monotonic() + period
-        #: when a service file that went missing is due for retirement, if one is
-        next_reload: Optional[float] = None
         while not self.stopping:
-            due = min(next_sweep, next_reload or next_sweep)
             try:
-                kind, payload = self.inbox.get(timeout=max(0.0, due - time.monotonic()))
+                work = self.inbox.get(timeout=max(0.0, next_sweep - time.monotonic()))
             except queue.Empty:
-                kind, payload = ("reload", None) if next_reload and next_reload <= next_sweep \
-                    else ("sweep", "periodic")
-            if kind == "stop":
+                work = SweepRequest("periodic")
+            if work is None:
                 break
             try:
-                if kind == "event":
-                    self._handle_event(payload)
-                elif kind == "ready":
-                    self._update(payload, self.started_at.get(payload))
-                elif kind == "reload":
-                    self.reload()
-                    self._safe_sweep("services changed")
-                    next_sweep = time.monotonic() + period
-                    # A file gone for less than the grace time: look again when it is due,
-                    # whatever the watcher does.
-                    pending = self.catalog.retire_pending()
-                    next_reload = None if pending is None else time.monotonic() + pending
-                elif kind == "sweep":
-                    self._drain_sweeps()
-                    self._safe_sweep(payload)
+                if self._handle(work):
                     next_sweep = time.monotonic() + period
             except Exception:  # noqa: BLE001 - one bad step must not end the Registrar
-                logger.exception("registrar step %s failed", kind)
-        signals.container_changed.disconnect(self._on_container_changed, sender=self)
+                logger.exception("registrar step %s failed", work)
         self.close()
 
-    def _drain_sweeps(self) -> None:
-        """Several sweep requests queued together need one sweep; events between them
-        are handled first, in order."""
-        held = []
+    def _handle(self, work: Work) -> bool:
+        """Do one piece of work; True when it swept."""
+        if isinstance(work, ContainerEvent):
+            self.handle_event(work)
+        elif isinstance(work, ProbeAnswered):
+            self._update(work.container_id, self.started_at.get(work.container_id))
+        elif isinstance(work, Reload):
+            self.reload()
+            self._safe_sweep("services changed")
+            return True
+        elif isinstance(work, SweepRequest):
+            self._handle_queued_before_sweeping()
+            self._safe_sweep(work.reason)
+            return True
+        return False
+
+    def _handle_queued_before_sweeping(self) -> None:
+        """Several sweep requests queued together need one sweep; events and probe
+        answers between them are handled first, in order."""
+        held: list[Optional[Work]] = []
         while True:
             try:
-                item = self.inbox.get_nowait()
+                work = self.inbox.get_nowait()
             except queue.Empty:
                 break
-            if item[0] == "sweep":
-                continue
-            if item[0] == "event":
-                self._handle_event(item[1])
-            elif item[0] == "ready":
-                self._update(item[1], self.started_at.get(item[1]))
-            else:
-                held.append(item)
-        for item in held:
-            self.inbox.put(item)
+            if isinstance(work, (ContainerEvent, ProbeAnswered)):
+                self._handle(work)
+            elif not isinstance(work, SweepRequest):
+                held.append(work)
+        for work in held:
+            self.inbox.put(work)
 
-    def _handle_event(self, raw: dict) -> None:
-        logger.debug("docker event %s %s %s", raw.get("Type"), raw.get("Action"),
-                     ((raw.get("Actor") or {}).get("ID") or "")[:12])
-        if raw.get("Type") == "network":
+    def handle_event(self, event: ContainerEvent) -> None:
+        """One Docker event: inspect the container when the event alone does not say
+        enough, update the view, emit the route and enrolment changes, then notify
+        ``container_changed``."""
+        if event.action in ("connect", "disconnect") and event.container_id not in self.containers:
             # A container is connected to its networks while it starts, before it
             # runs: its start event follows and tells all. Only a running container's
             # network change needs a look.
-            attributes = (raw.get("Actor") or {}).get("Attributes") or {}
-            if attributes.get("container") not in self.containers:
-                return
-        try:
-            described = self.docker.describe(raw)
-        except ConnectionLost as error:
-            logger.warning("cannot inspect after event %s: %s; a sweep will follow",
-                           raw.get("Action"), error)
-            self.submit("sweep", "Docker unreachable while inspecting")
             return
-        if described is not None:
-            signals.send(signals.container_changed, self, **described)
+        container: Optional[Container] = None
+        if event.needs_inspect:
+            try:
+                container = self.docker.inspect(event.container_id)
+            except ContainerGone:
+                event = replace(event, action="destroy")
+            except ConnectionLost as error:
+                logger.warning("cannot inspect after event %s: %s; a sweep will follow",
+                               event.action, error)
+                self.inbox.put(SweepRequest("Docker unreachable while inspecting"))
+                return
+        self._apply(event, container)
+        self._update(event.container_id, event.time)
+        signals.send(signals.container_changed, self, action=event.action,
+                     container_id=event.container_id, container=container,
+                     stopping=event.stopping, event_time=event.time)
 
     def _safe_sweep(self, reason: str) -> None:
         try:
@@ -220,26 +247,24 @@ class Registrar(StoppableThread):
         return any(r.backend == backend and r.address == address
                    for cid, routes in self.routes.items() if cid != besides for r in routes)
 
-    def _on_container_changed(self, sender: Any, *, action: str, container_id: str,
-                              container: Optional[Container], stopping: bool,
-                              event_time: Optional[float] = None, **_: Any) -> None:
-        if stopping:
-            self.being_stopped.add(container_id)
-            self.prober.forget(container_id)
-        elif action in ("die", "destroy", "oom"):
-            self.being_stopped.discard(container_id)
-            self.containers.pop(container_id, None)
-            self.prober.forget(container_id)
+    def _apply(self, event: ContainerEvent, container: Optional[Container]) -> None:
+        """Take one event (and the container as inspected after it) into the view."""
+        cid = event.container_id
+        if event.stopping:
+            self.being_stopped.add(cid)
+            self.prober.forget(cid)
+        elif event.gone:
+            self.being_stopped.discard(cid)
+            self.containers.pop(cid, None)
+            self.prober.forget(cid)
         if container is not None:
-            if action in ("start", "restart"):
-                self.being_stopped.discard(container_id)
-                if event_time is not None:
-                    self.started_at[container_id] = event_time
+            if event.action in ("start", "restart"):
+                self.being_stopped.discard(cid)
+                self.started_at[cid] = event.time
             if container.running:
-                self.containers[container_id] = container
+                self.containers[cid] = container
             else:
-                self.containers.pop(container_id, None)
-        self._update(container_id, event_time)
+                self.containers.pop(cid, None)
 
     def _update(self, container_id: str, event_time: Optional[float]) -> None:
         """Recompute one container's routes and emit the differences."""

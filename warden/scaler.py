@@ -54,11 +54,10 @@ class Scaler(StoppableThread):
         self._metrics: dict[str, tuple[str, Metric]] = {}
         self._cond = threading.Condition()
         self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="warden-scaling")
-        self._receivers = [(signals.leadership_gained, self._on_leadership),
-                           (signals.services_reloaded, self._on_services_reloaded),
-                           (signals.aws_event, self._on_aws_event)]
-        for signal, receiver in self._receivers:
-            signal.connect(receiver, weak=False)
+        self.receivers = signals.Receivers(
+            (signals.leadership_gained, lambda sender, **kw: self.request(None, "leadership gained")),
+            (signals.services_reloaded, lambda sender, **kw: self.request(None, "services changed")),
+            (signals.aws_event, self._on_aws_event))
 
     # -- triggers ----------------------------------------------------------------
 
@@ -67,16 +66,6 @@ class Scaler(StoppableThread):
         with self._cond:
             self._due.setdefault(service, reason)
             self._cond.notify_all()
-
-    def _on_leadership(self, sender: Any, **kw: Any) -> None:
-        self.request(None, "leadership gained")
-
-    def _on_services_reloaded(self, sender: Any, **kw: Any) -> None:
-        if sender is self:
-            services, problems = self.catalog.load()
-            for problem in problems:
-                (logger.warning if problem.warning else logger.error)("service file problem: %s", problem)
-            self.request(None, "services changed")
 
     def _on_aws_event(self, sender: Any, *, event: Any, **kw: Any) -> None:
         """A task that stopped unexpectedly, or an alarm of a service's metric that
@@ -105,7 +94,15 @@ class Scaler(StoppableThread):
 
     # -- the loop ------------------------------------------------------------------
 
+    def start(self) -> None:
+        self.receivers.connect()
+        if self.manager.is_leader:
+            # It led before it listened: leadership_gained has come and gone.
+            self.request(None, "leadership gained")
+        super().start()
+
     def on_stop(self) -> None:
+        self.receivers.disconnect()
         with self._cond:
             self._cond.notify_all()
 
@@ -129,8 +126,6 @@ class Scaler(StoppableThread):
                 logger.exception("scaling scheduler step failed; going on")
                 self.stop_event.wait(self.retry_seconds)
         self._pool.shutdown(wait=True)
-        for signal, receiver in self._receivers:
-            signal.disconnect(receiver)
 
     def _soonest(self, now: float) -> float:
         waits = [COALESCE_SECONDS - (now - self._last.get(name, 0.0)) for name in self._due if name]

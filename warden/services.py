@@ -393,15 +393,6 @@ class ServiceCatalog:
             return os.path.dirname(file) == self.path and file.endswith(".json")
         return file == self.path
 
-    def retire_pending(self) -> Optional[float]:
-        """Seconds until a file that went missing is due for retirement (at least a
-        little), or None when no file waits."""
-        with self._lock:
-            if not self._gone_since:
-                return None
-            oldest = min(self._gone_since.values())
-        return max(0.05, oldest + self.gone_grace_seconds - time.monotonic())
-
     def load(self) -> tuple[tuple[Service, ...], list[Problem]]:
         """Read every file again. Returns the services in force and the problems
         (errors and warnings) found."""

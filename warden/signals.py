@@ -9,7 +9,7 @@ sweep timer) emit; handlers (Redx, ELB, and any a user adds) receive with
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Callable
 
 from blinker import Namespace, Signal
 
@@ -19,7 +19,8 @@ _signals = Namespace()
 
 container_changed = _signals.signal(
     "container-changed",
-    doc="""A Docker event changed a container. Sender: the Docker subscriber.
+    doc="""A Docker event changed a container; sent once the Registrar has taken it into
+    its view and emitted the route and enrolment changes. Sender: the Registrar.
     kw: ``action`` (Docker's action, e.g. ``start``, ``kill``, ``health_status``),
     ``container_id``, ``container`` (a fresh :class:`~warden.model.Container`, or
     ``None`` when it is gone), ``stopping`` (True when it is being stopped or killed),
@@ -78,13 +79,15 @@ sweep = _signals.signal(
 sweep_requested = _signals.signal(
     "sweep-requested",
     doc="""Something suggests the stores drifted (a Docker reconnect, a flushed or
-    restarted Redx Redis). Sender: the subscriber that noticed. kw: ``reason``.""",
+    restarted Redx Redis): the one way to ask the Registrar for a sweep. Sender: the
+    subscriber that noticed. kw: ``reason``.""",
 )
 
 services_reloaded = _signals.signal(
     "services-reloaded",
-    doc="""A service file was added, changed or removed. Sender: the service watcher.
-    kw: ``paths`` (the files that changed).""",
+    doc="""A service file was added, changed or removed, and the catalog loaded them
+    again. Sender: the service watcher. kw: ``services`` (the services now in force),
+    ``paths`` (the files that changed).""",
 )
 
 redx_key_failed = _signals.signal(
@@ -106,22 +109,6 @@ handler_error = _signals.signal(
     ``receiver`` (its name), ``error`` (the exception).""",
 )
 
-
-def send(signal: Signal, sender: Any, /, **kw: Any) -> list[tuple[Any, Any]]:
-    """Send ``signal`` to each receiver in its own ``try`` and return ``(receiver,
-    result)`` pairs for those that returned. A receiver that raises is logged at
-    ``critical`` and skipped; the others still run."""
-    results = []
-    for receiver in list(signal.receivers_for(sender)):
-        try:
-            results.append((receiver, receiver(sender, **kw)))
-        except Exception as error:  # noqa: BLE001 - one receiver must not stop the rest
-            name = getattr(receiver, "__qualname__", repr(receiver))
-            logger.critical("receiver %s of %s failed: %s", name, signal.name, error,
-                            exc_info=True)
-            if signal is not handler_error:
-                send(handler_error, sender, signal_name=signal.name, receiver=name, error=error)
-    return results
 
 control_received = _signals.signal(
     "control-received",
@@ -207,3 +194,36 @@ host_draining = _signals.signal(
     ``LifecycleHookName``, ``AutoScalingGroupName``, ``LifecycleActionToken`` when an
     Auto Scaling lifecycle hook waits for it, else None).""",
 )
+
+
+def send(signal: Signal, sender: Any, /, **kw: Any) -> list[tuple[Any, Any]]:
+    """Send ``signal`` to each receiver in its own ``try`` and return ``(receiver,
+    result)`` pairs for those that returned. A receiver that raises is logged at
+    ``critical`` and skipped; the others still run."""
+    results = []
+    for receiver in list(signal.receivers_for(sender)):
+        try:
+            results.append((receiver, receiver(sender, **kw)))
+        except Exception as error:  # noqa: BLE001 - one receiver must not stop the rest
+            name = getattr(receiver, "__qualname__", repr(receiver))
+            logger.critical("receiver %s of %s failed: %s", name, signal.name, error,
+                            exc_info=True)
+            if signal is not handler_error:
+                send(handler_error, sender, signal_name=signal.name, receiver=name, error=error)
+    return results
+
+
+class Receivers:
+    """A component's receivers, connected together in its ``start`` and disconnected
+    together in its ``stop`` (strongly held: blinker silently drops weakly held ones)."""
+
+    def __init__(self, *pairs: tuple[Signal, Callable[..., Any]]) -> None:
+        self.pairs = pairs
+
+    def connect(self) -> None:
+        for signal, receiver in self.pairs:
+            signal.connect(receiver, weak=False)
+
+    def disconnect(self) -> None:
+        for signal, receiver in self.pairs:
+            signal.disconnect(receiver)

@@ -66,7 +66,7 @@ class Telemetry:
         self._threads: dict[str, Callable[[], bool]] = {}
         self._server: Any = None
         self._thread: Any = None
-        self._receivers = [
+        self.receivers = signals.Receivers(
             (signals.route_added, self._on_route_added),
             (signals.container_changed, self._on_container_changed),
             (signals.sweep_done, self._on_sweep_done),
@@ -77,7 +77,7 @@ class Telemetry:
             (signals.leadership_lost, self._on_leadership_lost),
             (signals.scaling_checked, self._on_scaling_checked),
             (signals.redx_key_failed, lambda sender, **kw: self.redx_key_errors.inc()),
-        ]
+        )
 
     # -- wiring ------------------------------------------------------------------
 
@@ -117,8 +117,7 @@ class Telemetry:
         return all(answers.values()) and all(threads.values()), answers, threads
 
     def start(self) -> None:
-        for signal, receiver in self._receivers:
-            signal.connect(receiver, weak=False)
+        self.receivers.connect()
         telemetry = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -154,8 +153,7 @@ class Telemetry:
             self._server.shutdown()
             self._server.server_close()
             self._thread.join(timeout=5)
-        for signal, receiver in self._receivers:
-            signal.disconnect(receiver)
+        self.receivers.disconnect()
 
     # -- receivers -------------------------------------------------------------------
 

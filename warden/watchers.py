@@ -41,8 +41,10 @@ class _ServiceFileEvents(FileSystemEventHandler):
 
 
 class ServiceWatcher:
-    """Watches the service file (or folder) and emits ``services_reloaded``, once per
-    burst of file events (editors write a file in several steps)."""
+    """Watches the service file (or folder), loads the catalog again once per burst of
+    file events (editors write a file in several steps) and emits
+    ``services_reloaded``. One per process: the Registrar and the Manager share its
+    catalog."""
 
     #: how long a burst of file events is gathered before one reload, in seconds
     settle_seconds = 0.1
@@ -50,9 +52,8 @@ class ServiceWatcher:
     #: reload it asks for finds the grace over even when the first reload came late
     recheck_margin = 0.5
 
-    def __init__(self, catalog: ServiceCatalog, sender: Any) -> None:
+    def __init__(self, catalog: ServiceCatalog) -> None:
         self.catalog = catalog
-        self.sender = sender
         self.observer: Optional[Any] = None
         self._timer: Optional[threading.Timer] = None
         self._recheck: Optional[threading.Timer] = None
@@ -96,13 +97,25 @@ class ServiceWatcher:
         gone = [p for p in paths if not os.path.exists(p)]
         logger.info("service files looked at again after the grace time: %s",
                     f"gone: {', '.join(gone)}" if gone else "back")
-        signals.send(signals.services_reloaded, self.sender, paths=paths)
+        self._reload(paths)
 
     def _fire(self) -> None:
         with self._lock:
             paths, self._paths, self._timer = sorted(self._paths), set(), None
         logger.info("service files changed: %s", ", ".join(paths))
-        signals.send(signals.services_reloaded, self.sender, paths=paths)
+        self._reload(paths)
+
+    def _reload(self, paths: list[str]) -> None:
+        services, problems = self.catalog.load()
+        for problem in problems:
+            (logger.warning if problem.warning else logger.error)("service file problem: %s", problem)
+        signals.send(signals.services_reloaded, self, services=services, paths=paths)
+
+    def register(self, telemetry: Any) -> None:
+        """The service files' error count on ``/metrics``."""
+        telemetry.counter_source("warden_service_file_errors",
+                                 "Errors found in the service files (a broken file counts at each load)",
+                                 lambda: self.catalog.errors)
 
     def stop(self) -> None:
         """Stop watching."""
@@ -129,14 +142,13 @@ class RedxWatcher(StoppableThread):
     #: so drift it cannot see mended does not turn into a sweep a second
     min_gap = 3.0
 
-    def __init__(self, config: Config, keys: Callable[[], tuple[str, ...]], sender: Any,
+    def __init__(self, config: Config, keys: Callable[[], tuple[str, ...]],
                  client: Optional[redis.Redis] = None) -> None:
         super().__init__("warden-redx-watch")
         self.redis = client or config.nginx_redis.client(
             decode_responses=True, socket_timeout=2, socket_connect_timeout=2)
         self.display = config.nginx_redis.display
         self.keys = keys
-        self.sender = sender
         #: True while the Redx Redis answers (for /healthz)
         self.reachable = True
         self._run_id: Optional[str] = None
@@ -178,7 +190,7 @@ class RedxWatcher(StoppableThread):
             if reason and (urgent or time.monotonic() - self._last_request >= self.min_gap):
                 self._last_request = time.monotonic()
                 logger.warning("%s: sweeping", reason)
-                signals.send(signals.sweep_requested, self.sender, reason=reason)
+                signals.send(signals.sweep_requested, self, reason=reason)
 
     def on_stop(self) -> None:
         pass
