@@ -9,42 +9,28 @@ from __future__ import annotations
 
 import logging
 from importlib.metadata import entry_points
-from typing import Any
+from typing import Any, Optional
 
 from warden import signals
 from warden.config import Config
 from warden.errors import ConfigError
-from warden.model import Change
+from warden.model import Change, Container, DesiredState, LoadBalancerTarget, Route
 
 logger = logging.getLogger(__name__)
 
 #: built-in handlers that belong to the Manager: idle under ``warden registrar``
 MANAGER_HANDLERS = frozenset({"ecs"})
 
-#: hook method name -> the signal it receives
-HOOKS = {
-    "on_container_changed": signals.container_changed,
-    "on_route_added": signals.route_added,
-    "on_route_removed": signals.route_removed,
-    "on_enrolment_changed": signals.enrolment_changed,
-    "on_services_changed": signals.services_changed,
-    "on_sweep": signals.sweep,
-    "on_change_made": signals.change_made,
-    "on_handler_error": signals.handler_error,
-    "on_leadership_gained": signals.leadership_gained,
-    "on_leadership_lost": signals.leadership_lost,
-    "on_scaling_pass": signals.scaling_pass,
-    "on_scaled": signals.scaled,
-    "on_metric_failed": signals.metric_failed,
-    "on_host_draining": signals.host_draining,
-    "on_aws_event": signals.aws_event,
-}
+#: hook method name -> the signal it receives: ``on_`` and the signal's name, with
+#: ``_`` for ``-`` (``route-added`` -> ``on_route_added``), for every signal Warden has
+HOOKS = {"on_" + name.replace("-", "_"): signal for name, signal in signals.every_signal().items()}
 
 
 class Handler:
-    """Base of every handler. Each ``on_*`` hook receives one signal as
-    ``(sender, **kw)`` (see :mod:`warden.signals` for the keywords); only the hooks a
-    subclass overrides are connected."""
+    """Base of every handler. Each ``on_<signal>`` hook receives that signal as
+    ``(sender, **kw)`` (:mod:`warden.signals` documents each one's sender and keywords);
+    only the hooks a subclass defines are connected. The hooks below are the ones
+    handlers usually want; each takes ``**kw`` too, for keywords a later Warden adds."""
 
     #: the name it is enabled by in the config (its entry-point name)
     name = ""
@@ -64,55 +50,72 @@ class Handler:
         """The handler's own long-running threads, watched by ``/healthz``."""
         return []
 
-    def on_container_changed(self, sender: Any, **kw: Any) -> None:
-        """A Docker event changed a container."""
+    def on_container_changed(self, sender: Any, *, action: str, container_id: str,
+                             container: Optional[Container], stopping: bool,
+                             event_time: Optional[float] = None, **kw: Any) -> None:
+        """A Docker event changed a container (the Registrar has acted on it)."""
 
-    def on_route_added(self, sender: Any, **kw: Any) -> None:
+    def on_route_added(self, sender: Any, *, route: Route, container: Optional[Container] = None,
+                       event_time: Optional[float] = None, **kw: Any) -> None:
         """A server should be in a Redx backend."""
 
-    def on_route_removed(self, sender: Any, **kw: Any) -> None:
+    def on_route_removed(self, sender: Any, *, route: Route, container_id: str = "",
+                         event_time: Optional[float] = None, **kw: Any) -> None:
         """A server should leave a Redx backend."""
 
-    def on_enrolment_changed(self, sender: Any, **kw: Any) -> None:
+    def on_enrolment_changed(self, sender: Any, *, target: LoadBalancerTarget, enrolled: bool,
+                             **kw: Any) -> None:
         """This instance should join or leave a load balancer or target group."""
 
-    def on_services_changed(self, sender: Any, **kw: Any) -> None:
-        """The service descriptions changed."""
+    def on_services_changed(self, sender: Any, *, services: tuple, retired: DesiredState,
+                            **kw: Any) -> None:
+        """The service descriptions changed; ``retired`` is what the old ones held."""
 
-    def on_sweep(self, sender: Any, **kw: Any) -> list[Change]:
+    def on_sweep(self, sender: Any, *, desired: DesiredState, apply: bool = True,
+                 wait: bool = True, **kw: Any) -> list[Change]:
         """Reconcile the handler's store with ``desired``; return the changes."""
         return []
 
-    def on_change_made(self, sender: Any, **kw: Any) -> None:
+    def on_change_made(self, sender: Any, *, change: Change, service: Optional[str] = None,
+                       container_id: str = "", **kw: Any) -> None:
         """Some handler changed a store."""
 
-    def on_handler_error(self, sender: Any, **kw: Any) -> None:
+    def on_handler_error(self, sender: Any, *, signal_name: str, receiver: str,
+                         error: BaseException, **kw: Any) -> None:
         """A receiver raised."""
 
-    def on_leadership_gained(self, sender: Any, **kw: Any) -> None:
+    def on_leadership_gained(self, sender: Any, *, instance_id: str, epoch: int,
+                             zone: Optional[str] = None, **kw: Any) -> None:
         """This instance became the leader."""
 
-    def on_leadership_lost(self, sender: Any, **kw: Any) -> None:
+    def on_leadership_lost(self, sender: Any, *, instance_id: str, epoch: Optional[int],
+                           reason: str, **kw: Any) -> None:
         """This instance stopped leading."""
 
-    def on_scaling_pass(self, sender: Any, **kw: Any) -> Any:
+    def on_scaling_pass(self, sender: Any, *, service: Any, metric: float, steps: Any,
+                        epoch: int, fence: Any, **kw: Any) -> Any:
         """The leader asks for one scaling pass for a service."""
 
-    def on_scaled(self, sender: Any, **kw: Any) -> None:
+    def on_scaled(self, sender: Any, *, service: str, metric: float, desired: int, running: int,
+                  started: int, stopped: int, epoch: int, **kw: Any) -> None:
         """A scaling pass changed a task count."""
 
-    def on_metric_failed(self, sender: Any, **kw: Any) -> None:
+    def on_metric_failed(self, sender: Any, *, service: str, error: str, **kw: Any) -> None:
         """A metric could not be read; the count holds."""
 
-    def on_host_draining(self, sender: Any, **kw: Any) -> None:
+    def on_scaling_failed(self, sender: Any, *, service: str, error: str, **kw: Any) -> None:
+        """An ECS call of a scaling pass failed."""
+
+    def on_host_draining(self, sender: Any, *, reason: str, lifecycle: Optional[dict] = None,
+                         **kw: Any) -> None:
         """This host is being drained."""
 
-    def on_aws_event(self, sender: Any, **kw: Any) -> None:
+    def on_aws_event(self, sender: Any, *, event: Any, **kw: Any) -> None:
         """An AWS event arrived through EventBridge and SQS."""
 
     def _overridden(self) -> list[str]:
         return [hook for hook in HOOKS
-                if getattr(type(self), hook) is not getattr(Handler, hook)]
+                if getattr(type(self), hook, None) not in (None, getattr(Handler, hook, None))]
 
     def connect(self) -> None:
         """Connect the overridden hooks (strongly: blinker silently drops weakly held

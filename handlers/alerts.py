@@ -123,6 +123,10 @@ class AlertsHandler(Handler):
         self.alert("errors", "metric-failed", f"{service}: metric unreadable, count held: {error}",
                    service=service, error=error)
 
+    def on_scaling_failed(self, sender: Any, *, service: str, error: str, **kw: Any) -> None:
+        self.alert("errors", "scaling-failed", f"{service}: an ECS call of the scaling pass failed: {error}",
+                   service=service, error=error)
+
     def on_handler_error(self, sender: Any, *, signal_name: str, receiver: str, error: Any, **kw: Any) -> None:
         self.alert("errors", "handler-error", f"{receiver} failed on {signal_name}: {error}",
                    receiver=receiver, signal=signal_name, error=str(error))

@@ -86,7 +86,7 @@ class ElbHandler(Handler):
                 TargetGroupArn=target.name, Targets=[{"Id": self.instance_id, "Port": target.port}])
 
     def _change(self, target: LoadBalancerTarget, enrolled: bool) -> Change:
-        return Change("+" if enrolled else "-", target.describe(self.instance_id or "?"))
+        return Change("+" if enrolled else "-", target.change_text(self.instance_id or "?"))
 
     def _made(self, change: Change) -> None:
         logger.info("%s", change)
@@ -192,10 +192,15 @@ class ElbHandler(Handler):
 class _EnrolmentWorker(StoppableThread):
     """Settles pending targets one by one; failures back off and retry."""
 
+    #: first delay after a failed round, in seconds
+    backoff_initial = 1.0
+    #: the delay never grows past this many seconds
+    backoff_cap = 60.0
+
     def __init__(self, handler: ElbHandler) -> None:
         super().__init__("warden-elb")
         self.handler = handler
-        self.backoff = Backoff(initial=1.0, cap=60.0)
+        self.backoff = Backoff(self.backoff_initial, self.backoff_cap)
 
     def on_stop(self) -> None:
         with self.handler._lock:

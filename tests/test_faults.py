@@ -125,3 +125,18 @@ def test_docker_restart_with_containers_changed_meanwhile(redx, containers, ward
     if gone_address not in expected:  # the engine may hand its address to another
         assert gone_address not in redx.hgetall("backend:web")
     assert "reconnected" in w.log()
+
+
+def test_backoff_grows_to_its_cap_and_spreads_hosts_apart():
+    """A fleet that lost one server must not come back to it in step: each delay is
+    shortened by a random part of at most ``jitter``."""
+    from warden.threads import Backoff
+
+    runs = []
+    for _ in range(20):
+        backoff = Backoff(0.5, 4.0)
+        runs.append([backoff.next_delay() for _ in range(6)])
+    for delays in runs:
+        for delay, nominal in zip(delays, [0.5, 1.0, 2.0, 4.0, 4.0, 4.0]):
+            assert nominal * (1 - Backoff.jitter) <= delay <= nominal
+    assert len({round(delays[0], 6) for delays in runs}) > 1, "every host waits the same"

@@ -19,7 +19,7 @@ import botocore.config
 import botocore.exceptions
 
 from warden import aws, signals
-from warden.threads import Backoff, StoppableThread
+from warden.threads import ConnectionLoop, StoppableThread
 
 logger = logging.getLogger(__name__)
 
@@ -80,11 +80,15 @@ def parse_envelope(body: str) -> Optional[AwsEvent]:
                     data.get("detail") or {}, str(data.get("id") or ""))
 
 
-class AwsEventsConsumer(StoppableThread):
+class AwsEventsConsumer(ConnectionLoop):
     """Long-polls the events queue while ``is_leader()`` says this instance leads."""
 
     #: long-poll wait, seconds (also how long a stop may wait for a poll to end)
     wait_seconds = 5
+    backoff_initial = 1.0
+    backoff_cap = 30.0
+    what = "AWS events queue"
+    lost = (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError)
 
     def __init__(self, queue_url: str, region: Optional[str], is_leader: Callable[[], bool]) -> None:
         super().__init__("warden-aws-events")
@@ -95,8 +99,6 @@ class AwsEventsConsumer(StoppableThread):
         #: messages handled, and malformed ones
         self.handled = 0
         self.malformed = 0
-        #: True while the last receive worked (for /healthz)
-        self.reachable = True
 
     def client(self) -> Any:
         if self._client is None:
@@ -124,24 +126,19 @@ class AwsEventsConsumer(StoppableThread):
                                          ReceiptHandle=message["ReceiptHandle"])
         return len(messages)
 
-    def run(self) -> None:
-        backoff = Backoff(1.0, 30.0)
+    def open(self) -> Any:
+        return self.client()
+
+    def reconnected(self) -> None:
+        logger.info("AWS events queue reachable again")
+
+    def serve(self, client: Any) -> None:
         while not self.stopping:
             if not self.is_leader():
                 self.stop_event.wait(0.5)
                 continue
-            try:
-                self.poll()
-                if not self.reachable:
-                    logger.info("AWS events queue reachable again")
-                self.reachable = True
-                backoff.reset()
-            except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as error:
-                delay = backoff.next_delay()
-                if self.reachable:
-                    logger.warning("AWS events queue unreachable (%s); retrying", error)
-                self.reachable = False
-                self.stop_event.wait(delay)
+            self.poll()
+            self.held()
 
 
 class MetadataNotices(StoppableThread):

@@ -25,7 +25,7 @@ import requests.exceptions
 from warden import signals
 from warden.errors import ConnectionLost, ContainerGone
 from warden.model import Attachment, Container, ContainerEvent, PublishedPort
-from warden.threads import Backoff, StoppableThread
+from warden.threads import ConnectionLoop
 
 logger = logging.getLogger(__name__)
 
@@ -212,26 +212,30 @@ class DockerSource:
                     continue
         return tuple(found)
 
-class DockerEventReader(StoppableThread):
+class DockerEventReader(ConnectionLoop):
     """Reads the Docker event stream and queues each event Warden acts on as a
     :class:`~warden.model.ContainerEvent`; never inspects or writes. After every
-    reconnect it asks for a sweep (``sweep_requested``), so whatever the gap hid is
-    reconciled."""
+    reconnect it replays the gap with ``since`` and asks for a sweep
+    (``sweep_requested``), since the engine keeps only its last 256 events."""
 
-    #: first delay before reconnecting, in seconds
     backoff_initial = 0.5
-    #: reconnect delay cap, in seconds
     backoff_cap = 30.0
+    what = "Docker events stream"
+    #: a broken stream fails in many ways (requests, urllib3, the socket): each is a
+    #: lost connection
+    lost = (Exception,)
+
+    #: the actions Warden acts on; the engine filters the rest (health-check execs,
+    #: attaches, resizes) out, so a burst queues no more than it must
+    actions = ("start", "restart", "kill", "stop", "die", "oom", "destroy", "pause", "unpause",
+               "health_status", "update", "rename", "connect", "disconnect")
 
     def __init__(self, source: DockerSource, out: "queue.Queue[Any]") -> None:
         super().__init__("warden-docker-events")
         self.source = source
         self.out = out
-        #: set while the stream is open (for start-up ordering and /healthz)
-        self.connected = threading.Event()
         #: Docker's time of the last event read, for ``since`` on reconnect
         self.last_time: Optional[str] = None
-        self.reconnects = 0
         self._stream: Any = None
         self._lock = threading.Lock()
 
@@ -244,65 +248,37 @@ class DockerEventReader(StoppableThread):
             except Exception:  # noqa: BLE001 - closing a dead stream may fail any way
                 pass
 
-    #: the actions Warden acts on; the engine filters the rest (health-check execs,
-    #: attaches, resizes) out, so a burst queues no more than it must
-    actions = ("start", "restart", "kill", "stop", "die", "oom", "destroy", "pause", "unpause",
-               "health_status", "update", "rename", "connect", "disconnect")
-
-    def _open(self) -> Any:
-        return self.source.api.events(
+    def open(self) -> Any:
+        stream = self.source.api.events(
             since=self.last_time, decode=True,
             filters={"type": ["container", "network"], "event": list(self.actions)},
         )
+        with self._lock:
+            self._stream = stream
+        return stream
 
-    def run(self) -> None:
-        backoff = Backoff(self.backoff_initial, self.backoff_cap)
-        first = True
-        while not self.stopping:
-            try:
-                stream = self._open()
-            except Exception as error:  # noqa: BLE001 - any failure to open is retried
-                delay = backoff.next_delay()
-                logger.warning("cannot reach Docker events (%s); retrying in %.1fs", error, delay)
-                self.stop_event.wait(delay)
-                continue
-            with self._lock:
-                self._stream = stream
-            if self.stopping:
-                stream.close()
-                break
-            backoff.reset()
-            self.connected.set()
-            if not first:
-                self.reconnects += 1
-                logger.info("Docker events stream reconnected; replaying since %s", self.last_time)
-                signals.send(signals.sweep_requested, self, reason="Docker events reconnected")
-            if self.last_time is None:
-                # Replay from here on: a reconnect asks for what happened since now.
-                self.last_time = f"{time.time():.9f}"
-            first = False
-            try:
-                for raw in stream:
-                    if raw.get("timeNano"):
-                        ns = int(raw["timeNano"])
-                        self.last_time = f"{ns // 10**9}.{ns % 10**9:09d}"
-                    event = container_event(raw)
-                    if event is not None:
-                        self.out.put(event)
-                    if logger.isEnabledFor(logging.DEBUG):
-                        logger.debug("docker event %s %s %s%s", raw.get("Type"), raw.get("Action"),
-                                     ((raw.get("Actor") or {}).get("ID") or "")[:12],
-                                     "" if event else " (changes nothing)")
-            except Exception as error:  # noqa: BLE001 - a broken stream is a lost connection
-                if not self.stopping:
-                    logger.warning("Docker events stream broke: %s", error)
-            finally:
-                self.connected.clear()
-                with self._lock:
-                    self._stream = None
-            if self.stopping:
-                break
-            delay = backoff.next_delay()
-            logger.warning("Docker events stream ended; reconnecting in %.1fs", delay)
-            self.stop_event.wait(delay)
+    def close(self, stream: Any) -> None:
+        with self._lock:
+            self._stream = None
+        stream.close()
 
+    def reconnected(self) -> None:
+        logger.info("Docker events stream reconnected; replaying since %s", self.last_time)
+        signals.send(signals.sweep_requested, self, reason="Docker events reconnected")
+
+    def serve(self, stream: Any) -> None:
+        if self.last_time is None:
+            # Replay from here on: a reconnect asks for what happened since now.
+            self.last_time = f"{time.time():.9f}"
+        self.held()
+        for raw in stream:
+            if raw.get("timeNano"):
+                ns = int(raw["timeNano"])
+                self.last_time = f"{ns // 10**9}.{ns % 10**9:09d}"
+            event = container_event(raw)
+            if event is not None:
+                self.out.put(event)
+            if logger.isEnabledFor(logging.DEBUG):
+                logger.debug("docker event %s %s %s%s", raw.get("Type"), raw.get("Action"),
+                             ((raw.get("Actor") or {}).get("ID") or "")[:12],
+                             "" if event else " (changes nothing)")

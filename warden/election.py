@@ -315,10 +315,6 @@ class ElectionStore:
         """Lodge a kill for ``leader_id`` if the record still names it."""
         return int(self._kill_if_leader(keys=[RECORD], args=[leader_id])) == 1
 
-    def killed(self) -> bool:
-        """Is a kill lodged for me?"""
-        return bool(self.redis.exists(f"{self.me}-kill"))
-
     def drop_kill(self) -> None:
         """Remove my kill key (after stepping down)."""
         self.redis.delete(f"{self.me}-kill")

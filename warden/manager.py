@@ -23,7 +23,7 @@ from warden.config import Config
 from warden.control import ControlMessage, encode
 from warden.drain import request_drain
 from warden.election import ALIVE_PREFIX, ElectionStore, LeaderView
-from warden.threads import Backoff, StoppableThread
+from warden.threads import ConnectionLoop, StoppableThread
 from warden.zones import ZoneChecker
 
 logger = logging.getLogger(__name__)
@@ -39,50 +39,49 @@ def central_client(config: Config) -> redis.Redis:
         retry=Retry(NoBackoff(), 0), retry_on_timeout=False)
 
 
-class LivenessHolder(StoppableThread):
+class LivenessHolder(ConnectionLoop):
     """Holds this instance's subscription to ``warden:alive:<instanceId>`` on a
     connection of its own. When the process dies (crash, OOM kill, ``kill -9``, a
     reboot), Redis closes the connection at once and the channel has no subscriber:
     followers see that within a fraction of a second instead of waiting out a lease. A
     frozen process keeps its socket, so the lease still covers that case."""
 
+    backoff_initial = 0.1
+    backoff_cap = 2.0
+    #: followers count the channel empty only on two readings LivenessWatch.confirm
+    #: apart, so a cut connection must be back well within that
+    retry_at_once = True
+    what = "liveness subscription"
+    lost = (redis.RedisError,)
+
     def __init__(self, config: Config) -> None:
         super().__init__("warden-alive")
         self.config = config
         self.channel = ALIVE_PREFIX + (config.instance_id or "")
-        #: set while the subscription is held
-        self.subscribed = threading.Event()
 
-    def run(self) -> None:
-        backoff = Backoff(0.1, 2.0)
-        retried_at_once = False
+    def open(self) -> Any:
+        client = self.config.service_management_redis.client(
+            socket_connect_timeout=2, client_name=f"warden-alive-{self.config.instance_id}")
+        try:
+            pubsub = client.pubsub()
+            pubsub.subscribe(self.channel)
+        except redis.RedisError:
+            client.close()
+            raise
+        return client, pubsub
+
+    def close(self, connection: Any) -> None:
+        client, pubsub = connection
+        pubsub.close()
+        client.close()
+
+    def serve(self, connection: Any) -> None:
+        _, pubsub = connection
         while not self.stopping:
-            client = self.config.service_management_redis.client(
-                socket_connect_timeout=2, client_name=f"warden-alive-{self.config.instance_id}")
-            try:
-                pubsub = client.pubsub()
-                pubsub.subscribe(self.channel)
-                while not self.stopping:
-                    # Reading keeps the connection's state current; nothing is published.
-                    message = pubsub.get_message(timeout=0.5)
-                    if message and message.get("type") == "subscribe":
-                        self.subscribed.set()
-                        backoff.reset()
-                        retried_at_once = False
-                pubsub.close()
-            except redis.RedisError as error:
-                self.subscribed.clear()
-                if not self.stopping:
-                    # The first retry is at once: followers count the channel empty
-                    # only on two readings LivenessWatch.confirm apart, and a cut
-                    # connection must be back well within that.
-                    delay = backoff.next_delay() if retried_at_once else 0.0
-                    retried_at_once = True
-                    logger.warning("liveness subscription lost (%s); again in %.1fs", error, delay)
-                    self.stop_event.wait(delay)
-            finally:
-                self.subscribed.clear()
-                client.close()
+            # Reading keeps the connection's state current; nothing is published.
+            message = pubsub.get_message(timeout=0.5)
+            if message and message.get("type") == "subscribe":
+                self.held()
 
 
 class LivenessWatch(StoppableThread):
@@ -261,7 +260,7 @@ class Manager(StoppableThread):
         self.alive.start()
         self.watch.start()
         # A leader without its liveness subscription would be deposed at once.
-        if not self.alive.subscribed.wait(5):
+        if not self.alive.connected.wait(5):
             logger.warning("no liveness subscription yet; standing only once it is held")
         while not self.stopping:
             try:
@@ -294,7 +293,7 @@ class Manager(StoppableThread):
             self._lead()
             return
         standing = (not self.draining and self.zones.active(self.zone)
-                    and self.alive.subscribed.is_set())
+                    and self.alive.connected.is_set())
         view = self.store.check(standing, self.gone)
         self.view = view
         if self.gone and self.gone != f"{view.leader_id}:{view.epoch}":

@@ -66,10 +66,6 @@ class Metric:
         """The metric's value now."""
         raise NotImplementedError
 
-    def describe(self) -> str:
-        """A short description for logs and alerts."""
-        return self.type
-
 
 def _number(value: Any, what: str) -> float:
     if isinstance(value, bytes):
@@ -114,8 +110,6 @@ class RedisMetric(Metric):
             raise MetricError(f"redis key {key} is missing")
         return _number(value, f"redis key {key}")
 
-    def describe(self) -> str:
-        return f"redis:{self.spec.get('key')}"
 
 
 class ElasticBeanstalkMetric(Metric):
@@ -141,8 +135,6 @@ class ElasticBeanstalkMetric(Metric):
         return float(sum(len(r.get("Instances") or []) for page in pages
                          for r in page.get("Reservations") or []))
 
-    def describe(self) -> str:
-        return f"elasticbeanstalk:{self.spec.get('environmentname')}"
 
 
 class CloudWatchMetric(Metric):
@@ -175,8 +167,6 @@ class CloudWatchMetric(Metric):
                               f"in the last {period}s")
         return float(points[-1][statistic])
 
-    def describe(self) -> str:
-        return f"cloudwatch:{self.spec.get('namespace')}/{self.spec.get('metricname')}"
 
 
 class SqsMetric(Metric):
@@ -190,8 +180,6 @@ class SqsMetric(Metric):
             QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages"]))
         return _number(reply["Attributes"]["ApproximateNumberOfMessages"], "queue length")
 
-    def describe(self) -> str:
-        return f"sqs:{self.spec.get('queueurl')}"
 
 
 def load_metric(spec: Mapping[str, Any], context: MetricContext) -> Metric:

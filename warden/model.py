@@ -110,7 +110,7 @@ class LoadBalancerTarget:
     name: str  # load balancer name, or target group ARN
     port: int = 0
 
-    def describe(self, instance_id: str) -> str:
+    def change_text(self, instance_id: str) -> str:
         """The form used in change lines: ``elb:<name> <id>`` or
         ``targetgroup:<arn> <id>:<port>``."""
         if self.kind == "elb":

@@ -312,7 +312,6 @@ class Registrar(StoppableThread):
         """Rebuild the view from one Docker listing (plus the network subnets)."""
         subnets = self.docker.subnets()
         listed = {c.id: c for c in self.docker.running()}
-        signals.send(signals.containers_listed, self, containers=list(listed.values()))
         self.containers = listed
         self.being_stopped &= set(listed)
         self.started_at = {cid: t for cid, t in self.started_at.items() if cid in listed}
@@ -404,8 +403,3 @@ class Registrar(StoppableThread):
                        if s.frontend and s.backend_name in routed})
         self.probe_keys = tuple(keys + sorted(f"backend:{b}" for b in routed))
 
-
-def all_routes(registrar: Registrar) -> Iterable[Route]:
-    """Every route the Registrar currently wants (for status and tests)."""
-    for routes in registrar.routes.values():
-        yield from routes

@@ -447,8 +447,3 @@ class ServiceCatalog:
         """The services in force, in file order (a snapshot: never changes in place)."""
         return self._services
 
-
-def validate_services(path: str, display: str) -> list[Problem]:
-    """Every problem in the service files, for ``warden validate``."""
-    catalog = ServiceCatalog(path, display)
-    return catalog.load()[1]

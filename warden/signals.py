@@ -27,12 +27,6 @@ container_changed = _signals.signal(
     ``event_time`` (Docker's event time, float seconds).""",
 )
 
-containers_listed = _signals.signal(
-    "containers-listed",
-    doc="""A full listing of this host's running containers was taken.
-    Sender: the Registrar. kw: ``containers`` (list of Container).""",
-)
-
 route_added = _signals.signal(
     "route-added",
     doc="""A server should be in a Redx backend. Sender: the Registrar.
@@ -194,6 +188,11 @@ host_draining = _signals.signal(
     ``LifecycleHookName``, ``AutoScalingGroupName``, ``LifecycleActionToken`` when an
     Auto Scaling lifecycle hook waits for it, else None).""",
 )
+
+
+def every_signal() -> dict[str, Signal]:
+    """Every signal above, by name."""
+    return dict(_signals)
 
 
 def send(signal: Signal, sender: Any, /, **kw: Any) -> list[tuple[Any, Any]]:

@@ -37,7 +37,7 @@ def collect(config: Config, services: tuple[Service, ...]) -> dict:
             "fallback": (None if servers.get(service.backend_name) is None
                          else bool(service.frontend) and not servers[service.backend_name]),
             "containers": containers.get(service.name),
-            "loadBalancers": [{"target": t.describe(config.instance_id or "?"),
+            "loadBalancers": [{"target": t.change_text(config.instance_id or "?"),
                                "enrolled": enrolled.get(t)} for t in service.targets],
             "tasks": tasks.get(service.name, {"desired": None, "running": None}),
         })
@@ -112,7 +112,7 @@ def _enrolment(config: Config, services: tuple[Service, ...], errors: list) -> d
         try:
             found[target] = handler.is_enrolled(target)
         except Exception as error:  # noqa: BLE001
-            errors.append(f"{target.describe(config.instance_id)}: {error}")
+            errors.append(f"{target.change_text(config.instance_id)}: {error}")
     return found
 
 
