@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Optional
 
@@ -19,6 +17,7 @@ import botocore.config
 import botocore.exceptions
 
 from warden import aws, signals
+from warden.metadata import fetch_metadata
 from warden.threads import ConnectionLoop, StoppableThread
 
 logger = logging.getLogger(__name__)
@@ -148,31 +147,16 @@ class MetadataNotices(StoppableThread):
     #: seconds between polls
     interval = 5.0
 
-    def __init__(self, endpoint: str) -> None:
+    def __init__(self) -> None:
         super().__init__("warden-metadata-notices")
-        self.endpoint = endpoint.rstrip("/")
         self.noticed = False
-
-    def _get(self, path: str) -> Optional[str]:
-        try:
-            token_request = urllib.request.Request(
-                f"{self.endpoint}/latest/api/token", method="PUT",
-                headers={"X-aws-ec2-metadata-token-ttl-seconds": "60"})
-            with urllib.request.urlopen(token_request, timeout=1) as response:
-                token = response.read().decode()
-            request = urllib.request.Request(f"{self.endpoint}/latest/meta-data/{path}",
-                                             headers={"X-aws-ec2-metadata-token": token})
-            with urllib.request.urlopen(request, timeout=1) as response:
-                return response.read().decode().strip()
-        except (urllib.error.URLError, OSError):
-            return None
 
     def check(self) -> Optional[str]:
         """Why this host must drain, or None."""
-        action = self._get("spot/instance-action")
-        if action:
-            return f"spot interruption notice: {action}"
-        if self._get("autoscaling/target-lifecycle-state") == "Terminated":
+        found = fetch_metadata(["spot/instance-action", "autoscaling/target-lifecycle-state"]) or {}
+        if found.get("spot/instance-action"):
+            return f"spot interruption notice: {found['spot/instance-action']}"
+        if found.get("autoscaling/target-lifecycle-state") == "Terminated":
             return "Auto Scaling target lifecycle state Terminated"
         return None
 

@@ -90,6 +90,9 @@ class Config:
     availability_zone: Optional[str] = None
     #: this host's AWS region
     region: Optional[str] = None
+    #: instance metadata answered when the identity was resolved: this is an EC2
+    #: instance, and its own interruption notices are worth polling
+    on_ec2: bool = False
     #: the address that routes of published-port services point at
     host_address: str = "127.0.0.1"
     #: the ECS cluster of services that name none
@@ -300,9 +303,9 @@ def load_config(path: str) -> tuple[Optional[Config], list[Problem]]:
     return Config(path=os.path.abspath(path), display_path=display, extra=extra, **values), problems
 
 
-def with_identity(config: Config, **identity: Optional[str]) -> Config:
+def with_identity(config: Config, **identity: Any) -> Config:
     """A copy of ``config`` with identity fields (instance_id, availability_zone,
-    region) filled in."""
+    region, on_ec2) filled in."""
     return replace(config, **{k: v for k, v in identity.items() if v})
 
 

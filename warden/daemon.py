@@ -161,7 +161,6 @@ class DrainDaemon:
     balancer, so a process running the ``elb`` handler enrols this host somewhere."""
 
     def __init__(self, config: Config, handlers: list[Handler], subscribe: bool, enrols: bool) -> None:
-        from warden import metadata
         from warden.aws_events import MetadataNotices
         from warden.control import ControlCodec
         from warden.drain import DrainRecorder, DrainWatcher, LifecycleCompleter
@@ -181,8 +180,7 @@ class DrainDaemon:
             ControlCodec(config.control_secret, config.lease_seconds), channels=("warden:drain",))
             if subscribe else None)
         # Only on EC2 (metadata answered when the identity was resolved).
-        self.notices = (MetadataNotices(metadata.metadata_endpoint())
-                        if metadata.metadata_enabled() and metadata.answered else None)
+        self.notices = MetadataNotices() if config.on_ec2 else None
         self.threads = [t for t in (self.watcher, self.completer, self.subscriber, self.notices)
                         if t is not None]
 

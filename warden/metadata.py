@@ -24,10 +24,6 @@ _FIELDS = {
     "region": ("WARDEN_REGION", "placement/region"),
 }
 
-#: True once instance metadata answered in this process: then this is an EC2 instance
-#: and its own interruption notices are worth polling
-answered = False
-
 #: the environment overrides, for messages
 ENV_KEYS = {field: env for field, (env, _) in _FIELDS.items()}
 
@@ -46,11 +42,12 @@ def metadata_endpoint() -> str:
     return os.environ.get("AWS_EC2_METADATA_SERVICE_ENDPOINT", DEFAULT_ENDPOINT).rstrip("/")
 
 
-def fetch_metadata(paths: list[str], timeout: float = 1.0) -> dict[str, str]:
-    """Read ``paths`` under ``/latest/meta-data/`` with an IMDSv2 token. Missing or
-    unreachable metadata gives an empty answer, never an error."""
-    if not metadata_enabled() or not paths:
-        return {}
+def fetch_metadata(paths: list[str], timeout: float = 1.0) -> Optional[dict[str, str]]:
+    """Read ``paths`` under ``/latest/meta-data/`` with an IMDSv2 token: the paths that
+    answered, by path. None when instance metadata does not answer at all (not an EC2
+    instance, or turned off); never an error. The one IMDSv2 client in Warden."""
+    if not metadata_enabled():
+        return None
     endpoint = metadata_endpoint()
     try:
         request = urllib.request.Request(
@@ -60,9 +57,7 @@ def fetch_metadata(paths: list[str], timeout: float = 1.0) -> dict[str, str]:
             token = response.read().decode()
     except (urllib.error.URLError, OSError) as error:
         logger.debug("no instance metadata at %s: %s", endpoint, error)
-        return {}
-    global answered
-    answered = True
+        return None
     found = {}
     for path in paths:
         request = urllib.request.Request(f"{endpoint}/latest/meta-data/{path}",
@@ -87,9 +82,12 @@ def resolve_identity(config: Config, needed: tuple[str, ...] = ()) -> Config:
         source[field] = env if os.environ.get(env) else CONFIG_KEYS[field]
     if not values["region"]:
         values["region"] = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    on_ec2 = config.on_ec2
     if any(not values[field] for field in needed):
         missing = [path for field, (_, path) in _FIELDS.items() if not values[field]]
         fetched = fetch_metadata(missing)
+        on_ec2 = on_ec2 or fetched is not None
+        fetched = fetched or {}
         for field, (_, path) in _FIELDS.items():
             if not values[field] and fetched.get(path):
                 values[field] = fetched[path]
@@ -98,4 +96,4 @@ def resolve_identity(config: Config, needed: tuple[str, ...] = ()) -> Config:
     if instance_id and not INSTANCE_ID.fullmatch(instance_id):
         # It names Redis keys and client names: one with a space could never stand.
         raise ConfigError(f"instanceId {instance_id!r} from {source['instance_id']} {INSTANCE_ID_RULE}")
-    return with_identity(config, **values)
+    return with_identity(config, on_ec2=on_ec2, **values)
