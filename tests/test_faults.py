@@ -11,7 +11,7 @@ from conftest import ROOT, RUN, eventually, ip_of
 from warden import signals
 from warden.config import load_config
 from warden.daemon import RegistrarDaemon
-from warden.docker_events import DockerSource
+from warden.subscribers.docker import DockerSource
 from warden.handlers.redx import RedxHandler
 from warden.model import Route
 from warden.services import ServiceCatalog

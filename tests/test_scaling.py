@@ -258,7 +258,7 @@ class _Leader:
 
         from warden.config import RedisAddress
         from warden.manager import Manager, central_client
-        from warden.zones import ZoneChecker
+        from warden.subscribers.zones import ZoneChecker
 
         self.config = dataclasses.replace(
             config_for(tmp_path), instance_id=instance, zone_check="none",
@@ -427,7 +427,7 @@ def test_warden_makes_its_aws_clients_from_one_session_one_at_a_time(aws, tmp_pa
 
     from warden import aws as warden_aws
     from warden.handlers.elb import ElbHandler
-    from warden.zones import ZoneChecker
+    from warden.subscribers.zones import ZoneChecker
 
     config = config_for(tmp_path)
     errors = []

@@ -113,7 +113,7 @@ REGISTRAR, MANAGER = frozenset({"registrar"}), frozenset({"manager"})
 
 def _prepare(args: argparse.Namespace, roles: frozenset[str] = REGISTRAR):
     """Config, services, identity, handlers and Docker for the Registrar's commands."""
-    from warden.docker_events import DockerSource
+    from warden.subscribers.docker import DockerSource
     from warden.handlers import load_handlers
     from warden.metadata import CONFIG_KEYS, ENV_KEYS, resolve_identity
 
@@ -248,7 +248,7 @@ def _enrols(catalog: ServiceCatalog) -> bool:
 def cmd_registrar(args: argparse.Namespace) -> int:
     """Run the Registrar until SIGTERM or SIGINT."""
     from warden.daemon import DrainDaemon, RegistrarDaemon
-    from warden.watchers import ServiceWatcher
+    from warden.subscribers.watchers import ServiceWatcher
 
     config, catalog, handlers, source = _prepare(args)
     daemons: list = [ServiceWatcher(catalog), RegistrarDaemon(config, catalog, handlers, source)]
@@ -261,7 +261,7 @@ def cmd_registrar(args: argparse.Namespace) -> int:
 def cmd_manager(args: argparse.Namespace) -> int:
     """Run the Manager until SIGTERM or SIGINT; a leader hands back on the way out."""
     from warden.daemon import DrainDaemon, ManagerDaemon
-    from warden.watchers import ServiceWatcher
+    from warden.subscribers.watchers import ServiceWatcher
 
     config, catalog, problems = _load(args.config)
     for problem in problems:
@@ -274,7 +274,7 @@ def cmd_manager(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     """The Registrar and the Manager in one process, one signal bus, one shutdown."""
     from warden.daemon import DrainDaemon, ManagerDaemon, RegistrarDaemon
-    from warden.watchers import ServiceWatcher
+    from warden.subscribers.watchers import ServiceWatcher
 
     config, catalog, handlers, source = _prepare(args, REGISTRAR | MANAGER)
     config, _ = _prepare_manager(config, roles=None)

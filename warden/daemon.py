@@ -7,11 +7,11 @@ from typing import Any
 
 from warden import signals
 from warden.config import Config
-from warden.docker_events import DockerEventReader, DockerSource
+from warden.subscribers.docker import DockerEventReader, DockerSource
 from warden.handlers import Handler
 from warden.registrar import Registrar
 from warden.services import ServiceCatalog
-from warden.watchers import RedxWatcher
+from warden.subscribers.watchers import RedxWatcher
 
 logger = logging.getLogger(__name__)
 
@@ -84,9 +84,9 @@ class ManagerDaemon:
         from warden.control import METRIC_CHANNEL, ControlCodec
         from warden.manager import Manager, central_client
         from warden.metrics import MetricContext
-        from warden.pubsub import ControlSubscriber
+        from warden.subscribers.channels import ControlSubscriber
         from warden.scaler import Scaler
-        from warden.zones import ZoneChecker
+        from warden.subscribers.zones import ZoneChecker
 
         self.config = config
         self.catalog = catalog
@@ -97,7 +97,7 @@ class ManagerDaemon:
         self.scaler = Scaler(config, self.manager, catalog, MetricContext(
             config.service_management_redis.client(socket_timeout=3, socket_connect_timeout=3),
             config.region), self.codec)
-        from warden.aws_events import AwsEventsConsumer
+        from warden.subscribers.aws_events import AwsEventsConsumer
 
         self.consumer = (AwsEventsConsumer(config.aws_events_queue_url, config.region,
                                            lambda: self.manager.is_leader)
@@ -161,10 +161,10 @@ class DrainDaemon:
     balancer, so a process running the ``elb`` handler enrols this host somewhere."""
 
     def __init__(self, config: Config, handlers: list[Handler], subscribe: bool, enrols: bool) -> None:
-        from warden.aws_events import MetadataNotices
+        from warden.subscribers.aws_events import MetadataNotices
         from warden.control import ControlCodec
         from warden.drain import DrainRecorder, DrainWatcher, LifecycleCompleter
-        from warden.pubsub import ControlSubscriber
+        from warden.subscribers.channels import ControlSubscriber
 
         self.config = config
         elb_here = any(h.name == "elb" for h in handlers)

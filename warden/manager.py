@@ -24,7 +24,7 @@ from warden.control import ControlMessage, encode
 from warden.drain import request_drain
 from warden.election import ALIVE_PREFIX, ElectionStore, LeaderView
 from warden.threads import ConnectionLoop, StoppableThread
-from warden.zones import ZoneChecker
+from warden.subscribers.zones import ZoneChecker
 
 logger = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from typing import Any, Iterable, Optional, Union
 
 from warden import signals
 from warden.config import Config
-from warden.docker_events import DockerSource
+from warden.subscribers.docker import DockerSource
 from warden.errors import ConnectionLost, ContainerGone
 from warden.model import (Change, Container, ContainerEvent, DesiredState, LoadBalancerTarget,
                           Ownership, Route)

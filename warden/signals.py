@@ -177,7 +177,7 @@ aws_call_failed = _signals.signal(
 aws_event = _signals.signal(
     "aws-event",
     doc="""An AWS event arrived through EventBridge and the SQS queue. Sender: the AWS
-    events consumer. kw: ``event`` (:class:`~warden.aws_events.AwsEvent`).""",
+    events consumer. kw: ``event`` (:class:`~warden.subscribers.aws_events.AwsEvent`).""",
 )
 
 host_draining = _signals.signal(

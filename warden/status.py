@@ -67,7 +67,7 @@ def _containers(services: tuple[Service, ...], config: Config, errors: list) -> 
     try:
         import docker
 
-        from warden.docker_events import DockerSource
+        from warden.subscribers.docker import DockerSource
 
         listed = DockerSource(docker.from_env(timeout=5)).running()
     except Exception as error:  # noqa: BLE001
