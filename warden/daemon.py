@@ -1,17 +1,41 @@
-"""Assembling the long-running parts: subscribers, the Registrar and the handlers."""
+"""Assembling the long-running parts: from a config path to the daemons a command
+runs (subscribers, the Registrar, the Manager, the handlers), and serving them until
+SIGTERM or SIGINT. The CLI only parses arguments, sets up logging and calls
+:func:`build` and :func:`serve`.
+"""
 
 from __future__ import annotations
 
 import logging
-from typing import Any
+import os
+import signal
+import threading
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import docker
+import redis
 
 from warden import signals
-from warden.config import Config
-from warden.subscribers.docker import DockerEventReader, DockerSource
-from warden.handlers import Handler
+from warden.config import Config, RedisAddress, load_config, require, resolve_config_path
+from warden.control import METRIC_CHANNEL, ControlCodec
+from warden.drain import DrainRecorder, DrainWatcher, LifecycleCompleter
+from warden.errors import ConfigError, ConnectionLost
+from warden.handlers import Handler, load_handlers
+from warden.jsonfile import Problem
+from warden.manager import Manager, central_client
+from warden.metadata import CONFIG_KEYS, ENV_KEYS, resolve_identity
+from warden.metrics import MetricContext
+from warden.model import Change
 from warden.registrar import Registrar
+from warden.scaler import Scaler
 from warden.services import ServiceCatalog
-from warden.subscribers.watchers import RedxWatcher
+from warden.subscribers.aws_events import AwsEventsConsumer, MetadataNotices
+from warden.subscribers.channels import ControlSubscriber
+from warden.subscribers.docker import DockerEventReader, DockerSource
+from warden.subscribers.watchers import RedxWatcher, ServiceWatcher
+from warden.subscribers.zones import ZoneChecker
+from warden.telemetry import Telemetry
 
 logger = logging.getLogger(__name__)
 
@@ -81,13 +105,6 @@ class ManagerDaemon:
     Manager's election thread and the Scaler, started and stopped together."""
 
     def __init__(self, config: Config, catalog: ServiceCatalog, handlers: list[Handler]) -> None:
-        from warden.control import METRIC_CHANNEL, ControlCodec
-        from warden.manager import Manager, central_client
-        from warden.metrics import MetricContext
-        from warden.subscribers.channels import ControlSubscriber
-        from warden.scaler import Scaler
-        from warden.subscribers.zones import ZoneChecker
-
         self.config = config
         self.catalog = catalog
         self.handlers = handlers
@@ -97,8 +114,6 @@ class ManagerDaemon:
         self.scaler = Scaler(config, self.manager, catalog, MetricContext(
             config.service_management_redis.client(socket_timeout=3, socket_connect_timeout=3),
             config.region), self.codec)
-        from warden.subscribers.aws_events import AwsEventsConsumer
-
         self.consumer = (AwsEventsConsumer(config.aws_events_queue_url, config.region,
                                            lambda: self.manager.is_leader)
                          if config.aws_events_queue_url else None)
@@ -161,11 +176,6 @@ class DrainDaemon:
     balancer, so a process running the ``elb`` handler enrols this host somewhere."""
 
     def __init__(self, config: Config, handlers: list[Handler], subscribe: bool, enrols: bool) -> None:
-        from warden.subscribers.aws_events import MetadataNotices
-        from warden.control import ControlCodec
-        from warden.drain import DrainRecorder, DrainWatcher, LifecycleCompleter
-        from warden.subscribers.channels import ControlSubscriber
-
         self.config = config
         elb_here = any(h.name == "elb" for h in handlers)
         self.watcher = DrainWatcher(config)
@@ -204,3 +214,164 @@ class DrainDaemon:
             if thread.ident is not None:
                 thread.join(timeout=10)
         self.receivers.disconnect()
+
+
+# -- assembly ----------------------------------------------------------------------
+
+#: the roles each command plays
+ROLES = {"registrar": frozenset({"registrar"}), "manager": frozenset({"manager"}),
+         "run": frozenset({"registrar", "manager"}), "sweep": frozenset({"registrar"})}
+
+
+def load(config_arg: Optional[str]) -> tuple[Config, ServiceCatalog, list[Problem]]:
+    """The config (or :class:`ConfigError`) and the service catalog, loaded once, with
+    the problems found in the service files."""
+    config = require(*load_config(resolve_config_path(config_arg)))
+    catalog = ServiceCatalog(config.service_description_path, config.service_description_display)
+    _, problems = catalog.load()
+    return config, catalog, problems
+
+
+@dataclass
+class Parts:
+    """What a command's daemons are made of, each checked once."""
+
+    config: Config
+    catalog: ServiceCatalog
+    handlers: list[Handler]
+    #: the Docker engine, for the Registrar's commands
+    docker: Optional[DockerSource]
+
+
+def prepare(command: str, config: Config, catalog: ServiceCatalog, problems: list[Problem]) -> Parts:
+    """Identity, handlers, and a first answer from each store the command needs (Docker,
+    the Redx Redis, the central Redis), or the error that names what is missing. The
+    service files' ``problems`` are logged; for the Registrar's commands, files that
+    give no service at all are an error."""
+    roles = ROLES[command]
+    for problem in problems:
+        (logger.warning if problem.warning else logger.error)("%s", problem)
+    errors = [p for p in problems if not p.warning]
+    if "registrar" in roles and errors and not catalog.services:
+        raise ConfigError("no service description could be loaded:\n" + "\n".join(map(str, errors)))
+    needed: dict[str, str] = {}
+    named = [s.name for s in catalog.services if s.targets]
+    if "registrar" in roles and "elb" in config.handlers and named:
+        why = f"the elb handler (services {', '.join(named)} name load balancers)"
+        needed.update({"instance_id": why, "region": why})
+    if "manager" in roles:
+        for field in ("instance_id", "region") + (
+                ("availability_zone",) if config.zone_check == "ec2" else ()):
+            needed.setdefault(field, "the Manager")
+    config = resolve_identity(config, tuple(needed))
+    for field, who in needed.items():
+        if not getattr(config, field):
+            raise ConfigError(f"{CONFIG_KEYS[field]} is needed by {who} but neither the config, "
+                              f"{ENV_KEYS[field]} nor instance metadata gives it")
+    # Under `warden run` each handler is made once, for both parts.
+    handlers = load_handlers(config, roles)
+    source = None
+    if "registrar" in roles:
+        source = DockerSource(_docker_client())
+        if any(h.name == "redx" for h in handlers):
+            _ping_redis(config.nginx_redis, "the Redx Redis")
+    if "manager" in roles:
+        _ping_redis(config.service_management_redis, "the central Redis")
+    return Parts(config, catalog, handlers, source)
+
+
+def _docker_client() -> Any:
+    try:
+        client = docker.from_env(timeout=10)
+        client.ping()
+    except Exception as error:  # noqa: BLE001 - any failure here is "cannot reach Docker"
+        raise ConnectionLost(f"cannot reach Docker ({os.environ.get('DOCKER_HOST', 'unix:///var/run/docker.sock')}): "
+                             f"{error}") from None
+    return client
+
+
+def _ping_redis(address: RedisAddress, what: str) -> None:
+    try:
+        client = address.client(socket_timeout=2, socket_connect_timeout=2)
+        client.ping()
+        client.close()
+    except redis.RedisError as error:
+        raise ConnectionLost(f"cannot reach {what} at {address.display}: {error}") from None
+
+
+def sweep_once(parts: Parts, apply: bool) -> list[Change]:
+    """``warden sweep``: one reconcile of this host now; the changes made (or, with
+    ``apply=False``, the ones that would be)."""
+    assert parts.docker is not None
+    registrar = Registrar(parts.config, parts.docker, parts.catalog)
+    for handler in parts.handlers:
+        handler.connect()
+    try:
+        return registrar.sweep("warden sweep", apply=apply, wait=True)
+    finally:
+        registrar.close()
+        for handler in parts.handlers:
+            handler.disconnect()
+            handler.stop()
+
+
+def build(command: str, parts: Parts) -> list[Any]:
+    """The daemons ``command`` (``registrar``, ``manager`` or ``run``) runs, in start
+    order: one service watcher per process, then the Registrar's and the Manager's
+    parts, then this host's drain."""
+    config, catalog, handlers = parts.config, parts.catalog, parts.handlers
+    enrols = any(s.targets for s in catalog.services)
+    daemons: list[Any] = [ServiceWatcher(catalog)]
+    if command in ("registrar", "run"):
+        assert parts.docker is not None
+        daemons.append(RegistrarDaemon(config, catalog, handlers, parts.docker))
+    if command in ("manager", "run"):
+        # Under `run` the handlers were connected once, by the Registrar's part.
+        daemons.append(ManagerDaemon(config, catalog, handlers if command == "manager" else []))
+    if command != "registrar" or any(h.name == "elb" for h in handlers):
+        # Draining matters to a lone Registrar only for its load-balancer enrolment; it
+        # has no control-channel subscriber of its own to hear warden:drain.
+        daemons.append(DrainDaemon(config, handlers, subscribe=command == "registrar", enrols=enrols))
+    return daemons
+
+
+def serve(daemons: list[Any], config: Config) -> int:
+    """Start ``daemons`` (and ``/metrics`` when ``metricsAddress`` is set), wait for
+    SIGTERM or SIGINT, stop them in reverse order; 0. The first signal asks for a clean
+    stop; a second exits at once."""
+    stop = threading.Event()
+    telemetry = None
+    if config.metrics_address:
+        try:
+            telemetry = Telemetry(config.metrics_address)
+        except ValueError:
+            raise ConfigError(f"metricsAddress {config.metrics_address!r} must be host:port") from None
+        for daemon in daemons:
+            daemon.register(telemetry)
+        try:
+            telemetry.start()
+        except OSError as error:
+            raise ConnectionLost(f"cannot serve metrics on {config.metrics_address}: {error}") from None
+
+    def request_stop(signum: int, frame: object) -> None:
+        if stop.is_set():
+            logger.warning("second %s: exiting now", signal.Signals(signum).name)
+            os._exit(128 + signum)
+        logger.info("%s: stopping", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    started = []
+    try:
+        for daemon in daemons:
+            daemon.start()
+            started.append(daemon)
+        while not stop.wait(0.5):
+            pass
+    finally:
+        for daemon in reversed(started):
+            daemon.stop()
+        if telemetry is not None:
+            telemetry.stop()
+    return 0
