@@ -16,7 +16,7 @@ step (a script, or one MULTI in a sweep).
 from __future__ import annotations
 
 import logging
-from typing import Any, Optional
+from typing import Any, Iterable, Optional
 
 import redis
 
@@ -24,6 +24,7 @@ from warden import signals
 from warden.config import Config
 from warden.handlers import Handler
 from warden.model import Change, DesiredState, Ownership, Route
+from warden.services import Service
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +65,25 @@ return gone
 
 #: the score Redx starts every server with
 SCORE = "0"
+
+
+def frontend_key(frontend: str) -> str:
+    """The key Redx reads a frontend from (``frontend`` is ``<loadBalancerUrl><site>``)."""
+    return f"frontend:{frontend}"
+
+
+def backend_key(backend: str) -> str:
+    """The hash Redx reads a backend's servers from."""
+    return f"backend:{backend}"
+
+
+def kept_keys(services: Iterable[Service], routed_backends: Iterable[str]) -> tuple[str, ...]:
+    """The keys that must exist in the Redx Redis unless something wiped it: each
+    backend with a route on this host, and its frontends (a frontend over an empty
+    backend is removed on purpose)."""
+    routed = set(routed_backends)
+    frontends = {frontend_key(s.frontend) for s in services if s.frontend and s.backend_name in routed}
+    return tuple(sorted(frontends) + sorted(backend_key(b) for b in routed))
 
 
 def is_server(field: str) -> bool:
@@ -111,8 +131,8 @@ class RedxHandler(Handler):
         self._write_route("-", route)
 
     def _write_route(self, op: str, route: Route) -> None:
-        key = f"backend:{route.backend}"
-        frontends = [f"frontend:{f}" for f in self.frontends_of.get(route.backend, ())]
+        key = backend_key(route.backend)
+        frontends = [frontend_key(f) for f in self.frontends_of.get(route.backend, ())]
         script = self._add_server if op == "+" else self._remove_server
         try:
             touched = script(keys=[key, *frontends], args=[route.address, route.backend])
@@ -137,24 +157,24 @@ class RedxHandler(Handler):
         try:
             for backend in sorted(self.retiring_backends):
                 ownership = self.retiring_backends[backend]
-                servers = self.redis.hgetall(f"backend:{backend}")
+                servers = self.redis.hgetall(backend_key(backend))
                 owned = sorted(a for a in servers if is_server(a) and ownership.owns(backend, a))
                 if owned:
-                    self.redis.hdel(f"backend:{backend}", *owned)
+                    self.redis.hdel(backend_key(backend), *owned)
                 del self.retiring_backends[backend]
                 for address in owned:
-                    self._made(Change("-", f"backend:{backend} {address}"))
+                    self._made(Change("-", f"{backend_key(backend)} {address}"))
             for key in sorted(self.retiring_frontends):
                 backend = self.retiring_frontends[key]
-                deleted = self._delete_if_names(keys=[f"frontend:{key}"], args=[backend])
+                deleted = self._delete_if_names(keys=[frontend_key(key)], args=[backend])
                 del self.retiring_frontends[key]
                 if deleted:
-                    self._made(Change("-", f"frontend:{key} {backend}"))
+                    self._made(Change("-", f"{frontend_key(key)} {backend}"))
         except redis.RedisError as error:
             logger.warning("Redx Redis %s did not take a retirement (%s); retrying at the next sweep: "
                            "%s", self.config.nginx_redis.display, error,
-                           ", ".join([f"backend:{b}" for b in sorted(self.retiring_backends)]
-                                     + [f"frontend:{k}" for k in sorted(self.retiring_frontends)]))
+                           ", ".join([backend_key(b) for b in sorted(self.retiring_backends)]
+                                     + [frontend_key(k) for k in sorted(self.retiring_frontends)]))
 
     def plan(self, desired: DesiredState) -> tuple[list[Change], list[tuple[str, str, str]]]:
         """Compare ``desired`` with what the Redx Redis holds, in one round trip.
@@ -167,9 +187,9 @@ class RedxHandler(Handler):
         backends = sorted(desired.backends)
         pipe = self.redis.pipeline(transaction=False)
         for key in frontends:
-            pipe.get(f"frontend:{key}")
+            pipe.get(frontend_key(key))
         for name in backends:
-            pipe.hgetall(f"backend:{name}")
+            pipe.hgetall(backend_key(name))
         replies = pipe.execute(raise_on_error=False)
         changes: list[Change] = []
         writes: list[tuple[str, str, str]] = []
@@ -178,24 +198,24 @@ class RedxHandler(Handler):
         servers_after: dict[str, Optional[int]] = {}
         for name, held in zip(backends, replies[len(frontends):]):
             if isinstance(held, Exception):
-                self._key_error(f"backend:{name}", held)
+                self._key_error(backend_key(name), held)
                 servers_after[name] = None
                 continue
             wanted = desired.backends[name]
             for address in sorted(wanted - set(held)):
-                changes.append(Change("+", f"backend:{name} {address}"))
-                writes.append(("hset", f"backend:{name}", address))
+                changes.append(Change("+", f"{backend_key(name)} {address}"))
+                writes.append(("hset", backend_key(name), address))
             gone = set()
             for address in sorted(held):
                 if (address not in wanted and is_server(address)
                         and desired.ownership.owns(name, address)):
                     gone.add(address)
-                    removals.append((Change("-", f"backend:{name} {address}"),
-                                     ("hdel", f"backend:{name}", address)))
+                    removals.append((Change("-", f"{backend_key(name)} {address}"),
+                                     ("hdel", backend_key(name), address)))
             servers_after[name] = len(({a for a in held if is_server(a)} | wanted) - gone)
         for key, held in zip(frontends, replies[:len(frontends)]):
             if isinstance(held, Exception):
-                self._key_error(f"frontend:{key}", held)
+                self._key_error(frontend_key(key), held)
                 continue
             backend = desired.frontends[key]
             servers = servers_after.get(backend)
@@ -205,12 +225,12 @@ class RedxHandler(Handler):
                 if held is not None:
                     logger.warning("frontend:%s named backend %r; setting it to %r",
                                    key, held, backend)
-                changes.append(Change("+", f"frontend:{key} {backend}"))
-                writes.append(("set", f"frontend:{key}", backend))
+                changes.append(Change("+", f"{frontend_key(key)} {backend}"))
+                writes.append(("set", frontend_key(key), backend))
             elif not servers and held == backend:
                 # No server behind it: Redx would answer 500; without the key it falls back.
-                removals.append((Change("-", f"frontend:{key} {backend}"),
-                                 ("unset", f"frontend:{key}", backend)))
+                removals.append((Change("-", f"{frontend_key(key)} {backend}"),
+                                 ("unset", frontend_key(key), backend)))
         for change, write in removals:
             changes.append(change)
             writes.append(write)

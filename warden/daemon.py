@@ -19,9 +19,10 @@ import redis
 from warden import signals
 from warden.config import Config, RedisAddress, load_config, require, resolve_config_path
 from warden.control import METRIC_CHANNEL, ControlCodec
-from warden.drain import DrainRecorder, DrainWatcher, LifecycleCompleter
+from warden.drain import DrainRecorder, DrainRelay, DrainWatcher, LifecycleCompleter
 from warden.errors import ConfigError, ConnectionLost
 from warden.handlers import Handler, load_handlers
+from warden.handlers.redx import kept_keys
 from warden.jsonfile import Problem
 from warden.manager import Manager, central_client
 from warden.metadata import CONFIG_KEYS, ENV_KEYS, resolve_identity
@@ -52,7 +53,8 @@ class RegistrarDaemon:
         self.docker = docker_source
         self.registrar = Registrar(config, docker_source, catalog)
         self.reader = DockerEventReader(docker_source, self.registrar.inbox)
-        self.redx_watcher = RedxWatcher(config, lambda: self.registrar.probe_keys)
+        self.redx_watcher = RedxWatcher(
+            config, lambda: kept_keys(self.registrar.services, self.registrar.routed_backends))
 
     def register(self, telemetry: Any) -> None:
         """Health checks and reconnect counters for ``/healthz`` and ``/metrics``."""
@@ -114,6 +116,7 @@ class ManagerDaemon:
         self.scaler = Scaler(config, self.manager, catalog, MetricContext(
             config.service_management_redis.client(socket_timeout=3, socket_connect_timeout=3),
             config.region), self.codec)
+        self.relay = DrainRelay(self.manager)
         self.consumer = (AwsEventsConsumer(config.aws_events_queue_url, config.region,
                                            lambda: self.manager.is_leader)
                          if config.aws_events_queue_url else None)
@@ -141,6 +144,7 @@ class ManagerDaemon:
         self.scaler.start()
         self.manager.start()
         if self.consumer is not None:
+            self.relay.start()
             self.consumer.start()
         logger.info("manager started as %s in zone %s", self.config.instance_id,
                     self.config.availability_zone or "-")
@@ -150,6 +154,7 @@ class ManagerDaemon:
         if self.consumer is not None:
             self.consumer.stop()
             self.consumer.join(timeout=30)
+            self.relay.stop()
         self.scaler.stop()
         self.scaler.join(timeout=60)
         self.manager.stop()

@@ -47,6 +47,39 @@ def request_drain(client: Any, instance_id: str, reason: str, lifecycle: Optiona
                ex=DRAIN_SECONDS)
 
 
+class DrainRelay:
+    """The leader's part in a drain: a spot interruption warning or an Auto Scaling
+    terminate action from the AWS events queue (which only the leader consumes) is
+    passed on to the host it names, the drain key first (the truth), then a nudge on
+    ``warden:drain``."""
+
+    def __init__(self, manager: Any) -> None:
+        self.manager = manager
+        self.receivers = signals.Receivers((signals.aws_event, self._on_aws_event))
+
+    def start(self) -> None:
+        self.receivers.connect()
+
+    def stop(self) -> None:
+        self.receivers.disconnect()
+
+    def _on_aws_event(self, sender: Any, *, event: Any, **kw: Any) -> None:
+        if event.kind not in ("spot-interruption", "terminate-lifecycle") or not event.instance_id:
+            return
+        target = event.instance_id
+        lifecycle = None
+        if event.kind == "terminate-lifecycle":
+            lifecycle = {k: event.detail.get(k) for k in
+                         ("LifecycleHookName", "AutoScalingGroupName", "LifecycleActionToken")}
+        try:
+            request_drain(self.manager.redis, target, event.detail_type, lifecycle)
+        except redis.RedisError as error:
+            logger.warning("cannot record the drain of %s: %s", target, error)
+            return
+        logger.warning("%s for %s: asking it to drain", event.detail_type, target)
+        self.manager.publish("drain", self.manager.current_epoch(), instance_id=target)
+
+
 class DrainWatcher(StoppableThread):
     """Checks this host's drain key every ``heartbeatIntervalSeconds``, and at once on a
     ``warden:drain`` message naming this host; emits ``host_draining`` once."""

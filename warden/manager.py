@@ -21,7 +21,6 @@ from redis.retry import Retry
 from warden import signals
 from warden.config import Config
 from warden.control import ControlMessage, encode
-from warden.drain import request_drain
 from warden.election import ALIVE_PREFIX, ElectionStore, LeaderView
 from warden.threads import ConnectionLoop, StoppableThread
 from warden.subscribers.zones import ZoneChecker
@@ -164,7 +163,6 @@ class Manager(StoppableThread):
         self.alive = LivenessHolder(config)
         self.watch = LivenessWatch(self)
         self.receivers = signals.Receivers((signals.control_received, self._on_control),
-                                           (signals.aws_event, self._on_aws_event),
                                            (signals.host_draining, self._on_host_draining))
 
     # -- public API ------------------------------------------------------------
@@ -208,24 +206,6 @@ class Manager(StoppableThread):
             self.redis.publish(f"warden:{kind}", payload)
         except redis.RedisError as error:
             logger.debug("cannot publish %s: %s", kind, error)
-
-    def _on_aws_event(self, sender: Any, *, event: Any, **kw: Any) -> None:
-        """The leader passes a spot warning or a terminate action on to the host it
-        names: the drain key first (the truth), then a nudge."""
-        if event.kind not in ("spot-interruption", "terminate-lifecycle") or not event.instance_id:
-            return
-        target = event.instance_id
-        lifecycle = None
-        if event.kind == "terminate-lifecycle":
-            lifecycle = {k: event.detail.get(k) for k in
-                         ("LifecycleHookName", "AutoScalingGroupName", "LifecycleActionToken")}
-        try:
-            request_drain(self.redis, target, event.detail_type, lifecycle)
-        except redis.RedisError as error:
-            logger.warning("cannot record the drain of %s: %s", target, error)
-            return
-        logger.warning("%s for %s: asking it to drain", event.detail_type, target)
-        self.publish("drain", self.current_epoch(), instance_id=target)
 
     def _on_host_draining(self, sender: Any, *, reason: str, **kw: Any) -> None:
         if self.draining:

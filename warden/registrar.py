@@ -84,9 +84,9 @@ class Registrar(StoppableThread):
         #: container id -> Docker's time for its start event, while it may still wait
         #: for its probe (so the route's latency counts from the start)
         self.started_at: dict[str, float] = {}
-        #: keys that must exist in the Redx Redis unless something wiped it (read by
-        #: the Redx watcher from its own thread, so replaced whole, never mutated)
-        self.probe_keys: tuple[str, ...] = ()
+        #: backends with at least one route on this host (read by the Redx watcher from
+        #: its own thread, so replaced whole, never mutated)
+        self.routed_backends: frozenset[str] = frozenset()
         self.receivers = signals.Receivers(
             (signals.sweep_requested, lambda sender, *, reason, **kw: self.inbox.put(SweepRequest(reason))),
             (signals.services_reloaded, lambda sender, **kw: self.inbox.put(Reload())),
@@ -289,7 +289,7 @@ class Registrar(StoppableThread):
                 signals.send(signals.route_added, self, route=route, container=container,
                              event_time=event_time)
         self._update_enrolment()
-        self._update_probe()
+        self._update_routed()
 
     def wanted_targets(self) -> set[LoadBalancerTarget]:
         """Load balancers and target groups that should hold this instance: those
@@ -360,7 +360,7 @@ class Registrar(StoppableThread):
             changes.extend(result or [])
         self.sweeps += 1
         self.last_sweep_changes = changes
-        self._update_probe()
+        self._update_routed()
         seconds = time.monotonic() - started
         logger.info("sweep (%s): %d containers, %d changes in %.3fs", reason,
                     len(self.containers), len(changes), seconds)
@@ -395,11 +395,5 @@ class Registrar(StoppableThread):
         self.enrolled -= set(retired.targets)
         return new
 
-    def _update_probe(self) -> None:
-        # Only keys that must exist: a backend with a route here, and its frontends (a
-        # frontend over an empty backend is removed on purpose).
-        routed = {r.backend for routes in self.routes.values() for r in routes}
-        keys = sorted({f"frontend:{s.frontend}" for s in self.services
-                       if s.frontend and s.backend_name in routed})
-        self.probe_keys = tuple(keys + sorted(f"backend:{b}" for b in routed))
-
+    def _update_routed(self) -> None:
+        self.routed_backends = frozenset(r.backend for routes in self.routes.values() for r in routes)

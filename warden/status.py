@@ -46,7 +46,7 @@ def collect(config: Config, services: tuple[Service, ...]) -> dict:
 
 
 def _redx_servers(config: Config, services: tuple[Service, ...], errors: list) -> dict:
-    from warden.handlers.redx import is_server
+    from warden.handlers.redx import backend_key, is_server
 
     try:
         client = config.nginx_redis.client(decode_responses=True, socket_timeout=2,
@@ -54,7 +54,7 @@ def _redx_servers(config: Config, services: tuple[Service, ...], errors: list) -
         pipe = client.pipeline(transaction=False)
         names = sorted({s.backend_name for s in services})
         for name in names:
-            pipe.hkeys(f"backend:{name}")
+            pipe.hkeys(backend_key(name))
         replies = pipe.execute()
         client.close()
         return {name: sorted(a for a in reply if is_server(a)) for name, reply in zip(names, replies)}
