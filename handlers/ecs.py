@@ -80,6 +80,26 @@ def _api_names(value: Any) -> Any:
     return value
 
 
+def warden_tasks(client: Any, cluster: str, service: Service) -> list[dict]:
+    """The service's tasks in ``cluster``: its family, desired RUNNING, started by
+    Warden, tagged with its name. (ListTasks allows ``startedBy`` only alone, so it is
+    checked from DescribeTasks.) A read only: ``warden status`` asks it too."""
+    arns: list[str] = []
+    paginator = client.get_paginator("list_tasks")
+    for page in paginator.paginate(cluster=cluster, family=service.task_name, desiredStatus="RUNNING"):
+        arns.extend(page.get("taskArns") or [])
+    found = []
+    for start in range(0, len(arns), DESCRIBE_BATCH):
+        reply = client.describe_tasks(cluster=cluster, tasks=arns[start:start + DESCRIBE_BATCH],
+                                      include=["TAGS"])
+        for task in reply.get("tasks") or []:
+            tags = {t.get("key"): t.get("value") for t in task.get("tags") or []}
+            if (task.get("startedBy") == STARTED_BY and tags.get("warden:service") == service.name
+                    and task.get("desiredStatus", "RUNNING") == "RUNNING"):
+                found.append(task)
+    return found
+
+
 class EcsHandler(Handler):
     """Counts, starts and stops a service's ECS tasks."""
 
@@ -129,25 +149,8 @@ class EcsHandler(Handler):
     # -- counting --------------------------------------------------------------------
 
     def tasks(self, service: Service) -> list[dict]:
-        """The service's tasks: its family, desired RUNNING, started by Warden, tagged
-        with its name. (ListTasks allows ``startedBy`` only alone, so it is checked from
-        DescribeTasks.)"""
-        cluster = service.cluster or self.config.ecs_cluster
-        arns: list[str] = []
-        paginator = self.client().get_paginator("list_tasks")
-        for page in paginator.paginate(cluster=cluster, family=service.task_name,
-                                       desiredStatus="RUNNING"):
-            arns.extend(page.get("taskArns") or [])
-        found = []
-        for start in range(0, len(arns), DESCRIBE_BATCH):
-            reply = self.client().describe_tasks(cluster=cluster, tasks=arns[start:start + DESCRIBE_BATCH],
-                                                 include=["TAGS"])
-            for task in reply.get("tasks") or []:
-                tags = {t.get("key"): t.get("value") for t in task.get("tags") or []}
-                if (task.get("startedBy") == STARTED_BY and tags.get("warden:service") == service.name
-                        and task.get("desiredStatus", "RUNNING") == "RUNNING"):
-                    found.append(task)
-        return found
+        """The service's tasks (see :func:`warden_tasks`)."""
+        return warden_tasks(self.client(), service.cluster or self.config.ecs_cluster, service)
 
     # -- acting ----------------------------------------------------------------------
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import botocore.config
 import botocore.exceptions
@@ -29,6 +29,20 @@ AWS_CLIENT_CONFIG = botocore.config.Config(
 
 #: target health states that still count as enrolled
 _ENROLLED_STATES = frozenset({"initial", "healthy", "unhealthy", "unused", "unavailable"})
+
+
+def is_enrolled(client: Callable[[str], Any], instance_id: str, target: LoadBalancerTarget) -> bool:
+    """Is ``instance_id`` in ``target`` now, as AWS says? ``client(name)`` gives the
+    ``elb`` or ``elbv2`` client. A read only: ``warden status`` asks it too."""
+    if target.kind == "elb":
+        reply = client("elb").describe_load_balancers(LoadBalancerNames=[target.name])
+        instances = reply["LoadBalancerDescriptions"][0].get("Instances") or []
+        return any(i.get("InstanceId") == instance_id for i in instances)
+    reply = client("elbv2").describe_target_health(TargetGroupArn=target.name)
+    return any(
+        d["Target"]["Id"] == instance_id and d["Target"].get("Port", target.port) == target.port
+        and (d.get("TargetHealth") or {}).get("State", "initial") in _ENROLLED_STATES
+        for d in reply.get("TargetHealthDescriptions") or [])
 
 
 class ElbHandler(Handler):
@@ -63,15 +77,7 @@ class ElbHandler(Handler):
 
     def is_enrolled(self, target: LoadBalancerTarget) -> bool:
         """Ask AWS whether this instance is in ``target`` now."""
-        if target.kind == "elb":
-            reply = self.client("elb").describe_load_balancers(LoadBalancerNames=[target.name])
-            instances = reply["LoadBalancerDescriptions"][0].get("Instances") or []
-            return any(i.get("InstanceId") == self.instance_id for i in instances)
-        reply = self.client("elbv2").describe_target_health(TargetGroupArn=target.name)
-        return any(
-            d["Target"]["Id"] == self.instance_id and d["Target"].get("Port", target.port) == target.port
-            and (d.get("TargetHealth") or {}).get("State", "initial") in _ENROLLED_STATES
-            for d in reply.get("TargetHealthDescriptions") or [])
+        return is_enrolled(self.client, self.instance_id or "", target)
 
     def set_enrolled(self, target: LoadBalancerTarget, enrolled: bool) -> None:
         """Register or deregister this instance."""

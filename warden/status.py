@@ -104,13 +104,16 @@ def _enrolment(config: Config, services: tuple[Service, ...], errors: list) -> d
     if not config.instance_id:
         errors.append("load balancers: this host's instanceId is unknown")
         return {}
-    from warden.handlers.elb import ElbHandler
+    from warden import aws
+    from warden.handlers.elb import AWS_CLIENT_CONFIG, is_enrolled
 
-    handler = ElbHandler(config)
+    def client(name: str) -> Any:
+        return aws.client(name, config.region, AWS_CLIENT_CONFIG)
+
     found = {}
     for target in targets:
         try:
-            found[target] = handler.is_enrolled(target)
+            found[target] = is_enrolled(client, config.instance_id, target)
         except Exception as error:  # noqa: BLE001
             errors.append(f"{target.change_text(config.instance_id)}: {error}")
     return found
@@ -120,11 +123,12 @@ def _tasks(config: Config, services: tuple[Service, ...], errors: list) -> dict:
     scaled = [s for s in services if s.metric and s.task_name]
     if not scaled:
         return {}
-    from warden.handlers.ecs import EcsHandler
+    from warden import aws
+    from warden.handlers.ecs import AWS_CLIENT_CONFIG, warden_tasks
     from warden.metrics import MetricContext, MetricError, load_metric
     from warden.scaling import Policy, StepsSource
 
-    handler = EcsHandler(config)
+    ecs = aws.client("ecs", config.region, AWS_CLIENT_CONFIG)
     context = MetricContext(config.service_management_redis.client(socket_timeout=2,
                                                                    socket_connect_timeout=2),
                             config.region)
@@ -133,7 +137,7 @@ def _tasks(config: Config, services: tuple[Service, ...], errors: list) -> dict:
     for service in scaled:
         entry: dict[str, Optional[float]] = {"desired": None, "running": None, "metric": None}
         try:
-            entry["running"] = len(handler.tasks(service))
+            entry["running"] = len(warden_tasks(ecs, service.cluster or config.ecs_cluster, service))
         except Exception as error:  # noqa: BLE001
             errors.append(f"ECS tasks of {service.name}: {error}")
         try:
