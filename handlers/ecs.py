@@ -48,15 +48,6 @@ STARTED_BY = "warden"
 RUN_TASK_BATCH = 10
 DESCRIBE_BATCH = 100
 #: RunTask options a service's ``runTask`` object may pass through (lower-case -> API)
-RUN_TASK_OPTIONS = {
-    "launchtype": "launchType", "networkconfiguration": "networkConfiguration",
-    "capacityproviderstrategy": "capacityProviderStrategy", "platformversion": "platformVersion",
-    "placementconstraints": "placementConstraints", "placementstrategy": "placementStrategy",
-    "group": "group", "overrides": "overrides", "enableecsmanagedtags": "enableECSManagedTags",
-    "propagatetags": "propagateTags",
-}
-
-
 @dataclass(frozen=True)
 class ScalingResult:
     """What one pass found and did."""
@@ -68,16 +59,6 @@ class ScalingResult:
     started: int
     stopped: int
     refused: bool = False
-
-
-def _api_names(value: Any) -> Any:
-    """Restore the API's spelling of keys that the case-insensitive reader lower-cased."""
-    if isinstance(value, dict):
-        spelled = getattr(value, "spelled", lambda k: k)
-        return {spelled(k): _api_names(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_api_names(v) for v in value]
-    return value
 
 
 def warden_tasks(client: Any, cluster: str, service: Service) -> list[dict]:
@@ -162,8 +143,7 @@ class EcsHandler(Handler):
         """Start ``count`` tasks in calls of at most 10. Returns (started, refused)."""
         cluster = service.cluster or self.config.ecs_cluster
         definition = f"{service.task_name}:{service.task_version}" if service.task_version else service.task_name
-        extra = {RUN_TASK_OPTIONS[k]: _api_names(v) for k, v in (service.run_task or {}).items()
-                 if k in RUN_TASK_OPTIONS}
+        extra = dict(service.run_task.parameters) if service.run_task else {}
         started, batch = 0, 0
         while started < count:
             size = min(RUN_TASK_BATCH, count - started)
@@ -202,7 +182,7 @@ class EcsHandler(Handler):
                         steps: tuple, epoch: int, fence: Callable[[], bool],
                         **kw: Any) -> Optional[ScalingResult]:
         """One pass for ``service``: count, decide, act (fenced)."""
-        policy = Policy.from_spec(service.scaling)
+        policy = service.scaling or Policy()
         wanted = policy.wanted(metric, steps or policy.steps)
         try:
             tasks = self.tasks(service)

@@ -366,3 +366,13 @@ def test_readiness_is_checked(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert result.stdout.splitlines() == [
         "config.json: readinessReportSeconds: must be a positive number of seconds"]
+
+
+def test_an_unknown_run_task_parameter_is_a_warning(tmp_path: Path) -> None:
+    write(tmp_path, "config.json", {"serviceDescriptionFilename": "services.json"})
+    write(tmp_path, "services.json", [{"name": "a", "port": 80, "taskName": "a",
+                                       "runTask": {"launchType": "FARGATE", "lauchType": "EC2"}}])
+    result = run_warden(tmp_path, "validate")
+    assert result.returncode == 0, result.stdout
+    assert result.stdout.splitlines() == [
+        "services.json: [0].runTask.lauchType: unknown RunTask parameter, ignored (warning)"]

@@ -134,10 +134,12 @@ def test_steps_from_s3_and_from_a_file_are_read_again_when_they_change(aws, tmp_
 
 
 def service_for(ecs, **scaling) -> Service:
+    from warden.services import MetricSpec, RunTask
+
     return Service("web", 80, task_name=ecs.task_family, cluster=ecs.name,
-                   metric={"type": "static", "value": 0},
-                   scaling={"scaledowndelayseconds": 0, "maxtasks": 30, **scaling},
-                   run_task={"launchtype": "FARGATE", "networkconfiguration": ecs.awsvpc})
+                   metric=MetricSpec("static", {"type": "static", "value": 0}),
+                   scaling=Policy.from_spec({"scaledowndelayseconds": 0, "maxtasks": 30, **scaling}),
+                   run_task=RunTask({"launchType": "FARGATE", "networkConfiguration": ecs.awsvpc}))
 
 
 def config_for(tmp_path) -> Config:

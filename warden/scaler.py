@@ -82,7 +82,7 @@ class Scaler(StoppableThread):
         elif event.kind == "alarm-state":
             alarm = event.detail.get("alarmName")
             for service in self.catalog.services:
-                if alarm and (service.metric or {}).get("alarmname") == alarm:
+                if alarm and service.metric is not None and service.metric.get("alarmname") == alarm:
                     self.request(service.name, f"alarm {alarm}")
 
     def on_metric_message(self, data: Any) -> None:
@@ -173,7 +173,7 @@ class Scaler(StoppableThread):
             epoch = self.manager.current_epoch()
             if epoch is None:
                 return
-            policy = Policy.from_spec(service.scaling)
+            policy = service.scaling or Policy()
             try:
                 value = self.metric_of(service).read()
                 steps = self.steps_source.steps(policy.steps_url) if policy.steps_url else policy.steps

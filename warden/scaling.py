@@ -46,7 +46,8 @@ class Policy:
             steps_url=str(spec.get("stepsurl") or ""),
             min_tasks=int(spec.get("mintasks") or 0),
             max_tasks=None if spec.get("maxtasks") is None else int(spec["maxtasks"]),
-            scale_down_delay=float(spec.get("scaledowndelayseconds", 300)),
+            scale_down_delay=float(300 if spec.get("scaledowndelayseconds") is None
+                                   else spec["scaledowndelayseconds"]),
             max_step=None if spec.get("maxstep") is None else int(spec["maxstep"]),
         )
 

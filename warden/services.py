@@ -14,16 +14,65 @@ import re
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from types import MappingProxyType
+from typing import Any, Callable, Mapping, Optional
 
 from warden import jsonfile
 from warden.jsonfile import KeyedObject, Problem, is_int, is_number
 from warden.model import Attachment, Container, LoadBalancerTarget
+from warden.scaling import Policy
 
 logger = logging.getLogger(__name__)
 
 #: the label that ties a container to one service by name
 SERVICE_LABEL = "warden.service"
+
+
+@dataclass(frozen=True)
+class MetricSpec(Mapping):
+    """A service's ``metric`` object, checked and read-only: its ``type``, and every
+    setting by its lower-case name (a metric class reads ``spec.get("key")``)."""
+
+    type: str
+    settings: Mapping[str, Any]
+
+    def __getitem__(self, key: str) -> Any:
+        return self.settings[key]
+
+    def __iter__(self) -> Any:
+        return iter(self.settings)
+
+    def __len__(self) -> int:
+        return len(self.settings)
+
+
+@dataclass(frozen=True)
+class RunTask:
+    """A service's ``runTask`` object: extra RunTask parameters, spelled as the ECS API
+    spells them."""
+
+    parameters: Mapping[str, Any]
+
+
+#: runTask keys (lower case) -> the RunTask parameter each one is
+RUN_TASK_PARAMETERS = {
+    "launchtype": "launchType", "networkconfiguration": "networkConfiguration",
+    "capacityproviderstrategy": "capacityProviderStrategy", "platformversion": "platformVersion",
+    "placementconstraints": "placementConstraints", "placementstrategy": "placementStrategy",
+    "group": "group", "overrides": "overrides", "enableecsmanagedtags": "enableECSManagedTags",
+    "propagatetags": "propagateTags",
+}
+
+
+def _as_spelled(value: Any) -> Any:
+    """Plain JSON again, with the keys spelled as the user wrote them (the
+    case-insensitive reader lower-cased them)."""
+    if isinstance(value, dict):
+        spelled = getattr(value, "spelled", lambda k: k)
+        return {spelled(k): _as_spelled(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_as_spelled(v) for v in value]
+    return value
 
 
 @dataclass(frozen=True)
@@ -58,9 +107,9 @@ class Service:
     target_port: int = 80
     cluster: str = ""
     readiness: Readiness = Readiness()
-    metric: Optional[dict] = field(default=None, compare=False)
-    scaling: Optional[dict] = field(default=None, compare=False)
-    run_task: Optional[dict] = field(default=None, compare=False)
+    metric: Optional[MetricSpec] = field(default=None, compare=False)
+    scaling: Optional[Policy] = field(default=None, compare=False)
+    run_task: Optional[RunTask] = field(default=None, compare=False)
     #: the file it came from, as the user sees the path
     source: str = field(default="", compare=False)
     #: where in the file: ``""`` for a lone object, ``"[2]."`` for an array entry
@@ -291,12 +340,27 @@ def parse_service(file: str, where: str, obj: Any) -> tuple[Optional[Service], l
             problems += _check_scaling(file, where + spelled, raw)
     if values.get("metric") is not None:
         problems += _check_ceiling(file, where, obj)
+    if values.get("run_task") is not None:
+        raw = obj.get("runtask")
+        for lower in raw:
+            if lower not in RUN_TASK_PARAMETERS:
+                problems.append(Problem(file, f"{where}{obj.spelled('runtask')}.{raw.spelled(lower)}",
+                                        "unknown RunTask parameter, ignored", warning=True))
     for required in ("name", "port"):
         if not values.get(required):
             if not any(p.field == where + obj.spelled(required) for p in problems):
                 problems.append(Problem(file, where + obj.spelled(required), "is required"))
     if any(not p.warning for p in problems):
         return None, problems
+    # Parsed once, here: the Scaler and the ECS handler get records, not raw objects.
+    if values.get("metric") is not None:
+        values["metric"] = MetricSpec(str(values["metric"]["type"]), MappingProxyType(values["metric"]))
+    if values.get("scaling") is not None or values.get("metric") is not None:
+        values["scaling"] = Policy.from_spec(values.get("scaling"))
+    if values.get("run_task") is not None:
+        values["run_task"] = RunTask(MappingProxyType(
+            {RUN_TASK_PARAMETERS[k]: _as_spelled(v) for k, v in values["run_task"].items()
+             if k in RUN_TASK_PARAMETERS}))
     values.setdefault("backend_name", "")
     if not values["backend_name"]:
         values["backend_name"] = values["name"]

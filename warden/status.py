@@ -141,7 +141,7 @@ def _tasks(config: Config, services: tuple[Service, ...], errors: list) -> dict:
         except Exception as error:  # noqa: BLE001
             errors.append(f"ECS tasks of {service.name}: {error}")
         try:
-            policy = Policy.from_spec(service.scaling)
+            policy = service.scaling or Policy()
             value = load_metric(service.metric or {}, context).read()
             steps = steps_source.steps(policy.steps_url) if policy.steps_url else policy.steps
             entry["metric"] = value
