@@ -103,12 +103,7 @@ class DrainWatcher(StoppableThread):
             logger.info("drain message for this host: checking %s", self.key)
             self.wake.set()
 
-    def start(self) -> None:
-        self.receivers.connect()
-        super().start()
-
     def on_stop(self) -> None:
-        self.receivers.disconnect()
         self.wake.set()
 
     def check(self) -> bool:
@@ -184,12 +179,7 @@ class LifecycleCompleter(StoppableThread):
         self.enrolment_drained.set()
         self.wake.set()
 
-    def start(self) -> None:
-        self.receivers.connect()
-        super().start()
-
     def on_stop(self) -> None:
-        self.receivers.disconnect()
         self.wake.set()
 
     def complete(self, lifecycle: dict) -> None:

@@ -84,19 +84,18 @@ local function parse_ms(s)
   local days = days_from_civil(tonumber(Y), tonumber(M), tonumber(D))
   return (days * 86400 + tonumber(h) * 3600 + tonumber(mi) * 60 + tonumber(sec)) * 1000 + ms + offset
 end
-local function rfc3339(ms)
+local function clock(ms)
   local secs = math.floor(ms / 1000)
   local y, m, d = civil_from_days(math.floor(secs / 86400))
   local rem = secs % 86400
-  return string.format('%04d-%02d-%02dT%02d:%02d:%02d.%03dZ', y, m, d,
-    math.floor(rem / 3600), math.floor(rem % 3600 / 60), rem % 60, ms % 1000)
+  return y, m, d, math.floor(rem / 3600), math.floor(rem % 3600 / 60), rem % 60
+end
+local function rfc3339(ms)
+  local y, m, d, h, mi, sec = clock(ms)
+  return string.format('%04d-%02d-%02dT%02d:%02d:%02d.%03dZ', y, m, d, h, mi, sec, ms % 1000)
 end
 local function stamp(ms)
-  local secs = math.floor(ms / 1000)
-  local y, m, d = civil_from_days(math.floor(secs / 86400))
-  local rem = secs % 86400
-  return string.format('%04d%02d%02d%02d%02d%02d', y, m, d,
-    math.floor(rem / 3600), math.floor(rem % 3600 / 60), rem % 60)
+  return string.format('%04d%02d%02d%02d%02d%02d', clock(ms))
 end
 -- The leader record and whether it is live: a Warden record (with epoch) for the
 -- lease, a Perl/Go record for the legacy age. An unparseable heartbeat is stale. A

@@ -22,8 +22,9 @@ from warden import signals
 from warden.config import Config
 from warden.control import ControlMessage, encode
 from warden.election import ALIVE_PREFIX, ElectionStore, LeaderView
-from warden.threads import ConnectionLoop, StoppableThread
+from warden.subscribers.channels import close_subscription, open_subscription
 from warden.subscribers.zones import ZoneChecker
+from warden.threads import ConnectionLoop, StoppableThread
 
 logger = logging.getLogger(__name__)
 
@@ -59,20 +60,12 @@ class LivenessHolder(ConnectionLoop):
         self.channel = ALIVE_PREFIX + (config.instance_id or "")
 
     def open(self) -> Any:
-        client = self.config.service_management_redis.client(
-            socket_connect_timeout=2, client_name=f"warden-alive-{self.config.instance_id}")
-        try:
-            pubsub = client.pubsub()
-            pubsub.subscribe(self.channel)
-        except redis.RedisError:
-            client.close()
-            raise
-        return client, pubsub
+        return open_subscription(self.config.service_management_redis.client(
+            socket_connect_timeout=2, client_name=f"warden-alive-{self.config.instance_id}"),
+            (self.channel,))
 
     def close(self, connection: Any) -> None:
-        client, pubsub = connection
-        pubsub.close()
-        client.close()
+        close_subscription(connection)
 
     def serve(self, connection: Any) -> None:
         _, pubsub = connection
@@ -226,12 +219,7 @@ class Manager(StoppableThread):
 
     # -- the loop ------------------------------------------------------------------
 
-    def start(self) -> None:
-        self.receivers.connect()
-        super().start()
-
     def on_stop(self) -> None:
-        self.receivers.disconnect()
         self.wake.set()
 
     def run(self) -> None:

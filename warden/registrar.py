@@ -94,12 +94,7 @@ class Registrar(StoppableThread):
 
     # -- the worker loop ---------------------------------------------------------
 
-    def start(self) -> None:
-        self.receivers.connect()
-        super().start()
-
     def on_stop(self) -> None:
-        self.receivers.disconnect()
         self.inbox.put(None)
 
     def close(self) -> None:

@@ -95,14 +95,12 @@ class Scaler(StoppableThread):
     # -- the loop ------------------------------------------------------------------
 
     def start(self) -> None:
-        self.receivers.connect()
+        super().start()
         if self.manager.is_leader:
             # It led before it listened: leadership_gained has come and gone.
             self.request(None, "leadership gained")
-        super().start()
 
     def on_stop(self) -> None:
-        self.receivers.disconnect()
         with self._cond:
             self._cond.notify_all()
 

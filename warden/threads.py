@@ -5,7 +5,9 @@ from __future__ import annotations
 import logging
 import random
 import threading
-from typing import Any
+from typing import Any, Optional
+
+from warden.signals import Receivers
 
 logger = logging.getLogger(__name__)
 
@@ -44,14 +46,25 @@ class Backoff:
 
 class StoppableThread(threading.Thread):
     """A daemon thread that waits on ``stop_event`` instead of sleeping, so that
-    ``stop()`` ends it promptly."""
+    ``stop()`` ends it promptly. Its ``receivers``, if it has any, are connected when it
+    starts and disconnected when it is asked to stop."""
+
+    #: the signals the thread listens to
+    receivers: Optional[Receivers] = None
 
     def __init__(self, name: str) -> None:
         super().__init__(name=name, daemon=True)
         self.stop_event = threading.Event()
 
+    def start(self) -> None:
+        if self.receivers is not None:
+            self.receivers.connect()
+        super().start()
+
     def stop(self) -> None:
         """Ask the thread to finish its current step and end."""
+        if self.receivers is not None:
+            self.receivers.disconnect()
         self.stop_event.set()
         self.on_stop()
 

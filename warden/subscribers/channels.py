@@ -19,6 +19,26 @@ from warden.threads import ConnectionLoop
 logger = logging.getLogger(__name__)
 
 
+def open_subscription(client: redis.Redis, channels: tuple[str, ...],
+                      ignore_subscribe_messages: bool = False) -> tuple[redis.Redis, Any]:
+    """``client`` and its pub/sub, subscribed to ``channels`` (the client is closed when
+    subscribing fails)."""
+    try:
+        pubsub = client.pubsub(ignore_subscribe_messages=ignore_subscribe_messages)
+        pubsub.subscribe(*channels)
+    except redis.RedisError:
+        client.close()
+        raise
+    return client, pubsub
+
+
+def close_subscription(connection: tuple[redis.Redis, Any]) -> None:
+    """Undo :func:`open_subscription`."""
+    client, pubsub = connection
+    pubsub.close()
+    client.close()
+
+
 class ControlSubscriber(ConnectionLoop):
     """Listens on the control channels (and any extra ones) of the central Redis. An
     extra channel's callback gets the raw payload and raises :class:`Rejected` for a
@@ -55,19 +75,11 @@ class ControlSubscriber(ConnectionLoop):
         signals.send(signals.control_received, self, message=message)
 
     def open(self) -> Any:
-        client = self.client_factory()
-        try:
-            pubsub = client.pubsub(ignore_subscribe_messages=True)
-            pubsub.subscribe(*self.channels, *self.extra)
-        except redis.RedisError:
-            client.close()
-            raise
-        return client, pubsub
+        return open_subscription(self.client_factory(), (*self.channels, *self.extra),
+                                 ignore_subscribe_messages=True)
 
     def close(self, connection: Any) -> None:
-        client, pubsub = connection
-        pubsub.close()
-        client.close()
+        close_subscription(connection)
 
     def reconnected(self) -> None:
         logger.info("control channels resubscribed")
