@@ -1,9 +1,10 @@
 """Every signal Warden emits, declared in one place.
 
-Subscribers (the Docker events reader, the service-file watcher, the Redx watcher, the
-sweep timer) emit; handlers (Redx, ELB, and any a user adds) receive with
-``(sender, **kw)``. Always emit through :func:`send`, which gives each receiver its own
-``try``: one failing receiver never stops the others.
+Subscribers (``warden/subscribers/``) and the cores (the Registrar, the Manager, the
+Scaler) emit; handlers (Redx, ELB, ECS, alerts, and any a user adds) and the cores
+receive with ``(sender, **kw)``. Each signal's doc names its sender and keywords. Always
+emit through :func:`send`, which gives each receiver its own ``try``: one failing
+receiver never stops the others.
 """
 
 from __future__ import annotations
@@ -107,13 +108,14 @@ handler_error = _signals.signal(
 control_received = _signals.signal(
     "control-received",
     doc="""A valid control message arrived on a ``warden:*`` channel. Sender: the
-    pub/sub subscriber. kw: ``message`` (:class:`~warden.control.ControlMessage`).""",
+    control-channel subscriber. kw: ``message`` (:class:`~warden.control.ControlMessage`).""",
 )
 
 control_rejected = _signals.signal(
     "control-rejected",
     doc="""A control message was ignored (malformed, unsigned, badly signed, replayed).
-    Sender: the pub/sub subscriber. kw: ``channel``, ``reason``.""",
+    Sender: the control-channel subscriber, or the AWS events consumer (channel
+    ``aws-events``) for a malformed queue message. kw: ``channel``, ``reason``.""",
 )
 
 leadership_gained = _signals.signal(
@@ -170,7 +172,8 @@ scaling_checked = _signals.signal(
 
 aws_call_failed = _signals.signal(
     "aws-call-failed",
-    doc="""An AWS API call failed (after botocore's retries). Sender: the handler.
+    doc="""An AWS API call failed (after botocore's retries). Sender: the handler that
+    made it, or the lifecycle completer.
     kw: ``api`` (e.g. ``elb:RegisterInstancesWithLoadBalancer``), ``error`` (text).""",
 )
 
@@ -184,7 +187,7 @@ host_draining = _signals.signal(
     "host-draining",
     doc="""This host is being drained (spot interruption, Auto Scaling termination):
     leave every load balancer, hand leadership over, stand in no election. Sender: the
-    Manager or the metadata watcher. kw: ``reason``, ``lifecycle`` (dict with
+    drain watcher (the drain key) or the metadata notices (this instance's own). kw: ``reason``, ``lifecycle`` (dict with
     ``LifecycleHookName``, ``AutoScalingGroupName``, ``LifecycleActionToken`` when an
     Auto Scaling lifecycle hook waits for it, else None).""",
 )
