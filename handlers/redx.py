@@ -144,10 +144,17 @@ class RedxHandler(Handler):
         for frontend in touched:
             self._made(Change(op, f"{frontend} {route.backend}"), route.service, route.container_id)
 
-    def on_services_changed(self, sender: Any, *, retired: DesiredState, **kw: Any) -> None:
+    def on_services_changed(self, sender: Any, *, services: tuple = (), retired: DesiredState,
+                            **kw: Any) -> None:
         """Empty what retired services held: owned addresses leave their old backends,
         and an old frontend key goes if it still names the old backend. What the Redx
-        Redis does not take now is retried at every sweep until it does."""
+        Redis does not take now is retried at every sweep until it does. The new
+        services' frontends are written with their first server from now on."""
+        frontends_of: dict[str, list[str]] = {}
+        for service in services:
+            if service.frontend:
+                frontends_of.setdefault(service.backend_name, []).append(service.frontend)
+        self.frontends_of = {backend: tuple(keys) for backend, keys in frontends_of.items()}
         for backend in retired.backends:
             self.retiring_backends[backend] = retired.ownership
         self.retiring_frontends.update(retired.frontends)

@@ -31,7 +31,7 @@ from local_services import fargate_family, serving, start_moto, start_redis  # n
 
 
 #: the frontends the demo's services configure
-FRONTENDS = ("web.localhost", "web.localhost/api/")
+FRONTENDS = ("web.localhost", "web.localhost/api/", "shop.localhost")
 
 
 def show(redx: redis.Redis, title: str) -> None:
@@ -137,6 +137,13 @@ def main() -> int:
         api = run("demo-api-1", labels={"warden.service": "api"})
         settle()
         show(redx, "added services/api.json and a container labelled warden.service=api")
+        shop = run("demo-shop-1", labels={"warden.service": "shop", "warden.frontend": "shop.localhost",
+                                          "warden.port": "8080"})
+        settle()
+        show(redx, f"started {shop.name}, whose labels declare service shop: no file needed")
+        shop.remove(force=True)
+        settle()
+        show(redx, f"removed {shop.name}: service shop is gone with its last container")
         slow = run("demo-web-slow", command=serving(8080, after=1.5))
         settle()
         show(redx, f"started {slow.name}, which listens 1.5 s after it starts: not routed yet")

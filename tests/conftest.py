@@ -579,3 +579,34 @@ def aws_proxy(moto: str) -> Any:
         finally:
             proxy.release.set()
             proxy.unhold.set()
+
+
+@pytest.fixture
+def cloud(aws):
+    """An EC2 instance standing for this host, a classic ELB and a target group."""
+    ec2 = aws.ec2
+    image = ec2.describe_images()["Images"][0]["ImageId"]
+    instance = ec2.run_instances(ImageId=image, MinCount=1, MaxCount=1)["Instances"][0]
+    name = f"elb-{RUN}-{time.monotonic_ns() % 10**6}"
+    aws.elb.create_load_balancer(
+        LoadBalancerName=name, AvailabilityZones=["us-east-1a"],
+        Listeners=[{"Protocol": "HTTP", "LoadBalancerPort": 80, "InstancePort": 80}])
+    group = aws.elbv2.create_target_group(Name=name, Protocol="HTTP", Port=80,
+                                          VpcId=instance["VpcId"])["TargetGroups"][0]
+
+    class Cloud:
+        instance_id = instance["InstanceId"]
+        elb_name = name
+        target_group = group["TargetGroupArn"]
+        clients = aws
+
+        def in_elb(self) -> bool:
+            reply = aws.elb.describe_load_balancers(LoadBalancerNames=[name])
+            return any(i["InstanceId"] == self.instance_id
+                       for i in reply["LoadBalancerDescriptions"][0]["Instances"])
+
+        def in_group(self) -> set:
+            reply = aws.elbv2.describe_target_health(TargetGroupArn=self.target_group)
+            return {(d["Target"]["Id"], d["Target"]["Port"]) for d in reply["TargetHealthDescriptions"]}
+
+    return Cloud()

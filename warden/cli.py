@@ -10,7 +10,7 @@ import argparse
 import json
 import logging
 import sys
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 from warden import __version__
 from warden.config import load_config, resolve_config_path
@@ -77,7 +77,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     """Print every problem as ``FILE: FIELD: problem``; exit 2 if any is an error."""
     path = resolve_config_path(args.config)
     config, problems = load_config(path)
-    services_count = 0
+    services_count, services = 0, ()
     if config is not None:
         catalog = ServiceCatalog(config.service_description_path, config.service_description_display)
         services, found = catalog.load()
@@ -85,12 +85,31 @@ def cmd_validate(args: argparse.Namespace) -> int:
         services_count = len(services)
     for problem in problems:
         print(problem)
+    if config is not None and config.container_labels:
+        for line in _label_problems(config, services):
+            print(line)
     errors = [p for p in problems if not p.warning]
     if errors:
         print(f"{len(errors)} error(s)", file=sys.stderr)
         return EXIT_CONFIG
     print(f"ok: {path} and {services_count} service(s)", file=sys.stderr)
     return EXIT_OK
+
+
+def _label_problems(config: Any, services: Sequence[Any]) -> list[str]:
+    """The running containers whose labels are refused, as warning lines; none when
+    Docker does not answer (validate checks files first of all)."""
+    try:
+        import docker
+
+        from warden.labels import label_services
+        from warden.subscribers.docker import DockerSource
+
+        listed = DockerSource(docker.from_env(timeout=3)).running()
+    except Exception:  # noqa: BLE001 - no Docker here: nothing to say about labels
+        return []
+    return [f"{problem} (warning)" for _, problem in
+            label_services(listed, services, config.label_prefix).refused]
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:

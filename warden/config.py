@@ -79,6 +79,10 @@ class Config:
     service_description_display: str = "services.json"
     #: period of the Registrar's safety-net sweep, in seconds
     registrar_sleep_time_seconds: float = 60.0
+    #: services declared by container labels: ``on`` (the Registrar reads them) or ``off``
+    container_labels: bool = True
+    #: the prefix of those labels
+    label_prefix: str = "warden."
     #: a container whose readiness probe has had no answer for this long is reported
     #: (logged once, counted); it stays unrouted and its probe goes on
     readiness_report_seconds: float = 30.0
@@ -133,6 +137,16 @@ def _seconds(value: Any) -> Optional[str]:
     return None
 
 
+def _on_off(value: Any) -> Optional[str]:
+    return None if value in ("on", "off") else 'must be "on" or "off"'
+
+
+def _label_prefix(value: Any) -> Optional[str]:
+    if not isinstance(value, str) or not value or any(c.isspace() for c in value):
+        return "must be a label prefix such as \"warden.\" (no spaces)"
+    return None
+
+
 def _db(value: Any) -> Optional[str]:
     if not is_int(value) or value < 0:
         return "must be a database number (0 or more)"
@@ -182,6 +196,8 @@ _KEYS: dict[str, tuple[str, Callable[[Any], Optional[str]]]] = {
     "registrarsleeptimeseconds": ("registrar_sleep_time_seconds", _seconds),
     "managersleeptimeseconds": ("manager_sleep_time_seconds", _seconds),
     "readinessreportseconds": ("readiness_report_seconds", _seconds),
+    "containerlabels": ("container_labels", _on_off),
+    "labelprefix": ("label_prefix", _label_prefix),
     "instanceid": ("instance_id", _instance_id),
     "availabilityzone": ("availability_zone", _optional_str),
     "region": ("region", _optional_str),
@@ -278,6 +294,8 @@ def load_config(path: str) -> tuple[Optional[Config], list[Problem]]:
             key = "serviceManagementRedisAddress" if attr.startswith("service") else "nginxRedisAddress"
             problems.append(Problem(display, data.spelled(key.lower()), str(error)))
 
+    if "container_labels" in values:
+        values["container_labels"] = values["container_labels"] == "on"
     services = values.pop("service_description_path", "services.json")
     values["service_description_path"] = os.path.normpath(os.path.join(folder, services))
     values["service_description_display"] = (

@@ -64,6 +64,10 @@ class RegistrarDaemon:
         telemetry.health_check("docker-events", self.reader.connected.is_set)
         telemetry.health_check("redx-redis", lambda: self.redx_watcher.reachable)
         telemetry.reconnect_source("docker-events", lambda: self.reader.reconnects)
+        telemetry.counter_source("warden_label_problems",
+                                 "Containers whose labels were refused (a bad value, or a "
+                                 "frontend or backend another service owns)",
+                                 lambda: self.registrar.label_problems)
         prober = self.registrar.prober
         telemetry.counter_source("warden_containers_reported_not_ready",
                                  "Containers whose readiness probe had no answer for "

@@ -20,6 +20,7 @@ from warden import signals
 from warden.config import Config
 from warden.subscribers.docker import DockerSource
 from warden.errors import ConnectionLost, ContainerGone
+from warden.labels import LabelServices, label_services
 from warden.model import (Change, Container, ContainerEvent, DesiredState, LoadBalancerTarget,
                           Ownership, Route)
 from warden.readiness import Probe, ReadinessProber
@@ -63,7 +64,15 @@ class Registrar(StoppableThread):
         self.catalog = catalog
         #: the worker's queue; the Docker events reader puts its events here
         self.inbox: "queue.Queue[Optional[Work]]" = inbox or queue.Queue()
+        #: the services the files define
+        self.file_services: tuple[Service, ...] = catalog.services
+        #: the services running containers define by labels, and the refused ones
+        self.labelled = LabelServices()
+        #: containers whose labels were refused so far
+        self.label_problems = 0
+        #: the services in force: the files', then the labels'
         self.services: tuple[Service, ...] = catalog.services
+        self._service_label = config.label_prefix + "service"
         #: running containers by id, from the last listing and the events since
         self.containers: dict[str, Container] = {}
         #: containers being stopped or killed: unrouted until they die or start again
@@ -181,7 +190,11 @@ class Registrar(StoppableThread):
                 self.inbox.put(SweepRequest("Docker unreachable while inspecting"))
                 return
         self._apply(event, container)
+        # A service its labels define is in force before its first route is written,
+        # and leaves only after its last route is gone.
+        self._relabel(keep_gone=True)
         self._update(event.container_id, event.time)
+        self._relabel()
         signals.send(signals.container_changed, self, action=event.action,
                      container_id=event.container_id, container=container,
                      stopping=event.stopping, event_time=event.time)
@@ -204,8 +217,11 @@ class Registrar(StoppableThread):
         if not self._routable(container):
             return frozenset()
         found = set()
+        refused = self.labelled.refusal(container.id)
+        if refused is not None:
+            return frozenset()
         for service in self.services:
-            if not service.claims(container):
+            if not service.claims(container, self._service_label):
                 continue
             address, why = service.address_of(container, self.config.host_address)
             if address is not None:
@@ -308,6 +324,7 @@ class Registrar(StoppableThread):
         subnets = self.docker.subnets()
         listed = {c.id: c for c in self.docker.running()}
         self.containers = listed
+        self._relabel()
         self.being_stopped &= set(listed)
         self.started_at = {cid: t for cid, t in self.started_at.items() if cid in listed}
         self.prober.retain(listed)
@@ -364,12 +381,33 @@ class Registrar(StoppableThread):
         return changes
 
     def reload(self) -> tuple[Service, ...]:
-        """Read the service files again; what the old services held that the new ones
-        no longer name is retired (the handlers empty it)."""
+        """Take the services the catalog now holds (the service watcher loaded them);
+        what the old services held that the new ones no longer name is retired."""
+        self.file_services = self.catalog.services
+        return self._relabel(why="services reloaded")
+
+    def _relabel(self, keep_gone: bool = False, why: str = "services by labels") -> tuple[Service, ...]:
+        """The services in force: the files', and those the running containers define
+        by labels. ``keep_gone`` keeps a label-defined service whose containers went
+        (until their routes are gone too)."""
+        if self.config.container_labels:
+            labelled = label_services(self.containers.values(), self.file_services,
+                                      self.config.label_prefix)
+            for cid, problem in labelled.refused:
+                if cid not in dict(self.labelled.refused):
+                    self.label_problems += 1
+                    logger.warning("not routed: %s", problem)
+            by_name = {s.name: s for s in labelled.services}
+            if keep_gone:
+                taken = {k for s in labelled.services for k in (s.frontend, s.backend_name)}
+                for old in self.labelled.services:
+                    if old.name not in by_name and not {old.frontend, old.backend_name} & taken:
+                        by_name[old.name] = old
+            self.labelled = LabelServices(tuple(by_name[n] for n in sorted(by_name)), labelled.refused)
+        return self._replace_services(tuple(self.file_services) + self.labelled.services, why)
+
+    def _replace_services(self, new: tuple[Service, ...], why: str) -> tuple[Service, ...]:
         old = self.services
-        new, problems = self.catalog.load()
-        for problem in problems:
-            (logger.warning if problem.warning else logger.error)("service file problem: %s", problem)
         if new == old and all(a.metric == b.metric and a.scaling == b.scaling for a, b in zip(new, old)):
             return new
         new_frontends = {(s.frontend, s.backend_name) for s in new}
@@ -385,7 +423,7 @@ class Registrar(StoppableThread):
             ownership=self.ownership,
         )
         self.services = new
-        logger.info("services reloaded: %s", ", ".join(s.name for s in new) or "none")
+        logger.info("%s: %s", why, ", ".join(s.name for s in new) or "none")
         signals.send(signals.services_changed, self, services=new, retired=retired)
         self.enrolled -= set(retired.targets)
         return new

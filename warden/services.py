@@ -136,11 +136,11 @@ class Service:
             found.append(LoadBalancerTarget("targetgroup", self.target_group_arn, self.target_port))
         return tuple(found)
 
-    def claims(self, container: Container) -> bool:
-        """Does ``container`` belong to this service? The ``warden.service`` label
-        decides alone when present; otherwise ``containerName`` as a substring of the
-        image reference or the container's name."""
-        label = container.labels.get(SERVICE_LABEL)
+    def claims(self, container: Container, service_label: str = SERVICE_LABEL) -> bool:
+        """Does ``container`` belong to this service? Its ``service_label`` (by default
+        ``warden.service``) decides alone when present; otherwise ``containerName`` as a
+        substring of the image reference or the container's name."""
+        label = container.labels.get(service_label)
         if label is not None:
             return label == self.name
         if not self.container_name:

@@ -22,13 +22,23 @@ def collect(config: Config, services: tuple[Service, ...]) -> dict:
     report: dict[str, Any] = {"schema": SCHEMA_VERSION, "instanceId": config.instance_id,
                               "zone": config.availability_zone, "services": [], "leader": None,
                               "errors": errors}
+    listed = _listing(errors)
+    if listed is not None and config.container_labels:
+        from warden.labels import label_services
+
+        labelled = label_services(listed, services, config.label_prefix)
+        services = tuple(services) + labelled.services
+        report["labelProblems"] = [str(problem) for _, problem in labelled.refused]
+    else:
+        report["labelProblems"] = []
     servers = _redx_servers(config, services, errors)
-    containers = _containers(services, config, errors)
+    containers = _containers(services, config, listed)
     enrolled = _enrolment(config, services, errors)
     tasks = _tasks(config, services, errors)
     for service in services:
         report["services"].append({
             "name": service.name,
+            "source": service.source,
             "frontend": service.frontend or None,
             "backend": service.backend_name,
             "routes": servers.get(service.backend_name),
@@ -63,20 +73,26 @@ def _redx_servers(config: Config, services: tuple[Service, ...], errors: list) -
         return {}
 
 
-def _containers(services: tuple[Service, ...], config: Config, errors: list) -> dict:
+def _listing(errors: list) -> Optional[list]:
     try:
         import docker
 
         from warden.subscribers.docker import DockerSource
 
-        listed = DockerSource(docker.from_env(timeout=5)).running()
+        return DockerSource(docker.from_env(timeout=5)).running()
     except Exception as error:  # noqa: BLE001
         errors.append(f"Docker: {error}")
+        return None
+
+
+def _containers(services: tuple[Service, ...], config: Config, listed: Optional[list]) -> dict:
+    if listed is None:
         return {}
+    label = config.label_prefix + "service"
     found: dict[str, list] = {s.name: [] for s in services}
     for container in listed:
         for service in services:
-            if service.claims(container):
+            if service.claims(container, label):
                 address, why = service.address_of(container, config.host_address)
                 found[service.name].append({"name": container.name, "id": container.short_id,
                                             "health": container.health, "paused": container.paused,
@@ -185,7 +201,8 @@ def _cell(value: Any) -> str:
 
 def render_text(report: dict) -> str:
     """The report as a table that reads at a glance in a terminal."""
-    rows = [("SERVICE", "FRONTEND", "ROUTES", "CONTAINERS", "LOAD BALANCERS", "TASKS (desired/running)")]
+    rows = [("SERVICE", "FROM", "FRONTEND", "ROUTES", "CONTAINERS", "LOAD BALANCERS",
+             "TASKS (desired/running)")]
     for s in report["services"]:
         routes = s["routes"]
         lbs = ", ".join(f"{lb['target'].split(' ')[0]}={_cell(lb['enrolled'])}" for lb in s["loadBalancers"]) or "-"
@@ -194,7 +211,9 @@ def render_text(report: dict) -> str:
             else f"{_cell(tasks['desired'])}/{_cell(tasks['running'])}"
         containers = s["containers"]
         waiting = sum(1 for c in containers or () if c.get("ready") is False)
-        rows.append((s["name"], s["frontend"] or "-",
+        source = s.get("source") or "-"
+        rows.append((s["name"], "labels" if source.startswith("labels of ") else source,
+                     s["frontend"] or "-",
                      "?" if routes is None else (", ".join(routes) or (
                          "no servers (fallback)" if s["frontend"] else "no servers")),
                      "?" if containers is None else str(len(containers))
@@ -213,6 +232,8 @@ def render_text(report: dict) -> str:
                      f"epoch {leader['epoch'] if leader['epoch'] is not None else '- (Perl/Go record)'}")
     lines.append(f"this host: {report['instanceId'] or '?'} in {report['zone'] or '?'}"
                  + (f", DRAINING ({report['draining']})" if report.get("draining") else ""))
+    for problem in report.get("labelProblems") or ():
+        lines.append(f"not routed: {problem}")
     for error in report["errors"]:
         lines.append(f"unknown: {error}")
     return "\n".join(lines)

@@ -16,6 +16,7 @@ import re
 import threading
 import time
 from dataclasses import replace
+from datetime import datetime
 from typing import Any, Optional
 
 import docker
@@ -55,6 +56,16 @@ def _health_from_status(status: str) -> Optional[str]:
     return None
 
 
+def _created(text: str) -> float:
+    """Inspect's ``Created`` (RFC 3339, nanoseconds) as Unix seconds; 0 if unreadable."""
+    match = re.fullmatch(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(\.\d+)?(Z|[+-]\d\d:\d\d)", text or "")
+    if not match:
+        return 0.0
+    fraction = (match.group(2) or ".0")[:7]
+    zone = "+00:00" if match.group(3) == "Z" else match.group(3)
+    return datetime.fromisoformat(match.group(1) + fraction + zone).timestamp()
+
+
 def container_from_inspect(data: dict) -> Container:
     """A Container from ``GET /containers/{id}/json``."""
     state = data.get("State") or {}
@@ -82,6 +93,7 @@ def container_from_inspect(data: dict) -> Container:
         health=health,
         attachments=attachments,
         ports=tuple(ports),
+        created=_created(data.get("Created") or ""),
     )
 
 
@@ -111,6 +123,7 @@ def container_from_summary(data: dict) -> Container:
         health=_health_from_status(data.get("Status") or ""),
         attachments=attachments,
         ports=tuple(ports),
+        created=float(data.get("Created") or 0),
     )
 
 

@@ -1,0 +1,149 @@
+"""Services declared by the containers themselves, through Docker labels (an ECS task
+definition's ``dockerLabels`` arrive as such labels).
+
+``<prefix>service`` names the service; with ``<prefix>frontend`` (``host`` or
+``host/path/``) and ``<prefix>port`` it defines one, on a container whose service no
+file names. Files win: labels on a container of a file-defined service only assign it.
+A label-defined service lives while a container declares it. Only the Registrar reads
+labels; the Manager scales file-defined services only.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Iterable, Optional
+
+from warden.model import Container
+from warden.services import DIGITS, Readiness, Service
+
+#: labels (after the prefix) that make ``service`` a definition, not only an assignment
+DEFINING = ("frontend", "port", "backend", "network", "published-port", "readiness",
+            "load-balancer", "target-group", "target-port")
+
+#: a frontend: a host name (letters, digits, ``-``, ``.``, ``*``, ``:port``), then an
+#: optional path
+_FRONTEND = re.compile(r"([A-Za-z0-9*][A-Za-z0-9.*:-]*)(/\S*)?")
+
+
+@dataclass(frozen=True)
+class LabelProblem:
+    """Why a container's labels define no route: the container and the label."""
+
+    container: str
+    label: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"container {self.container}: label {self.label}: {self.message}"
+
+
+def _port(value: str, label: str, name: str) -> tuple[Optional[int], Optional[LabelProblem]]:
+    if DIGITS.fullmatch(value.strip()) and 0 < int(value) < 65536:
+        return int(value), None
+    return None, LabelProblem(name, label, f"{value!r} is not a port number from 1 to 65535")
+
+
+def service_from_labels(container: Container, prefix: str) -> tuple[Optional[Service], Optional[LabelProblem]]:
+    """The service ``container``'s labels define, or ``(None, None)`` when they define
+    none (no labels, or ``service`` alone: an assignment), or ``(None, problem)``."""
+    labels = container.labels
+    name = labels.get(prefix + "service")
+    if name is None or not any(prefix + key in labels for key in DEFINING):
+        return None, None
+    who = f"{container.name} ({container.short_id})"
+    if not name.strip():
+        return None, LabelProblem(who, prefix + "service", "is empty")
+    for required in ("frontend", "port"):
+        if prefix + required not in labels:
+            return None, LabelProblem(who, prefix + required, "is required to define a service by labels")
+    frontend = labels[prefix + "frontend"].strip()
+    match = _FRONTEND.fullmatch(frontend)
+    if "://" in frontend or not match:
+        return None, LabelProblem(who, prefix + "frontend",
+                                  f"{frontend!r} must be host or host/path/ (no scheme)")
+    port, problem = _port(labels[prefix + "port"], prefix + "port", who)
+    if problem:
+        return None, problem
+    fields: dict = {"load_balancer_url": match.group(1), "site": match.group(2) or ""}
+    if prefix + "target-port" in labels:
+        fields["target_port"], problem = _port(labels[prefix + "target-port"], prefix + "target-port", who)
+        if problem:
+            return None, problem
+    published = labels.get(prefix + "published-port", "false").strip().lower()
+    if published not in ("true", "false"):
+        return None, LabelProblem(who, prefix + "published-port", f"{published!r} must be true or false")
+    readiness = labels.get(prefix + "readiness", "tcp").strip()
+    if readiness in ("tcp", "none"):
+        fields["readiness"] = Readiness(readiness)
+    elif readiness.startswith("http:/") and not any(c.isspace() for c in readiness):
+        fields["readiness"] = Readiness("http", readiness[len("http:"):])
+    else:
+        return None, LabelProblem(who, prefix + "readiness",
+                                  f"{readiness!r} must be tcp, none or http:/path")
+    target_group = labels.get(prefix + "target-group", "").strip()
+    if target_group and not target_group.startswith("arn:"):
+        return None, LabelProblem(who, prefix + "target-group", f"{target_group!r} is not an ARN")
+    return Service(
+        name=name.strip(), port=port or 0,
+        backend_name=labels.get(prefix + "backend", "").strip() or name.strip(),
+        network=labels.get(prefix + "network", "").strip(),
+        published_port=published == "true",
+        load_balancer_name=labels.get(prefix + "load-balancer", "").strip(),
+        target_group_arn=target_group,
+        source=f"labels of container {who}", **fields), None
+
+
+@dataclass(frozen=True)
+class LabelServices:
+    """The services the running containers define by labels, and the containers whose
+    labels are refused (each with its problem)."""
+
+    services: tuple[Service, ...] = ()
+    refused: tuple[tuple[str, LabelProblem], ...] = ()
+
+    def refusal(self, container_id: str) -> Optional[LabelProblem]:
+        """Why this container is not routed by its labels, if it is refused."""
+        return dict(self.refused).get(container_id)
+
+
+def label_services(containers: Iterable[Container], files: Iterable[Service], prefix: str) -> LabelServices:
+    """What the ``containers``' labels define beside the file-defined ``files``. Files
+    win; among containers, the first created stands: a later one that defines the same
+    service differently, or claims a frontend or backend another service owns, is
+    refused."""
+    files = list(files)
+    file_names = {s.name for s in files}
+    frontends = {s.frontend: s.name for s in files if s.frontend}
+    backends = {s.backend_name: s.name for s in files}
+    defined: dict[str, Service] = {}
+    refused: list[tuple[str, LabelProblem]] = []
+    for container in sorted(containers, key=lambda c: (c.created, c.id)):
+        service, problem = service_from_labels(container, prefix)
+        if problem is not None:
+            refused.append((container.id, problem))
+            continue
+        if service is None or service.name in file_names:
+            continue  # no definition, or files win: the label only assigns it
+        who = f"{container.name} ({container.short_id})"
+        standing = defined.get(service.name)
+        if standing is not None:
+            if standing != service:
+                refused.append((container.id, LabelProblem(
+                    who, prefix + "service", f"defines service {service.name!r} differently from "
+                                             f"{standing.source}, whose definition stands")))
+            continue
+        owner = frontends.get(service.frontend)
+        if owner is not None:
+            refused.append((container.id, LabelProblem(
+                who, prefix + "frontend", f"frontend {service.frontend!r} belongs to service {owner!r}")))
+            continue
+        owner = backends.get(service.backend_name)
+        if owner is not None:
+            refused.append((container.id, LabelProblem(
+                who, prefix + "backend", f"backend {service.backend_name!r} belongs to service {owner!r}")))
+            continue
+        defined[service.name] = service
+        frontends[service.frontend] = service.name
+        backends[service.backend_name] = service.name
+    return LabelServices(tuple(defined[n] for n in sorted(defined)), tuple(refused))
