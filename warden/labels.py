@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Iterable, Optional
 
 from warden.model import Container
-from warden.services import DIGITS, Readiness, Service
+from warden.services import Service, parse_port, parse_readiness
 
 #: labels (after the prefix) that make ``service`` a definition, not only an assignment
 DEFINING = ("frontend", "port", "backend", "network", "published-port", "readiness",
@@ -39,8 +39,9 @@ class LabelProblem:
 
 
 def _port(value: str, label: str, name: str) -> tuple[Optional[int], Optional[LabelProblem]]:
-    if DIGITS.fullmatch(value.strip()) and 0 < int(value) < 65536:
-        return int(value), None
+    port, problem = parse_port(value)
+    if problem is None:
+        return port, None
     return None, LabelProblem(name, label, f"{value!r} is not a port number from 1 to 65535")
 
 
@@ -74,11 +75,10 @@ def service_from_labels(container: Container, prefix: str) -> tuple[Optional[Ser
     if published not in ("true", "false"):
         return None, LabelProblem(who, prefix + "published-port", f"{published!r} must be true or false")
     readiness = labels.get(prefix + "readiness", "tcp").strip()
-    if readiness in ("tcp", "none"):
-        fields["readiness"] = Readiness(readiness)
-    elif readiness.startswith("http:/") and not any(c.isspace() for c in readiness):
-        fields["readiness"] = Readiness("http", readiness[len("http:"):])
-    else:
+    # The label's http:/path is the service field's {"http": "/path"}, checked alike.
+    fields["readiness"], problem = parse_readiness(
+        {"http": readiness[len("http:"):]} if readiness.startswith("http:") else readiness)
+    if problem:
         return None, LabelProblem(who, prefix + "readiness",
                                   f"{readiness!r} must be tcp, none or http:/path")
     target_group = labels.get(prefix + "target-group", "").strip()

@@ -192,7 +192,7 @@ def _string(value: Any) -> tuple[Any, Optional[str]]:
 DIGITS = re.compile(r"[0-9]+")
 
 
-def _port(value: Any) -> tuple[Any, Optional[str]]:
+def parse_port(value: Any) -> tuple[Any, Optional[str]]:
     if isinstance(value, str) and DIGITS.fullmatch(value.strip()):
         value = int(value.strip())
     if not is_int(value):
@@ -220,7 +220,7 @@ def _object(value: Any) -> tuple[Any, Optional[str]]:
     return (dict(value), None) if isinstance(value, dict) else (None, "must be an object")
 
 
-def _readiness(value: Any) -> tuple[Any, Optional[str]]:
+def parse_readiness(value: Any) -> tuple[Any, Optional[str]]:
     if value in ("tcp", "none"):
         return Readiness(value), None
     if isinstance(value, dict) and list(value) == ["http"]:
@@ -238,16 +238,16 @@ _FIELDS: dict[str, tuple[str, Callable[[Any], tuple[Any, Optional[str]]]]] = {
     "containername": ("container_name", _string),
     "loadbalancername": ("load_balancer_name", _string),
     "loadbalancerurl": ("load_balancer_url", _string),
-    "port": ("port", _port),
+    "port": ("port", parse_port),
     "site": ("site", _string),
     "taskname": ("task_name", _string),
     "taskversion": ("task_version", _version),
     "network": ("network", _string),
     "publishedport": ("published_port", _bool),
     "targetgrouparn": ("target_group_arn", _string),
-    "targetport": ("target_port", _port),
+    "targetport": ("target_port", parse_port),
     "cluster": ("cluster", _string),
-    "readiness": ("readiness", _readiness),
+    "readiness": ("readiness", parse_readiness),
     "metric": ("metric", _object),
     "scaling": ("scaling", _object),
     "runtask": ("run_task", _object),
