@@ -23,9 +23,13 @@ import socket
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Optional
+from typing import TYPE_CHECKING, Callable, Iterable, Optional
 
 from warden.threads import StoppableThread
+
+if TYPE_CHECKING:
+    from warden.model import Container
+    from warden.services import Service
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +87,18 @@ class Probe:
                 connection.close()
         except (OSError, http.client.HTTPException):
             return False
+
+
+def probe_for(service: "Service", container: "Container") -> tuple[Optional[Probe], str]:
+    """The readiness probe ``container`` needs before ``service`` routes it: ``(None,
+    "")`` when none does (a Docker health check decides, or ``readiness: "none"``),
+    ``(None, why)`` when it cannot be probed (no address of its own)."""
+    if container.health is not None or service.readiness.kind == "none":
+        return None, ""
+    ip, why = service.own_address_of(container)
+    if ip is None:
+        return None, f"its readiness cannot be probed: it {why}"
+    return Probe(container.id, ip, service.port, service.readiness.path, container.name), ""
 
 
 @dataclass

@@ -23,7 +23,7 @@ from warden.errors import ConnectionLost, ContainerGone
 from warden.labels import LabelServices, label_services
 from warden.model import (Change, Container, ContainerEvent, DesiredState, LoadBalancerTarget,
                           Ownership, Route)
-from warden.readiness import Probe, ReadinessProber
+from warden.readiness import ReadinessProber, probe_for
 from warden.services import Service, ServiceCatalog
 from warden.threads import StoppableThread
 
@@ -246,12 +246,9 @@ class Registrar(StoppableThread):
         decides when there is one (``_routable`` has checked it); else the service's
         readiness probe, which starts here when it has not run yet. The second value
         says why not, when worth a warning."""
-        if container.health is not None or service.readiness.kind == "none":
-            return True, ""
-        ip, why = service.own_address_of(container)
-        if ip is None:
-            return False, f"its readiness cannot be probed: it {why}"
-        probe = Probe(container.id, ip, service.port, service.readiness.path, container.name)
+        probe, why = probe_for(service, container)
+        if probe is None:
+            return not why, why
         return self.prober.require(probe), ""
 
     def _provided(self, backend: str, address: str, besides: str) -> bool:

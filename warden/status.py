@@ -103,14 +103,12 @@ def _containers(services: tuple[Service, ...], config: Config, listed: Optional[
 def _ready(service: Service, container: Any) -> Optional[bool]:
     """One readiness probe, as the Registrar would make it; None when a Docker health
     check or ``readiness: "none"`` decides instead."""
-    from warden.readiness import Probe
+    from warden.readiness import probe_for
 
-    if container.health is not None or service.readiness.kind == "none":
-        return None
-    ip, _ = service.own_address_of(container)
-    if ip is None:
-        return False
-    return Probe(container.id, ip, service.port, service.readiness.path).attempt(timeout=0.5)
+    probe, why = probe_for(service, container)
+    if probe is None:
+        return False if why else None
+    return probe.attempt(timeout=0.5)
 
 
 def _enrolment(config: Config, services: tuple[Service, ...], errors: list) -> dict:
