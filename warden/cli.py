@@ -108,8 +108,8 @@ def _label_problems(config: Any, services: Sequence[Any]) -> list[str]:
         listed = DockerSource(docker.from_env(timeout=3)).running()
     except Exception:  # noqa: BLE001 - no Docker here: nothing to say about labels
         return []
-    return [f"{problem} (warning)" for _, problem in
-            label_services(listed, services, config.label_prefix).refused]
+    return [f"{problem} (warning)" for problem in
+            label_services(listed, services, config.label_prefix).refused.values()]
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:

@@ -11,8 +11,8 @@ labels; the Manager scales file-defined services only.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-from typing import Iterable, Optional
+from dataclasses import dataclass, field
+from typing import Iterable, Mapping, Optional
 
 from warden.model import Container
 from warden.services import Service, parse_port, parse_readiness
@@ -97,14 +97,10 @@ def service_from_labels(container: Container, prefix: str) -> tuple[Optional[Ser
 @dataclass(frozen=True)
 class LabelServices:
     """The services the running containers define by labels, and the containers whose
-    labels are refused (each with its problem)."""
+    labels are refused: container id -> its problem."""
 
     services: tuple[Service, ...] = ()
-    refused: tuple[tuple[str, LabelProblem], ...] = ()
-
-    def refusal(self, container_id: str) -> Optional[LabelProblem]:
-        """Why this container is not routed by its labels, if it is refused."""
-        return dict(self.refused).get(container_id)
+    refused: Mapping[str, LabelProblem] = field(default_factory=dict)
 
 
 def label_services(containers: Iterable[Container], files: Iterable[Service], prefix: str) -> LabelServices:
@@ -117,11 +113,11 @@ def label_services(containers: Iterable[Container], files: Iterable[Service], pr
     frontends = {s.frontend: s.name for s in files if s.frontend}
     backends = {s.backend_name: s.name for s in files}
     defined: dict[str, Service] = {}
-    refused: list[tuple[str, LabelProblem]] = []
+    refused: dict[str, LabelProblem] = {}
     for container in sorted(containers, key=lambda c: (c.created, c.id)):
         service, problem = service_from_labels(container, prefix)
         if problem is not None:
-            refused.append((container.id, problem))
+            refused[container.id] = problem
             continue
         if service is None or service.name in file_names:
             continue  # no definition, or files win: the label only assigns it
@@ -129,21 +125,21 @@ def label_services(containers: Iterable[Container], files: Iterable[Service], pr
         standing = defined.get(service.name)
         if standing is not None:
             if standing != service:
-                refused.append((container.id, LabelProblem(
+                refused[container.id] = LabelProblem(
                     who, prefix + "service", f"defines service {service.name!r} differently from "
-                                             f"{standing.source}, whose definition stands")))
+                                             f"{standing.source}, whose definition stands")
             continue
         owner = frontends.get(service.frontend)
         if owner is not None:
-            refused.append((container.id, LabelProblem(
-                who, prefix + "frontend", f"frontend {service.frontend!r} belongs to service {owner!r}")))
+            refused[container.id] = LabelProblem(
+                who, prefix + "frontend", f"frontend {service.frontend!r} belongs to service {owner!r}")
             continue
         owner = backends.get(service.backend_name)
         if owner is not None:
-            refused.append((container.id, LabelProblem(
-                who, prefix + "backend", f"backend {service.backend_name!r} belongs to service {owner!r}")))
+            refused[container.id] = LabelProblem(
+                who, prefix + "backend", f"backend {service.backend_name!r} belongs to service {owner!r}")
             continue
         defined[service.name] = service
         frontends[service.frontend] = service.name
         backends[service.backend_name] = service.name
-    return LabelServices(tuple(defined[n] for n in sorted(defined)), tuple(refused))
+    return LabelServices(tuple(defined[n] for n in sorted(defined)), refused)

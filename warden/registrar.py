@@ -189,12 +189,18 @@ class Registrar(StoppableThread):
                                event.action, error)
                 self.inbox.put(SweepRequest("Docker unreachable while inspecting"))
                 return
+        before = self.containers.get(event.container_id)
         self._apply(event, container)
-        # A service its labels define is in force before its first route is written,
-        # and leaves only after its last route is gone.
-        self._relabel(keep_gone=True)
+        # Only a container with a service label can change what labels define. Such a
+        # service is in force before its first route is written, and leaves only after
+        # its last route is gone.
+        labelled = self.config.container_labels and any(
+            c is not None and self._service_label in c.labels for c in (before, container))
+        if labelled:
+            self._relabel(keep_gone=True)
         self._update(event.container_id, event.time)
-        self._relabel()
+        if labelled:
+            self._relabel()
         signals.send(signals.container_changed, self, action=event.action,
                      container_id=event.container_id, container=container,
                      stopping=event.stopping, event_time=event.time)
@@ -217,8 +223,7 @@ class Registrar(StoppableThread):
         if not self._routable(container):
             return frozenset()
         found = set()
-        refused = self.labelled.refusal(container.id)
-        if refused is not None:
+        if container.id in self.labelled.refused:
             return frozenset()
         for service in self.services:
             if not service.claims(container, self._service_label):
@@ -390,8 +395,8 @@ class Registrar(StoppableThread):
         if self.config.container_labels:
             labelled = label_services(self.containers.values(), self.file_services,
                                       self.config.label_prefix)
-            for cid, problem in labelled.refused:
-                if cid not in dict(self.labelled.refused):
+            for cid, problem in labelled.refused.items():
+                if cid not in self.labelled.refused:
                     self.label_problems += 1
                     logger.warning("not routed: %s", problem)
             by_name = {s.name: s for s in labelled.services}

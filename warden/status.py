@@ -28,7 +28,7 @@ def collect(config: Config, services: tuple[Service, ...]) -> dict:
 
         labelled = label_services(listed, services, config.label_prefix)
         services = tuple(services) + labelled.services
-        report["labelProblems"] = [str(problem) for _, problem in labelled.refused]
+        report["labelProblems"] = [str(problem) for problem in labelled.refused.values()]
     else:
         report["labelProblems"] = []
     servers = _redx_servers(config, services, errors)
