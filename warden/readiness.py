@@ -181,17 +181,20 @@ class ReadinessProber:
             for probe in [p for p in self._pending if p.container_id not in keep]:
                 del self._pending[probe]
 
-    def settle(self, timeout: float) -> None:
+    def settle(self, timeout: float) -> bool:
         """Wait (at most ``timeout``) until every pending probe has been tried once, so
         a sweep routes the containers that already answer instead of unrouting them
-        until their probe comes back."""
+        until their probe comes back. False when no probe was waiting for its first
+        try (nothing can have changed)."""
         deadline = time.monotonic() + timeout
         with self._lock:
+            untried = any(p.attempts == 0 for p in self._pending.values())
             while any(p.attempts == 0 for p in self._pending.values()):
                 left = deadline - time.monotonic()
                 if left <= 0 or self._stopping:
-                    return
+                    break
                 self._lock.wait(left)
+            return untried
 
     def not_ready(self) -> list[Probe]:
         """Probes reported as not answering and still pending."""

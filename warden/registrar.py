@@ -333,8 +333,8 @@ class Registrar(StoppableThread):
         self.routes = self._routes_of(listed.values())
         # Containers that already answer (every one, when Warden restarts) are routed by
         # this sweep, not unrouted until their probe comes back.
-        self.prober.settle(self.prober.attempt_timeout)
-        self.routes = self._routes_of(listed.values())
+        if self.prober.settle(self.prober.attempt_timeout):
+            self.routes = self._routes_of(listed.values())
         published = frozenset(s.backend_name for s in self.services if s.published_port)
         self.ownership = Ownership(subnets, self.config.host_address, published)
 
