@@ -456,3 +456,19 @@ def test_a_static_server_keeps_its_frontend_and_another_backends_frontend_stays(
     w.command("sweep", check=True)
     assert redx.get("frontend:web.example.com") is None
     assert redx.get("frontend:api.example.com") == "someone-else"
+
+
+def test_a_broken_service_file_is_loaded_and_counted_once_per_change(redx, warden):
+    """The service watcher loads the files; the Registrar used to load them again on
+    its reload, so each broken change was counted (and logged) twice."""
+    from conftest import free_port
+    from test_readiness import metric
+
+    port = free_port()
+    w = warden([service("web")], metricsAddress=f"127.0.0.1:{port}").start()
+    assert metric(port, "warden_service_file_errors_total") == 0
+    w.write_services("broken.json", "{not json")
+    eventually(lambda: "broken.json: -: invalid JSON" in w.log(), 5, what="the problem logged")
+    eventually(lambda: "sweep (services changed)" in w.log(), 5, what="the reload's sweep")
+    assert metric(port, "warden_service_file_errors_total") == 1
+    assert w.log().count("broken.json: -: invalid JSON") == 1
