@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs and starts what Warden's tests and demo need on a Debian machine, as root:
-# Debian's docker.io, redis-server and busybox-static, a Python venv in .venv with
+# Debian's docker.io, redis-server, redis-sentinel and busybox-static, a Python venv in .venv with
 # Warden and its test extras, a running dockerd, and the offline test image.
 # Safe to run again: it only does what is missing. Source it or run it.
 set -euo pipefail
@@ -10,6 +10,8 @@ root=$(dirname "$here")
 need=()
 command -v dockerd >/dev/null || need+=(docker.io)
 command -v redis-server >/dev/null || need+=(redis-server)
+# the central Redis's failover tests run three Sentinels
+command -v redis-sentinel >/dev/null || need+=(redis-sentinel)
 [ -x /bin/busybox ] || need+=(busybox-static)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
 command -v ps >/dev/null || need+=(procps)

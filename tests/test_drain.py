@@ -75,21 +75,38 @@ def test_a_spot_warning_deregisters_the_host_it_names(deployment, events, load_b
 
 def test_a_drain_takes_effect_only_when_its_key_backs_it(central, managers, central_server):
     """Defect 12: a drain was acted on from the message alone; like a kill, only the
-    key counts, and a lost message is made up for by the next check of the key."""
-    a = managers("i-a")
+    key counts, and a lost message is made up for by the next check of the key (every
+    managerSleepTimeSeconds, 2 s here, and at once when the subscription comes back)."""
+    a = managers("i-a", managerSleepTimeSeconds=2)
     eventually(lambda: leader(central) == "i-a", 10, what="i-a leads")
     managers("i-b")
     pub = redis_lib.Redis(port=central_server.port)
     pub.publish("warden:drain", encode("drain", "i-a", "", 0, None))
     eventually(lambda: "drain message for this host: checking warden:drain:i-a" in a.log(), 5,
                what="the message woke the watcher")
-    time.sleep(1)  # two more checks of the key (every 0.5 s)
+    time.sleep(2.5)  # another check of the key
     assert leader(central) == "i-a" and "draining" not in a.log()
     # The key alone, its message lost: the next check acts on it.
     central.set("warden:drain:i-a", json.dumps({"reason": "spot, message lost", "lifecycle": None}))
     eventually(lambda: leader(central) == "i-b", 10, what="i-a drained and handed over")
     assert "draining (spot, message lost)" in a.log()
     pub.close()
+
+
+def test_a_drain_lost_while_resubscribing_is_found_at_once(central, managers, central_server):
+    """A drain message published while a host's subscription is down is lost: the host
+    reads its drain key as soon as it subscribes again, not a safety-net period later."""
+    a = managers("i-a", managerSleepTimeSeconds=600)
+    eventually(lambda: leader(central) == "i-a", 10, what="i-a leads")
+    managers("i-b")
+    admin = redis_lib.Redis(port=central_server.port, decode_responses=True)
+    central.set("warden:drain:i-a", json.dumps({"reason": "spot, while away", "lifecycle": None}))
+    subscription = [c for c in admin.client_list() if c["name"] == "warden-sub-i-a"]
+    assert len(subscription) == 1, "one pub/sub connection"
+    admin.client_kill_filter(_id=subscription[0]["id"])
+    eventually(lambda: leader(central) == "i-b", 10, what="i-a drained and handed over")
+    assert "draining (spot, while away)" in a.log()
+    admin.close()
 
 
 @pytest.mark.parametrize("command, handlers", [("run", ["redx"]), ("run", ["redx", "elb"]),

@@ -259,13 +259,14 @@ class _Leader:
         import dataclasses
 
         from warden.config import RedisAddress
-        from warden.manager import Manager, central_client
+        from warden.central import Central
+        from warden.manager import Manager
         from warden.subscribers.zones import ZoneChecker
 
         self.config = dataclasses.replace(
             config_for(tmp_path), instance_id=instance, zone_check="none",
             service_management_redis=RedisAddress(f"redis://127.0.0.1:{central_server.port}", 11))
-        self.manager = Manager(self.config, central_client(self.config), ZoneChecker("none", None))
+        self.manager = Manager(self.config, Central(self.config), ZoneChecker("none", None))
 
     def lead(self) -> int:
         store = self.manager.store

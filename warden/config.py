@@ -19,25 +19,68 @@ from warden.jsonfile import KeyedObject, Problem, is_int, is_number
 
 @dataclass(frozen=True)
 class RedisAddress:
-    """Where a Redis is: a ``redis://`` or ``rediss://`` URL and the database to use."""
+    """Where a Redis is: a ``redis://`` or ``rediss://`` URL and the database to use, or
+    the name of a primary that Sentinels (``sentinels``, ``(host, port)`` pairs) know."""
 
     url: str
     db: int
+    sentinels: tuple[tuple[str, int], ...] = ()
+    master: str = ""
 
     @property
     def display(self) -> str:
         """The address without any password, for logs and errors."""
+        if self.sentinels:
+            return (f"primary {self.master!r} of Sentinels "
+                    f"{','.join(f'{h}:{p}' for h, p in self.sentinels)}/{self.db}")
         parsed = urlparse(self.url)
         host = parsed.hostname or "127.0.0.1"
         return f"{host}:{parsed.port or 6379}/{self.db}"
 
-    def client(self, **options: Any) -> Any:
-        """A redis-py client for this address; ``options`` go to the connection pool."""
+    def client(self, single: bool = False, **options: Any) -> Any:
+        """A redis-py client for this address; ``options`` go to the connection pool.
+
+        ``single``: the client holds at most one connection, and a thread waits (up
+        to its socket timeout) while another uses it; every thread of a process can
+        share it. Through Sentinels the client finds the current primary on each
+        connect, so it follows a failover."""
         import redis
 
+        if self.sentinels:
+            from redis.sentinel import Sentinel, SentinelConnectionPoolProxy, SentinelManagedConnection
+
+            timeout = options.get("socket_connect_timeout") or options.get("socket_timeout") or 2
+            sentinel = Sentinel(list(self.sentinels),
+                                sentinel_kwargs={"socket_timeout": timeout, "socket_connect_timeout": timeout})
+            if not single:
+                return sentinel.master_for(self.master, db=self.db, **options)
+            pool = redis.BlockingConnectionPool(connection_class=SentinelManagedConnection, max_connections=1,
+                                                timeout=timeout, db=self.db, **options)
+            # What redis-py's SentinelConnectionPool wires up, on a pool of one.
+            pool.connection_kwargs["connection_pool"] = SentinelConnectionPoolProxy(
+                pool, is_master=True, check_connection=False, service_name=self.master,
+                sentinel_manager=sentinel)
+            return redis.Redis(connection_pool=pool)
         parsed = urlparse(self.url)
         url = urlunparse(parsed._replace(path=f"/{self.db}"))
-        return redis.Redis.from_url(url, **options)
+        if not single:
+            return redis.Redis.from_url(url, **options)
+        timeout = options.get("socket_timeout") or 2
+        return redis.Redis(connection_pool=redis.BlockingConnectionPool.from_url(
+            url, max_connections=1, timeout=timeout, **options))
+
+
+def parse_sentinels(value: Any) -> tuple[tuple[str, int], ...]:
+    """``["host:26379", ...]`` as ``(host, port)`` pairs; ValueError names the problem."""
+    if not isinstance(value, list) or not value:
+        raise ValueError('must be a list of Sentinel addresses such as ["10.0.0.5:26379"]')
+    pairs = []
+    for item in value:
+        host, sep, port = item.rpartition(":") if isinstance(item, str) else ("", "", "")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"{item!r} is not host:port")
+        pairs.append((host.strip("[]"), int(port)))
+    return tuple(pairs)
 
 
 def parse_redis_address(text: str, db: Optional[int], default_db: int) -> RedisAddress:
@@ -153,6 +196,20 @@ def _db(value: Any) -> Optional[str]:
     return None
 
 
+def _sentinels(value: Any) -> Optional[str]:
+    try:
+        parse_sentinels(value)
+    except ValueError as error:
+        return str(error)
+    return None
+
+
+def _master_name(value: Any) -> Optional[str]:
+    if not isinstance(value, str) or not value or any(c.isspace() for c in value):
+        return "must be the name the Sentinels know the primary by (no spaces)"
+    return None
+
+
 def _handlers(value: Any) -> Optional[str]:
     if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
         return "must be a list of handler names"
@@ -190,6 +247,8 @@ def _instance_id(value: Any) -> Optional[str]:
 _KEYS: dict[str, tuple[str, Callable[[Any], Optional[str]]]] = {
     "servicemanagementredisaddress": ("service_management_redis", _str),
     "servicemanagementredisdatabasenumber": ("", _db),
+    "servicemanagementredissentinels": ("", _sentinels),
+    "servicemanagementredissentinelmaster": ("", _master_name),
     "nginxredisaddress": ("nginx_redis", _str),
     "nginxredisdatabasenumber": ("", _db),
     "servicedescriptionfilename": ("service_description_path", _str),
@@ -293,6 +352,17 @@ def load_config(path: str) -> tuple[Optional[Config], list[Problem]]:
         except ValueError as error:
             key = "serviceManagementRedisAddress" if attr.startswith("service") else "nginxRedisAddress"
             problems.append(Problem(display, data.spelled(key.lower()), str(error)))
+
+    sentinels, master = data.get("servicemanagementredissentinels"), data.get("servicemanagementredissentinelmaster")
+    if (sentinels is None) != (master is None):
+        given, missing = (("servicemanagementredissentinels", "serviceManagementRedisSentinelMaster")
+                          if master is None else
+                          ("servicemanagementredissentinelmaster", "serviceManagementRedisSentinels"))
+        problems.append(Problem(display, data.spelled(given), f"needs {missing} as well"))
+    elif sentinels is not None and _sentinels(sentinels) is None and _master_name(master) is None \
+            and "service_management_redis" in values:
+        values["service_management_redis"] = replace(
+            values["service_management_redis"], sentinels=parse_sentinels(sentinels), master=master)
 
     if "container_labels" in values:
         values["container_labels"] = values["container_labels"] == "on"

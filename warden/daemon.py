@@ -17,6 +17,7 @@ import docker
 import redis
 
 from warden import signals
+from warden.central import Central
 from warden.config import Config, RedisAddress, load_config, require, resolve_config_path
 from warden.control import METRIC_CHANNEL, ControlCodec
 from warden.drain import DrainRecorder, DrainRelay, DrainWatcher, LifecycleCompleter
@@ -24,7 +25,7 @@ from warden.errors import ConfigError, ConnectionLost
 from warden.handlers import Handler, load_handlers
 from warden.handlers.redx import kept_keys
 from warden.jsonfile import Problem
-from warden.manager import Manager, central_client
+from warden.manager import Manager
 from warden.metadata import CONFIG_KEYS, ENV_KEYS, resolve_identity
 from warden.metrics import MetricContext
 from warden.model import Change
@@ -110,28 +111,31 @@ class ManagerDaemon:
     """``warden manager``: the zone checker, the control-channel subscriber, the
     Manager's election thread and the Scaler, started and stopped together."""
 
-    def __init__(self, config: Config, catalog: ServiceCatalog, handlers: list[Handler]) -> None:
+    def __init__(self, config: Config, catalog: ServiceCatalog, handlers: list[Handler],
+                 central: Central) -> None:
         self.config = config
         self.catalog = catalog
         self.handlers = handlers
         self.zones = ZoneChecker(config.zone_check, config.region)
         self.codec = ControlCodec(config.control_secret, config.lease_seconds)
-        self.manager = Manager(config, central_client(config), self.zones)
-        self.scaler = Scaler(config, self.manager, catalog, MetricContext(
-            config.service_management_redis.client(socket_timeout=3, socket_connect_timeout=3),
-            config.region), self.codec)
+        self.manager = Manager(config, central, self.zones)
+        self.scaler = Scaler(config, self.manager, catalog, MetricContext(central.commands, config.region),
+                             self.codec)
         self.relay = DrainRelay(self.manager)
         self.consumer = (AwsEventsConsumer(config.aws_events_queue_url, config.region,
                                            lambda: self.manager.is_leader)
                          if config.aws_events_queue_url else None)
+        # The one pub/sub connection: control channels, warden:metric, and this
+        # instance's liveness channel (Redis empties it when the process dies).
         self.subscriber = ControlSubscriber(
-            lambda: config.service_management_redis.client(socket_connect_timeout=2,
-                                                           health_check_interval=10),
-            self.codec, extra={METRIC_CHANNEL: self.scaler.on_metric_message})
+            central.subscriber_client, self.codec,
+            extra={METRIC_CHANNEL: self.scaler.on_metric_message,
+                   self.manager.alive_channel: self.manager.on_alive_message},
+            connected=central.subscribed)
 
     def register(self, telemetry: Any) -> None:
         """Health checks and reconnect counters for ``/healthz`` and ``/metrics``."""
-        for thread in [self.manager, self.manager.alive, self.manager.watch, self.scaler,
+        for thread in [self.manager, self.manager.watch, self.scaler,
                        self.subscriber, self.zones, self.consumer,
                        *(t for h in self.handlers for t in h.threads())]:
             if thread is not None:
@@ -144,9 +148,10 @@ class ManagerDaemon:
             handler.connect()
             handler.start()
         self.zones.start()
-        self.subscriber.start()
         self.scaler.start()
+        # The Manager hears when the subscription is held: it starts listening first.
         self.manager.start()
+        self.subscriber.start()
         if self.consumer is not None:
             self.relay.start()
             self.consumer.start()
@@ -184,19 +189,18 @@ class DrainDaemon:
     control-channel subscriber of its own). ``enrols``: some service names a load
     balancer, so a process running the ``elb`` handler enrols this host somewhere."""
 
-    def __init__(self, config: Config, handlers: list[Handler], subscribe: bool, enrols: bool) -> None:
+    def __init__(self, config: Config, handlers: list[Handler], subscribe: bool, enrols: bool,
+                 central: Central) -> None:
         self.config = config
         elb_here = any(h.name == "elb" for h in handlers)
-        self.watcher = DrainWatcher(config)
+        self.watcher = DrainWatcher(config, central)
         self.completer = LifecycleCompleter(
             config, elb_here=elb_here,
             elb_elsewhere="elb" in config.handlers and enrols and not elb_here)
         self.recorder = DrainRecorder(config)
         self.receivers = signals.Receivers((signals.host_draining, self.recorder.on_host_draining))
         self.subscriber = (ControlSubscriber(
-            lambda: config.service_management_redis.client(socket_connect_timeout=2,
-                                                           health_check_interval=10),
-            ControlCodec(config.control_secret, config.lease_seconds), channels=("warden:drain",))
+            central.subscriber_client, ControlCodec(config.control_secret, config.lease_seconds), channels=("warden:drain",))
             if subscribe else None)
         # Only on EC2 (metadata answered when the identity was resolved).
         self.notices = MetadataNotices() if config.on_ec2 else None
@@ -331,16 +335,19 @@ def build(command: str, parts: Parts) -> list[Any]:
     config, catalog, handlers = parts.config, parts.catalog, parts.handlers
     enrols = any(s.targets for s in catalog.services)
     daemons: list[Any] = [ServiceWatcher(catalog)]
+    # One command connection to the central Redis for the whole process.
+    central = Central(config)
     if command in ("registrar", "run"):
         assert parts.docker is not None
         daemons.append(RegistrarDaemon(config, catalog, handlers, parts.docker))
     if command in ("manager", "run"):
         # Under `run` the handlers were connected once, by the Registrar's part.
-        daemons.append(ManagerDaemon(config, catalog, handlers if command == "manager" else []))
+        daemons.append(ManagerDaemon(config, catalog, handlers if command == "manager" else [], central))
     if command != "registrar" or any(h.name == "elb" for h in handlers):
         # Draining matters to a lone Registrar only for its load-balancer enrolment; it
         # has no control-channel subscriber of its own to hear warden:drain.
-        daemons.append(DrainDaemon(config, handlers, subscribe=command == "registrar", enrols=enrols))
+        daemons.append(DrainDaemon(config, handlers, subscribe=command == "registrar", enrols=enrols,
+                                   central=central))
     return daemons
 
 

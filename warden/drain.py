@@ -81,27 +81,35 @@ class DrainRelay:
 
 
 class DrainWatcher(StoppableThread):
-    """Checks this host's drain key every ``heartbeatIntervalSeconds``, and at once on a
-    ``warden:drain`` message naming this host; emits ``host_draining`` once."""
+    """Checks this host's drain key when the control channels are subscribed (the first
+    time, and after every reconnect, since a message may have been lost meanwhile), at
+    once on a ``warden:drain`` message naming this host, and every
+    ``managerSleepTimeSeconds`` as a safety net; emits ``host_draining`` once."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, central: Any) -> None:
         super().__init__("warden-drain-watch")
         self.instance_id = config.instance_id or ""
         self.key = DRAIN_PREFIX + self.instance_id
-        self.interval = config.heartbeat_interval_seconds
-        self.redis = config.service_management_redis.client(
-            socket_timeout=2, socket_connect_timeout=2, decode_responses=True)
-        self.display = config.service_management_redis.display
+        self.interval = config.manager_sleep_time_seconds
+        self.unheard_interval = config.heartbeat_interval_seconds
+        #: set while the control channels are subscribed: a drain message would be heard
+        self.hearing = central.subscribed
+        self.redis = central.commands
+        self.display = central.display
         self.wake = threading.Event()
         #: True once the drain was acted on
         self.drained = False
-        self.receivers = signals.Receivers((signals.control_received, self._on_control))
+        self.receivers = signals.Receivers((signals.control_received, self._on_control),
+                                           (signals.control_subscription, self._on_subscription))
         self._reachable = True
 
     def _on_control(self, sender: Any, *, message: Any, **kw: Any) -> None:
         if message.type == "drain" and message.instance_id == self.instance_id:
             logger.info("drain message for this host: checking %s", self.key)
             self.wake.set()
+
+    def _on_subscription(self, sender: Any, *, held: bool, **kw: Any) -> None:
+        self.wake.set()
 
     def on_stop(self) -> None:
         self.wake.set()
@@ -110,6 +118,7 @@ class DrainWatcher(StoppableThread):
         """One look at the key; True when it asks this host to drain."""
         try:
             raw = self.redis.get(self.key)
+            raw = raw.decode(errors="replace") if isinstance(raw, bytes) else raw
         except redis.RedisError as error:
             if self._reachable:
                 logger.warning("cannot read %s from the central Redis %s (%s); trying again",
@@ -133,12 +142,10 @@ class DrainWatcher(StoppableThread):
         return True
 
     def run(self) -> None:
-        try:
-            while not self.stopping and not self.check():
-                self.wake.wait(self.interval)
-                self.wake.clear()
-        finally:
-            self.redis.close()
+        while not self.stopping and not self.check():
+            # Unsubscribed, a drain message cannot be heard: look every heartbeat period.
+            self.wake.wait(self.interval if self.hearing.is_set() else self.unheard_interval)
+            self.wake.clear()
 
 
 class LifecycleCompleter(StoppableThread):

@@ -9,6 +9,11 @@ Shared with the Perl/Go managers so fleets can migrate host by host:
   a dice roll 0-100; the candidate key of the same name holds the instance id.
 - ``<instanceId>-kill``: ``"1"``, lodged for a deposed leader.
 - ``warden:epoch``: the fencing token, incremented by every new leader.
+- ``warden:managers``: the instance ids of the Warden managers, each added by the
+  manager itself whenever it subscribes; the leader drops the ones whose liveness
+  channel it finds empty.
+- ``warden:watchers``: the two managers the leader appointed to watch its liveness
+  channel (it tells each on that manager's own liveness channel).
 
 Every time is the Redis server's (``TIME`` inside the scripts), so clock skew between
 hosts never deposes a healthy leader.
@@ -32,6 +37,10 @@ ALIVE_PREFIX = "warden:alive:"
 #: follower saw empty on two readings in a row: only then does an empty channel make
 #: that leader stale, so a connection that blipped and came back deposes nobody
 GONE_PREFIX = "warden:gone:"
+MANAGERS = "warden:managers"
+WATCHERS = "warden:watchers"
+#: how many followers watch the leader's liveness channel: one may die with the leader
+WATCHER_COUNT = 2
 
 # Helpers every script starts with: the server's clock, and the two heartbeat formats.
 _LUA_COMMON = r"""
@@ -123,17 +132,20 @@ local function leader(now, lease_ms, legacy_ms, gone)
 end
 """.replace("@ALIVE@", ALIVE_PREFIX).replace("@GONE@", GONE_PREFIX)
 
-# KEYS: record. ARGV: me, lease_ms, legacy_ms, lodge ("1": I stand, so a stale leader's
-# kill is lodged here, in the same script that finds it stale), gone ("<id>:<epoch>" of
-# a leader whose liveness channel I saw empty twice, or "").
-# Returns {state, id, age_ms, subnet, epoch}.
+# KEYS: record, managers, watchers. ARGV: me, lease_ms, legacy_ms, lodge ("1": I stand,
+# so a stale leader's kill is lodged here, in the same script that finds it stale), gone
+# ("<id>:<epoch>" of a leader whose liveness channel I saw empty twice, or ""), register
+# ("1": add me to the managers, as after each subscription).
+# Returns {state, id, age_ms, subnet, epoch, watcher ("1" when the leader appointed me)}.
 _CHECK = _LUA_COMMON + r"""
 local now = now_ms()
 local state, rec, age = leader(now, tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[5])
 if state == 'stale' and ARGV[4] == '1' and rec[1] ~= ARGV[1] then
   redis.call('SET', rec[1] .. '-kill', '1', 'EX', %(kill)d)
 end
-return {state, rec[1] or '', tostring(age), rec[3] or '', rec[4] or ''}
+if ARGV[6] == '1' then redis.call('SADD', KEYS[2], ARGV[1]) end
+local watcher = redis.call('SISMEMBER', KEYS[3], ARGV[1])
+return {state, rec[1] or '', tostring(age), rec[3] or '', rec[4] or '', tostring(watcher)}
 """ % {"kill": KILL_SECONDS}
 
 # KEYS: record, challenge. ARGV: me, dice, candidate expiry seconds.
@@ -145,26 +157,56 @@ redis.call('SET', member, ARGV[1], 'EX', tonumber(ARGV[3]))
 return member
 """
 
-# KEYS: record, challenge, epoch. ARGV: me, zone, lease_ms, legacy_ms, drop_ms, gone.
+# The leader keeps WATCHER_COUNT live managers appointed to watch its liveness channel:
+# a watcher whose own channel is empty is replaced, and a new one is told on its channel
+# ("<leader>:<epoch>"). One random manager a beat is looked at, and dropped when gone.
+_APPOINT = r"""
+local function appoint(managers, watchers, me, epoch, want)
+  local count = 0
+  for _, w in ipairs(redis.call('SMEMBERS', watchers)) do
+    if w == me or redis.call('PUBSUB', 'NUMSUB', '@ALIVE@' .. w)[2] == 0 then
+      redis.call('SREM', watchers, w)
+    else
+      count = count + 1
+    end
+  end
+  for _, m in ipairs(redis.call('SRANDMEMBER', managers, want - count + 1)) do
+    if m ~= me then
+      if redis.call('PUBSUB', 'NUMSUB', '@ALIVE@' .. m)[2] == 0 then
+        redis.call('SREM', managers, m)
+      elseif count < want and redis.call('SADD', watchers, m) == 1 then
+        redis.call('PUBLISH', '@ALIVE@' .. m, me .. ':' .. epoch)
+        count = count + 1
+      end
+    end
+  end
+end
+""".replace("@ALIVE@", ALIVE_PREFIX)
+
+# KEYS: record, challenge, epoch, managers, watchers. ARGV: me, zone, lease_ms, legacy_ms,
+# drop_ms, gone, floor (the highest epoch I have seen), watcher count.
 # Claims leadership if the record is absent, stale or mine and I hold the highest live
-# entry. Entries whose candidate key expired, or older than drop_ms (a winner that
-# never claimed), are dropped. Returns {1, epoch} or {0, reason, winner}.
-_CLAIM = _LUA_COMMON + r"""
+# entry: entries are read from the highest down, and those above the first live one
+# whose candidate key expired, or older than drop_ms (a winner that never claimed), are
+# dropped. The epoch never goes below ``floor`` + 1 (a promoted replica may have missed
+# the last increment; a fresh Redis starts from its clock). Returns {1, epoch} or
+# {0, reason, winner}.
+_CLAIM = _LUA_COMMON + _APPOINT + r"""
 local now = now_ms()
 local me = ARGV[1]
 local state, rec = leader(now, tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[6])
 if state == 'live' and rec[1] ~= me then return {0, 'leader-live', rec[1]} end
-local entries = redis.call('ZRANGE', KEYS[2], 0, -1, 'WITHSCORES')
-local best, best_score, best_id = nil, -1, nil
+local entries = redis.call('ZREVRANGE', KEYS[2], 0, -1)
+local best_id = nil
 local drop_ms = tonumber(ARGV[5])
-for i = 1, #entries, 2 do
-  local member, score = entries[i], tonumber(entries[i + 1])
+for _, member in ipairs(entries) do
   local who = redis.call('GET', member)
   local entered = parse_ms(string.sub(member, 1, 14))
   if (not who) or (not entered) or (now - entered > drop_ms) then
     redis.call('ZREM', KEYS[2], member)
-  elseif score > best_score or (score == best_score and member > best) then
-    best, best_score, best_id = member, score, who
+  else
+    best_id = who
+    break
   end
 end
 if best_id ~= me then return {0, 'not-highest', best_id or ''} end
@@ -172,16 +214,24 @@ if state == 'stale' and rec[1] ~= me then
   redis.call('SET', rec[1] .. '-kill', '1', 'EX', %(kill)d)
 end
 redis.call('DEL', me .. '-kill')
-if redis.call('EXISTS', KEYS[3]) == 0 then
-  redis.call('SET', KEYS[3], redis.call('TIME')[1])
+local floor = tonumber(ARGV[7]) or 0
+local current = tonumber(redis.call('GET', KEYS[3]) or '')
+if not current then
+  redis.call('SET', KEYS[3], math.max(tonumber(redis.call('TIME')[1]), floor))
+elseif current < floor then
+  redis.call('SET', KEYS[3], floor)
 end
 local epoch = redis.call('INCR', KEYS[3])
-for i = 1, #entries, 2 do redis.call('DEL', entries[i]) end
+for i = 1, #entries, 500 do
+  redis.call('DEL', unpack(entries, i, math.min(i + 499, #entries)))
+end
 redis.call('DEL', KEYS[2])
 redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[1], 'id', me, 'heartbeat', rfc3339(now), 'subnet', ARGV[2],
            'epoch', tostring(epoch))
 redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[3]))
+redis.call('DEL', KEYS[5])
+appoint(KEYS[4], KEYS[5], me, epoch, tonumber(ARGV[8]))
 return {1, epoch}
 """ % {"kill": KILL_SECONDS}
 
@@ -197,8 +247,9 @@ local function still_mine(me, epoch)
 end
 """
 
-# KEYS: record, epoch. ARGV: me, epoch, zone, lease_ms. Returns {1, heartbeat} or {0, why}.
-_HEARTBEAT = (_LUA_COMMON + _STILL_MINE + r"""
+# KEYS: record, epoch, managers, watchers. ARGV: me, epoch, zone, lease_ms, watcher count.
+# Returns {1, heartbeat} or {0, why}.
+_HEARTBEAT = (_LUA_COMMON + _STILL_MINE + _APPOINT + r"""
 local why = still_mine(ARGV[1], ARGV[2])
 if why ~= 'ok' then return {0, why} end
 -- Beating, so not gone: a mark left by a blip of the liveness connection goes.
@@ -206,6 +257,7 @@ redis.call('DEL', '@GONE@' .. ARGV[1])
 local hb = rfc3339(now_ms())
 redis.call('HSET', KEYS[1], 'heartbeat', hb, 'subnet', ARGV[3])
 redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[4]))
+appoint(KEYS[3], KEYS[4], ARGV[1], ARGV[2], tonumber(ARGV[5]))
 return {1, hb}
 """).replace("@GONE@", GONE_PREFIX)
 
@@ -246,6 +298,8 @@ class LeaderView:
     age_ms: int  # -1 when unknown
     zone: str
     epoch: Optional[int]  # None for a Perl/Go record
+    #: the leader appointed the reader to watch its liveness channel
+    watcher: bool = False
 
     @property
     def legacy(self) -> bool:
@@ -272,35 +326,65 @@ class ElectionStore:
         self._release = client.register_script(_RELEASE)
         self._kill_if_leader = client.register_script(_KILL_IF_LEADER)
 
-    def check(self, standing: bool, gone: str = "") -> LeaderView:
+    def check(self, standing: bool, gone: str = "", register: bool = False) -> LeaderView:
         """Read the leader record; when ``standing``, lodge a stale leader's kill.
         ``gone`` (``"<id>:<epoch>"``) names a leader whose liveness channel this
-        instance saw empty on two readings in a row."""
-        state, leader_id, age, zone, epoch = self._check(
-            keys=[RECORD], args=[self.me, self.lease_ms, self.legacy_ms, "1" if standing else "0", gone])
+        instance saw empty on two readings in a row; ``register`` adds this instance to
+        the managers the leader may appoint as watchers."""
+        state, leader_id, age, zone, epoch, watcher = self._check(
+            keys=[RECORD, MANAGERS, WATCHERS],
+            args=[self.me, self.lease_ms, self.legacy_ms, "1" if standing else "0", gone,
+                  "1" if register else "0"])
         return LeaderView(_text(state), _text(leader_id), int(float(_text(age))), _text(zone),
-                          int(_text(epoch)) if _text(epoch) else None)
+                          int(_text(epoch)) if _text(epoch) else None, _text(watcher) == "1")
+
+    def holder(self) -> tuple[str, Optional[int]]:
+        """The record's leader id and epoch, read plainly (one command)."""
+        leader_id, epoch = self.redis.hmget(RECORD, "id", "epoch")
+        text = _text(epoch) if epoch is not None else ""
+        return (_text(leader_id) if leader_id is not None else ""), (int(text) if text.isdigit() else None)
 
     def enter(self, dice: Optional[int] = None) -> str:
         """Enter the election with a dice roll 0-100; returns the member."""
         roll = random.SystemRandom().randint(0, 100) if dice is None else dice
         return _text(self._enter(keys=[RECORD, CHALLENGE], args=[self.me, roll, self.candidate_expiry]))
 
-    def claim(self, zone: str, gone: str = "") -> tuple[Optional[int], str]:
-        """Claim leadership: ``(epoch, "")`` on success, else ``(None, why)``."""
+    def claim(self, zone: str, gone: str = "", floor: int = 0) -> tuple[Optional[int], str]:
+        """Claim leadership: ``(epoch, "")`` on success, else ``(None, why)``. The epoch
+        is above ``floor``, the highest this instance has seen."""
         # Members carry whole seconds (the Perl format), so an entry can look up to a
         # second older than it is: allow for that before calling it abandoned.
         drop_ms = self.guard_ms + self.lease_ms + 1000
-        reply = self._claim(keys=[RECORD, CHALLENGE, EPOCH],
-                            args=[self.me, zone, self.lease_ms, self.legacy_ms, drop_ms, gone])
+        reply = self._claim(keys=[RECORD, CHALLENGE, EPOCH, MANAGERS, WATCHERS],
+                            args=[self.me, zone, self.lease_ms, self.legacy_ms, drop_ms, gone, floor,
+                                  WATCHER_COUNT])
         if int(reply[0]) == 1:
             return int(reply[1]), ""
         return None, f"{_text(reply[1])} {_text(reply[2])}".strip()
 
-    def heartbeat(self, epoch: int, zone: str) -> tuple[bool, str]:
-        """Renew my record: ``(True, heartbeat)`` or ``(False, why I am no leader)``."""
-        reply = self._heartbeat(keys=[RECORD, EPOCH], args=[self.me, epoch, zone, self.lease_ms])
-        return int(reply[0]) == 1, _text(reply[1])
+    def heartbeat(self, epoch: int, zone: str, confirm_ms: int = 0) -> tuple[bool, str, bool]:
+        """Renew my record: ``(True, heartbeat, replicated)`` or ``(False, why I am no
+        leader, False)``. With ``confirm_ms``, and when the primary has replicas, the
+        renewal is followed on the same connection by ``WAIT 1 confirm_ms``:
+        ``replicated`` says whether a replica has every write made so far (the claim
+        included), so a failover cannot take the epoch back. Without replicas there is
+        nothing a failover could promote: ``replicated`` is True."""
+        keys, args = [RECORD, EPOCH, MANAGERS, WATCHERS], [self.me, epoch, zone, self.lease_ms, WATCHER_COUNT]
+        acked = 1
+        if confirm_ms and self.replicas():
+            pipe = self.redis.pipeline(transaction=False)
+            self._heartbeat(keys=keys, args=args, client=pipe)
+            pipe.execute_command("WAIT", 1, confirm_ms)
+            reply, acked = pipe.execute()
+        else:
+            reply = self._heartbeat(keys=keys, args=args)
+        ok = int(reply[0]) == 1
+        return ok, _text(reply[1]), ok and int(acked) >= 1
+
+    def replicas(self) -> int:
+        """How many replicas the primary has (``ROLE``)."""
+        role = self.redis.execute_command("ROLE")
+        return len(role[2]) if role and _text(role[0]) == "master" else 0
 
     def fence(self, epoch: int) -> str:
         """``"ok"`` while ``epoch`` is still the current leader's and mine."""

@@ -1,10 +1,24 @@
 """The Manager: the Warden instances of a cluster elect one leader through the central
 Redis; the leader heartbeats and is the only one that acts on the cluster.
 
-One thread runs the state machine (follower, candidate, leader). It wakes every
-``heartbeatIntervalSeconds``, exactly when the leader's record would go stale, and at
-once on a nudge (an election call, a kill aimed at it). Every decision is made by an
-atomic script on the keys (see :mod:`warden.election`); messages only wake it early.
+One thread runs the state machine (follower, candidate, leader). Every decision is made
+by an atomic script on the keys (see :mod:`warden.election`); messages only say when
+the keys are worth reading:
+
+- The leader renews its record every ``heartbeatIntervalSeconds`` and publishes each
+  heartbeat on ``warden:heartbeat``. A follower reads the record only when a heartbeat
+  is late, a message calls for it (an election, a new leader, a kill aimed at it), its
+  subscription came back (anything published meanwhile was lost), or while it cannot
+  hear the channel at all; so its steady-state cost on the central Redis does not grow
+  with the fleet. A Perl/Go leader publishes nothing: while one holds the record, it is
+  read once a lease.
+- Each manager holds its liveness channel ``warden:alive:<instanceId>`` on its pub/sub
+  connection: when its process dies, Redis closes that connection and the channel is
+  empty. Two followers appointed by the leader (:data:`warden.election.WATCHER_COUNT`)
+  look at the leader's channel a few times a second and call an election when it stays
+  empty, long before the lease runs out.
+- A new leader acts only once its claim reached a replica (``WAIT``), so a failover of
+  the central Redis cannot hand its epoch to someone else.
 """
 
 from __future__ import annotations
@@ -15,74 +29,26 @@ import time
 from typing import Any, Optional
 
 import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from warden import signals
+from warden.central import Central
 from warden.config import Config
 from warden.control import ControlMessage, encode
 from warden.election import ALIVE_PREFIX, ElectionStore, LeaderView
-from warden.subscribers.channels import close_subscription, open_subscription
 from warden.subscribers.zones import ZoneChecker
-from warden.threads import ConnectionLoop, StoppableThread
+from warden.threads import StoppableThread
 
 logger = logging.getLogger(__name__)
 
 
-def central_client(config: Config) -> redis.Redis:
-    """A central-Redis client whose calls fail well within the lease: short socket
-    timeouts and no hidden retries (redis-py's default retries could hide a dead Redis
-    for about as long as a lease)."""
-    timeout = max(0.2, min(1.0, config.lease_seconds / 4))
-    return config.service_management_redis.client(
-        socket_timeout=timeout, socket_connect_timeout=timeout,
-        retry=Retry(NoBackoff(), 0), retry_on_timeout=False)
-
-
-class LivenessHolder(ConnectionLoop):
-    """Holds this instance's subscription to ``warden:alive:<instanceId>`` on a
-    connection of its own. When the process dies (crash, OOM kill, ``kill -9``, a
-    reboot), Redis closes the connection at once and the channel has no subscriber:
-    followers see that within a fraction of a second instead of waiting out a lease. A
-    frozen process keeps its socket, so the lease still covers that case."""
-
-    backoff_initial = 0.1
-    backoff_cap = 2.0
-    #: followers count the channel empty only on two readings LivenessWatch.confirm
-    #: apart, so a cut connection must be back well within that
-    retry_at_once = True
-    what = "liveness subscription"
-    lost = (redis.RedisError,)
-
-    def __init__(self, config: Config) -> None:
-        super().__init__("warden-alive")
-        self.config = config
-        self.channel = ALIVE_PREFIX + (config.instance_id or "")
-
-    def open(self) -> Any:
-        return open_subscription(self.config.service_management_redis.client(
-            socket_connect_timeout=2, client_name=f"warden-alive-{self.config.instance_id}"),
-            (self.channel,))
-
-    def close(self, connection: Any) -> None:
-        close_subscription(connection)
-
-    def serve(self, connection: Any) -> None:
-        _, pubsub = connection
-        while not self.stopping:
-            # Reading keeps the connection's state current; nothing is published.
-            message = pubsub.get_message(timeout=0.5)
-            if message and message.get("type") == "subscribe":
-                self.held()
-
-
 class LivenessWatch(StoppableThread):
-    """A follower's cheap watch on the leader's liveness channel: ``PUBSUB NUMSUB``
-    every ``interval`` seconds; no subscriber on two readings in a row (the second
-    ``confirm`` seconds after the first) calls an election at once."""
+    """A watcher's look at the leader's liveness channel: ``PUBSUB NUMSUB`` every
+    ``interval`` seconds while the leader appointed this instance; no subscriber on two
+    readings in a row (the second ``confirm`` seconds after the first) calls an
+    election at once."""
 
-    #: seconds between readings
-    interval = 0.15
+    #: seconds between readings (two watchers, so a reading every 0.15 s on average)
+    interval = 0.3
     #: seconds before a zero reading is read again: a leader whose connection blipped
     #: resubscribes at once, well within this
     confirm = 0.1
@@ -90,21 +56,19 @@ class LivenessWatch(StoppableThread):
     def __init__(self, manager: "Manager") -> None:
         super().__init__("warden-liveness-watch")
         self.manager = manager
-        self.redis = central_client(manager.config)
         #: PUBSUB NUMSUB calls made (for the note on Redis load)
         self.readings = 0
 
     def _subscribers(self, leader_id: str) -> int:
         self.readings += 1
-        reply = self.redis.pubsub_numsub(ALIVE_PREFIX + leader_id)
+        reply = self.manager.redis.pubsub_numsub(ALIVE_PREFIX + leader_id)
         return int(reply[0][1]) if reply else 0
 
     def run(self) -> None:
         while not self.stop_event.wait(self.interval):
             manager = self.manager
             view = manager.view
-            if (manager.role != "follower" or view is None or view.state != "live"
-                    or view.epoch is None or view.leader_id == manager.me):
+            if manager.role != "follower" or view is None or not manager.watches(view):
                 continue
             try:
                 if self._subscribers(view.leader_id) > 0:
@@ -117,45 +81,63 @@ class LivenessWatch(StoppableThread):
                 logger.warning("leader %s's liveness channel has no subscriber on two readings: "
                                "its process is gone", view.leader_id)
                 manager.gone = f"{view.leader_id}:{view.epoch}"
-                manager.view = None
-                manager.wake.set()
-
-    def on_stop(self) -> None:
-        pass
+                manager.nudge(forget=True)
 
 
 class Manager(StoppableThread):
     """This instance's part in the election, and its leadership while it lasts."""
 
-    def __init__(self, config: Config, client: redis.Redis, zones: ZoneChecker) -> None:
+    def __init__(self, config: Config, central: Central, zones: ZoneChecker) -> None:
         super().__init__("warden-manager")
         self.config = config
         self.me = config.instance_id or ""
         self.zone = config.availability_zone or ""
-        self.redis = client
+        self.redis = central.commands
+        #: seconds a WAIT for a replica may take (well within a command's timeout)
+        self.confirm_ms = int(central.timeout * 500)
         self.zones = zones
-        self.store = ElectionStore(client, self.me, config.lease_seconds,
+        self.store = ElectionStore(self.redis, self.me, config.lease_seconds,
                                    config.legacy_max_heartbeat_age_seconds,
                                    config.guard_time_seconds, config.candidate_expiry_seconds)
         self.secret = config.control_secret
+        #: "follower"; "confirming" (claimed, waiting for a replica to have the claim);
+        #: "leader" (acting)
         self.role = "follower"
         self.epoch: Optional[int] = None
         #: when this instance entered the current election (monotonic), or None
         self.candidate_since: Optional[float] = None
-        #: the last view of the leader record (for status)
+        #: the last view of the leader record
         self.view: Optional[LeaderView] = None
         #: True while this host drains: it stands in no election
         self.draining = False
-        #: ``"<id>:<epoch>"`` of a leader whose liveness channel LivenessWatch saw
-        #: empty on two readings, or ""
+        #: ``"<id>:<epoch>"`` of a leader whose liveness channel a watcher saw empty on
+        #: two readings, or ""
         self.gone = ""
+        #: the channel this instance's pub/sub connection holds for its liveness
+        self.alive_channel = ALIVE_PREFIX + self.me
+        #: set while the control channels (this liveness channel among them) are held
+        self.subscribed = central.subscribed
+        #: ``(leader id, epoch)`` that appointed this instance a watcher, or None
+        self.appointed: Optional[tuple[str, int]] = None
+        #: the highest epoch seen (a claim never goes below it)
+        self.highest_epoch = 0
+        #: monotonic time of the current leader's last heartbeat message
+        self.heard = 0.0
+        #: monotonic time of the last look at the record
+        self.read_at = 0.0
+        #: monotonic time of the last election message
+        self.election_heard = -1e9
+        #: a look at the record is due at the next step (a message or a watcher said so)
+        self._due = True
+        #: the next look adds this instance to the managers (after each subscription)
+        self._register = True
         self.wake = threading.Event()
         self._lock = threading.Lock()
         self._last_beat = 0.0
         self._next_wake = config.heartbeat_interval_seconds
-        self.alive = LivenessHolder(config)
         self.watch = LivenessWatch(self)
         self.receivers = signals.Receivers((signals.control_received, self._on_control),
+                                           (signals.control_subscription, self._on_subscription),
                                            (signals.host_draining, self._on_host_draining))
 
     # -- public API ------------------------------------------------------------
@@ -181,7 +163,7 @@ class Manager(StoppableThread):
             return False
         if answer != "ok":
             logger.warning("fencing refused epoch %s: %s", leading, answer)
-            self.wake.set()
+            self.nudge()
             return False
         return True
 
@@ -189,6 +171,18 @@ class Manager(StoppableThread):
         """The epoch this instance leads under, or None."""
         with self._lock:
             return self.epoch if self.role == "leader" else None
+
+    def nudge(self, forget: bool = False) -> None:
+        """Look at the record at once (``forget``: the view is out of date)."""
+        if forget:
+            self.view = None
+        self._due = True
+        self.wake.set()
+
+    def watches(self, view: LeaderView) -> bool:
+        """True while the leader in ``view`` has this instance watch its liveness."""
+        return (view.state == "live" and view.epoch is not None and view.leader_id != self.me
+                and self.appointed == (view.leader_id, view.epoch))
 
     # -- messages ----------------------------------------------------------------
 
@@ -200,22 +194,48 @@ class Manager(StoppableThread):
         except redis.RedisError as error:
             logger.debug("cannot publish %s: %s", kind, error)
 
+    def on_alive_message(self, data: Any) -> None:
+        """A message on this instance's liveness channel: the leader appointed it a
+        watcher (``"<leader>:<epoch>"``). Anyone could publish there, so it only makes
+        this instance look at the leader the record names: never more."""
+        text = data.decode(errors="replace") if isinstance(data, bytes) else str(data)
+        leader_id, _, epoch = text.rpartition(":")
+        if leader_id and epoch.isdigit():
+            self.appointed = (leader_id, int(epoch))
+            logger.info("appointed to watch leader %s's liveness (epoch %s)", leader_id, epoch)
+
+    def _on_subscription(self, sender: Any, *, held: bool, **kw: Any) -> None:
+        if held:
+            # Messages sent while unsubscribed were lost, and a leader may have pruned
+            # this instance from the managers meanwhile.
+            self._register = True
+            self.nudge()
+        else:
+            self.wake.set()
+
     def _on_host_draining(self, sender: Any, *, reason: str, **kw: Any) -> None:
         if self.draining:
             return
         self.draining = True
         logger.warning("draining (%s): standing in no election from now on", reason)
-        if self.role == "leader":
+        if self.role != "follower":
             self._step_down("draining", release=True)
         self.wake.set()
 
     def _on_control(self, sender: Any, *, message: ControlMessage, **kw: Any) -> None:
         # A drain message only wakes the drain watcher (warden.drain), which acts on the key.
-        if message.type == "election" and message.instance_id != self.me:
-            self.wake.set()
+        if message.type == "heartbeat" and message.instance_id != self.me:
+            view = self.view
+            if view is not None and (message.instance_id, message.epoch) == (view.leader_id, view.epoch):
+                self.heard = time.monotonic()
+            elif view is None or view.state != "live" or message.epoch > (view.epoch or 0):
+                self.nudge()  # a new leader: read its record once
+        elif message.type == "election" and message.instance_id != self.me:
+            self.election_heard = time.monotonic()
+            self.nudge()
         elif message.type == "kill" and message.instance_id == self.me:
             logger.info("kill message received; checking the kill key")
-            self.wake.set()
+            self.nudge()
 
     # -- the loop ------------------------------------------------------------------
 
@@ -225,10 +245,9 @@ class Manager(StoppableThread):
     def run(self) -> None:
         self.zones.watch(self.zone)
         self.zones.lookup()
-        self.alive.start()
         self.watch.start()
         # A leader without its liveness subscription would be deposed at once.
-        if not self.alive.connected.wait(5):
+        if not self.subscribed.wait(5):
             logger.warning("no liveness subscription yet; standing only once it is held")
         while not self.stopping:
             try:
@@ -242,28 +261,62 @@ class Manager(StoppableThread):
             self.wake.clear()
         self.hand_back()
         self.watch.stop()
-        self.alive.stop()
         self.watch.join(timeout=5)
-        self.alive.join(timeout=5)
 
     def _lost_contact(self) -> None:
         """Redis did not answer: a leader that cannot renew within the lease is no
         longer one (the record has expired by then)."""
         self._next_wake = min(self.config.heartbeat_interval_seconds, 0.5)
-        if self.role == "leader" and time.monotonic() - self._last_beat > self.config.lease_seconds:
+        self._due = True
+        if self.role != "follower" and time.monotonic() - self._last_beat > self.config.lease_seconds:
             self._step_down("central Redis unreachable for a lease", release=False)
 
+    def _listening(self) -> bool:
+        """True when heartbeat messages stand in for reading the record: a Warden
+        leader holds it, this instance hears the channel, and nothing calls for a look.
+        Sets when to look again otherwise."""
+        view = self.view
+        if (self._due or view is None or view.state != "live" or view.epoch is None
+                or not self.subscribed.is_set()):
+            return False
+        now = time.monotonic()
+        # A heartbeat more than two periods late, or the safety net's period.
+        late = self.heard + 2.5 * self.config.heartbeat_interval_seconds - now
+        safety = self.read_at + self.config.manager_sleep_time_seconds - now
+        if late <= 0:
+            logger.debug("leader %s's heartbeat is late: reading its record", view.leader_id)
+            return False
+        if safety <= 0:
+            self.read_at = now
+            if self.store.holder() != (view.leader_id, view.epoch):
+                return False
+            safety = self.config.manager_sleep_time_seconds
+        self._next_wake = max(0.02, min(late, safety))
+        return True
+
     def step(self) -> None:
-        """One look at the keys and whatever follows from it."""
+        """One look at the keys (when due) and whatever follows from it."""
         interval = self.config.heartbeat_interval_seconds
         self._next_wake = interval
-        if self.role == "leader":
+        if self.role != "follower":
             self._lead()
             return
-        standing = (not self.draining and self.zones.active(self.zone)
-                    and self.alive.connected.is_set())
-        view = self.store.check(standing, self.gone)
-        self.view = view
+        if self._listening():
+            return
+        self._due = False
+        standing = (not self.draining and self.zones.active(self.zone) and self.subscribed.is_set())
+        register, self._register = self._register, False
+        try:
+            view = self.store.check(standing, self.gone, register=register)
+        except redis.RedisError:
+            self._register = self._register or register
+            raise
+        now = time.monotonic()
+        self.view, self.read_at = view, now
+        if view.epoch is not None:
+            self.highest_epoch = max(self.highest_epoch, view.epoch)
+        if view.watcher and view.state == "live" and view.epoch is not None:
+            self.appointed = (view.leader_id, view.epoch)
         if self.gone and self.gone != f"{view.leader_id}:{view.epoch}":
             self.gone = ""
         if view.leader_id == self.me and view.state == "live" and view.epoch is not None:
@@ -283,8 +336,15 @@ class Manager(StoppableThread):
             limit = self.config.lease_seconds if view.epoch is not None else \
                 self.config.legacy_max_heartbeat_age_seconds
             if view.age_ms >= 0:
-                # Wake when the record would go stale, not a whole interval later.
-                self._next_wake = max(0.02, min(interval, limit - view.age_ms / 1000 + 0.02))
+                # The heartbeat just read counts as heard; look again when the record
+                # would go stale (sooner while heartbeats cannot be heard).
+                self.heard = now - view.age_ms / 1000
+                stale_in = limit - view.age_ms / 1000 + 0.02
+                # A Perl/Go leader publishes nothing: its record is read once a lease.
+                cap = (interval if not self.subscribed.is_set() else
+                       self.config.lease_seconds if view.epoch is None else
+                       self.config.manager_sleep_time_seconds)
+                self._next_wake = max(0.02, min(cap, stale_in))
             return
         if not standing:
             return
@@ -297,6 +357,8 @@ class Manager(StoppableThread):
     def _campaign(self) -> None:
         guard = self.config.guard_time_seconds
         now = time.monotonic()
+        # Looking again is due until this election ends.
+        self._due = True
         # An entry older than guard + lease is dropped by the next claim (and one near
         # its key's expiry is about to vanish): stand again rather than wait on it.
         stale_after = min(guard + self.config.lease_seconds, self.config.candidate_expiry_seconds * 0.8)
@@ -304,14 +366,16 @@ class Manager(StoppableThread):
             member = self.store.enter()
             self.candidate_since = now
             logger.info("standing for election as %s", member)
-            self.publish("election")
+            # One call is enough: the others stand when they hear it.
+            if now - self.election_heard > guard:
+                self.publish("election")
             self._next_wake = guard
             return
         waited = now - self.candidate_since
         if waited < guard:
             self._next_wake = guard - waited
             return
-        epoch, why = self.store.claim(self.zone, self.gone)
+        epoch, why = self.store.claim(self.zone, self.gone, self.highest_epoch)
         if epoch is None:
             logger.debug("no claim: %s", why)
             if why == "not-highest":
@@ -321,15 +385,19 @@ class Manager(StoppableThread):
                 return
             self._next_wake = min(self.config.heartbeat_interval_seconds, guard)
             return
-        self._become_leader(epoch)
-
-    def _become_leader(self, epoch: int) -> None:
         with self._lock:
-            self.role, self.epoch = "leader", epoch
+            self.role, self.epoch = "confirming", epoch
+        self.highest_epoch = max(self.highest_epoch, epoch)
         self.candidate_since = None
         self._last_beat = time.monotonic()
         # The claim wrote the first heartbeat; followers hear of it at once.
         self.publish("heartbeat", epoch)
+        logger.info("claimed leadership: epoch %s", epoch)
+        self._lead()
+
+    def _become_leader(self, epoch: int) -> None:
+        with self._lock:
+            self.role, self.epoch = "leader", epoch
         logger.info("leadership gained: epoch %s, zone %s", epoch, self.zone or "-")
         signals.send(signals.leadership_gained, self, instance_id=self.me, epoch=epoch, zone=self.zone)
 
@@ -339,17 +407,28 @@ class Manager(StoppableThread):
         if not self.zones.active(self.zone):
             self._step_down("zone inactive", release=True)
             return
-        ok, why = self.store.heartbeat(epoch, self.zone)
+        confirming = self.role == "confirming"
+        ok, why, replicated = self.store.heartbeat(epoch, self.zone, self.confirm_ms if confirming else 0)
         if not ok:
             self._step_down(why, release=why == "killed")
             return
         self._last_beat = time.monotonic()
         self.publish("heartbeat", epoch)
+        if confirming:
+            if replicated:
+                self._become_leader(epoch)
+            else:
+                logger.warning("epoch %s is not on a replica yet: not acting until it is", epoch)
 
     def _step_down(self, reason: str, release: bool) -> None:
         with self._lock:
-            epoch, self.role, self.epoch = self.epoch, "follower", None
-        logger.warning("leadership lost (epoch %s): %s", epoch, reason)
+            epoch, role = self.epoch, self.role
+            self.role, self.epoch = "follower", None
+        self._due = True
+        if role == "leader":
+            logger.warning("leadership lost (epoch %s): %s", epoch, reason)
+        else:
+            logger.warning("claim of epoch %s given up before acting: %s", epoch, reason)
         try:
             if release and epoch is not None:
                 self.store.release(epoch)
@@ -357,13 +436,14 @@ class Manager(StoppableThread):
                 self.store.drop_kill()
         except redis.RedisError as error:
             logger.warning("cannot tidy up after stepping down: %s", error)
-        signals.send(signals.leadership_lost, self, instance_id=self.me, epoch=epoch, reason=reason)
+        if role == "leader":
+            signals.send(signals.leadership_lost, self, instance_id=self.me, epoch=epoch, reason=reason)
         if release:
             self.publish("election")
 
     def hand_back(self) -> None:
         """On shutdown: hand the record back and call an election, so another
         instance leads within about a guard time."""
-        if self.role != "leader":
+        if self.role == "follower":
             return
         self._step_down("shutdown", release=True)

@@ -118,6 +118,14 @@ control_rejected = _signals.signal(
     ``aws-events``) for a malformed queue message. kw: ``channel``, ``reason``.""",
 )
 
+control_subscription = _signals.signal(
+    "control-subscription",
+    doc="""The control channels' subscription was confirmed (``held`` True: the first
+    time and after every reconnect, when anything published meanwhile was lost, so the
+    keys are worth reading again) or lost (``held`` False). Sender: the control-channel
+    subscriber. kw: ``held``.""",
+)
+
 leadership_gained = _signals.signal(
     "leadership-gained",
     doc="""This instance became the leader. Sender: the Manager.

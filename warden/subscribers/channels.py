@@ -8,6 +8,7 @@ messages are only nudges and the keys stay the truth.
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Any, Callable, Optional
 
 import redis
@@ -19,12 +20,11 @@ from warden.threads import ConnectionLoop
 logger = logging.getLogger(__name__)
 
 
-def open_subscription(client: redis.Redis, channels: tuple[str, ...],
-                      ignore_subscribe_messages: bool = False) -> tuple[redis.Redis, Any]:
+def open_subscription(client: redis.Redis, channels: tuple[str, ...]) -> tuple[redis.Redis, Any]:
     """``client`` and its pub/sub, subscribed to ``channels`` (the client is closed when
     subscribing fails)."""
     try:
-        pubsub = client.pubsub(ignore_subscribe_messages=ignore_subscribe_messages)
+        pubsub = client.pubsub()
         pubsub.subscribe(*channels)
     except redis.RedisError:
         client.close()
@@ -42,17 +42,27 @@ def close_subscription(connection: tuple[redis.Redis, Any]) -> None:
 class ControlSubscriber(ConnectionLoop):
     """Listens on the control channels (and any extra ones) of the central Redis. An
     extra channel's callback gets the raw payload and raises :class:`Rejected` for a
-    message to ignore: it is logged and counted like any other."""
+    message to ignore: it is logged and counted like any other.
+
+    It says when its subscription is confirmed and when it is lost
+    (``control_subscription``). A lost connection is opened again at once: the
+    Manager's liveness channel is among the extra ones, and followers count a leader
+    gone only when its channel stays empty for longer than a reconnect takes."""
 
     backoff_initial = 0.2
     backoff_cap = 10.0
+    retry_at_once = True
     what = "control channels"
     lost = (redis.RedisError,)
 
     def __init__(self, client_factory: Callable[[], redis.Redis], codec: ControlCodec,
                  extra: Optional[dict[str, Callable[[Any], None]]] = None,
-                 channels: tuple[str, ...] = tuple(CHANNELS)) -> None:
+                 channels: tuple[str, ...] = tuple(CHANNELS),
+                 connected: Optional[threading.Event] = None) -> None:
         super().__init__("warden-pubsub")
+        if connected is not None:
+            #: shared with whoever needs to know whether messages can be heard
+            self.connected = connected
         self.client_factory = client_factory
         self.codec = codec
         #: the control channels listened to (all of them by default)
@@ -75,8 +85,7 @@ class ControlSubscriber(ConnectionLoop):
         signals.send(signals.control_received, self, message=message)
 
     def open(self) -> Any:
-        return open_subscription(self.client_factory(), (*self.channels, *self.extra),
-                                 ignore_subscribe_messages=True)
+        return open_subscription(self.client_factory(), (*self.channels, *self.extra))
 
     def close(self, connection: Any) -> None:
         close_subscription(connection)
@@ -86,14 +95,26 @@ class ControlSubscriber(ConnectionLoop):
 
     def serve(self, connection: Any) -> None:
         _, pubsub = connection
-        self.held()
-        while not self.stopping:
-            item = pubsub.get_message(timeout=0.2)
-            if item is None or item.get("type") != "message":
-                continue
-            channel = item["channel"]
-            channel = channel.decode() if isinstance(channel, bytes) else channel
-            try:
-                self._dispatch(channel, item["data"])
-            except Exception:  # noqa: BLE001 - one bad message never ends the loop
-                logger.exception("handling a message on %s failed", channel)
+        confirmed, wanted = 0, len(self.channels) + len(self.extra)
+        try:
+            while not self.stopping:
+                item = pubsub.get_message(timeout=0.2)
+                if item is None:
+                    continue
+                if item.get("type") == "subscribe":
+                    confirmed += 1
+                    if confirmed == wanted:
+                        self.held()
+                        signals.send(signals.control_subscription, self, held=True)
+                    continue
+                if item.get("type") != "message":
+                    continue
+                channel = item["channel"]
+                channel = channel.decode() if isinstance(channel, bytes) else channel
+                try:
+                    self._dispatch(channel, item["data"])
+                except Exception:  # noqa: BLE001 - one bad message never ends the loop
+                    logger.exception("handling a message on %s failed", channel)
+        finally:
+            if confirmed >= wanted:
+                signals.send(signals.control_subscription, self, held=False)

@@ -1,0 +1,52 @@
+"""This process's connections to the central Redis: two at most, whatever it runs.
+
+- ``commands``: one connection that every thread shares (a pool of one: a thread waits
+  while another uses it). Its calls fail well within the lease: short socket timeouts
+  and no hidden retries (redis-py's default retries could hide a dead Redis for about
+  as long as a lease).
+- One pub/sub connection, held by the control-channel subscriber
+  (:class:`warden.subscribers.channels.ControlSubscriber`): every channel this process
+  listens to, this instance's liveness channel included.
+
+With Sentinels configured both find the current primary on every connect, so they
+follow a failover; the subscriber then subscribes again and tells the others
+(``control_subscription``), since anything published meanwhile was lost.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from warden.config import Config
+
+
+class Central:
+    """The central Redis as this process reaches it."""
+
+    def __init__(self, config: Config) -> None:
+        self.address = config.service_management_redis
+        self.display = self.address.display
+        self.instance_id = config.instance_id or ""
+        #: seconds a command may take (and a thread may wait for the connection)
+        self.timeout = max(0.2, min(1.0, config.lease_seconds / 4))
+        self.commands: redis.Redis = self.address.client(
+            single=True, socket_timeout=self.timeout, socket_connect_timeout=self.timeout,
+            retry=Retry(NoBackoff(), 0), retry_on_timeout=False,
+            client_name=f"warden-{self.instance_id}" if self.instance_id else None)
+        #: set while the pub/sub connection's subscriptions are confirmed (the
+        #: subscriber's ``connected``): messages can be heard
+        self.subscribed = threading.Event()
+
+    def subscriber_client(self) -> Any:
+        """A client for the pub/sub connection (a new one at each reconnect)."""
+        return self.address.client(
+            socket_connect_timeout=2, health_check_interval=10,
+            client_name=f"warden-sub-{self.instance_id}" if self.instance_id else None)
+
+    def close(self) -> None:
+        self.commands.close()
