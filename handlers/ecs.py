@@ -166,14 +166,15 @@ class EcsHandler(Handler):
         return started, False
 
     def stop_tasks(self, service: Service, tasks: list[dict], count: int, desired_count: int,
-             fence: Callable[[], bool]) -> tuple[int, bool]:
-        """Stop ``count`` tasks, newest first (``createdAt``, then task ARN)."""
+                   epoch: int, fence: Callable[[], bool]) -> tuple[int, bool]:
+        """Stop ``count`` tasks, newest first (``createdAt``, then task ARN); the reason
+        ECS keeps names the epoch, as the tags of a started task do."""
         cluster = service.cluster or self.config.ecs_cluster
         newest = sorted(tasks, key=lambda t: (_created(t), t["taskArn"]), reverse=True)
         stopped = 0
         for task in newest[:count]:
             if self._fenced(fence, "stop_task", cluster=cluster, task=task["taskArn"],
-                            reason=f"warden: scaling {service.name} to {desired_count}") is None:
+                            reason=f"warden epoch {epoch}: scaling {service.name} to {desired_count}") is None:
                 return stopped, True
             stopped += 1
         return stopped, False
@@ -200,7 +201,7 @@ class EcsHandler(Handler):
             if target > running:
                 started, refused = self.start_tasks(service, target - running, epoch, fence)
             elif target < running:
-                stopped, refused = self.stop_tasks(service, tasks, running - target, target, fence)
+                stopped, refused = self.stop_tasks(service, tasks, running - target, target, epoch, fence)
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as error:
             logger.warning("scaling %s: ECS call failed: %s", service.name, error)
             operation = getattr(error, "operation_name", "") or type(error).__name__

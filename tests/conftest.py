@@ -66,9 +66,11 @@ def eventually(check: Callable[[], Any], timeout: float = 10.0, interval: float 
 class RedisServer:
     """A redis-server of the tests' own on a loopback port, with nothing persisted."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, *options: str) -> None:
         self.name = name
         self.port = free_port()
+        #: more redis-server arguments (``--replicaof HOST PORT``)
+        self.options = list(options)
         self.process: Optional[subprocess.Popen] = None
         #: its own folder: a test that SAVEs gets the data back after a restart
         import tempfile
@@ -81,7 +83,7 @@ class RedisServer:
             pytest.fail("redis-server is not installed: run scripts/test, which installs it")
         self.process = subprocess.Popen(
             [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--dir", self.dir,
-             "--appendonly", "no", "--protected-mode", "no"],
+             "--appendonly", "no", "--protected-mode", "no", *self.options],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         import redis
 
@@ -396,6 +398,121 @@ def central_server() -> Any:
     server.start()
     yield server
     server.stop()
+
+
+class SentinelCentral:
+    """A central Redis run as in production under Sentinel: a primary, a replica and
+    three ``redis-sentinel`` processes watching them (quorum 2, a primary is down after
+    1 s without answers), all on loopback ports of the tests' own."""
+
+    master = "central"
+
+    def __init__(self) -> None:
+        import tempfile
+
+        first = RedisServer("central-a")
+        self.servers = [first, RedisServer("central-b")]
+        self.sentinel_ports = [free_port() for _ in range(3)]
+        self.sentinels: list[subprocess.Popen] = []
+        self.dir = tempfile.mkdtemp(prefix="warden-test-sentinel-")
+
+    def start(self) -> None:
+        binary = shutil.which("redis-sentinel")
+        if binary is None:
+            pytest.fail("redis-sentinel is not installed: run scripts/test, which installs it")
+        first, second = self.servers
+        first.start()
+        second.options = ["--replicaof", "127.0.0.1", str(first.port)]
+        second.start()
+        self.wait_replicated()
+        for port in self.sentinel_ports:
+            conf = Path(self.dir) / f"sentinel-{port}.conf"
+            conf.write_text(f"port {port}\nbind 127.0.0.1\nprotected-mode no\ndir {self.dir}\n"
+                            f"sentinel monitor {self.master} 127.0.0.1 {first.port} 2\n"
+                            f"sentinel down-after-milliseconds {self.master} 1000\n"
+                            f"sentinel failover-timeout {self.master} 4000\n")
+            self.sentinels.append(subprocess.Popen([binary, str(conf)], stdout=subprocess.DEVNULL,
+                                                   stderr=subprocess.DEVNULL))
+
+        def ready() -> bool:
+            for port in self.sentinel_ports:
+                state = self.ask(port, "SENTINEL", "MASTER", self.master)
+                if int(state["num-other-sentinels"]) < 2 or int(state["num-slaves"]) < 1:
+                    return False
+            return True
+
+        eventually(ready, 30, what="three Sentinels that know each other and the replica")
+
+    @staticmethod
+    def ask(port: int, *command: str) -> Any:
+        import redis
+
+        client = redis.Redis(port=port, decode_responses=True, socket_timeout=2)
+        try:
+            reply = client.execute_command(*command)
+        finally:
+            client.close()
+        if isinstance(reply, list) and command[:2] == ("SENTINEL", "MASTER"):
+            return dict(zip(reply[::2], reply[1::2]))
+        return reply
+
+    def primary(self) -> RedisServer:
+        """The server the Sentinels name the primary now."""
+        host, port = self.ask(self.sentinel_ports[0], "SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.master)
+        return next(s for s in self.servers if s.port == int(port))
+
+    def wait_replicated(self) -> None:
+        """Until every running server other than the primary is its replica, in sync."""
+        import redis
+
+        def synced() -> bool:
+            for server in self.servers:
+                info = redis.Redis(port=server.port).info("replication")
+                if info["role"] == "slave" and info.get("master_link_status") != "up":
+                    return False
+            return True
+
+        eventually(synced, 30, what="the replica in sync")
+
+    def settings(self) -> dict:
+        """The config keys that point Warden at these Sentinels."""
+        return {"serviceManagementRedisSentinels": [f"127.0.0.1:{p}" for p in self.sentinel_ports],
+                "serviceManagementRedisSentinelMaster": self.master}
+
+    def client(self, db: int = 11) -> Any:
+        """A client that follows the primary across a failover."""
+        from redis.sentinel import Sentinel
+
+        return Sentinel([("127.0.0.1", p) for p in self.sentinel_ports], socket_timeout=1).master_for(
+            self.master, db=db, decode_responses=True, socket_timeout=1)
+
+    def kill_primary(self) -> RedisServer:
+        """``kill -9`` of the primary; returns it (not running)."""
+        server = self.primary()
+        assert server.process is not None
+        server.process.kill()
+        server.process.wait()
+        server.process = None
+        return server
+
+    def stop(self) -> None:
+        for process in self.sentinels:
+            process.terminate()
+        for process in self.sentinels:
+            process.wait(10)
+        for server in self.servers:
+            server.stop()
+
+
+@pytest.fixture
+def sentinel_central() -> Any:
+    """A central Redis under three Sentinels (see :class:`SentinelCentral`)."""
+    group = SentinelCentral()
+    try:
+        group.start()
+        yield group
+    finally:
+        group.stop()
 
 
 @pytest.fixture

@@ -44,8 +44,10 @@ class Central:
 
     def subscriber_client(self) -> Any:
         """A client for the pub/sub connection (a new one at each reconnect)."""
+        # RESP2: redis-py's RESP3 reader formats and logs every pushed message at debug
+        # level, taking the logging module's lock each time.
         return self.address.client(
-            socket_connect_timeout=2, health_check_interval=10,
+            socket_connect_timeout=2, health_check_interval=10, protocol=2,
             client_name=f"warden-sub-{self.instance_id}" if self.instance_id else None)
 
     def close(self) -> None:

@@ -130,6 +130,22 @@ local function leader(now, lease_ms, legacy_ms, gone)
   end
   return 'live', rec, age
 end
+-- The id of the highest live entry of the election (nil when none), reading from the
+-- top down: entries above it whose candidate key expired, or older than drop_ms (a
+-- winner that never claimed), are dropped. Also returns every member read.
+local function best_live(challenge, now, drop_ms)
+  local entries = redis.call('ZREVRANGE', challenge, 0, -1)
+  for _, member in ipairs(entries) do
+    local who = redis.call('GET', member)
+    local entered = parse_ms(string.sub(member, 1, 14))
+    if (not who) or (not entered) or (now - entered > drop_ms) then
+      redis.call('ZREM', challenge, member)
+    else
+      return who, entries
+    end
+  end
+  return nil, entries
+end
 """.replace("@ALIVE@", ALIVE_PREFIX).replace("@GONE@", GONE_PREFIX)
 
 # KEYS: record, managers, watchers. ARGV: me, lease_ms, legacy_ms, lodge ("1": I stand,
@@ -148,13 +164,15 @@ local watcher = redis.call('SISMEMBER', KEYS[3], ARGV[1])
 return {state, rec[1] or '', tostring(age), rec[3] or '', rec[4] or '', tostring(watcher)}
 """ % {"kill": KILL_SECONDS}
 
-# KEYS: record, challenge. ARGV: me, dice, candidate expiry seconds.
-# Returns the member entered.
+# KEYS: record, challenge. ARGV: me, dice, candidate expiry seconds, drop_ms.
+# Returns {member entered, "1" when it is the highest live entry now}.
 _ENTER = _LUA_COMMON + r"""
-local member = stamp(now_ms()) .. '-' .. ARGV[1]
+local now = now_ms()
+local member = stamp(now) .. '-' .. ARGV[1]
 redis.call('ZADD', KEYS[2], tonumber(ARGV[2]), member)
 redis.call('SET', member, ARGV[1], 'EX', tonumber(ARGV[3]))
-return member
+local best = best_live(KEYS[2], now, tonumber(ARGV[4]))
+return {member, best == ARGV[1] and '1' or '0'}
 """
 
 # The leader keeps WATCHER_COUNT live managers appointed to watch its liveness channel:
@@ -196,19 +214,7 @@ local now = now_ms()
 local me = ARGV[1]
 local state, rec = leader(now, tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[6])
 if state == 'live' and rec[1] ~= me then return {0, 'leader-live', rec[1]} end
-local entries = redis.call('ZREVRANGE', KEYS[2], 0, -1)
-local best_id = nil
-local drop_ms = tonumber(ARGV[5])
-for _, member in ipairs(entries) do
-  local who = redis.call('GET', member)
-  local entered = parse_ms(string.sub(member, 1, 14))
-  if (not who) or (not entered) or (now - entered > drop_ms) then
-    redis.call('ZREM', KEYS[2], member)
-  else
-    best_id = who
-    break
-  end
-end
+local best_id, entries = best_live(KEYS[2], now, tonumber(ARGV[5]))
 if best_id ~= me then return {0, 'not-highest', best_id or ''} end
 if state == 'stale' and rec[1] ~= me then
   redis.call('SET', rec[1] .. '-kill', '1', 'EX', %(kill)d)
@@ -344,19 +350,31 @@ class ElectionStore:
         text = _text(epoch) if epoch is not None else ""
         return (_text(leader_id) if leader_id is not None else ""), (int(text) if text.isdigit() else None)
 
+    @property
+    def drop_ms(self) -> int:
+        """How old an entry may be before an election drops it (a winner that never
+        claimed). Members carry whole seconds (the Perl format), so an entry can look
+        up to a second older than it is: allow for that."""
+        return self.guard_ms + self.lease_ms + 1000
+
     def enter(self, dice: Optional[int] = None) -> str:
         """Enter the election with a dice roll 0-100; returns the member."""
+        return self.stand(dice)[0]
+
+    def stand(self, dice: Optional[int] = None) -> tuple[str, bool]:
+        """Enter the election with a dice roll 0-100: the member, and whether it is the
+        highest live entry at this moment (one that is not can win only if the entries
+        above it are dropped)."""
         roll = random.SystemRandom().randint(0, 100) if dice is None else dice
-        return _text(self._enter(keys=[RECORD, CHALLENGE], args=[self.me, roll, self.candidate_expiry]))
+        member, top = self._enter(keys=[RECORD, CHALLENGE],
+                                  args=[self.me, roll, self.candidate_expiry, self.drop_ms])
+        return _text(member), _text(top) == "1"
 
     def claim(self, zone: str, gone: str = "", floor: int = 0) -> tuple[Optional[int], str]:
         """Claim leadership: ``(epoch, "")`` on success, else ``(None, why)``. The epoch
         is above ``floor``, the highest this instance has seen."""
-        # Members carry whole seconds (the Perl format), so an entry can look up to a
-        # second older than it is: allow for that before calling it abandoned.
-        drop_ms = self.guard_ms + self.lease_ms + 1000
         reply = self._claim(keys=[RECORD, CHALLENGE, EPOCH, MANAGERS, WATCHERS],
-                            args=[self.me, zone, self.lease_ms, self.legacy_ms, drop_ms, gone, floor,
+                            args=[self.me, zone, self.lease_ms, self.legacy_ms, self.drop_ms, gone, floor,
                                   WATCHER_COUNT])
         if int(reply[0]) == 1:
             return int(reply[1]), ""
@@ -382,9 +400,8 @@ class ElectionStore:
         return ok, _text(reply[1]), ok and int(acked) >= 1
 
     def replicas(self) -> int:
-        """How many replicas the primary has (``ROLE``)."""
-        role = self.redis.execute_command("ROLE")
-        return len(role[2]) if role and _text(role[0]) == "master" else 0
+        """How many replicas are attached to the primary, synced or not."""
+        return int(self.redis.info("replication").get("connected_slaves", 0))
 
     def fence(self, epoch: int) -> str:
         """``"ok"`` while ``epoch`` is still the current leader's and mine."""

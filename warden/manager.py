@@ -24,6 +24,7 @@ the keys are worth reading:
 from __future__ import annotations
 
 import logging
+import random
 import threading
 import time
 from typing import Any, Optional
@@ -47,17 +48,26 @@ class LivenessWatch(StoppableThread):
     readings in a row (the second ``confirm`` seconds after the first) calls an
     election at once."""
 
-    #: seconds between readings (two watchers, so a reading every 0.15 s on average)
-    interval = 0.3
+    #: seconds between readings (two watchers: a reading every 0.125 s on average)
+    interval = 0.25
     #: seconds before a zero reading is read again: a leader whose connection blipped
     #: resubscribes at once, well within this
-    confirm = 0.1
+    confirm = 0.05
+
+    #: seconds between looks at whether this instance watches, while it does not (an
+    #: appointment wakes it at once)
+    idle = 2.0
 
     def __init__(self, manager: "Manager") -> None:
         super().__init__("warden-liveness-watch")
         self.manager = manager
         #: PUBSUB NUMSUB calls made (for the note on Redis load)
         self.readings = 0
+        #: set by an appointment (and by stop)
+        self.wake = threading.Event()
+
+    def on_stop(self) -> None:
+        self.wake.set()
 
     def _subscribers(self, leader_id: str) -> int:
         self.readings += 1
@@ -65,11 +75,21 @@ class LivenessWatch(StoppableThread):
         return int(reply[0][1]) if reply else 0
 
     def run(self) -> None:
-        while not self.stop_event.wait(self.interval):
+        pause = self.interval
+        while not self.stopping:
+            self.wake.wait(pause)
+            self.wake.clear()
             manager = self.manager
             view = manager.view
             if manager.role != "follower" or view is None or not manager.watches(view):
+                pause = self.idle
                 continue
+            if pause == self.idle:
+                # Just appointed, at the same moment as the other watcher: a random
+                # phase, so that their readings interleave instead of coinciding.
+                pause = random.uniform(0, self.interval)
+                continue
+            pause = self.interval
             try:
                 if self._subscribers(view.leader_id) > 0:
                     continue
@@ -106,6 +126,9 @@ class Manager(StoppableThread):
         self.epoch: Optional[int] = None
         #: when this instance entered the current election (monotonic), or None
         self.candidate_since: Optional[float] = None
+        #: seconds after entering that it claims (the guard time, longer for an entry
+        #: that was not the highest)
+        self._claim_after = config.guard_time_seconds
         #: the last view of the leader record
         self.view: Optional[LeaderView] = None
         #: True while this host drains: it stands in no election
@@ -129,6 +152,8 @@ class Manager(StoppableThread):
         self.election_heard = -1e9
         #: a look at the record is due at the next step (a message or a watcher said so)
         self._due = True
+        #: an election was called: stand at the next step without reading the record
+        self._stand_now = False
         #: the next look adds this instance to the managers (after each subscription)
         self._register = True
         self.wake = threading.Event()
@@ -202,6 +227,7 @@ class Manager(StoppableThread):
         leader_id, _, epoch = text.rpartition(":")
         if leader_id and epoch.isdigit():
             self.appointed = (leader_id, int(epoch))
+            self.watch.wake.set()
             logger.info("appointed to watch leader %s's liveness (epoch %s)", leader_id, epoch)
 
     def _on_subscription(self, sender: Any, *, held: bool, **kw: Any) -> None:
@@ -232,6 +258,7 @@ class Manager(StoppableThread):
                 self.nudge()  # a new leader: read its record once
         elif message.type == "election" and message.instance_id != self.me:
             self.election_heard = time.monotonic()
+            self._stand_now = True
             self.nudge()
         elif message.type == "kill" and message.instance_id == self.me:
             logger.info("kill message received; checking the kill key")
@@ -305,6 +332,12 @@ class Manager(StoppableThread):
             return
         self._due = False
         standing = (not self.draining and self.zones.active(self.zone) and self.subscribed.is_set())
+        stand_now, self._stand_now = self._stand_now, False
+        if stand_now and standing and self.candidate_since is None:
+            # An election was called: enter at once (an entry is harmless while a leader
+            # lives, since no claim passes then); the record is read at claim time.
+            self._campaign()
+            return
         register, self._register = self._register, False
         try:
             view = self.store.check(standing, self.gone, register=register)
@@ -313,10 +346,13 @@ class Manager(StoppableThread):
             raise
         now = time.monotonic()
         self.view, self.read_at = view, now
+        if self.watches(view):
+            self.watch.wake.set()
         if view.epoch is not None:
             self.highest_epoch = max(self.highest_epoch, view.epoch)
         if view.watcher and view.state == "live" and view.epoch is not None:
             self.appointed = (view.leader_id, view.epoch)
+            self.watch.wake.set()
         if self.gone and self.gone != f"{view.leader_id}:{view.epoch}":
             self.gone = ""
         if view.leader_id == self.me and view.state == "live" and view.epoch is not None:
@@ -351,8 +387,14 @@ class Manager(StoppableThread):
         if view.state == "stale":
             logger.warning("leader %s is stale (heartbeat %s ms old): kill lodged",
                            view.leader_id, view.age_ms)
-            self.publish("kill", instance_id=view.leader_id)
+            # The first to find it says so; the others heard the election it called.
+            if not self._election_called():
+                self.publish("kill", instance_id=view.leader_id)
         self._campaign()
+
+    def _election_called(self) -> bool:
+        """True when another instance called an election within the guard time."""
+        return time.monotonic() - self.election_heard <= self.config.guard_time_seconds
 
     def _campaign(self) -> None:
         guard = self.config.guard_time_seconds
@@ -361,19 +403,24 @@ class Manager(StoppableThread):
         self._due = True
         # An entry older than guard + lease is dropped by the next claim (and one near
         # its key's expiry is about to vanish): stand again rather than wait on it.
-        stale_after = min(guard + self.config.lease_seconds, self.config.candidate_expiry_seconds * 0.8)
+        stale_after = min(max(guard + self.config.lease_seconds, self._claim_after + guard),
+                          self.config.candidate_expiry_seconds * 0.8)
         if self.candidate_since is None or now - self.candidate_since > stale_after:
-            member = self.store.enter()
+            member, top = self.store.stand()
             self.candidate_since = now
-            logger.info("standing for election as %s", member)
+            # An entry below another live one can win only once the entries above it
+            # are dropped (their candidates died): it claims no earlier than that, so a
+            # fleet's election ends in a few claims, not one per host.
+            self._claim_after = guard if top else max(guard, self.store.drop_ms / 1000)
+            logger.info("standing for election as %s%s", member, "" if top else " (not the highest)")
             # One call is enough: the others stand when they hear it.
-            if now - self.election_heard > guard:
+            if not self._election_called():
                 self.publish("election")
-            self._next_wake = guard
+            self._next_wake = self._claim_after
             return
         waited = now - self.candidate_since
-        if waited < guard:
-            self._next_wake = guard - waited
+        if waited < self._claim_after:
+            self._next_wake = self._claim_after - waited
             return
         epoch, why = self.store.claim(self.zone, self.gone, self.highest_epoch)
         if epoch is None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Callable
 
-from blinker import Namespace, Signal
+from blinker import ANY, Namespace, Signal
 
 logger = logging.getLogger(__name__)
 
@@ -227,12 +227,14 @@ class Receivers:
     """A component's receivers, connected together in its ``start`` and disconnected
     together in its ``stop`` (strongly held: blinker silently drops weakly held ones)."""
 
-    def __init__(self, *pairs: tuple[Signal, Callable[..., Any]]) -> None:
+    def __init__(self, *pairs: tuple[Signal, Callable[..., Any]], sender: Any = ANY) -> None:
         self.pairs = pairs
+        #: only this sender's signals reach them (any sender's by default)
+        self.sender = sender
 
     def connect(self) -> None:
         for signal, receiver in self.pairs:
-            signal.connect(receiver, weak=False)
+            signal.connect(receiver, sender=self.sender, weak=False)
 
     def disconnect(self) -> None:
         for signal, receiver in self.pairs:

@@ -50,7 +50,8 @@ class ControlSubscriber(ConnectionLoop):
     gone only when its channel stays empty for longer than a reconnect takes."""
 
     backoff_initial = 0.2
-    backoff_cap = 10.0
+    #: a leader's liveness rides on this connection: back well within a lease
+    backoff_cap = 2.0
     retry_at_once = True
     what = "control channels"
     lost = (redis.RedisError,)
@@ -98,7 +99,7 @@ class ControlSubscriber(ConnectionLoop):
         confirmed, wanted = 0, len(self.channels) + len(self.extra)
         try:
             while not self.stopping:
-                item = pubsub.get_message(timeout=0.2)
+                item = pubsub.get_message(timeout=0.5)
                 if item is None:
                     continue
                 if item.get("type") == "subscribe":
