@@ -136,6 +136,23 @@ def test_redis_url_db_is_used_unless_the_number_is_given(tmp_path: Path, address
     assert config.service_management_redis.display == expected
 
 
+def test_sentinel_keys_are_checked_and_name_the_primary(tmp_path: Path) -> None:
+    write(tmp_path, "services.json", [{"name": "web", "port": 80}])
+    write(tmp_path, "config.json", {"serviceManagementRedisSentinels": ["10.0.1.5:26379", "[fd00::5]:26380"],
+                                    "serviceManagementRedisSentinelMaster": "central"})
+    config, problems = load_config(str(tmp_path / "config.json"))
+    assert problems == [] and config is not None
+    assert config.service_management_redis.sentinels == (("10.0.1.5", 26379), ("fd00::5", 26380))
+    assert config.service_management_redis.display == \
+        "primary 'central' of Sentinels 10.0.1.5:26379,fd00::5:26380/11"
+    write(tmp_path, "config.json", {"ServiceManagementRedisSentinels": ["10.0.1.5"]})
+    result = run_warden(tmp_path, "validate")
+    assert result.returncode == 2
+    assert "config.json: ServiceManagementRedisSentinels: '10.0.1.5' is not host:port" in result.stdout + result.stderr
+    assert "config.json: ServiceManagementRedisSentinels: needs serviceManagementRedisSentinelMaster as well" \
+        in result.stdout + result.stderr
+
+
 def test_lease_must_be_twice_the_heartbeat(tmp_path: Path) -> None:
     write(tmp_path, "config.json", {"heartbeatIntervalSeconds": 2, "leaseSeconds": 3})
     config, problems = load_config(str(tmp_path / "config.json"))

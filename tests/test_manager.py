@@ -344,3 +344,50 @@ def test_one_empty_liveness_reading_is_not_a_dead_leader(central, central_server
     c = ElectionStore(central, "i-c", 5.0, 300, GUARD, 30)
     assert c.check(standing=False).state == "stale"
     alive.close()
+
+
+def test_followers_hear_the_heartbeat_instead_of_reading_the_record(central, managers, central_server):
+    """In the steady state a follower sends the central Redis nothing (only the two
+    watchers the leader appoints read its liveness channel), and each manager holds
+    two connections: one for commands, one for pub/sub."""
+    group = [managers(f"i-{n}", managerSleepTimeSeconds=60) for n in range(5)]
+    chief = eventually(lambda: leader(central), 10, what="a leader")
+    time.sleep(2)  # every follower has read the new leader's record once
+    admin = redis_lib.Redis(port=central_server.port, decode_responses=True)
+    names = {c["addr"]: c["name"] for c in admin.client_list()}
+    for m in group:
+        me = m.env["WARDEN_INSTANCE_ID"]
+        assert sorted(n for n in names.values() if n in (f"warden-{me}", f"warden-sub-{me}")) == \
+            [f"warden-{me}", f"warden-sub-{me}"]
+    watchers = set(central.smembers("warden:watchers"))
+    assert len(watchers) == 2 and chief not in watchers
+    counts: dict = {}
+    last = ""
+    deadline = time.monotonic() + 3
+    with admin.monitor() as stream:
+        for item in stream.listen():
+            if time.monotonic() > deadline:
+                break
+            if item.get("client_type") != "lua":
+                last = names.get(f"{item['client_address']}:{item['client_port']}", "?")
+            name = last.removeprefix("warden-sub-").removeprefix("warden-")
+            counts.setdefault(name, []).append(item["command"].split(" ")[0].lower())
+    admin.close()
+    for m in group:
+        me = m.env["WARDEN_INSTANCE_ID"]
+        sent = counts.get(me, [])
+        if me == chief:
+            assert sent.count("evalsha") >= 4, "the leader heartbeats twice a second"
+        elif me in watchers:
+            assert sent and set(sent) == {"pubsub"}, f"a watcher only reads the liveness channel: {sent}"
+        else:
+            assert sent == [], f"follower {me} sent {sent}"
+    # The heartbeats still keep everyone following, and a crash is still seen at once.
+    victim = by_id(group, chief)
+    victim.process.kill()
+    killed = time.monotonic()
+    eventually(lambda: leader(central) not in ("", chief), 10, what="a new leader", interval=0.01)
+    assert time.monotonic() - killed < GUARD + 1.5
+    victim.process.wait()
+    victim.process = None
+    victim.log_file.close()
