@@ -129,6 +129,8 @@ class Manager(StoppableThread):
         #: seconds after entering that it claims (the guard time, longer for an entry
         #: that was not the highest)
         self._claim_after = config.guard_time_seconds
+        #: the wait for a replica to have the claim was logged
+        self._waiting_said = False
         #: the last view of the leader record
         self.view: Optional[LeaderView] = None
         #: True while this host drains: it stands in no election
@@ -434,6 +436,7 @@ class Manager(StoppableThread):
             return
         with self._lock:
             self.role, self.epoch = "confirming", epoch
+        self._waiting_said = False
         self.highest_epoch = max(self.highest_epoch, epoch)
         self.candidate_since = None
         self._last_beat = time.monotonic()
@@ -464,7 +467,8 @@ class Manager(StoppableThread):
         if confirming:
             if replicated:
                 self._become_leader(epoch)
-            else:
+            elif not self._waiting_said:
+                self._waiting_said = True
                 logger.warning("epoch %s is not on a replica yet: not acting until it is", epoch)
 
     def _step_down(self, reason: str, release: bool) -> None:
