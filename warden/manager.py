@@ -335,6 +335,12 @@ class Manager(StoppableThread):
         self._due = False
         standing = (not self.draining and self.zones.active(self.zone) and self.subscribed.is_set())
         stand_now, self._stand_now = self._stand_now, False
+        if (standing and self.candidate_since is not None
+                and time.monotonic() - self.candidate_since >= self._claim_after):
+            # Claim time: the claim script judges the record itself (and lodges a stale
+            # leader's kill), so there is nothing to read first.
+            self._campaign()
+            return
         if stand_now and standing and self.candidate_since is None:
             # An election was called: enter at once (an entry is harmless while a leader
             # lives, since no claim passes then); the record is read at claim time.
@@ -429,6 +435,11 @@ class Manager(StoppableThread):
             logger.debug("no claim: %s", why)
             if why == "not-highest":
                 # No live entry at all, mine included: it was dropped; stand again now.
+                self.candidate_since = None
+                self._next_wake = 0.02
+                return
+            if why.startswith("leader-live"):
+                # Someone leads: no longer a candidate; read its record and follow.
                 self.candidate_since = None
                 self._next_wake = 0.02
                 return
