@@ -12,7 +12,7 @@ import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 BENCHMARKS = ["route_latency.py", "sweep_cost.py", "failover.py", "scaling_reaction.py",
-              "rss.py", "manager_load.py"]
+              "rss.py", "manager_load.py", "fleet.py"]
 
 
 def main() -> int:
