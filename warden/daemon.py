@@ -200,7 +200,8 @@ class DrainDaemon:
         self.recorder = DrainRecorder(config)
         self.receivers = signals.Receivers((signals.host_draining, self.recorder.on_host_draining))
         self.subscriber = (ControlSubscriber(
-            central.subscriber_client, ControlCodec(config.control_secret, config.lease_seconds), channels=("warden:drain",))
+            central.subscriber_client, ControlCodec(config.control_secret, config.lease_seconds),
+            channels=("warden:drain",))
             if subscribe else None)
         # Only on EC2 (metadata answered when the identity was resolved).
         self.notices = MetadataNotices() if config.on_ec2 else None

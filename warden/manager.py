@@ -61,8 +61,6 @@ class LivenessWatch(StoppableThread):
     def __init__(self, manager: "Manager") -> None:
         super().__init__("warden-liveness-watch")
         self.manager = manager
-        #: PUBSUB NUMSUB calls made (for the note on Redis load)
-        self.readings = 0
         #: set by an appointment (and by stop)
         self.wake = threading.Event()
 
@@ -70,7 +68,6 @@ class LivenessWatch(StoppableThread):
         self.wake.set()
 
     def _subscribers(self, leader_id: str) -> int:
-        self.readings += 1
         reply = self.manager.redis.pubsub_numsub(ALIVE_PREFIX + leader_id)
         return int(reply[0][1]) if reply else 0
 
@@ -309,7 +306,7 @@ class Manager(StoppableThread):
                 or not self.subscribed.is_set()):
             return False
         now = time.monotonic()
-        # A heartbeat more than two periods late, or the safety net's period.
+        # A heartbeat more than two and a half periods late, or the safety net's period.
         late = self.heard + 2.5 * self.config.heartbeat_interval_seconds - now
         safety = self.read_at + self.config.manager_sleep_time_seconds - now
         if late <= 0:
