@@ -63,6 +63,9 @@ def test_a_paused_leader_that_wakes_never_acts_again(central, managers):
     chief = eventually(lambda: leader(central), 10, what="a leader")
     old_epoch = int(central.get("warden:epoch"))
     paused = by_id(group, chief)
+    # The record names the claimant before its process has confirmed and acted; freeze
+    # it only once it has taken up leadership, which is the case this test is about.
+    eventually(lambda: "leadership gained" in paused.log(), 5, what="the leader to take up leadership")
     paused.process.send_signal(signal.SIGSTOP)
     successor = eventually(lambda: leader(central) not in ("", chief) and leader(central), 10,
                            what="a new leader while the old one is frozen")
