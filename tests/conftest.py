@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
@@ -38,6 +39,27 @@ PORTS = (80, 7000, 8080, 9000, 9090)
 SERVE = ("sh -c 'for port in " + " ".join(map(str, PORTS))
          + "; do httpd -p $port -h /www; done; exec sleep 600'")
 RUN = uuid.uuid4().hex[:8]
+#: the IAM action of every AWS call Warden's own clients make during the run, in this
+#: process and the ``warden`` processes it starts (warden/aws.py appends them), for
+#: tests/test_iam_policy.py, which runs after all the others
+AWS_CALLS = Path(tempfile.mkdtemp(prefix="warden-aws-calls-")) / "actions"
+os.environ["WARDEN_AWS_CALL_LOG"] = str(AWS_CALLS)
+#: whether this run runs every test module in full (nothing deselected)
+WHOLE_RUN = {"deselected": False}
+
+
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config,
+                                  items: list[pytest.Item]) -> None:
+    """Tests marked ``after_all`` go last: they read what the others did."""
+    items.sort(key=lambda item: item.get_closest_marker("after_all") is not None)
+
+
+def pytest_deselected(items: list[pytest.Item]) -> None:
+    WHOLE_RUN["deselected"] = True
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    shutil.rmtree(AWS_CALLS.parent, ignore_errors=True)
 
 
 def free_port() -> int:

@@ -4,15 +4,28 @@ Creating clients from one session on several threads at once is a known botocore
 (a sporadic ``KeyError`` at start-up), and Warden's parts make theirs on threads of
 their own. So every client comes from :func:`client`, which makes them one at a time;
 the clients themselves are thread-safe.
+
+With ``WARDEN_AWS_CALL_LOG`` set to a file's path, every client also appends there the
+IAM action each of its calls needs, one a line (``ecs:RunTask``), so a policy can be
+checked against what Warden really does (``sort -u`` the file).
 """
 
 from __future__ import annotations
 
+import functools
+import os
 import threading
 from typing import Any, Optional
 
 import boto3
 import botocore.config
+
+#: the environment variable naming the file the IAM actions are appended to
+CALL_LOG = "WARDEN_AWS_CALL_LOG"
+#: IAM's prefix where it is not boto3's name for the service
+_IAM_PREFIX = {"elb": "elasticloadbalancing", "elbv2": "elasticloadbalancing"}
+#: IAM's action where it is not the operation's name (S3 authorizes HEAD as a read)
+_IAM_ACTION = {"s3:HeadObject": "s3:GetObject"}
 
 _lock = threading.Lock()
 _session: Optional[boto3.session.Session] = None
@@ -24,4 +37,27 @@ def client(service: str, region: Optional[str], config: botocore.config.Config) 
     with _lock:
         if _session is None:
             _session = boto3.session.Session()
-        return _session.client(service, region_name=region, config=config)
+        made = _session.client(service, region_name=region, config=config)
+    log = os.environ.get(CALL_LOG)
+    if log:
+        made.meta.events.register("before-parameter-build", functools.partial(_record, service, log))
+    return made
+
+
+def iam_actions(service: str, operation: str, params: dict) -> list[str]:
+    """The IAM actions AWS checks for ``operation`` of ``service`` called with ``params``."""
+    name = f"{_IAM_PREFIX.get(service, service)}:{operation}"
+    actions = [_IAM_ACTION.get(name, name)]
+    if name == "ecs:RunTask" and params.get("tags"):
+        actions.append("ecs:TagResource")  # tagging on create is authorized on its own
+    return actions
+
+
+def _record(service: str, log: str, model: Any, params: dict, **_: Any) -> None:
+    lines = "".join(f"{action}\n" for action in iam_actions(service, model.name, params))
+    # One O_APPEND write a call: lines from several processes never interleave.
+    fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, lines.encode())
+    finally:
+        os.close(fd)

@@ -1,0 +1,85 @@
+"""``deploy/iam/warden-policy.json`` against what Warden really calls.
+
+Every AWS call that Warden's own clients made during this run (in the test process and
+in every ``warden`` process the tests started) was appended to ``conftest.AWS_CALLS``
+as the IAM action it needs (``warden/aws.py``). The policy must allow each of them, and
+list nothing that no code path called. These tests run after all the others.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+
+import pytest
+
+from conftest import AWS_CALLS, ROOT, WHOLE_RUN
+
+POLICY = ROOT / "deploy" / "iam" / "warden-policy.json"
+#: actions AWS checks on Warden's behalf inside a call of another action, never called
+#: themselves: RunTask passes the task definition's task and execution roles to ECS
+IMPLIED_BY = {"iam:PassRole": "ecs:RunTask"}
+
+pytestmark = pytest.mark.after_all
+
+
+def statements() -> dict[str, set[str]]:
+    """The policy's actions by statement ``Sid``."""
+    document = json.loads(POLICY.read_text())
+    return {s["Sid"]: set(s["Action"]) for s in document["Statement"] if s["Effect"] == "Allow"}
+
+
+def allowed() -> set[str]:
+    return set().union(*statements().values())
+
+
+def called() -> set[str]:
+    if not AWS_CALLS.exists():
+        return set()
+    return set(AWS_CALLS.read_text().split())
+
+
+def whole_run(session: pytest.Session) -> bool:
+    """Did this run run every test module, with nothing deselected?"""
+    modules = {p.name for p in (ROOT / "tests").glob("test_*.py")}
+    ran = {item.path.name for item in session.items}
+    return not WHOLE_RUN["deselected"] and modules <= ran
+
+
+def test_every_aws_call_warden_made_is_allowed_by_the_policy(request):
+    made = called()
+    if not made and not whole_run(request.session):
+        pytest.skip("no test of this run made an AWS call")
+    assert made, f"no AWS call was recorded in {AWS_CALLS}: is WARDEN_AWS_CALL_LOG honoured?"
+    missing = sorted(made - allowed())
+    assert missing == [], f"Warden called these, which {POLICY.name} does not allow: {missing}"
+
+
+def test_the_policy_allows_nothing_that_no_code_path_calls(request):
+    if not whole_run(request.session):
+        if os.environ.get("CI"):
+            pytest.fail("CI must run the whole suite: only then has every code path called AWS")
+        pytest.skip("only a run of the whole suite calls every code path")
+    made = called()
+    unused = sorted(a for a in allowed() - made if IMPLIED_BY.get(a) not in made)
+    assert unused == [], f"{POLICY.name} allows these, which no test saw Warden call: {unused}"
+
+
+def test_the_readme_iam_table_is_the_policy():
+    readme = (ROOT / "README.md").read_text()
+    [table_text] = re.findall(r"^\| statement \| actions \|\n(.*?)\n\n", readme, re.MULTILINE | re.DOTALL)
+    rows = re.findall(r"^\| `(\w+)` \| (.+) \|$", table_text, re.MULTILINE)
+    table = {sid: set(re.findall(r"`([\w-]+:\w+)`", actions)) for sid, actions in rows}
+    assert table == statements(), "README's IAM table differs from " + str(POLICY.relative_to(ROOT))
+
+
+def test_the_policy_is_a_document_iam_accepts(aws):
+    name = f"warden-{os.getpid()}"
+    reply = aws.iam.create_policy(PolicyName=name, PolicyDocument=POLICY.read_text())
+    stored = aws.iam.get_policy_version(PolicyArn=reply["Policy"]["Arn"],
+                                        VersionId=reply["Policy"]["DefaultVersionId"])
+    document = stored["PolicyVersion"]["Document"]
+    if isinstance(document, str):
+        document = json.loads(document)
+    assert {s["Sid"] for s in document["Statement"]} == set(statements())
