@@ -1,0 +1,101 @@
+"""Warden's container image, built from the top-level Dockerfile as an operator would,
+but offline (``scripts/build-image.sh --offline``: a debootstrap base and wheels made on
+this host, since nothing can be pulled here), then run the way the README and the ECS
+task definition run it: the Docker socket mounted, the host's network, the config in
+``/etc/warden``, the default command."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+import warden
+from conftest import AWS_ENV, LABEL, ROOT, RUN, Warden, eventually, free_port, ip_of
+
+IMAGE = "redx-warden:test"
+STOP_TIMEOUT = 30
+
+
+def docker(*args: str, timeout: float = 120) -> str:
+    result = subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, f"docker {' '.join(args)}: {result.stderr}"
+    return result.stdout.strip()
+
+
+@pytest.fixture(scope="module")
+def image(docker_client):
+    started = time.monotonic()
+    built = subprocess.run(["bash", str(ROOT / "scripts" / "build-image.sh"), "--offline", IMAGE],
+                           capture_output=True, text=True, timeout=1200)
+    assert built.returncode == 0, built.stdout + built.stderr
+    size = int(docker("image", "inspect", "-f", "{{.Size}}", IMAGE))
+    print(f"\nimage {IMAGE}: built in {time.monotonic() - started:.1f}s, {size / 1e6:.1f} MB")
+    return IMAGE
+
+
+def healthz(port: int) -> int:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as response:
+            return response.status
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
+def test_the_image_says_its_version_and_runs_warden_by_default(image):
+    assert docker("run", "--rm", "--network", "none", image, "--version") == f"warden {warden.__version__}"
+    config = json.loads(docker("image", "inspect", "-f", "{{json .Config}}", image))
+    assert config["Labels"]["org.opencontainers.image.version"] == warden.__version__
+    assert config["Entrypoint"] == ["warden"] and config["Cmd"] == ["run"]
+    assert "WARDEN_CONFIG=/etc/warden/config.json" in config["Env"]
+    # The systemd unit's Documentation= path, inside the image's environment.
+    docker("run", "--rm", "--network", "none", "--entrypoint", "test", image,
+           "-s", "/opt/warden/share/doc/redx-warden/README.md")
+
+
+def test_the_running_image_routes_a_service_container_and_stops_cleanly(
+        image, tmp_path, redx, containers, central, central_server, redx_server, moto):
+    metrics = free_port()
+    # The config folder the container sees as /etc/warden.
+    setup = Warden(tmp_path / "etc-warden", redx_server.port,
+                   [{"name": "web", "containerName": f"wt-{RUN}-web", "port": 8080,
+                     "loadBalancerUrl": "web.example.com"}],
+                   serviceManagementRedisAddress=f"127.0.0.1:{central_server.port}",
+                   zoneCheck="none", leaseSeconds=2, guardTimeSeconds=0.5,
+                   heartbeatIntervalSeconds=0.5, metricsAddress=f"127.0.0.1:{metrics}",
+                   handlers=["redx"])
+    name = f"warden-image-{RUN}"
+    environment = dict(AWS_ENV, AWS_ENDPOINT_URL=moto, WARDEN_INSTANCE_ID="i-image",
+                       WARDEN_AVAILABILITY_ZONE="us-east-1a")
+    docker("run", "-d", "--name", name, "--label", f"{LABEL}={RUN}", "--network", "host",
+           "-v", "/var/run:/var/run",
+           "-v", f"{setup.folder}:/etc/warden:ro",
+           *[arg for key, value in environment.items() for arg in ("-e", f"{key}={value}")],
+           image)
+    try:
+        eventually(lambda: healthz(metrics) == 200, 30, what="/healthz 200 from the container")
+        web = containers.run("web")
+        eventually(lambda: f"{ip_of(web)}:8080" in redx.hgetall("backend:web"), 10,
+                   what="the container's route, written by Warden in its container")
+        assert redx.get("frontend:web.example.com") == "web"
+        eventually(lambda: central.hget("service-manager", "id") == "i-image", 15, what="leading")
+        web.stop(timeout=1)
+        eventually(lambda: redx.hgetall("backend:web") == {}, 10, what="unrouted at stop")
+
+        asked = time.monotonic()
+        docker("stop", "-t", str(STOP_TIMEOUT), name, timeout=STOP_TIMEOUT + 30)
+        took = time.monotonic() - asked
+        print(f"\ndocker stop of the running image: {took:.2f}s")
+        state = json.loads(docker("inspect", "-f", "{{json .State}}", name))
+        printed = subprocess.run(["docker", "logs", name], capture_output=True, text=True)
+        logs = printed.stdout + printed.stderr
+        assert state["ExitCode"] == 0, logs
+        assert took < STOP_TIMEOUT, f"docker stop took {took:.1f}s: it was killed, not stopped"
+        assert "manager stopped" in logs and "registrar stopped" in logs, logs
+        assert central.hget("service-manager", "id") is None, "leadership handed back"
+    finally:
+        subprocess.run(["docker", "rm", "-f", name], capture_output=True)
