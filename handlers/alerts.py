@@ -44,7 +44,7 @@ class AlertsHandler(Handler):
         super().__init__(config)
         settings = {k.lower(): v for k, v in (config.alerts or {}).items()}
         self.url: Optional[str] = settings.get("webhookurl")
-        self.events = frozenset(settings.get("events") or DEFAULT_EVENTS)
+        self.events = frozenset(str(e).lower() for e in settings.get("events") or DEFAULT_EVENTS)
         self.queue: "queue.Queue[Optional[dict]]" = queue.Queue(QUEUE_LIMIT)
         self.sent = 0
         self.dropped = 0

@@ -394,3 +394,9 @@ def test_followers_hear_the_heartbeat_instead_of_reading_the_record(central, man
     victim.process.wait()
     victim.process = None
     victim.log_file.close()
+
+
+def test_a_daemon_says_at_start_what_validate_warns_of(central, managers):
+    """A misspelt key used to start the daemon silently without the feature."""
+    m = managers("i-typo", metricsAdress="127.0.0.1:9723")
+    assert 'metricsAdress: unknown key, ignored; did you mean "metricsAddress"? (warning)' in m.log()

@@ -67,14 +67,17 @@ def _parser() -> argparse.ArgumentParser:
     sweep = commands.add_parser("sweep", help="one full reconcile of this host now")
     sweep.add_argument("--dry-run", action="store_true",
                        help="print the changes it would make and change nothing")
-    commands.add_parser("validate", help="check the config and every service description")
+    validate = commands.add_parser("validate", help="check the config and every service description")
+    validate.add_argument("--strict", action="store_true",
+                          help="exit 2 on warnings too (an unknown key, a refused label)")
     status = commands.add_parser("status", help="services, routes, enrolment, leader and task counts")
     status.add_argument("--json", action="store_true", help="the stable, documented JSON form")
     return parser
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    """Print every problem as ``FILE: FIELD: problem``; exit 2 if any is an error."""
+    """Print every problem as ``FILE: FIELD: problem``; exit 2 if any is an error (with
+    ``--strict``, if there is any problem at all)."""
     path = resolve_config_path(args.config)
     config, problems = load_config(path)
     services_count, services = 0, ()
@@ -83,14 +86,15 @@ def cmd_validate(args: argparse.Namespace) -> int:
         services, found = catalog.load()
         problems = problems + found
         services_count = len(services)
-    for problem in problems:
-        print(problem)
-    if config is not None and config.container_labels:
-        for line in _label_problems(config, services):
-            print(line)
+    labels = _label_problems(config, services) if config is not None and config.container_labels else []
+    for line in [str(p) for p in problems] + labels:
+        print(line)
     errors = [p for p in problems if not p.warning]
-    if errors:
-        print(f"{len(errors)} error(s)", file=sys.stderr)
+    if errors or (args.strict and (problems or labels)):
+        counted = f"{len(errors)} error(s)"
+        if args.strict:
+            counted += f", {len(problems) + len(labels) - len(errors)} warning(s) (--strict)"
+        print(counted, file=sys.stderr)
         return EXIT_CONFIG
     print(f"ok: {path} and {services_count} service(s)", file=sys.stderr)
     return EXIT_OK

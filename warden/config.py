@@ -14,7 +14,7 @@ from urllib.parse import urlparse, urlunparse
 
 from warden import jsonfile
 from warden.errors import ConfigError
-from warden.jsonfile import KeyedObject, Problem, is_int, is_number
+from warden.jsonfile import KeyedObject, Problem, is_int, is_number, unknown_key
 
 
 @dataclass(frozen=True)
@@ -180,8 +180,13 @@ def _seconds(value: Any) -> Optional[str]:
     return None
 
 
+def _enum(value: Any) -> Any:
+    """An enum value as Warden compares it: keys match in any case, and so do these."""
+    return value.lower() if isinstance(value, str) else value
+
+
 def _on_off(value: Any) -> Optional[str]:
-    return None if value in ("on", "off") else 'must be "on" or "off"'
+    return None if _enum(value) in ("on", "off") else 'must be "on" or "off"'
 
 
 def _label_prefix(value: Any) -> Optional[str]:
@@ -217,7 +222,7 @@ def _handlers(value: Any) -> Optional[str]:
 
 
 def _zone_check(value: Any) -> Optional[str]:
-    if value not in ("ec2", "none"):
+    if _enum(value) not in ("ec2", "none"):
         return 'must be "ec2" or "none"'
     return None
 
@@ -243,37 +248,41 @@ def _instance_id(value: Any) -> Optional[str]:
     return None
 
 
-#: lower-case key -> (Config attribute, check returning a problem or None)
-_KEYS: dict[str, tuple[str, Callable[[Any], Optional[str]]]] = {
-    "servicemanagementredisaddress": ("service_management_redis", _str),
-    "servicemanagementredisdatabasenumber": ("", _db),
-    "servicemanagementredissentinels": ("", _sentinels),
-    "servicemanagementredissentinelmaster": ("", _master_name),
-    "nginxredisaddress": ("nginx_redis", _str),
-    "nginxredisdatabasenumber": ("", _db),
-    "servicedescriptionfilename": ("service_description_path", _str),
-    "registrarsleeptimeseconds": ("registrar_sleep_time_seconds", _seconds),
-    "managersleeptimeseconds": ("manager_sleep_time_seconds", _seconds),
-    "readinessreportseconds": ("readiness_report_seconds", _seconds),
-    "containerlabels": ("container_labels", _on_off),
-    "labelprefix": ("label_prefix", _label_prefix),
-    "instanceid": ("instance_id", _instance_id),
-    "availabilityzone": ("availability_zone", _optional_str),
+#: each key as the README spells it -> (Config attribute, check returning a problem or None)
+_SPELLED: dict[str, tuple[str, Callable[[Any], Optional[str]]]] = {
+    "serviceManagementRedisAddress": ("service_management_redis", _str),
+    "serviceManagementRedisDatabaseNumber": ("", _db),
+    "serviceManagementRedisSentinels": ("", _sentinels),
+    "serviceManagementRedisSentinelMaster": ("", _master_name),
+    "nginxRedisAddress": ("nginx_redis", _str),
+    "nginxRedisDatabaseNumber": ("", _db),
+    "serviceDescriptionFilename": ("service_description_path", _str),
+    "registrarSleepTimeSeconds": ("registrar_sleep_time_seconds", _seconds),
+    "managerSleepTimeSeconds": ("manager_sleep_time_seconds", _seconds),
+    "readinessReportSeconds": ("readiness_report_seconds", _seconds),
+    "containerLabels": ("container_labels", _on_off),
+    "labelPrefix": ("label_prefix", _label_prefix),
+    "instanceId": ("instance_id", _instance_id),
+    "availabilityZone": ("availability_zone", _optional_str),
     "region": ("region", _optional_str),
-    "hostaddress": ("host_address", _str),
-    "ecscluster": ("ecs_cluster", _str),
-    "heartbeatintervalseconds": ("heartbeat_interval_seconds", _seconds),
-    "leaseseconds": ("lease_seconds", _seconds),
-    "legacymaxheartbeatageseconds": ("legacy_max_heartbeat_age_seconds", _seconds),
-    "guardtimeseconds": ("guard_time_seconds", _seconds),
-    "candidateexpiryseconds": ("candidate_expiry_seconds", _seconds),
-    "zonecheck": ("zone_check", _zone_check),
+    "hostAddress": ("host_address", _str),
+    "ecsCluster": ("ecs_cluster", _str),
+    "heartbeatIntervalSeconds": ("heartbeat_interval_seconds", _seconds),
+    "leaseSeconds": ("lease_seconds", _seconds),
+    "legacyMaxHeartbeatAgeSeconds": ("legacy_max_heartbeat_age_seconds", _seconds),
+    "guardTimeSeconds": ("guard_time_seconds", _seconds),
+    "candidateExpirySeconds": ("candidate_expiry_seconds", _seconds),
+    "zoneCheck": ("zone_check", _zone_check),
     "handlers": ("handlers", _handlers),
     "alerts": ("alerts", _object),
-    "metricsaddress": ("metrics_address", _optional_str),
-    "awseventsqueueurl": ("aws_events_queue_url", _optional_str),
-    "controlsecret": ("control_secret", _optional_str),
+    "metricsAddress": ("metrics_address", _optional_str),
+    "awsEventsQueueUrl": ("aws_events_queue_url", _optional_str),
+    "controlSecret": ("control_secret", _optional_str),
 }
+#: the same by lower-case key (keys match in any case)
+_KEYS = {key.lower(): entry for key, entry in _SPELLED.items()}
+
+
 
 
 #: the kinds of alert an operator may choose
@@ -295,11 +304,12 @@ def _alert_problems(display: str, spelled: str, alerts: KeyedObject) -> list[Pro
                                         f"must be a list of event kinds ({', '.join(ALERT_KINDS)})"))
             else:
                 for kind in value:
-                    if kind not in ALERT_KINDS:
+                    if _enum(kind) not in ALERT_KINDS:
                         problems.append(Problem(display, field_name,
                                                 f"unknown event kind {kind!r} (known: {', '.join(ALERT_KINDS)})"))
         else:
-            problems.append(Problem(display, field_name, "unknown key, ignored", warning=True))
+            problems.append(Problem(display, field_name, unknown_key(key, ("webhookUrl", "events")),
+                                    warning=True))
     return problems
 
 
@@ -329,7 +339,7 @@ def load_config(path: str) -> tuple[Optional[Config], list[Problem]]:
     extra: dict[str, Any] = {}
     for lower, spelled, value in data.items_spelled():
         if lower not in _KEYS:
-            problems.append(Problem(display, spelled, "unknown key, ignored", warning=True))
+            problems.append(Problem(display, spelled, unknown_key(spelled, _SPELLED), warning=True))
             extra[spelled] = value
             continue
         attr, check = _KEYS[lower]
@@ -364,8 +374,10 @@ def load_config(path: str) -> tuple[Optional[Config], list[Problem]]:
         values["service_management_redis"] = replace(
             values["service_management_redis"], sentinels=parse_sentinels(sentinels), master=master)
 
+    if "zone_check" in values:
+        values["zone_check"] = _enum(values["zone_check"])
     if "container_labels" in values:
-        values["container_labels"] = values["container_labels"] == "on"
+        values["container_labels"] = _enum(values["container_labels"]) == "on"
     services = values.pop("service_description_path", "services.json")
     values["service_description_path"] = os.path.normpath(os.path.join(folder, services))
     values["service_description_display"] = (

@@ -239,11 +239,14 @@ ROLES = {"registrar": frozenset({"registrar"}), "manager": frozenset({"manager"}
 
 def load(config_arg: Optional[str]) -> tuple[Config, ServiceCatalog, list[Problem]]:
     """The config (or :class:`ConfigError`) and the service catalog, loaded once, with
-    the problems found in the service files."""
-    config = require(*load_config(resolve_config_path(config_arg)))
+    the config's warnings and the problems found in the service files."""
+    config, config_problems = load_config(resolve_config_path(config_arg))
+    config = require(config, config_problems)
     catalog = ServiceCatalog(config.service_description_path, config.service_description_display)
     _, problems = catalog.load()
-    return config, catalog, problems
+    # The config's warnings too (an unknown key is often a misspelt one), so a daemon
+    # says at start what `warden validate` says.
+    return config, catalog, config_problems + problems
 
 
 @dataclass

@@ -7,6 +7,7 @@ given twice.
 
 from __future__ import annotations
 
+import difflib
 import json
 from dataclasses import dataclass
 from typing import Any, Iterator
@@ -88,3 +89,18 @@ def is_int(value: Any) -> bool:
 def is_number(value: Any) -> bool:
     """A JSON number (booleans are not numbers here)."""
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def unknown_key(spelled: str, known: Any) -> str:
+    """The problem of an unknown key ``spelled``, naming the closest of ``known``."""
+    lowered = {key.lower(): key for key in known}
+    close = difflib.get_close_matches(spelled.lower(), list(lowered), n=1, cutoff=0.75)
+    if not close:
+        return "unknown key, ignored"
+    suggestion = lowered[close[0]]
+    return f'unknown key, ignored; did you mean "{suggestion}"?'
+
+
+def any_case(value: str, known: Any) -> str:
+    """``value`` as one of the ``known`` names it matches in any case; else unchanged."""
+    return value if value in known else next((k for k in known if k.lower() == value.lower()), value)

@@ -19,6 +19,7 @@ import botocore.exceptions
 
 from warden import aws
 from warden.errors import WardenError
+from warden.jsonfile import any_case
 
 logger = logging.getLogger(__name__)
 
@@ -185,8 +186,8 @@ class SqsMetric(Metric):
 def load_metric(spec: Mapping[str, Any], context: MetricContext) -> Metric:
     """The metric for a service's ``metric`` object, found by its ``type`` among the
     entry points of group ``warden.metrics``."""
-    kind = str(spec.get("type") or "")
     found = {ep.name: ep for ep in entry_points(group="warden.metrics")}
+    kind = any_case(str(spec.get("type") or ""), found)
     if kind not in found:
         raise MetricError(f"unknown metric type {kind!r} (known: {', '.join(sorted(found))})")
     try:

@@ -18,7 +18,7 @@ from types import MappingProxyType
 from typing import Any, Callable, Mapping, Optional
 
 from warden import jsonfile
-from warden.jsonfile import KeyedObject, Problem, is_int, is_number
+from warden.jsonfile import KeyedObject, Problem, any_case, is_int, is_number, unknown_key
 from warden.model import Attachment, Container, LoadBalancerTarget
 from warden.scaling import Policy
 
@@ -221,8 +221,8 @@ def _object(value: Any) -> tuple[Any, Optional[str]]:
 
 
 def parse_readiness(value: Any) -> tuple[Any, Optional[str]]:
-    if value in ("tcp", "none"):
-        return Readiness(value), None
+    if isinstance(value, str) and value.lower() in ("tcp", "none"):
+        return Readiness(value.lower()), None
     if isinstance(value, dict) and list(value) == ["http"]:
         path = value["http"]
         if isinstance(path, str) and path.startswith("/") and not any(c.isspace() for c in path):
@@ -253,6 +253,10 @@ _FIELDS: dict[str, tuple[str, Callable[[Any], tuple[Any, Optional[str]]]]] = {
     "runtask": ("run_task", _object),
 }
 
+#: the service keys as the README spells them (for "did you mean")
+SERVICE_KEYS = ("name", "backendName", "containerName", "loadBalancerName", "loadBalancerUrl", "port",
+                "site", "taskName", "taskVersion", "network", "publishedPort", "targetGroupArn",
+                "targetPort", "cluster", "readiness", "metric", "scaling", "runTask")
 
 #: settings each built-in metric type needs (a plugin checks its own when read)
 METRIC_SETTINGS = {
@@ -270,6 +274,7 @@ def _check_metric(file: str, where: str, obj: KeyedObject) -> list[Problem]:
         problems.append(Problem(file, f"{where}.{obj.spelled('type')}", "must name the metric type"))
         return problems
     known = {ep.name for ep in entry_points(group="warden.metrics")}
+    kind = any_case(kind, known)
     if kind not in known:
         problems.append(Problem(file, f"{where}.{obj.spelled('type')}",
                                 f"unknown metric type {kind!r} (known: {', '.join(sorted(known))})"))
@@ -293,6 +298,10 @@ def _check_scaling(file: str, where: str, obj: KeyedObject) -> list[Problem]:
         value = obj.get(key)
         if value is not None and (not is_int(value) or value < 0):
             problems.append(Problem(file, f"{where}.{obj.spelled(key)}", "must be a whole number, 0 or more"))
+    low, high = obj.get("mintasks"), obj.get("maxtasks")
+    if is_int(low) and is_int(high) and low > high:
+        problems.append(Problem(file, f"{where}.{obj.spelled('mintasks')}",
+                                f"is more than {obj.spelled('maxtasks')} ({high})"))
     delay = obj.get("scaledowndelayseconds")
     if delay is not None and (not is_number(delay) or not 0 <= delay < 1e9):
         problems.append(Problem(file, f"{where}.{obj.spelled('scaledowndelayseconds')}",
@@ -317,6 +326,33 @@ def _check_ceiling(file: str, where: str, obj: KeyedObject) -> list[Problem]:
                                             "(a metric alone could ask for any number of tasks)")]
 
 
+#: a target group's ARN: arn:PARTITION:elasticloadbalancing:REGION:ACCOUNT:targetgroup/NAME/ID
+TARGET_GROUP_ARN = re.compile(r"arn:aws[a-z-]*:elasticloadbalancing:[a-z0-9-]+:[0-9]{12}:"
+                              r"targetgroup/[A-Za-z0-9-]{1,32}/[0-9a-f]{16}")
+#: a containerName shorter than this is a substring of nearly every image and name
+SHORTEST_CONTAINER_NAME = 3
+
+
+def _cross_checks(file: str, where: str, obj: KeyedObject, values: dict[str, Any]) -> list[Problem]:
+    """What the fields say together, or what a well-formed value cannot mean."""
+    problems = []
+    if values.get("metric") is not None and not values.get("task_name"):
+        problems.append(Problem(file, where + obj.spelling.get("taskname", "taskName"),
+                                "is required with a metric: it names the task definition the leader runs"))
+    arn = values.get("target_group_arn")
+    if arn and not TARGET_GROUP_ARN.fullmatch(arn):
+        problems.append(Problem(file, where + obj.spelled("targetgrouparn"),
+                                "must be a target group ARN "
+                                "(arn:aws:elasticloadbalancing:REGION:ACCOUNT:targetgroup/NAME/ID)"))
+    name = values.get("container_name")
+    if name and len(name) < SHORTEST_CONTAINER_NAME:
+        problems.append(Problem(file, where + obj.spelled("containername"),
+                                f"{name!r} is part of nearly every image and container name: give at "
+                                f"least {SHORTEST_CONTAINER_NAME} characters, or label the containers",
+                                warning=True))
+    return problems
+
+
 def parse_service(file: str, where: str, obj: Any) -> tuple[Optional[Service], list[Problem]]:
     """Build one Service from a parsed JSON object; ``where`` prefixes field names
     (``""`` for a file holding one object, ``"[2]."`` for an array entry)."""
@@ -326,7 +362,7 @@ def parse_service(file: str, where: str, obj: Any) -> tuple[Optional[Service], l
     values: dict[str, Any] = {}
     for lower, spelled, raw in obj.items_spelled():
         if lower not in _FIELDS:
-            problems.append(Problem(file, where + spelled, "unknown key, ignored", warning=True))
+            problems.append(Problem(file, where + spelled, unknown_key(spelled, SERVICE_KEYS), warning=True))
             continue
         attr, convert = _FIELDS[lower]
         value, problem = convert(raw)
@@ -350,6 +386,7 @@ def parse_service(file: str, where: str, obj: Any) -> tuple[Optional[Service], l
         if not values.get(required):
             if not any(p.field == where + obj.spelled(required) for p in problems):
                 problems.append(Problem(file, where + obj.spelled(required), "is required"))
+    problems += _cross_checks(file, where, obj, values)
     if any(not p.warning for p in problems):
         return None, problems
     # Parsed once, here: the Scaler and the ECS handler get records, not raw objects.
@@ -359,12 +396,21 @@ def parse_service(file: str, where: str, obj: Any) -> tuple[Optional[Service], l
         values["scaling"] = Policy.from_spec(values.get("scaling"))
     if values.get("run_task") is not None:
         values["run_task"] = RunTask(MappingProxyType(
-            {RUN_TASK_PARAMETERS[k]: _as_spelled(v) for k, v in values["run_task"].items()
-             if k in RUN_TASK_PARAMETERS}))
+            {RUN_TASK_PARAMETERS[k]: (v.upper() if k == "launchtype" and isinstance(v, str) else _as_spelled(v))
+             for k, v in values["run_task"].items() if k in RUN_TASK_PARAMETERS}))
     values.setdefault("backend_name", "")
     if not values["backend_name"]:
         values["backend_name"] = values["name"]
     return Service(source=file, where=where, spelling=tuple(obj.spelling.items()), **values), problems
+
+
+def _where(index: Optional[int], entry: Any) -> str:
+    """How problems locate a service: by its name (``web: ``) when it has one, else by
+    its place in the file's array (``[2].``)."""
+    name = entry.get("name") if isinstance(entry, KeyedObject) else None
+    if isinstance(name, str) and name.strip():
+        return f"{name}: "
+    return "" if index is None else f"[{index}]."
 
 
 def parse_file(path: str, display: str) -> tuple[Optional[list[Service]], list[Problem]]:
@@ -373,7 +419,8 @@ def parse_file(path: str, display: str) -> tuple[Optional[list[Service]], list[P
         data = jsonfile.load(path)
     except jsonfile.JsonFileError as error:
         return None, [Problem(display, "-", str(error))]
-    entries = [("", data)] if not isinstance(data, list) else [(f"[{i}].", d) for i, d in enumerate(data)]
+    entries = [(_where(None, data), data)] if not isinstance(data, list) else [
+        (_where(i, d), d) for i, d in enumerate(data)]
     if not isinstance(data, (list, KeyedObject)):
         return None, [Problem(display, "-", "must hold a service object or an array of them")]
     services, problems = [], []
@@ -389,8 +436,9 @@ def parse_file(path: str, display: str) -> tuple[Optional[list[Service]], list[P
 
 def conflicts(standing: list[Service], newcomers: list[Service]) -> list[Problem]:
     """Problems the ``newcomers`` bring among the ``standing`` services: a name used
-    twice, or one frontend key claimed for two different backends. The newcomers are
-    the ones named: what stands is never blamed."""
+    twice, or one frontend key claimed for two different backends (errors), or two
+    ``containerName``s one inside the other (a warning). The newcomers are the ones
+    named: what stands is never blamed."""
     problems = []
     names: dict[str, Service] = {s.name: s for s in reversed(standing)}
     frontends: dict[str, Service] = {s.frontend: s for s in reversed(standing) if s.frontend}
@@ -408,6 +456,18 @@ def conflicts(standing: list[Service], newcomers: list[Service]) -> list[Problem
                 f"({other.source}) for backend {other.backend_name!r}"))
         if key:
             frontends.setdefault(key, service)
+        for other in list(names.values()):
+            mine, theirs = service.container_name, other.container_name
+            # A name too short to mean anything has its own warning (see _cross_checks).
+            if other.name == service.name or min(len(mine), len(theirs)) < SHORTEST_CONTAINER_NAME \
+                    or (mine not in theirs and theirs not in mine):
+                continue
+            longer = max(mine, theirs, key=len)
+            problems.append(Problem(
+                service.source, service.field_name("containername", "containerName"),
+                f"overlaps containerName {theirs!r} of service {other.name!r} ({other.source}): a container "
+                f"whose image or name holds {longer!r} belongs to both; label such containers "
+                f"{SERVICE_LABEL}", warning=True))
     return problems
 
 
@@ -496,8 +556,8 @@ class ServiceCatalog:
         for file in sorted(changed):
             others = [s for f in sorted(standing) if f != file for s in standing[f]]
             found = conflicts(others, changed[file])
-            if found:
-                problems += found
+            problems += found
+            if any(not p.warning for p in found):
                 if file in standing:
                     logger.error("%s conflicts with the services in force; keeping its last "
                                  "good version", self._display_of(file))
