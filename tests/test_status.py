@@ -37,3 +37,30 @@ def test_status_reports_an_unreachable_store_without_failing(redx, warden):
     report = json.loads(result.stdout)
     assert report["leader"] is None
     assert any("central Redis" in e for e in report["errors"])
+
+
+def test_status_check_exits_1_naming_why_this_host_is_unhealthy(redx, redx_server, containers, warden):
+    c = containers.run("web")
+    w = warden([{"name": "web", "containerName": f"wt-{RUN}-web", "port": 8080,
+                 "loadBalancerUrl": "web.example.com"}])
+    assert w.command("status", "--check").returncode == 1, "the container is not routed yet"
+    w.command("sweep", check=True)
+    healthy = w.command("status", "--check")
+    assert healthy.returncode == 0, healthy.stderr
+    redx.hset("backend:web", "10.255.0.9:8080", "0")  # a route no container of web has
+    stale = w.command("status", "--check")
+    assert stale.returncode == 1
+    assert "unhealthy: web: route 10.255.0.9:8080 points at no running, routable container" in stale.stderr
+    redx.hdel("backend:web", "10.255.0.9:8080")
+    c.pause()
+    paused = w.command("status", "--check")  # no daemon here to unroute it
+    assert paused.returncode == 1
+    assert f"unhealthy: web: route {ip_of(c)}:8080 points at no running, routable container" in paused.stderr
+    c.unpause()
+    redx_server.stop()
+    try:
+        down = w.command("status", "--check")
+        assert down.returncode == 1
+        assert "unhealthy: Redx Redis" in down.stderr
+    finally:
+        redx_server.start()

@@ -1,4 +1,4 @@
-"""The ``warden`` command: ``warden [--config PATH] COMMAND``.
+"""The ``warden`` command: ``warden [OPTIONS] COMMAND [OPTIONS]``.
 
 Exit codes: 0 success, 2 invalid configuration or usage, 1 anything else. The first
 SIGTERM or SIGINT asks for a clean stop; a second exits at once.
@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
+import time
 from typing import Any, Optional, Sequence
 
 from warden import __version__
@@ -47,32 +49,82 @@ def _setup_logging(level: str, fmt: str) -> None:
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
 
 
+#: what --log-level and WARDEN_LOG_LEVEL accept (in any case)
+LEVELS = ("debug", "info", "warning", "error")
+#: what --log-format and WARDEN_LOG_FORMAT accept (in any case)
+FORMATS = ("text", "json")
+
+#: each command, with the one line its --help and the command list give
+COMMAND_HELP = {
+    "run": "run the Registrar and the Manager in one process (what a container host runs)",
+    "registrar": "run the Registrar: routes and enrolment from Docker events",
+    "manager": "run the Manager: leader election over the central Redis, and scaling",
+    "sweep": "one full reconcile of this host now",
+    "validate": "check the config and every service description",
+    "status": "services, routes, enrolment, leader and task counts, read from the stores",
+}
+
+
+def _global_options(parser: argparse.ArgumentParser, top: bool) -> None:
+    """The options every command takes, before or after its name. Only the top-level
+    parser has defaults: after the command, an option given overrides and one left out
+    keeps what was given before it."""
+    def default(value: Any) -> Any:
+        return value if top else argparse.SUPPRESS
+
+    parser.add_argument("--config", metavar="PATH", default=default(None),
+                        help="config file (default: $WARDEN_CONFIG, then ./config.json)")
+    parser.add_argument("--log-level", type=str.lower, choices=LEVELS, metavar="LEVEL",
+                        default=default(os.environ.get("WARDEN_LOG_LEVEL", "info").lower()),
+                        help="debug, info, warning or error, in any case (default: $WARDEN_LOG_LEVEL, "
+                             "then info)")
+    parser.add_argument("--log-format", type=str.lower, choices=FORMATS, metavar="FORMAT",
+                        default=default(os.environ.get("WARDEN_LOG_FORMAT", "text").lower()),
+                        help="text or json (default: $WARDEN_LOG_FORMAT, then text)")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="warden",
         description="Keeps this Docker host's Redx routes and load-balancer enrolment in "
                     "step with its running containers.")
-    parser.add_argument("--config", metavar="PATH",
-                        help="config file (default: $WARDEN_CONFIG, then ./config.json)")
-    parser.add_argument("--log-level", default="info",
-                        choices=["debug", "info", "warning", "error"], help="default: info")
-    parser.add_argument("--log-format", default="text", choices=["text", "json"],
-                        help="default: text")
+    _global_options(parser, top=True)
     parser.add_argument("--version", action="version", version=f"warden {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    _global_options(common, top=False)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.required = True
-    commands.add_parser("run", help="run the Registrar and the Manager in one process")
-    commands.add_parser("registrar", help="run the Registrar: routes and enrolment from Docker events")
-    commands.add_parser("manager", help="run the Manager: leader election over the central Redis")
-    sweep = commands.add_parser("sweep", help="one full reconcile of this host now")
-    sweep.add_argument("--dry-run", action="store_true",
-                       help="print the changes it would make and change nothing")
-    validate = commands.add_parser("validate", help="check the config and every service description")
-    validate.add_argument("--strict", action="store_true",
-                          help="exit 2 on warnings too (an unknown key, a refused label)")
-    status = commands.add_parser("status", help="services, routes, enrolment, leader and task counts")
-    status.add_argument("--json", action="store_true", help="the stable, documented JSON form")
+    made = {name: commands.add_parser(name, help=line, description=line, parents=[common])
+            for name, line in COMMAND_HELP.items()}
+    made["sweep"].add_argument("--dry-run", action="store_true",
+                               help="print the changes it would make and change nothing")
+    made["validate"].add_argument("--strict", action="store_true",
+                                  help="exit 2 on warnings too (an unknown key, a refused label)")
+    made["status"].add_argument("--json", action="store_true", help="the stable, documented JSON form")
+    made["status"].add_argument("--check", action="store_true",
+                                help="exit 1, saying why, when this host is unhealthy (for scripts)")
     return parser
+
+
+def _environment_problems(args: argparse.Namespace) -> list[str]:
+    """Defaults from the environment are not checked by argparse: check them here."""
+    problems = []
+    for name, value, allowed in (("WARDEN_LOG_LEVEL", args.log_level, LEVELS),
+                                 ("WARDEN_LOG_FORMAT", args.log_format, FORMATS)):
+        if value not in allowed:
+            problems.append(f"{name} {os.environ.get(name)!r} must be one of {', '.join(allowed)}")
+    return problems
+
+
+def _say_error(message: str, fmt: str) -> None:
+    """An error that ends the command: one line per line of ``message`` (one per
+    problem), as JSON objects when the logs are JSON."""
+    for line in message.splitlines() or [""]:
+        if fmt == "json":
+            print(json.dumps({"ts": round(time.time(), 3), "level": "error", "logger": "warden",
+                              "msg": line}), file=sys.stderr)
+        else:
+            print(f"warden: {line}", file=sys.stderr)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -137,7 +189,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     """Print the status of this host and the cluster, as a table or as JSON."""
     from warden.daemon import load
     from warden.metadata import resolve_identity
-    from warden.status import collect, render_json, render_text
+    from warden.status import collect, render_json, render_text, unhealthy
 
     config, catalog, problems = load(args.config)
     for problem in problems:
@@ -146,6 +198,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     report = collect(resolve_identity(config, ("instance_id",) if needs_identity else ()),
                      catalog.services)
     print(render_json(report) if args.json else render_text(report))
+    if args.check:
+        reasons = unhealthy(report)
+        for reason in reasons:
+            print(f"unhealthy: {reason}", file=sys.stderr)
+        return EXIT_ERROR if reasons else EXIT_OK
     return EXIT_OK
 
 
@@ -160,21 +217,25 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exit_:
         return int(exit_.code or 0) and EXIT_CONFIG
-    _setup_logging(args.log_level, args.log_format)
+    fmt = args.log_format if args.log_format in FORMATS else "text"
+    problems = _environment_problems(args)
+    if problems:
+        _say_error("\n".join(problems), fmt)
+        return EXIT_CONFIG
+    _setup_logging(args.log_level, fmt)
     try:
         return COMMANDS[args.command](args)
     except ConfigError as error:
-        print(f"warden: {error}", file=sys.stderr)
+        _say_error(str(error), fmt)
         return EXIT_CONFIG
     except (ConnectionLost, WardenError) as error:
-        print(f"warden: {error}", file=sys.stderr)
+        _say_error(str(error), fmt)
         return EXIT_ERROR
     except KeyboardInterrupt:
         return EXIT_ERROR
     except Exception as error:  # noqa: BLE001 - a person sees one line, not a traceback
         logger.debug("unexpected error", exc_info=True)
-        print(f"warden: {type(error).__name__}: {error} (--log-level debug shows where)",
-              file=sys.stderr)
+        _say_error(f"{type(error).__name__}: {error} (--log-level debug shows where)", fmt)
         return EXIT_ERROR
 
 

@@ -240,3 +240,25 @@ def render_text(report: dict) -> str:
 def render_json(report: dict) -> str:
     """The documented JSON form."""
     return json.dumps(report, indent=2, sort_keys=True)
+
+
+def unhealthy(report: dict) -> list[str]:
+    """Why this host is unhealthy, for ``status --check``; empty when it is not: Docker
+    or the Redx Redis cannot be read, or a service's routes disagree with its containers
+    (a route to no running, unpaused, healthy and ready container of it, or such a
+    container with no route)."""
+    found = [error for error in report["errors"] if error.startswith(("Docker:", "Redx Redis"))]
+    for service in report["services"]:
+        routes, containers = service["routes"], service["containers"]
+        if routes is None or containers is None:
+            continue
+        routable = {c["address"]: c for c in containers
+                    if c["address"] and not c["paused"] and c["health"] in (None, "healthy")
+                    and c["ready"] is not False}
+        for route in routes:
+            if route not in routable:
+                found.append(f"{service['name']}: route {route} points at no running, routable container")
+        for address, c in routable.items():
+            if address not in routes:
+                found.append(f"{service['name']}: container {c['name']} ({address}) has no route")
+    return found

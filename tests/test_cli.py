@@ -1,0 +1,76 @@
+"""The ``warden`` command's conventions: global options before or after the command,
+levels in any case, defaults from the environment, start-up errors one line each (JSON
+when asked), and a description in every command's ``--help``."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from warden.cli import COMMAND_HELP
+
+
+def warden(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "warden", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=60, env=dict(os.environ, **env))
+
+
+def good_config(folder: Path) -> Path:
+    (folder / "services.json").write_text(json.dumps([{"name": "web", "port": 80}]))
+    path = folder / "x.json"
+    path.write_text(json.dumps({"serviceDescriptionFilename": "services.json"}))
+    return path
+
+
+def test_global_options_go_before_or_after_the_command_in_any_case(tmp_path):
+    config = good_config(tmp_path)
+    for args in (["--config", str(config), "--log-level", "DEBUG", "validate"],
+                 ["validate", "--config", str(config), "--log-level", "Debug"],
+                 ["--log-level", "error", "validate", "--config", str(config)]):
+        result = warden(*args, cwd=tmp_path)
+        assert result.returncode == 0, (args, result.stderr)
+        assert f"ok: {config} and 1 service(s)" in result.stderr
+    # Given on both sides, the one after the command wins.
+    result = warden("--config", "missing.json", "validate", "--config", str(config), cwd=tmp_path)
+    assert result.returncode == 0, result.stdout
+    refused = warden("validate", "--log-level", "loud", cwd=tmp_path)
+    assert refused.returncode == 2 and "invalid choice: 'loud'" in refused.stderr
+
+
+def test_log_level_and_format_come_from_the_environment(tmp_path):
+    config = good_config(tmp_path)
+    result = warden("--config", str(config), "validate", cwd=tmp_path, WARDEN_LOG_LEVEL="Warning",
+                    WARDEN_LOG_FORMAT="JSON")
+    assert result.returncode == 0, result.stderr
+    bad = warden("--config", str(config), "validate", cwd=tmp_path, WARDEN_LOG_LEVEL="loud")
+    assert bad.returncode == 2
+    assert bad.stderr == "warden: WARDEN_LOG_LEVEL 'loud' must be one of debug, info, warning, error\n"
+
+
+def test_start_up_errors_are_one_line_per_problem_and_json_when_asked(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"registrarSleepTimeSeconds": -1, "leaseSeconds": "x"}))
+    text = warden("registrar", cwd=tmp_path)
+    assert text.returncode == 2
+    assert text.stderr.splitlines() == [
+        "warden: config.json: registrarSleepTimeSeconds: must be a positive number of seconds",
+        "warden: config.json: leaseSeconds: must be a positive number of seconds",
+    ]
+    as_json = warden("registrar", "--log-format", "json", cwd=tmp_path)
+    assert as_json.returncode == 2
+    entries = [json.loads(line) for line in as_json.stderr.splitlines()]
+    assert [(e["level"], e["msg"]) for e in entries] == [
+        ("error", "config.json: registrarSleepTimeSeconds: must be a positive number of seconds"),
+        ("error", "config.json: leaseSeconds: must be a positive number of seconds"),
+    ]
+
+
+def test_every_command_says_what_it_does_in_its_help(tmp_path):
+    listing = warden("--help", cwd=tmp_path).stdout
+    for command, line in COMMAND_HELP.items():
+        result = warden(command, "--help", cwd=tmp_path)
+        assert result.returncode == 0
+        assert " ".join(result.stdout.split()).count(line) == 1, command
+        assert command in listing
