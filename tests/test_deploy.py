@@ -67,9 +67,10 @@ def test_the_ecs_readme_registers_the_task_and_creates_the_daemon_service(aws):
     assert mounts == {"/var/run": "/var/run", "/etc/warden": "/etc/warden"}
     assert container["logConfiguration"]["logDriver"] == "awslogs"
     probe = " ".join(container["healthCheck"]["command"])
-    assert "/healthz" in probe
+    # Liveness, not readiness: a central Redis outage must not restart the fleet.
+    assert "/livez" in probe
     # The health check asks the address deploy/ecs/README.md tells operators to set.
-    [address] = re.findall(r"http://([\d.]+:\d+)/healthz", probe)
+    [address] = re.findall(r"http://([\d.]+:\d+)/livez", probe)
     assert f'"metricsAddress": "{address}"' in (ECS / "README.md").read_text()
 
 

@@ -38,9 +38,9 @@ def image(docker_client):
     return IMAGE
 
 
-def healthz(port: int) -> int:
+def livez(port: int) -> int:
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as response:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/livez", timeout=2) as response:
             return response.status
     except urllib.error.HTTPError as error:
         return error.code
@@ -77,7 +77,7 @@ def test_the_running_image_routes_a_service_container_and_stops_cleanly(
            *[arg for key, value in environment.items() for arg in ("-e", f"{key}={value}")],
            image)
     try:
-        eventually(lambda: healthz(metrics) == 200, 30, what="/healthz 200 from the container")
+        eventually(lambda: livez(metrics) == 200, 30, what="/livez 200 from the container")
         web = containers.run("web")
         eventually(lambda: f"{ip_of(web)}:8080" in redx.hgetall("backend:web"), 10,
                    what="the container's route, written by Warden in its container")

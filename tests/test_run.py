@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import signal
+import time
 import urllib.error
 import urllib.request
 
@@ -31,10 +32,13 @@ def test_run_routes_leads_and_serves_metrics(redx, containers, warden, central, 
     c = containers.run("web")
     eventually(lambda: f"{ip_of(c)}:8080" in redx.hgetall("backend:web"), 5, what="routed")
     eventually(lambda: central.hget("service-manager", "id") == "i-run", 10, what="leading")
-    status, body = get(f"http://127.0.0.1:{port}/healthz")
+    status, body = get(f"http://127.0.0.1:{port}/readyz")
     assert status == 200, body
-    assert json.loads(body)["subscribers"] == {"docker-events": True, "redx-redis": True,
-                                               "control-channels": True}
+    assert json.loads(body) == {"ready": True, "dependencies": {"docker": True, "redx-redis": True,
+                                                                "central-redis": True}}
+    eventually(lambda: get(f"http://127.0.0.1:{port}/livez")[0] == 200, 5, what="live")
+    live = json.loads(get(f"http://127.0.0.1:{port}/livez")[1])
+    assert live["live"] is True and all(live["threads"].values()) and live["sweep"]["limitSeconds"] == 180
     status, metrics = get(f"http://127.0.0.1:{port}/metrics")
     assert status == 200
     assert "warden_event_route_latency_seconds_bucket" in metrics
@@ -53,16 +57,50 @@ def test_run_routes_leads_and_serves_metrics(redx, containers, warden, central, 
     assert "registrar stopped" in w.log() and "manager stopped" in w.log()
 
 
-def test_healthz_says_which_subscriber_is_down(redx, redx_server, warden, central_server):
+def test_readyz_names_the_dependency_that_is_down_while_livez_stays_up(redx, redx_server, warden,
+                                                                      central_server):
+    """/healthz used to answer 503 on every host while a shared Redis was down: as a
+    container health check it would restart a fleet for an outage Warden rides out."""
     port = free_port()
     w = warden([{"name": "web", "port": 80, "loadBalancerUrl": "web.example.com"}],
                metricsAddress=f"127.0.0.1:{port}", handlers=["redx"]).start()
-    eventually(lambda: get(f"http://127.0.0.1:{port}/healthz")[0] == 200, 5, what="healthy")
+    base = f"http://127.0.0.1:{port}"
+    eventually(lambda: get(base + "/readyz")[0] == 200, 5, what="ready")
     redx_server.stop()
     try:
-        status, body = eventually(lambda: (lambda r: r if r[0] == 503 else None)(
-            get(f"http://127.0.0.1:{port}/healthz")), 10, what="unhealthy")
-        assert json.loads(body)["subscribers"]["redx-redis"] is False
+        status, body = eventually(lambda: (lambda r: r if r[0] == 503 else None)(get(base + "/readyz")),
+                                  10, what="not ready")
+        assert json.loads(body) == {"ready": False, "dependencies": {"docker": True, "redx-redis": False}}
+        for path in ("/livez", "/healthz"):
+            status, body = get(base + path)
+            assert status == 200 and json.loads(body)["live"] is True, body
     finally:
         redx_server.start()
-    eventually(lambda: get(f"http://127.0.0.1:{port}/healthz")[0] == 200, 10, what="healthy again")
+    eventually(lambda: get(base + "/readyz")[0] == 200, 10, what="ready again")
+    for path in ("/livez", "/readyz", "/healthz", "/metrics"):
+        request = urllib.request.Request(base + path, method="HEAD")
+        with urllib.request.urlopen(request, timeout=2) as response:
+            assert response.status == 200 and response.read() == b""
+
+
+def test_livez_fails_once_sweeps_stop():
+    """A Registrar whose sweeps stopped does nothing more: restart it."""
+    from warden import signals
+    from warden.telemetry import Telemetry
+
+    telemetry = Telemetry(f"127.0.0.1:{free_port()}")
+    telemetry.watch_sweeps(0.2)
+    telemetry.start()
+    base = f"http://127.0.0.1:{telemetry.address[1]}"
+    try:
+        assert get(base + "/livez")[0] == 200
+        time.sleep(0.7)
+        status, body = get(base + "/livez")
+        assert status == 503, body
+        assert json.loads(body)["sweep"]["ageSeconds"] > json.loads(body)["sweep"]["limitSeconds"]
+        signals.send(signals.sweep_done, "test", reason="periodic", changes=[], seconds=0.01)
+        status, body = get(base + "/livez")
+        assert status == 200 and json.loads(body)["sweep"]["ageSeconds"] < 0.6, body
+        assert "warden_last_sweep_timestamp_seconds" in get(base + "/metrics")[1]
+    finally:
+        telemetry.stop()

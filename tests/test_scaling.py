@@ -339,10 +339,10 @@ def test_a_pass_decided_under_one_epoch_never_acts_under_the_next(ecs, central, 
         leader.close()
 
 
-def test_the_scaler_outlives_a_failing_step_and_healthz_names_a_dead_worker(ecs, central, central_server,
+def test_the_scaler_outlives_a_failing_step_and_livez_names_a_dead_worker(ecs, central, central_server,
                                                                           tmp_path):
     """Defect 9: a step of the scheduler that raised (a catalog read mid-reload) ended
-    its thread silently; now it logs and goes on, and /healthz names any dead worker."""
+    its thread silently; now it logs and goes on, and /livez names any dead worker."""
     import urllib.error
     import urllib.request
 
@@ -390,10 +390,10 @@ def test_the_scaler_outlives_a_failing_step_and_healthz_names_a_dead_worker(ecs,
     try:
         dead.start()
         dead.join(5)
-        url = f"http://127.0.0.1:{telemetry.address[1]}/healthz"
+        url = f"http://127.0.0.1:{telemetry.address[1]}/livez"
         try:
             urllib.request.urlopen(url, timeout=2)
-            raise AssertionError("healthz answered 200 with a dead worker")
+            raise AssertionError("livez answered 200 with a dead worker")
         except urllib.error.HTTPError as error:
             assert error.code == 503
             body = json.loads(error.read())

@@ -58,12 +58,13 @@ class RegistrarDaemon:
             config, lambda: kept_keys(self.registrar.services, self.registrar.routed_backends))
 
     def register(self, telemetry: Any) -> None:
-        """Health checks and reconnect counters for ``/healthz`` and ``/metrics``."""
+        """Threads and dependencies for ``/livez`` and ``/readyz``; counters for ``/metrics``."""
         for thread in [self.reader, self.registrar, self.redx_watcher,
                        *(t for h in self.handlers for t in h.threads())]:
             telemetry.thread_check(thread)
-        telemetry.health_check("docker-events", self.reader.connected.is_set)
-        telemetry.health_check("redx-redis", lambda: self.redx_watcher.reachable)
+        telemetry.dependency("docker", self.reader.connected.is_set)
+        telemetry.dependency("redx-redis", lambda: self.redx_watcher.reachable)
+        telemetry.watch_sweeps(self.config.registrar_sleep_time_seconds)
         telemetry.reconnect_source("docker-events", lambda: self.reader.reconnects)
         telemetry.counter_source("warden_label_problems",
                                  "Containers whose labels were refused (a bad value, or a "
@@ -134,13 +135,13 @@ class ManagerDaemon:
             connected=central.subscribed)
 
     def register(self, telemetry: Any) -> None:
-        """Health checks and reconnect counters for ``/healthz`` and ``/metrics``."""
+        """Threads and dependencies for ``/livez`` and ``/readyz``; counters for ``/metrics``."""
         for thread in [self.manager, self.manager.watch, self.scaler,
                        self.subscriber, self.zones, self.consumer,
                        *(t for h in self.handlers for t in h.threads())]:
             if thread is not None:
                 telemetry.thread_check(thread)
-        telemetry.health_check("control-channels", self.subscriber.connected.is_set)
+        telemetry.dependency("central-redis", self.subscriber.connected.is_set)
         telemetry.reconnect_source("control-channels", lambda: self.subscriber.reconnects)
 
     def start(self) -> None:
@@ -209,7 +210,7 @@ class DrainDaemon:
                         if t is not None]
 
     def register(self, telemetry: Any) -> None:
-        """Health checks for ``/healthz``."""
+        """Its threads, for ``/livez``."""
         for thread in self.threads:
             telemetry.thread_check(thread)
 

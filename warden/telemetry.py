@@ -1,9 +1,17 @@
-"""Prometheus ``/metrics`` and ``/healthz`` on ``metricsAddress``.
+"""Prometheus ``/metrics``, and ``/livez``, ``/readyz`` and ``/healthz`` on
+``metricsAddress``.
 
 The metrics are fed by signals, so nothing in the event path knows they exist.
-``/healthz`` answers 200 only while every subscriber is connected (the Docker events
-stream and the Redx Redis for the Registrar, the control channels for the Manager),
-and 503 naming the ones that are not.
+
+- ``/livez`` (and its alias ``/healthz``): is this process still doing its job? Every
+  worker thread started is alive (or was asked to stop), and the last sweep is younger
+  than 3 sweep periods. 503 means restart it. An outage of Docker's peers, of the Redx
+  Redis or of the central Redis alone never fails it: Warden rides those out itself,
+  and a fleet-wide restart for a central outage would help nothing.
+- ``/readyz``: can it reach what it depends on? Docker, the Redx Redis, the central
+  Redis, each named in the JSON body.
+
+Both answer ``HEAD`` too.
 """
 
 from __future__ import annotations
@@ -62,8 +70,13 @@ class Telemetry:
         self._counter_sources: dict[str, tuple[str, Callable[[], int]]] = {}
         r.register(_CounterSources(self._counter_sources))
         self._reconnect_sources: dict[str, Callable[[], int]] = {}
-        self._health: dict[str, Callable[[], bool]] = {}
+        self._dependencies: dict[str, Callable[[], bool]] = {}
         self._threads: dict[str, Callable[[], bool]] = {}
+        #: the sweep period, once a Registrar runs here: /livez then watches the sweeps
+        self._sweep_period: float = 0.0
+        self._last_sweep = time.monotonic()
+        self.last_sweep_timestamp = Gauge("warden_last_sweep_timestamp_seconds",
+                                          "Unix time of the last completed sweep", registry=r)
         self._server: Any = None
         self._thread: Any = None
         self.receivers = signals.Receivers(
@@ -81,16 +94,21 @@ class Telemetry:
 
     # -- wiring ------------------------------------------------------------------
 
-    def health_check(self, name: str, check: Callable[[], bool]) -> None:
-        """``/healthz`` is 200 only while every check returns True."""
-        self._health[name] = check
+    def dependency(self, name: str, check: Callable[[], bool]) -> None:
+        """``/readyz`` is 200 only while every dependency's check returns True."""
+        self._dependencies[name] = check
+
+    def watch_sweeps(self, period: float) -> None:
+        """``/livez`` fails once no sweep has completed for 3 ``period``s."""
+        self._sweep_period = period
+        self._last_sweep = time.monotonic()
 
     def reconnect_source(self, name: str, count: Callable[[], int]) -> None:
         """A subscriber's reconnect counter, read at each scrape."""
         self._reconnect_sources[name] = count
 
     def thread_check(self, thread: Any) -> None:
-        """``/healthz`` fails, naming ``thread``, once it has died without being asked
+        """``/livez`` fails, naming ``thread``, once it has died without being asked
         to stop (a worker that ended on a bug does nothing more)."""
         self._threads[thread.name] = lambda: (
             thread.ident is None or thread.is_alive() or bool(getattr(thread, "stopping", False)))
@@ -105,38 +123,59 @@ class Telemetry:
         """A gauge read from a part of Warden at each scrape."""
         Gauge(name, documentation, registry=self.registry).set_function(value)
 
-    def health(self) -> tuple[bool, dict[str, bool], dict[str, bool]]:
-        """Each subscriber's and each worker thread's answer, and whether all pass."""
+    def liveness(self) -> tuple[bool, dict]:
+        """Whether every worker thread lives and the sweeps go on, and the JSON body."""
+        threads = {name: check() for name, check in self._threads.items()}
+        body: dict[str, Any] = {"threads": threads}
+        ok = all(threads.values())
+        if self._sweep_period:
+            age, limit = time.monotonic() - self._last_sweep, 3 * self._sweep_period
+            body["sweep"] = {"ageSeconds": round(age, 3), "limitSeconds": limit}
+            ok = ok and age < limit
+        body["live"] = ok
+        return ok, body
+
+    def readiness(self) -> tuple[bool, dict]:
+        """Whether every dependency answers, and the JSON body naming each."""
         answers = {}
-        for name, check in self._health.items():
+        for name, check in self._dependencies.items():
             try:
                 answers[name] = bool(check())
-            except Exception:  # noqa: BLE001 - a failing check is an unhealthy one
+            except Exception:  # noqa: BLE001 - a failing check is a dependency not reached
                 answers[name] = False
-        threads = {name: check() for name, check in self._threads.items()}
-        return all(answers.values()) and all(threads.values()), answers, threads
+        ok = all(answers.values())
+        return ok, {"ready": ok, "dependencies": answers}
 
     def start(self) -> None:
         self.receivers.connect()
         telemetry = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                if self.path.split("?")[0] == "/metrics":
+            def answer(self) -> tuple[int, str, bytes]:
+                path = self.path.split("?")[0]
+                if path == "/metrics":
                     for name, count in telemetry._reconnect_sources.items():
                         telemetry.reconnects.labels(name).set(count())
-                    body, status, kind = generate_latest(telemetry.registry), 200, CONTENT_TYPE_LATEST
-                elif self.path.split("?")[0] == "/healthz":
-                    ok, answers, threads = telemetry.health()
-                    body = json.dumps({"ok": ok, "subscribers": answers, "threads": threads}).encode()
-                    status, kind = (200 if ok else 503), "application/json"
-                else:
-                    body, status, kind = b"not found\n", 404, "text/plain"
+                    return 200, CONTENT_TYPE_LATEST, generate_latest(telemetry.registry)
+                if path in ("/livez", "/healthz", "/readyz"):
+                    ok, body = telemetry.readiness() if path == "/readyz" else telemetry.liveness()
+                    return (200 if ok else 503), "application/json", json.dumps(body).encode()
+                return 404, "text/plain", b"not found\n"
+
+            def respond(self, with_body: bool) -> None:
+                status, kind, body = self.answer()
                 self.send_response(status)
                 self.send_header("Content-Type", kind)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
-                self.wfile.write(body)
+                if with_body:
+                    self.wfile.write(body)
+
+            def do_GET(self) -> None:
+                self.respond(with_body=True)
+
+            def do_HEAD(self) -> None:
+                self.respond(with_body=False)
 
             def log_message(self, *args: Any) -> None:
                 pass
@@ -165,6 +204,8 @@ class Telemetry:
         self.events.labels(action.split(":")[0]).inc()
 
     def _on_sweep_done(self, sender: Any, *, changes: list, **kw: Any) -> None:
+        self._last_sweep = time.monotonic()
+        self.last_sweep_timestamp.set(time.time())
         self.sweeps.inc()
         self.drift.inc(len(changes))
 
