@@ -47,8 +47,12 @@ class Handler:
         """Stop the handler's threads; called once at shutdown."""
 
     def threads(self) -> list[Any]:
-        """The handler's own long-running threads, watched by ``/healthz``."""
+        """The handler's own long-running threads, watched by ``/livez``."""
         return []
+
+    def register(self, telemetry: Any) -> None:
+        """Offer counters of the handler's own to ``/metrics``
+        (:meth:`warden.telemetry.Telemetry.counter_source`)."""
 
     def on_container_changed(self, sender: Any, *, action: str, container_id: str,
                              container: Optional[Container], stopping: bool,

@@ -63,6 +63,12 @@ class AlertsHandler(Handler):
         if self._sender.ident is not None:
             self._sender.join(timeout=10)
 
+    def register(self, telemetry: Any) -> None:
+        telemetry.counter_source("warden_alerts_sent", "Alerts the webhook accepted", lambda: self.sent)
+        telemetry.counter_source("warden_alerts_dropped",
+                                 "Alerts dropped: the queue was full, or the webhook kept failing",
+                                 lambda: self.dropped)
+
     def alert(self, kind: str, event: str, text: str, **details: Any) -> None:
         """Queue one alert of ``kind`` if the operator asked for that kind."""
         if kind not in self.events:

@@ -204,8 +204,7 @@ class EcsHandler(Handler):
                 stopped, refused = self.stop_tasks(service, tasks, running - target, target, epoch, fence)
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as error:
             logger.warning("scaling %s: ECS call failed: %s", service.name, error)
-            operation = getattr(error, "operation_name", "") or type(error).__name__
-            signals.send(signals.aws_call_failed, self, api=f"ecs:{operation}", error=str(error))
+            signals.send(signals.aws_call_failed, self, **aws.failure("ecs", error))
             signals.send(signals.scaling_failed, self, service=service.name, error=str(error))
             return None
         if refused:

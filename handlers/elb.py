@@ -231,10 +231,8 @@ class _EnrolmentWorker(StoppableThread):
                         IndexError, KeyError) as error:
                     failed = error
                     logger.warning("load-balancer call for %s failed: %s", target.name, error)
-                    operation = getattr(error, "operation_name", "") or type(error).__name__
                     signals.send(signals.aws_call_failed, handler,
-                                 api=f"{'elb' if target.kind == 'elb' else 'elbv2'}:{operation}",
-                                 error=str(error))
+                                 **aws.failure("elb" if target.kind == "elb" else "elbv2", error))
             if failed is None and handler.draining and not handler.pending():
                 handler.tell_drained()
             if failed is None:

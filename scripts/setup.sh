@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs and starts what Warden's tests and demo need on a Debian machine, as root:
 # Debian's docker.io, redis-server, redis-sentinel and busybox-static, debootstrap (the base of
-# the container image the tests build) and systemd (systemd-analyze checks the unit), a Python
+# the container image the tests build), systemd (systemd-analyze checks the unit) and prometheus
+# (promtool lints /metrics and tests the alert rules), a Python
 # venv in .venv with Warden and its test extras, a running dockerd, and the offline test image.
 # Safe to run again: it only does what is missing. Source it or run it.
 set -euo pipefail
@@ -16,6 +17,8 @@ command -v redis-sentinel >/dev/null || need+=(redis-sentinel)
 [ -x /bin/busybox ] || need+=(busybox-static)
 command -v debootstrap >/dev/null || [ -x /usr/sbin/debootstrap ] || need+=(debootstrap)
 command -v systemd-analyze >/dev/null || need+=(systemd)
+# promtool lints /metrics and tests the alert rules
+command -v promtool >/dev/null || need+=(prometheus)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
 command -v ps >/dev/null || need+=(procps)
 if [ ${#need[@]} -gt 0 ]; then

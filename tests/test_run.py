@@ -4,12 +4,16 @@
 from __future__ import annotations
 
 import json
+import re
+import shutil
 import signal
+import subprocess
 import time
 import urllib.error
 import urllib.request
 
-from conftest import RUN, eventually, free_port, ip_of
+import warden as warden_package
+from conftest import ROOT, RUN, eventually, free_port, ip_of
 
 
 def get(url: str) -> tuple[int, str]:
@@ -41,6 +45,19 @@ def test_run_routes_leads_and_serves_metrics(redx, containers, warden, central, 
     assert live["live"] is True and all(live["threads"].values()) and live["sweep"]["limitSeconds"] == 180
     status, metrics = get(f"http://127.0.0.1:{port}/metrics")
     assert status == 200
+    assert shutil.which("promtool"), "promtool is missing: run scripts/test, which installs Debian's prometheus"
+    lint = subprocess.run(["promtool", "check", "metrics"], input=metrics, capture_output=True, text=True,
+                          timeout=30)
+    print(f"\npromtool check metrics on a live /metrics: exit {lint.returncode}\n{lint.stdout}{lint.stderr}")
+    assert lint.returncode == 0 and lint.stdout + lint.stderr == "", lint.stdout + lint.stderr
+    assert f'warden_build_info{{version="{warden_package.__version__}"}} 1.0' in metrics
+    assert "process_resident_memory_bytes" in metrics and "python_info" in metrics
+    assert 'warden_reconnects_total{subscriber="docker-events"} 0.0' in metrics
+    # Every metric the shipped alert rules and dashboard use is served.
+    shipped = ((ROOT / "deploy" / "prometheus" / "alerts.yml").read_text()
+               + (ROOT / "deploy" / "grafana" / "warden-dashboard.json").read_text())
+    for name in sorted(set(re.findall(r"\b(warden_[a-z_]+?)(?:_bucket)?\{", shipped))):
+        assert f"# TYPE {name} " in metrics or f"# TYPE {name.removesuffix('_total')} " in metrics, name
     assert "warden_event_route_latency_seconds_bucket" in metrics
     assert 'warden_docker_events_total{action="start"}' in metrics
     assert "warden_leader 1.0" in metrics

@@ -61,3 +61,14 @@ def _record(service: str, log: str, model: Any, params: dict, **_: Any) -> None:
         os.write(fd, lines.encode())
     finally:
         os.close(fd)
+
+
+def failure(service: str, error: BaseException, operation: str = "") -> dict:
+    """A failed call as the ``aws_call_failed`` signal carries it: ``service`` (boto3's
+    name), ``operation`` (``RunTask``) and ``code``, AWS's error code or, for a failure
+    with none (a timeout, a refused connection), the exception's class: bounded values,
+    fit for metric labels; and ``error``, the text, for logs."""
+    response = getattr(error, "response", None)
+    code = (response or {}).get("Error", {}).get("Code") if isinstance(response, dict) else None
+    return {"service": service, "operation": getattr(error, "operation_name", "") or operation or "unknown",
+            "code": code or type(error).__name__, "error": str(error)}

@@ -62,6 +62,8 @@ class RegistrarDaemon:
         for thread in [self.reader, self.registrar, self.redx_watcher,
                        *(t for h in self.handlers for t in h.threads())]:
             telemetry.thread_check(thread)
+        for handler in self.handlers:
+            handler.register(telemetry)
         telemetry.dependency("docker", self.reader.connected.is_set)
         telemetry.dependency("redx-redis", lambda: self.redx_watcher.reachable)
         telemetry.watch_sweeps(self.config.registrar_sleep_time_seconds)
@@ -141,6 +143,8 @@ class ManagerDaemon:
                        *(t for h in self.handlers for t in h.threads())]:
             if thread is not None:
                 telemetry.thread_check(thread)
+        for handler in self.handlers:
+            handler.register(telemetry)
         telemetry.dependency("central-redis", self.subscriber.connected.is_set)
         telemetry.reconnect_source("control-channels", lambda: self.subscriber.reconnects)
 

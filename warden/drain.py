@@ -242,8 +242,8 @@ class LifecycleCompleter(StoppableThread):
             delay = backoff.next_delay()
             logger.warning("cannot complete lifecycle action %s (%s); again in %.0fs", name,
                            failure, delay)
-            signals.send(signals.aws_call_failed, self, api="autoscaling:CompleteLifecycleAction",
-                         error=str(failure))
+            signals.send(signals.aws_call_failed, self,
+                         **aws.failure("autoscaling", failure, "CompleteLifecycleAction"))
             self.stop_event.wait(delay)
 
 

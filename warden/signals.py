@@ -181,8 +181,9 @@ scaling_checked = _signals.signal(
 aws_call_failed = _signals.signal(
     "aws-call-failed",
     doc="""An AWS API call failed (after botocore's retries). Sender: the handler that
-    made it, or the lifecycle completer.
-    kw: ``api`` (e.g. ``elb:RegisterInstancesWithLoadBalancer``), ``error`` (text).""",
+    made it, or the lifecycle completer. kw (see :func:`warden.aws.failure`):
+    ``service`` (``elb``, ``elbv2``, ``ecs``, ``autoscaling``), ``operation``
+    (``RegisterTargets``), ``code`` (``Throttling``, ``ReadTimeoutError``), ``error`` (text).""",
 )
 
 aws_event = _signals.signal(

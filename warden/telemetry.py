@@ -23,11 +23,14 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
+import gzip
 
-from warden import signals
+from prometheus_client import (GC_COLLECTOR, PLATFORM_COLLECTOR, PROCESS_COLLECTOR, CollectorRegistry, Counter,
+                               Gauge, Histogram)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.exposition import choose_encoder
+
+from warden import __version__, signals
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +57,22 @@ class Telemetry:
                              "Changes sweeps made: drift the event path had not corrected", registry=r)
         self.route_changes = Counter("warden_changes_total", "Changes made to routes and enrolment",
                                      ["op"], registry=r)
-        self.aws_errors = Counter("warden_aws_errors_total", "Failed AWS calls by API", ["api"], registry=r)
+        self.aws_errors = Counter("warden_aws_errors_total",
+                                  "Failed AWS calls, by service, operation and error code",
+                                  ["service", "operation", "code"], registry=r)
+        self.aws_events = Counter("warden_aws_events_total", "AWS events received, by kind", ["kind"],
+                                  registry=r)
+        self.metric_failures = Counter("warden_metric_failures_total",
+                                       "Demand metrics (or their steps) that could not be read, by service",
+                                       ["service"], registry=r)
+        self.scaling_failures = Counter("warden_scaling_failures_total",
+                                        "Scaling passes whose ECS calls failed, by service", ["service"],
+                                        registry=r)
+        Gauge("warden_build_info", "Always 1; the version of Warden running", ["version"],
+              registry=r).labels(__version__).set(1)
+        # The standard process, platform and garbage collector metrics, on this registry.
+        for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+            r.register(collector)
         self.rejected = Counter("warden_control_messages_rejected_total",
                                 "Control messages ignored, by reason", ["reason"], registry=r)
         self.leader = Gauge("warden_leader", "1 while this instance leads", registry=r)
@@ -62,15 +80,13 @@ class Telemetry:
                            registry=r)
         self.desired = Gauge("warden_tasks_desired", "Tasks desired by the last pass", ["service"], registry=r)
         self.running = Gauge("warden_tasks_running", "Tasks running after the last pass", ["service"], registry=r)
-        self.reconnects = Gauge("warden_reconnects", "Reconnects of each subscriber since start",
-                                ["subscriber"], registry=r)
         self.redx_key_errors = Counter("warden_redx_key_errors_total",
                                        "Redx keys that could not be read or written (their service "
                                        "skipped)", registry=r)
         self._counter_sources: dict[str, tuple[str, Callable[[], int]]] = {}
-        r.register(_CounterSources(self._counter_sources))
         self._reconnect_sources: dict[str, Callable[[], int]] = {}
         self._dependencies: dict[str, Callable[[], bool]] = {}
+        r.register(_CounterSources(self._counter_sources, self._reconnect_sources, self))
         self._threads: dict[str, Callable[[], bool]] = {}
         #: the sweep period, once a Registrar runs here: /livez then watches the sweeps
         self._sweep_period: float = 0.0
@@ -85,6 +101,9 @@ class Telemetry:
             (signals.sweep_done, self._on_sweep_done),
             (signals.change_made, self._on_change_made),
             (signals.aws_call_failed, self._on_aws_call_failed),
+            (signals.aws_event, lambda sender, *, event, **kw: self.aws_events.labels(event.kind).inc()),
+            (signals.metric_failed, lambda sender, *, service, **kw: self.metric_failures.labels(service).inc()),
+            (signals.scaling_failed, lambda sender, *, service, **kw: self.scaling_failures.labels(service).inc()),
             (signals.control_rejected, self._on_control_rejected),
             (signals.leadership_gained, self._on_leadership_gained),
             (signals.leadership_lost, self._on_leadership_lost),
@@ -154,9 +173,9 @@ class Telemetry:
             def answer(self) -> tuple[int, str, bytes]:
                 path = self.path.split("?")[0]
                 if path == "/metrics":
-                    for name, count in telemetry._reconnect_sources.items():
-                        telemetry.reconnects.labels(name).set(count())
-                    return 200, CONTENT_TYPE_LATEST, generate_latest(telemetry.registry)
+                    # The Prometheus text format, or OpenMetrics when the scraper asks.
+                    encode, kind = choose_encoder(self.headers.get("Accept", ""))
+                    return 200, kind, encode(telemetry.registry)
                 if path in ("/livez", "/healthz", "/readyz"):
                     ok, body = telemetry.readiness() if path == "/readyz" else telemetry.liveness()
                     return (200 if ok else 503), "application/json", json.dumps(body).encode()
@@ -166,6 +185,9 @@ class Telemetry:
                 status, kind, body = self.answer()
                 self.send_response(status)
                 self.send_header("Content-Type", kind)
+                if "gzip" in self.headers.get("Accept-Encoding", ""):
+                    body = gzip.compress(body)
+                    self.send_header("Content-Encoding", "gzip")
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 if with_body:
@@ -212,8 +234,8 @@ class Telemetry:
     def _on_change_made(self, sender: Any, *, change: Any, **kw: Any) -> None:
         self.route_changes.labels(change.op).inc()
 
-    def _on_aws_call_failed(self, sender: Any, *, api: str, **kw: Any) -> None:
-        self.aws_errors.labels(api).inc()
+    def _on_aws_call_failed(self, sender: Any, *, service: str, operation: str, code: str, **kw: Any) -> None:
+        self.aws_errors.labels(service, operation, code).inc()
 
     def _on_control_rejected(self, sender: Any, *, reason: str, **kw: Any) -> None:
         self.rejected.labels(reason).inc()
@@ -232,11 +254,26 @@ class Telemetry:
 
 
 class _CounterSources:
-    """A collector for counters that Warden's parts keep themselves."""
+    """A collector for counters that Warden's parts keep themselves, the subscribers'
+    reconnect counts, and whether each dependency answers."""
 
-    def __init__(self, sources: dict[str, tuple[str, Callable[[], int]]]) -> None:
+    def __init__(self, sources: dict[str, tuple[str, Callable[[], int]]],
+                 reconnects: dict[str, Callable[[], int]], telemetry: "Telemetry") -> None:
         self.sources = sources
+        self.reconnects = reconnects
+        self.telemetry = telemetry
 
     def collect(self) -> Any:
         for name, (documentation, count) in list(self.sources.items()):
             yield CounterMetricFamily(name, documentation, value=count())
+        family = CounterMetricFamily("warden_reconnects", "Reconnects of each subscriber since start",
+                                     labels=["subscriber"])
+        for name, count in list(self.reconnects.items()):
+            family.add_metric([name], count())
+        yield family
+        _, answers = self.telemetry.readiness()
+        up = GaugeMetricFamily("warden_dependency_up", "1 while the dependency answers (as /readyz says)",
+                               labels=["dependency"])
+        for name, ok in answers["dependencies"].items():
+            up.add_metric([name], 1 if ok else 0)
+        yield up

@@ -115,7 +115,7 @@ class AwsEventsConsumer(ConnectionLoop):
             except MalformedEvent as error:
                 self.malformed += 1
                 logger.warning("malformed message on the AWS events queue (%s); deleted", error)
-                signals.send(signals.control_rejected, self, channel="aws-events", reason=str(error))
+                signals.send(signals.control_rejected, self, channel="aws-events", reason="malformed_event")
                 event = None
             if event is not None:
                 logger.info("AWS event: %s", event.detail_type)
