@@ -1,11 +1,16 @@
-"""The alerts handler: POSTs JSON to a webhook for the event kinds an operator chose.
+"""The alerts handler: POSTs to a webhook for the event kinds an operator chose.
 
-Config: ``"alerts": {"webhookUrl": "https://...", "events": ["leadership", "errors",
-"scaling", "routes"]}`` (default: leadership, errors, scaling). Each alert carries a
-human-readable ``text`` field, so a Slack-style incoming webhook shows it as is, plus
-``kind``, ``event``, ``instanceId`` and the event's details. Alerts are queued and sent
-from the handler's own thread: a slow webhook never blocks another handler. A failed
-POST is retried briefly, then dropped with a log line.
+Config: ``"alerts": {"webhookUrl": "https://...", "events": [...], "template": "...",
+"headers": {...}}``. Conditions alert twice: once when they start (``status``
+``firing``) and once when they clear (``resolved``), never once per pass: a service's
+metric that cannot be read, a service's scaling pass whose ECS calls fail. Events
+alert once (``status`` ``event``): leadership changes, scaling, a drain, route changes;
+a handler error alerts once per receiver and signal in each quiet period, its repeats
+counted. Without a ``template`` the body is a JSON object of the fields below; with
+one, the template (``string.Template``: ``$text``, ``${service}``) is the body, each
+field inserted escaped for a JSON string, so one handler speaks Slack, Teams or the
+PagerDuty Events API. Alerts are sent from the handler's own thread (a slow webhook
+blocks nothing), retried with backoff, then dropped and counted.
 """
 
 from __future__ import annotations
@@ -14,19 +19,24 @@ import http.client
 import json
 import logging
 import queue
+import string
+import threading
+import time
 import urllib.error
 import urllib.request
 from typing import Any, Optional
 
-from warden.config import Config
+from warden.config import Config, render_alert
 from warden.handlers import Handler
 from warden.threads import StoppableThread
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_EVENTS = ("leadership", "errors", "scaling")
+DEFAULT_EVENTS = ("leadership", "errors", "scaling", "drain")
 #: most alerts waiting to be sent; past that, new ones are dropped (and counted)
 QUEUE_LIMIT = 1000
+#: PagerDuty's severities, by kind of alert
+SEVERITY = {"errors": "error", "drain": "warning", "leadership": "info", "scaling": "info", "routes": "info"}
 
 
 class AlertsHandler(Handler):
@@ -36,18 +46,28 @@ class AlertsHandler(Handler):
     roles = frozenset({"registrar", "manager"})
 
     #: seconds to wait between attempts; one attempt more than there are delays
-    retry_delays = (0.5, 2.0)
+    retry_delays = (0.5, 2.0, 5.0)
     #: seconds one POST may take
     timeout = 5.0
+    #: seconds in which a repeated handler error is counted, not sent again
+    quiet_seconds = 600.0
 
     def __init__(self, config: Config) -> None:
         super().__init__(config)
         settings = {k.lower(): v for k, v in (config.alerts or {}).items()}
         self.url: Optional[str] = settings.get("webhookurl")
         self.events = frozenset(str(e).lower() for e in settings.get("events") or DEFAULT_EVENTS)
+        self.template: Optional[string.Template] = (string.Template(settings["template"])
+                                                    if settings.get("template") else None)
+        self.headers = {"Content-Type": "application/json", **(settings.get("headers") or {})}
         self.queue: "queue.Queue[Optional[dict]]" = queue.Queue(QUEUE_LIMIT)
         self.sent = 0
         self.dropped = 0
+        #: conditions firing now: key -> [since (monotonic), repeats]
+        self.firing: dict[str, list] = {}
+        #: events held quiet: key -> [until (monotonic), repeats]
+        self.quiet: dict[str, list] = {}
+        self._lock = threading.Lock()
         self._sender = _Sender(self)
         if not self.url:
             logger.warning("alerts handler enabled without alerts.webhookUrl: alerts are logged only")
@@ -69,28 +89,70 @@ class AlertsHandler(Handler):
                                  "Alerts dropped: the queue was full, or the webhook kept failing",
                                  lambda: self.dropped)
 
-    def alert(self, kind: str, event: str, text: str, **details: Any) -> None:
+    def alert(self, kind: str, event: str, text: str, status: str = "event", key: str = "",
+              **details: Any) -> None:
         """Queue one alert of ``kind`` if the operator asked for that kind."""
         if kind not in self.events:
             return
         who = f"[warden {self.config.instance_id}]" if self.config.instance_id else "[warden]"
-        body = {"kind": kind, "event": event, "text": f"{who} {text}",
+        body = {"kind": kind, "event": event, "status": status, "key": key or f"warden:{event}",
+                "action": "resolve" if status == "resolved" else "trigger",
+                "text": f"{who} {text}", "severity": SEVERITY.get(kind, "info"),
                 "instanceId": self.config.instance_id, **details}
-        logger.info("alert: %s", text)
+        logger.info("alert (%s): %s", status, text)
         try:
             self.queue.put_nowait(body)
         except queue.Full:
             self.dropped += 1
             logger.warning("alert dropped, %d waiting already: %s", QUEUE_LIMIT, text)
 
+    def condition(self, kind: str, event: str, key: str, text: str, **details: Any) -> None:
+        """A condition seen (again): alert only when it starts."""
+        with self._lock:
+            seen = self.firing.get(key)
+            if seen is not None:
+                seen[1] += 1
+                return
+            self.firing[key] = [time.monotonic(), 0]
+        self.alert(kind, event, text, status="firing", key=key, **details)
+
+    def cleared(self, kind: str, event: str, key: str, text: str, **details: Any) -> None:
+        """A condition that held is over: alert that it cleared, with how long it held."""
+        with self._lock:
+            seen = self.firing.pop(key, None)
+        if seen is not None:
+            lasted = time.monotonic() - seen[0]
+            self.alert(kind, event, f"{text} (after {lasted:.0f}s, {seen[1] + 1} failed passes)",
+                       status="resolved", key=key, seconds=round(lasted, 1), count=seen[1] + 1, **details)
+
+    def once_per_quiet_period(self, kind: str, event: str, key: str, text: str, **details: Any) -> None:
+        """An event that may repeat: sent once per ``quiet_seconds``; the next one sent
+        says how many were held back."""
+        now = time.monotonic()
+        with self._lock:
+            held = self.quiet.get(key)
+            if held is not None and now < held[0]:
+                held[1] += 1
+                return
+            repeats = held[1] if held is not None else 0
+            self.quiet[key] = [now + self.quiet_seconds, 0]
+        if repeats:
+            text += f" (x{repeats + 1} since the last alert)"
+        self.alert(kind, event, text, key=key, count=repeats + 1, **details)
+
+    def encode(self, body: dict) -> bytes:
+        """The request body: the JSON object, or the operator's template over it."""
+        if self.template is None:
+            return json.dumps(body, default=str).encode()
+        return render_alert(self.template, body).encode()
+
     def post(self, body: dict) -> bool:
         """One POST of ``body``, retried briefly; True when the webhook took it."""
         if not self.url:
             return True
-        data = json.dumps(body, default=str).encode()
+        data = self.encode(body)
         for attempt, delay in enumerate((*self.retry_delays, None)):
-            request = urllib.request.Request(self.url, data=data, method="POST",
-                                             headers={"Content-Type": "application/json"})
+            request = urllib.request.Request(self.url, data=data, method="POST", headers=self.headers)
             try:
                 with urllib.request.urlopen(request, timeout=self.timeout) as response:
                     if 200 <= response.status < 300:
@@ -126,16 +188,31 @@ class AlertsHandler(Handler):
                    started=started, stopped=stopped)
 
     def on_metric_failed(self, sender: Any, *, service: str, error: str, **kw: Any) -> None:
-        self.alert("errors", "metric-failed", f"{service}: metric unreadable, count held: {error}",
-                   service=service, error=error)
+        self.condition("errors", "metric-failed", f"warden:metric-failed:{service}",
+                       f"{service}: metric unreadable, count held: {error}", service=service, error=error)
+
+    def on_scaling_pass(self, sender: Any, *, service: Any, **kw: Any) -> None:
+        # The metric was read: a metric failure of the service is over.
+        self.cleared("errors", "metric-failed", f"warden:metric-failed:{service.name}",
+                     f"{service.name}: metric readable again", service=service.name)
 
     def on_scaling_failed(self, sender: Any, *, service: str, error: str, **kw: Any) -> None:
-        self.alert("errors", "scaling-failed", f"{service}: an ECS call of the scaling pass failed: {error}",
-                   service=service, error=error)
+        self.condition("errors", "scaling-failed", f"warden:scaling-failed:{service}",
+                       f"{service}: scaling failed, an ECS call of the pass failed: {error}",
+                       service=service, error=error)
+
+    def on_scaling_checked(self, sender: Any, *, service: str, **kw: Any) -> None:
+        self.cleared("errors", "scaling-failed", f"warden:scaling-failed:{service}",
+                     f"{service}: scaling works again", service=service)
+
+    def on_host_draining(self, sender: Any, *, reason: str, **kw: Any) -> None:
+        self.alert("drain", "host-draining", f"this host is draining: {reason}",
+                   key=f"warden:host-draining:{self.config.instance_id}", reason=reason)
 
     def on_handler_error(self, sender: Any, *, signal_name: str, receiver: str, error: Any, **kw: Any) -> None:
-        self.alert("errors", "handler-error", f"{receiver} failed on {signal_name}: {error}",
-                   receiver=receiver, signal=signal_name, error=str(error))
+        self.once_per_quiet_period("errors", "handler-error", f"warden:handler-error:{receiver}:{signal_name}",
+                                   f"{receiver} failed on {signal_name}: {error}",
+                                   receiver=receiver, signal=signal_name, error=str(error))
 
     def on_change_made(self, sender: Any, *, change: Any, service: Optional[str] = None,
                        container_id: str = "", **kw: Any) -> None:

@@ -331,14 +331,14 @@ def test_alerts_settings_are_checked(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert result.stdout.splitlines() == [
         "config.json: alerts.webhookUrl: must be an http:// or https:// URL",
-        "config.json: alerts.events: must be a list of event kinds (leadership, errors, scaling, routes)",
+        "config.json: alerts.events: must be a list of event kinds (leadership, errors, scaling, drain, routes)",
         "config.json: alerts.colour: unknown key, ignored (warning)",
     ]
     write(tmp_path, "config.json", {"alerts": {"webhookUrl": "https://hooks.example.com/x",
                                                "events": ["errors", "pages"]}})
     result = run_warden(tmp_path, "validate")
     assert result.stdout.splitlines() == [
-        "config.json: alerts.events: unknown event kind 'pages' (known: leadership, errors, scaling, routes)"]
+        "config.json: alerts.events: unknown event kind 'pages' (known: leadership, errors, scaling, drain, routes)"]
 
 
 def test_an_instance_id_that_cannot_name_a_redis_client_is_exit_2(tmp_path: Path) -> None:

@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
 
 from conftest import RUN, eventually, free_port, ip_of, serve_http
+from warden.control import encode
 
 PLUGIN = '''
 from warden.handlers import Handler
@@ -111,7 +113,7 @@ def test_leadership_alerts_reach_the_webhook(central, managers, webhook):
 
 def test_an_unreachable_webhook_is_dropped_with_a_log_line(central, managers):
     m = managers("i-alert", alerts={"webhookUrl": f"http://127.0.0.1:{free_port()}/hook"})
-    eventually(lambda: "alert dropped after 3 attempts" in m.log(), 10, what="the drop logged")
+    eventually(lambda: "alert dropped after 4 attempts" in m.log(), 10, what="the drop logged")
     assert central.hget("service-manager", "id") == "i-alert", "the leader carries on"
 
 
@@ -150,3 +152,89 @@ def test_a_garbage_reply_never_ends_the_alert_sender(redx, containers, warden):
         assert Garbage.garbled
         w.stop()
     assert "Traceback" not in w.log()
+
+
+SLACK = '{"text": "$text"}'
+PAGERDUTY = ('{"routing_key": "R0UT1NG", "event_action": "$action", "dedup_key": "$key", '
+             '"payload": {"summary": "$text", "source": "$instanceId", "severity": "$severity"}}')
+
+
+@pytest.fixture
+def hook():
+    """A webhook receiver on loopback recording each POST's headers and JSON body."""
+    received: list[tuple[dict, dict]] = []
+
+    class Receiver(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            length = int(self.headers.get("Content-Length", 0))
+            received.append((dict(self.headers), json.loads(self.rfile.read(length))))
+            self.send_response(202)
+            self.end_headers()
+
+        def log_message(self, *args) -> None:
+            pass
+
+    with serve_http(Receiver) as url:
+        yield f"{url}/hook", received
+
+
+def _failing_metric(central, managers, alerts):
+    service = {"name": "web", "port": 80, "taskName": "web", "scaling": {"maxTasks": 3},
+               "metric": {"type": "redis", "key": "demand:web"}}
+    central.set("demand:web", "lots")
+    return managers("i-alert", services=[service], managerSleepTimeSeconds=0.2, alerts=alerts)
+
+
+def test_a_condition_alerts_when_it_starts_and_when_it_clears_not_every_pass(central, managers, hook):
+    url, received = hook
+    m = _failing_metric(central, managers, {"webhookUrl": url, "events": ["errors"], "template": SLACK})
+    eventually(lambda: m.log().count("scaling web holds") >= 5, 15, what="five failing passes")
+    assert [body for _, body in received] == [
+        {"text": "[warden i-alert] web: metric unreadable, count held: "
+                 "redis key demand:web is not a number: 'lots'"}], "one alert, not one a pass"
+    central.set("demand:web", "2")
+    eventually(lambda: len(received) == 2, 10, what="the resolved alert")
+    print("\nSlack bodies as POSTed:", *(json.dumps(body) for _, body in received), sep="\n")
+    resolved = received[1][1]["text"]
+    assert resolved.startswith("[warden i-alert] web: metric readable again (after ")
+    assert " failed passes)" in resolved
+    time.sleep(1)
+    assert len(received) == 2, "nothing more while it stays readable"
+
+
+def test_a_template_and_headers_speak_the_pagerduty_events_api(central, managers, hook):
+    url, received = hook
+    m = _failing_metric(central, managers, {"webhookUrl": url, "events": ["errors"], "template": PAGERDUTY,
+                                            "headers": {"X-Warden-Token": "s3cret"}})
+    eventually(lambda: len(received) == 1, 15, what="the trigger")
+    central.set("demand:web", "1")
+    eventually(lambda: len(received) == 2, 10, what="the resolve")
+    (headers, trigger), (_, resolve) = received
+    assert headers["X-Warden-Token"] == "s3cret" and headers["Content-Type"] == "application/json"
+    assert trigger["event_action"] == "trigger" and resolve["event_action"] == "resolve"
+    assert trigger["dedup_key"] == resolve["dedup_key"] == "warden:metric-failed:web"
+    assert trigger["payload"]["severity"] == "error" and trigger["payload"]["source"] == "i-alert"
+    assert trigger["routing_key"] == "R0UT1NG"
+    print("\nPagerDuty trigger as POSTed:", json.dumps(trigger))
+    assert m.stop() == 0
+
+
+def test_a_template_that_gives_no_json_is_refused(tmp_path, warden):
+    w = warden([{"name": "web", "port": 80}], alerts={"webhookUrl": "https://hooks.example.com/x",
+                                                      "template": '{"text": $text}'})
+    result = w.command("validate")
+    assert result.returncode == 2
+    assert "alerts.template: does not give a JSON body: Expecting value" in result.stdout
+
+
+def test_a_drain_alerts(central, managers, hook):
+    url, received = hook
+    m = managers("i-drain", managerSleepTimeSeconds=600, alerts={"webhookUrl": url})
+    eventually(lambda: central.hget("service-manager", "id") == "i-drain", 10, what="leading")
+    central.set("warden:drain:i-drain", json.dumps({"reason": "spot interruption", "lifecycle": None}))
+    central.publish("warden:drain", encode("drain", "i-drain", "", 0, None))
+    eventually(lambda: any(body["event"] == "host-draining" for _, body in received), 10, what="the alert")
+    [drain] = [body for _, body in received if body["event"] == "host-draining"]
+    assert drain["kind"] == "drain" and drain["severity"] == "warning"
+    assert drain["text"] == "[warden i-drain] this host is draining: spot interruption"
+    assert m.stop() == 0

@@ -6,8 +6,10 @@ casing. Relative paths are relative to the config file's folder.
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import string
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Optional
 from urllib.parse import urlparse, urlunparse
@@ -286,7 +288,34 @@ _KEYS = {key.lower(): entry for key, entry in _SPELLED.items()}
 
 
 #: the kinds of alert an operator may choose
-ALERT_KINDS = ("leadership", "errors", "scaling", "routes")
+ALERT_KINDS = ("leadership", "errors", "scaling", "drain", "routes")
+#: the fields of an alert, which ``alerts.template`` may name (``$text``, ``${service}``)
+ALERT_FIELDS = ("text", "kind", "event", "status", "action", "key", "severity", "instanceId",
+                "service", "error", "reason", "epoch", "count", "seconds", "metric", "desired",
+                "running", "started", "stopped", "change", "containerId", "receiver", "signal")
+#: an alert as the config check renders a template with (every field set)
+_SAMPLE_ALERT = {name: f'sample "{name}"' for name in ALERT_FIELDS}
+_ALERT_KEYS = ("webhookUrl", "events", "template", "headers")
+
+
+def render_alert(template: string.Template, body: dict) -> str:
+    """``template`` over the alert ``body``: each field inserted escaped for a JSON
+    string; a field the alert lacks is empty."""
+    fields = {name: "" for name in ALERT_FIELDS}
+    fields.update(body)
+    return template.substitute({k: json.dumps("" if v is None else str(v))[1:-1] for k, v in fields.items()})
+
+
+def _template_problem(value: Any) -> Optional[str]:
+    if not isinstance(value, str) or not value:
+        return "must be a string: the request body, with $fields"
+    try:
+        json.loads(render_alert(string.Template(value), _SAMPLE_ALERT))
+    except KeyError as error:
+        return f"names an unknown field ${error.args[0]} (fields: {', '.join(ALERT_FIELDS)})"
+    except ValueError as error:
+        return f"does not give a JSON body: {error}"
+    return None
 
 
 def _alert_problems(display: str, spelled: str, alerts: KeyedObject) -> list[Problem]:
@@ -307,9 +336,15 @@ def _alert_problems(display: str, spelled: str, alerts: KeyedObject) -> list[Pro
                     if _enum(kind) not in ALERT_KINDS:
                         problems.append(Problem(display, field_name,
                                                 f"unknown event kind {kind!r} (known: {', '.join(ALERT_KINDS)})"))
+        elif lower == "template":
+            problem = _template_problem(value)
+            if problem:
+                problems.append(Problem(display, field_name, problem))
+        elif lower == "headers":
+            if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+                problems.append(Problem(display, field_name, "must be an object of header names to strings"))
         else:
-            problems.append(Problem(display, field_name, unknown_key(key, ("webhookUrl", "events")),
-                                    warning=True))
+            problems.append(Problem(display, field_name, unknown_key(key, _ALERT_KEYS), warning=True))
     return problems
 
 
