@@ -24,6 +24,7 @@ import botocore.exceptions
 from warden import aws, signals
 from warden.config import Config
 from warden.handlers import Handler
+from warden.logs import Repeats
 from warden.scaling import Policy, Window, desired
 from warden.services import Service
 
@@ -93,6 +94,8 @@ class EcsHandler(Handler):
         self._mutating: Any = None
         self._windows: dict[str, Window] = {}
         self._passes = 0
+        #: a service whose ECS calls keep failing is logged once, then once a minute
+        self.repeats = Repeats(logger)
         self._lock = threading.Lock()
 
     def client(self) -> Any:
@@ -203,19 +206,23 @@ class EcsHandler(Handler):
             elif target < running:
                 stopped, refused = self.stop_tasks(service, tasks, running - target, target, epoch, fence)
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as error:
-            logger.warning("scaling %s: ECS call failed: %s", service.name, error)
+            self.repeats.failed(f"ecs:{service.name}", logging.WARNING, "scaling %s: ECS call failed: %s",
+                                service.name, error, extra={"service": service.name})
             signals.send(signals.aws_call_failed, self, **aws.failure("ecs", error))
             signals.send(signals.scaling_failed, self, service=service.name, error=str(error))
             return None
         if refused:
             logger.warning("scaling %s: fencing refused epoch %s; changed nothing more",
                            service.name, epoch)
+        self.repeats.ended(f"ecs:{service.name}", "scaling %s: ECS answers again", service.name,
+                           extra={"service": service.name})
         result = ScalingResult(service.name, metric, target, running, started, stopped, refused)
         signals.send(signals.scaling_checked, self, service=service.name, desired=target,
                      running=running + started - stopped)
         if started or stopped:
             logger.info("scaled %s: metric %s, desired %d, running %d, started %d, stopped %d",
-                        service.name, metric, target, running, started, stopped)
+                        service.name, metric, target, running, started, stopped,
+                        extra={"service": service.name, "epoch": epoch})
             signals.send(signals.scaled, self, service=service.name, metric=metric, desired=target,
                          running=running, started=started, stopped=stopped, epoch=epoch)
         return result

@@ -95,7 +95,7 @@ class ElbHandler(Handler):
         return Change("+" if enrolled else "-", target.change_text(self.instance_id or "?"))
 
     def _made(self, change: Change) -> None:
-        logger.info("%s", change)
+        logger.info("%s", change, extra={"change": str(change)})
         signals.send(signals.change_made, self, change=change, service=None, container_id="")
 
     # -- hooks -----------------------------------------------------------------

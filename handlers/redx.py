@@ -120,7 +120,8 @@ class RedxHandler(Handler):
 
     def _made(self, change: Change, service: Optional[str] = None, container_id: str = "") -> None:
         logger.info("%s%s", change, f" (service {service}, container {container_id[:12]})"
-                    if container_id else "")
+                    if container_id else "",
+                    extra={"change": str(change), "service": service, "container": container_id[:12] or None})
         signals.send(signals.change_made, self, change=change, service=service,
                      container_id=container_id)
 

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import time
+import urllib.request
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
@@ -182,13 +183,27 @@ def _failing_metric(central, managers, alerts):
     service = {"name": "web", "port": 80, "taskName": "web", "scaling": {"maxTasks": 3},
                "metric": {"type": "redis", "key": "demand:web"}}
     central.set("demand:web", "lots")
-    return managers("i-alert", services=[service], managerSleepTimeSeconds=0.2, alerts=alerts)
+    port = free_port()
+    m = managers("i-alert", services=[service], managerSleepTimeSeconds=0.2, alerts=alerts,
+                 metricsAddress=f"127.0.0.1:{port}")
+    m.metrics_port = port
+    return m
+
+
+def metric_failures(m) -> float:
+    """warden_metric_failures_total{service="web"} as ``m`` serves it."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{m.metrics_port}/metrics", timeout=2) as response:
+        for line in response.read().decode().splitlines():
+            if line.startswith('warden_metric_failures_total{service="web"}'):
+                return float(line.split()[-1])
+    return 0.0
 
 
 def test_a_condition_alerts_when_it_starts_and_when_it_clears_not_every_pass(central, managers, hook):
     url, received = hook
     m = _failing_metric(central, managers, {"webhookUrl": url, "events": ["errors"], "template": SLACK})
-    eventually(lambda: m.log().count("scaling web holds") >= 5, 15, what="five failing passes")
+    eventually(lambda: metric_failures(m) >= 5, 15, what="five failing passes")
+    assert m.log().count("scaling web holds") == 1, "logged once, then once a minute with a count"
     assert [body for _, body in received] == [
         {"text": "[warden i-alert] web: metric unreadable, count held: "
                  "redis key demand:web is not a number: 'lots'"}], "one alert, not one a pass"

@@ -17,6 +17,7 @@ from typing import Any, Optional, Sequence
 from warden import __version__
 from warden.config import load_config, resolve_config_path
 from warden.errors import ConfigError, ConnectionLost, WardenError
+from warden.logs import STRUCTURED_FIELDS
 from warden.services import ServiceCatalog
 
 logger = logging.getLogger("warden")
@@ -30,6 +31,11 @@ class _JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry = {"ts": round(record.created, 3), "level": record.levelname.lower(),
                  "logger": record.name, "msg": record.getMessage()}
+        # The fields a log search filters on, where the line has them.
+        for name in STRUCTURED_FIELDS:
+            value = getattr(record, name, None)
+            if value is not None:
+                entry[name] = value
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
         return json.dumps(entry)

@@ -36,6 +36,7 @@ from warden.central import Central
 from warden.config import Config
 from warden.control import ControlMessage, encode
 from warden.election import ALIVE_PREFIX, ElectionStore, LeaderView
+from warden.logs import Repeats
 from warden.subscribers.zones import ZoneChecker
 from warden.threads import StoppableThread
 
@@ -110,6 +111,8 @@ class Manager(StoppableThread):
         self.me = config.instance_id or ""
         self.zone = config.availability_zone or ""
         self.redis = central.commands
+        #: a central Redis outage is logged once, then once a minute with a count
+        self.repeats = Repeats(logger)
         #: seconds a WAIT for a replica may take (well within a command's timeout)
         self.confirm_ms = int(central.timeout * 500)
         self.zones = zones
@@ -279,10 +282,12 @@ class Manager(StoppableThread):
             try:
                 self.step()
             except redis.RedisError as error:
-                logger.warning("central Redis unreachable: %s", error)
+                self.repeats.failed("central-redis", logging.WARNING, "central Redis unreachable: %s", error)
                 self._lost_contact()
             except Exception:  # noqa: BLE001 - the election must outlive any one bug
                 logger.exception("manager step failed")
+            else:
+                self.repeats.ended("central-redis", "central Redis reachable again")
             self.wake.wait(self._next_wake)
             self.wake.clear()
         self.hand_back()
@@ -456,7 +461,7 @@ class Manager(StoppableThread):
     def _become_leader(self, epoch: int) -> None:
         with self._lock:
             self.role, self.epoch = "leader", epoch
-        logger.info("leadership gained: epoch %s, zone %s", epoch, self.zone or "-")
+        logger.info("leadership gained: epoch %s, zone %s", epoch, self.zone or "-", extra={"epoch": epoch})
         signals.send(signals.leadership_gained, self, instance_id=self.me, epoch=epoch, zone=self.zone)
 
     def _lead(self) -> None:
@@ -485,7 +490,9 @@ class Manager(StoppableThread):
             self.role, self.epoch = "follower", None
         self._due = True
         if role == "leader":
-            logger.warning("leadership lost (epoch %s): %s", epoch, reason)
+            # Handing over on the way out is the normal end of a leader, not a problem.
+            logger.log(logging.INFO if reason == "shutdown" else logging.WARNING,
+                       "leadership lost (epoch %s): %s", epoch, reason, extra={"epoch": epoch})
         else:
             logger.warning("claim of epoch %s given up before acting: %s", epoch, reason)
         try:

@@ -19,6 +19,7 @@ from typing import Any, Optional
 from warden import signals
 from warden.config import Config
 from warden.control import ControlCodec
+from warden.logs import Repeats
 from warden.metrics import Metric, MetricContext, MetricError, load_metric
 from warden.scaling import Policy, StepsSource
 from warden.services import Service, ServiceCatalog
@@ -45,6 +46,8 @@ class Scaler(StoppableThread):
         self.codec = codec or ControlCodec(config.control_secret, config.lease_seconds)
         self.manager = manager
         self.catalog = catalog
+        #: a metric that stays unreadable is logged once, then once a minute with a count
+        self.repeats = Repeats(logger)
         self.context = context
         self.steps_source = StepsSource(lambda: context.aws("s3"),
                                         os.path.dirname(config.path))
@@ -177,9 +180,12 @@ class Scaler(StoppableThread):
                 steps = self.steps_source.steps(policy.steps_url) if policy.steps_url else policy.steps
                 policy.wanted(value, steps)  # unbounded (no steps, no maxTasks): hold
             except MetricError as error:
-                logger.warning("scaling %s holds: %s", service.name, error)
+                self.repeats.failed(f"metric:{service.name}", logging.WARNING, "scaling %s holds: %s",
+                                    service.name, error, extra={"service": service.name})
                 signals.send(signals.metric_failed, self, service=service.name, error=str(error))
                 return
+            self.repeats.ended(f"metric:{service.name}", "scaling %s: its metric reads again", service.name,
+                               extra={"service": service.name})
             logger.debug("scaling pass for %s (%s): metric %s", service.name, reason, value)
             # Every action of this pass is fenced with the epoch it was decided under.
             signals.send(signals.scaling_pass, self, service=service, metric=value, steps=steps,

@@ -7,6 +7,7 @@ import random
 import threading
 from typing import Any, Optional
 
+from warden.logs import Repeats
 from warden.signals import Receivers
 
 logger = logging.getLogger(__name__)
@@ -108,6 +109,7 @@ class ConnectionLoop(StoppableThread):
         #: a connection failed or was lost since one was last held
         self._failed = False
         self._held_now = False
+        self._repeats = Repeats(logger)
 
     def open(self) -> Any:
         """Open the connection (raise one of ``lost`` when it cannot be)."""
@@ -135,6 +137,7 @@ class ConnectionLoop(StoppableThread):
         if self._failed:
             self._failed = False
             self.reconnects += 1
+            self._repeats.ended("unreachable", "%s back", self.what)
             self.reconnected()
 
     def run(self) -> None:
@@ -162,6 +165,10 @@ class ConnectionLoop(StoppableThread):
                 break
             self._failed = True
             delay = 0.0 if self.retry_at_once and was_held else self._backoff.next_delay()
-            logger.warning("%s %s (%s); again in %.1fs", self.what,
-                           "lost" if was_held else "unreachable", why, delay)
+            if was_held:
+                logger.warning("%s lost (%s); again in %.1fs", self.what, why, delay)
+            else:
+                # While it stays down: once, then once a quiet period with a count.
+                self._repeats.failed("unreachable", logging.WARNING, "%s unreachable (%s); again in %.1fs",
+                                     self.what, why, delay)
             self.stop_event.wait(delay)
