@@ -21,7 +21,7 @@ import threading
 import time
 import urllib.request
 import uuid
-from http.server import ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -588,6 +588,37 @@ def serve_http(handler: type) -> Any:
         server.shutdown()
         thread.join()
         server.server_close()
+
+
+class Webhook:
+    """What a webhook receiver of the test's own was sent: ``url`` to POST to, and each
+    request's ``headers`` and JSON ``bodies``, in order."""
+
+    def __init__(self) -> None:
+        self.url = ""
+        self.headers: list[dict] = []
+        self.bodies: list[dict] = []
+
+
+@pytest.fixture
+def webhook() -> Any:
+    """A webhook receiver on loopback (a :class:`Webhook`), answering 202 to each POST."""
+    hook = Webhook()
+
+    class Receiver(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+            hook.headers.append(dict(self.headers))
+            hook.bodies.append(body)
+            self.send_response(202)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    with serve_http(Receiver) as url:
+        hook.url = f"{url}/hook"
+        yield hook
 
 
 @pytest.fixture(autouse=True)

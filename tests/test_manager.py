@@ -4,7 +4,6 @@ central Redis, with short lease (2 s) and guard (0.5 s) times."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import time
 

@@ -10,8 +10,6 @@ import urllib.request
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
-import pytest
-
 from conftest import RUN, eventually, free_port, ip_of, serve_http
 from warden.control import encode
 
@@ -81,27 +79,8 @@ def test_a_plugin_that_fails_to_import_is_named(tmp_path, redx, warden):
     assert result.returncode == 2 and "handler 'nosuch': no entry point" in result.stderr
 
 
-@pytest.fixture
-def webhook():
-    """A webhook receiver on loopback that records the JSON bodies POSTed to it."""
-    received: list[dict] = []
-
-    class Receiver(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            length = int(self.headers.get("Content-Length", 0))
-            received.append(json.loads(self.rfile.read(length)))
-            self.send_response(200)
-            self.end_headers()
-
-        def log_message(self, *args) -> None:
-            pass
-
-    with serve_http(Receiver) as url:
-        yield f"{url}/hook", received
-
-
 def test_leadership_alerts_reach_the_webhook(central, managers, webhook):
-    url, received = webhook
+    url, received = webhook.url, webhook.bodies
     m = managers("i-alert", alerts={"webhookUrl": url, "events": ["leadership"]})
     eventually(lambda: any(a["event"] == "leadership-gained" for a in received), 10, what="alert")
     gained = next(a for a in received if a["event"] == "leadership-gained")
@@ -160,25 +139,6 @@ PAGERDUTY = ('{"routing_key": "R0UT1NG", "event_action": "$action", "dedup_key":
              '"payload": {"summary": "$text", "source": "$instanceId", "severity": "$severity"}}')
 
 
-@pytest.fixture
-def hook():
-    """A webhook receiver on loopback recording each POST's headers and JSON body."""
-    received: list[tuple[dict, dict]] = []
-
-    class Receiver(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            length = int(self.headers.get("Content-Length", 0))
-            received.append((dict(self.headers), json.loads(self.rfile.read(length))))
-            self.send_response(202)
-            self.end_headers()
-
-        def log_message(self, *args) -> None:
-            pass
-
-    with serve_http(Receiver) as url:
-        yield f"{url}/hook", received
-
-
 def _failing_metric(central, managers, alerts):
     service = {"name": "web", "port": 80, "taskName": "web", "scaling": {"maxTasks": 3},
                "metric": {"type": "redis", "key": "demand:web"}}
@@ -199,32 +159,32 @@ def metric_failures(m) -> float:
     return 0.0
 
 
-def test_a_condition_alerts_when_it_starts_and_when_it_clears_not_every_pass(central, managers, hook):
-    url, received = hook
+def test_a_condition_alerts_when_it_starts_and_when_it_clears_not_every_pass(central, managers, webhook):
+    url, received = webhook.url, webhook.bodies
     m = _failing_metric(central, managers, {"webhookUrl": url, "events": ["errors"], "template": SLACK})
     eventually(lambda: metric_failures(m) >= 5, 15, what="five failing passes")
     assert m.log().count("scaling web holds") == 1, "logged once, then once a minute with a count"
-    assert [body for _, body in received] == [
+    assert received == [
         {"text": "[warden i-alert] web: metric unreadable, count held: "
                  "redis key demand:web is not a number: 'lots'"}], "one alert, not one a pass"
     central.set("demand:web", "2")
     eventually(lambda: len(received) == 2, 10, what="the resolved alert")
-    print("\nSlack bodies as POSTed:", *(json.dumps(body) for _, body in received), sep="\n")
-    resolved = received[1][1]["text"]
+    print("\nSlack bodies as POSTed:", *(json.dumps(body) for body in received), sep="\n")
+    resolved = received[1]["text"]
     assert resolved.startswith("[warden i-alert] web: metric readable again (after ")
     assert " failed passes)" in resolved
     time.sleep(1)
     assert len(received) == 2, "nothing more while it stays readable"
 
 
-def test_a_template_and_headers_speak_the_pagerduty_events_api(central, managers, hook):
-    url, received = hook
+def test_a_template_and_headers_speak_the_pagerduty_events_api(central, managers, webhook):
+    url, received = webhook.url, webhook.bodies
     m = _failing_metric(central, managers, {"webhookUrl": url, "events": ["errors"], "template": PAGERDUTY,
                                             "headers": {"X-Warden-Token": "s3cret"}})
     eventually(lambda: len(received) == 1, 15, what="the trigger")
     central.set("demand:web", "1")
     eventually(lambda: len(received) == 2, 10, what="the resolve")
-    (headers, trigger), (_, resolve) = received
+    (trigger, resolve), headers = received, webhook.headers[0]
     assert headers["X-Warden-Token"] == "s3cret" and headers["Content-Type"] == "application/json"
     assert trigger["event_action"] == "trigger" and resolve["event_action"] == "resolve"
     assert trigger["dedup_key"] == resolve["dedup_key"] == "warden:metric-failed:web"
@@ -242,14 +202,14 @@ def test_a_template_that_gives_no_json_is_refused(tmp_path, warden):
     assert "alerts.template: does not give a JSON body: Expecting value" in result.stdout
 
 
-def test_a_drain_alerts(central, managers, hook):
-    url, received = hook
+def test_a_drain_alerts(central, managers, webhook):
+    url, received = webhook.url, webhook.bodies
     m = managers("i-drain", managerSleepTimeSeconds=600, alerts={"webhookUrl": url})
     eventually(lambda: central.hget("service-manager", "id") == "i-drain", 10, what="leading")
     central.set("warden:drain:i-drain", json.dumps({"reason": "spot interruption", "lifecycle": None}))
     central.publish("warden:drain", encode("drain", "i-drain", "", 0, None))
-    eventually(lambda: any(body["event"] == "host-draining" for _, body in received), 10, what="the alert")
-    [drain] = [body for _, body in received if body["event"] == "host-draining"]
+    eventually(lambda: any(body["event"] == "host-draining" for body in received), 10, what="the alert")
+    [drain] = [body for body in received if body["event"] == "host-draining"]
     assert drain["kind"] == "drain" and drain["severity"] == "warning"
     assert drain["text"] == "[warden i-drain] this host is draining: spot interruption"
     assert m.stop() == 0

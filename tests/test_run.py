@@ -79,8 +79,8 @@ def test_readyz_names_the_dependency_that_is_down_while_livez_stays_up(redx, red
     """/healthz used to answer 503 on every host while a shared Redis was down: as a
     container health check it would restart a fleet for an outage Warden rides out."""
     port = free_port()
-    w = warden([{"name": "web", "port": 80, "loadBalancerUrl": "web.example.com"}],
-               metricsAddress=f"127.0.0.1:{port}", handlers=["redx"]).start()
+    warden([{"name": "web", "port": 80, "loadBalancerUrl": "web.example.com"}],
+           metricsAddress=f"127.0.0.1:{port}", handlers=["redx"]).start()
     base = f"http://127.0.0.1:{port}"
     eventually(lambda: get(base + "/readyz")[0] == 200, 5, what="ready")
     redx_server.stop()

@@ -510,40 +510,24 @@ def test_a_second_sigterm_exits_at_once_while_a_step_is_in_flight(ecs, central, 
     m.log_file.close()
 
 
-def test_scaling_failures_alert_when_they_start_and_when_they_end(ecs, central, managers, aws_proxy):
-    """One alert a failing pass used to be the plan for metric failures; ECS failures
-    had no alert at all."""
-    import json as json_lib
-    from http.server import BaseHTTPRequestHandler
-
-    from conftest import serve_http
-
-    received: list[dict] = []
-
-    class Receiver(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            received.append(json_lib.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-            self.send_response(200)
-            self.end_headers()
-
-        def log_message(self, *args) -> None:
-            pass
-
+def test_scaling_failures_alert_when_they_start_and_when_they_end(ecs, central, managers, aws_proxy, webhook):
+    """ECS failures of a scaling pass had no alert at all; now one when they start, one
+    when they end."""
+    received = webhook.bodies
     central.set("demand:web", "5")
     aws_proxy.mode = "503"
-    with serve_http(Receiver) as url:
-        m = managers("i-a", start=False, services=[web_service(ecs)], handlers=["ecs"],
-                     managerSleepTimeSeconds=0.3, alerts={"webhookUrl": f"{url}/hook", "events": ["errors"]})
-        m.env["AWS_ENDPOINT_URL"] = aws_proxy.url
-        m.start("manager")
-        eventually(lambda: received, 30, what="the first alert")
-        # Two more failing passes (each tries ListTasks as often as botocore retries).
-        tried = len(aws_proxy.made("ListTasks"))
-        eventually(lambda: m.log().count("scaling pass for web") >= 3 and len(aws_proxy.made("ListTasks")) > 2 * tried,
-                   30, what="more failing passes")
-        assert [(a["event"], a["status"]) for a in received] == [("scaling-failed", "firing")]
-        assert received[0]["text"].startswith("[warden i-a] web: scaling failed, an ECS call of the pass failed")
-        aws_proxy.mode = "pass"
-        eventually(lambda: len(received) == 2, 20, what="the resolved alert")
-        assert (received[1]["event"], received[1]["status"], received[1]["key"]) == (
-            "scaling-failed", "resolved", "warden:scaling-failed:web")
+    m = managers("i-a", start=False, services=[web_service(ecs)], handlers=["ecs"],
+                 managerSleepTimeSeconds=0.3, alerts={"webhookUrl": webhook.url, "events": ["errors"]})
+    m.env["AWS_ENDPOINT_URL"] = aws_proxy.url
+    m.start("manager")
+    eventually(lambda: received, 30, what="the first alert")
+    # Two more failing passes (each tries ListTasks as often as botocore retries).
+    tried = len(aws_proxy.made("ListTasks"))
+    eventually(lambda: m.log().count("scaling pass for web") >= 3 and len(aws_proxy.made("ListTasks")) > 2 * tried,
+               30, what="more failing passes")
+    assert [(a["event"], a["status"]) for a in received] == [("scaling-failed", "firing")]
+    assert received[0]["text"].startswith("[warden i-a] web: scaling failed, an ECS call of the pass failed")
+    aws_proxy.mode = "pass"
+    eventually(lambda: len(received) == 2, 20, what="the resolved alert")
+    assert (received[1]["event"], received[1]["status"], received[1]["key"]) == (
+        "scaling-failed", "resolved", "warden:scaling-failed:web")

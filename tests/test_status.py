@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from conftest import RUN, eventually, ip_of
+from conftest import RUN, ip_of
 
 
 def test_status_shows_routes_leader_and_unknowns(redx, containers, warden, central, central_server):

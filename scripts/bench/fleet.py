@@ -34,7 +34,6 @@ import statistics
 import sys
 import threading
 import time
-from typing import Any
 
 import redis
 
