@@ -91,10 +91,14 @@ def test_leadership_alerts_reach_the_webhook(central, managers, webhook):
     assert lost and "shutdown" in lost[0]["text"]
 
 
-def test_an_unreachable_webhook_is_dropped_with_a_log_line(central, managers):
-    m = managers("i-alert", alerts={"webhookUrl": f"http://127.0.0.1:{free_port()}/hook"})
-    eventually(lambda: "alert dropped after 4 attempts" in m.log(), 10, what="the drop logged")
+def test_an_unreachable_webhook_is_retried_then_dropped_and_counted(central, managers):
+    port = free_port()
+    m = managers("i-alert", alerts={"webhookUrl": f"http://127.0.0.1:{free_port()}/hook"},
+                 metricsAddress=f"127.0.0.1:{port}")
+    eventually(lambda: "alert dropped after 4 attempts" in m.log(), 12, what="the drop logged")
     assert central.hget("service-manager", "id") == "i-alert", "the leader carries on"
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
+        assert "warden_alerts_dropped_total 1.0" in response.read().decode()
 
 
 def test_a_garbage_reply_never_ends_the_alert_sender(redx, containers, warden):

@@ -53,6 +53,7 @@ def test_run_routes_leads_and_serves_metrics(redx, containers, warden, central, 
     assert f'warden_build_info{{version="{warden_package.__version__}"}} 1.0' in metrics
     assert "process_resident_memory_bytes" in metrics and "python_info" in metrics
     assert 'warden_reconnects_total{subscriber="docker-events"} 0.0' in metrics
+    assert 'warden_changes_total{op="add",store="backend"} 1.0' in metrics
     # Every metric the shipped alert rules and dashboard use is served.
     shipped = ((ROOT / "deploy" / "prometheus" / "alerts.yml").read_text()
                + (ROOT / "deploy" / "grafana" / "warden-dashboard.json").read_text())

@@ -55,8 +55,9 @@ class Telemetry:
         self.sweeps = Counter("warden_sweeps_total", "Sweeps run", registry=r)
         self.drift = Counter("warden_sweep_drift_corrected_total",
                              "Changes sweeps made: drift the event path had not corrected", registry=r)
-        self.route_changes = Counter("warden_changes_total", "Changes made to routes and enrolment",
-                                     ["op"], registry=r)
+        self.route_changes = Counter("warden_changes_total",
+                                     "Changes made to routes and enrolment, by op (add, remove) and "
+                                     "store (frontend, backend, elb, targetgroup)", ["op", "store"], registry=r)
         self.aws_errors = Counter("warden_aws_errors_total",
                                   "Failed AWS calls, by service, operation and error code",
                                   ["service", "operation", "code"], registry=r)
@@ -232,7 +233,7 @@ class Telemetry:
         self.drift.inc(len(changes))
 
     def _on_change_made(self, sender: Any, *, change: Any, **kw: Any) -> None:
-        self.route_changes.labels(change.op).inc()
+        self.route_changes.labels("add" if change.op == "+" else "remove", change.text.split(":", 1)[0]).inc()
 
     def _on_aws_call_failed(self, sender: Any, *, service: str, operation: str, code: str, **kw: Any) -> None:
         self.aws_errors.labels(service, operation, code).inc()
