@@ -83,11 +83,11 @@ def test_validate_names_file_and_field_for_each_problem(tmp_path: Path) -> None:
     result = run_warden(tmp_path, "validate", config="conf/config.json")
     assert result.returncode == 2
     lines = result.stdout.splitlines()
-    assert "conf/services/a.json: b: port: must be a port number (a number or a string of digits)" in lines
-    assert "conf/services/a.json: b: publishedPort: must be true or false" in lines
-    assert any(line.startswith("conf/services/a.json: c2: name: duplicate key") for line in lines)
+    assert "conf/services/a.json: [1].port: must be a port number (a number or a string of digits) (service 'b')" in lines
+    assert "conf/services/a.json: [1].publishedPort: must be true or false (service 'b')" in lines
+    assert any(line.startswith("conf/services/a.json: [2].name: duplicate key") for line in lines)
     assert any(line.startswith("conf/services/broken.json: -: invalid JSON") for line in lines)
-    assert "conf/services/d.json: d: port: is required" in lines
+    assert "conf/services/d.json: port: is required" in lines
 
 
 def test_frontend_claimed_for_two_backends_is_an_error(tmp_path: Path) -> None:
@@ -100,8 +100,8 @@ def test_frontend_claimed_for_two_backends_is_an_error(tmp_path: Path) -> None:
     result = run_warden(tmp_path, "validate")
     assert result.returncode == 2
     assert result.stdout.splitlines() == [
-        "services.json: b: loadBalancerUrl: frontend 'x.example.com' is already claimed by "
-        "service 'a' (services.json) for backend 'a'"]
+        "services.json: [1].loadBalancerUrl: frontend 'x.example.com' is already claimed by "
+        "service 'a' (services.json) for backend 'a' (service 'b')"]
 
 
 def test_missing_config_is_exit_2_naming_it(tmp_path: Path) -> None:
@@ -194,11 +194,11 @@ def test_metric_and_scaling_are_checked(tmp_path: Path) -> None:
     result = run_warden(tmp_path, "validate")
     assert result.returncode == 2
     assert result.stdout.splitlines() == [
-        "services.json: a: metric.key: is required for a redis metric",
-        "services.json: b: metric.Type: unknown metric type 'tea-leaves' (known: "
-        "cloudwatch, elasticbeanstalk, redis, sqs, static)",
-        "services.json: c: scaling.steps: must be a list of [threshold, tasks] pairs",
-        "services.json: c: scaling.minTasks: must be a whole number, 0 or more",
+        "services.json: [0].metric.key: is required for a redis metric (service 'a')",
+        "services.json: [1].metric.Type: unknown metric type 'tea-leaves' (known: "
+        "cloudwatch, elasticbeanstalk, redis, sqs, static) (service 'b')",
+        "services.json: [2].scaling.steps: must be a list of [threshold, tasks] pairs (service 'c')",
+        "services.json: [2].scaling.minTasks: must be a whole number, 0 or more (service 'c')",
     ]
 
 
@@ -224,8 +224,8 @@ def test_a_unicode_digit_is_a_problem_line_not_a_crash(tmp_path: Path) -> None:
     assert result.returncode == 2, result.stdout + result.stderr
     assert "Traceback" not in result.stderr
     assert result.stdout.splitlines() == [
-        "services/a.json: a: port: must be a port number (a number or a string of digits)",
-        "services/b.json: b: targetPort: must be a port number (a number or a string of digits)",
+        "services/a.json: port: must be a port number (a number or a string of digits)",
+        "services/b.json: targetPort: must be a port number (a number or a string of digits)",
     ]
     services, _ = ServiceCatalog(str(tmp_path / "services"), "services").load()
     assert [s.name for s in services] == ["c"]
@@ -267,7 +267,7 @@ def test_a_conflicting_new_file_is_the_one_rejected(tmp_path: Path) -> None:
     services, problems = catalog.load()
     assert [(s.name, s.frontend, s.backend_name) for s in services] == [("b", "x.example.com", "b")]
     assert [str(p) for p in problems] == [
-        "s/a.json: a: loadBalancerUrl: frontend 'x.example.com' is already claimed by service 'b' "
+        "s/a.json: loadBalancerUrl: frontend 'x.example.com' is already claimed by service 'b' "
         "(s/b.json) for backend 'b'"]
     # A good file that changes into a conflict keeps its last good version.
     write(tmp_path, "s/a.json", {"name": "a", "port": 80, "loadBalancerUrl": "a.example.com"})
@@ -310,11 +310,11 @@ def test_a_metric_without_steps_must_name_max_tasks(tmp_path: Path) -> None:
     result = run_warden(tmp_path, "validate")
     assert result.returncode == 2
     assert result.stdout.splitlines() == [
-        "services.json: a: scaling.maxTasks: is required when the scaling has no steps "
-        "(a metric alone could ask for any number of tasks)",
-        "services.json: b: scaling.maxTasks: is required when the scaling has no steps "
-        "(a metric alone could ask for any number of tasks)",
-        "services.json: d: scaling.scaleDownDelaySeconds: must be a number of seconds, 0 or more",
+        "services.json: [0].scaling.maxTasks: is required when the scaling has no steps "
+        "(a metric alone could ask for any number of tasks) (service 'a')",
+        "services.json: [1].scaling.maxTasks: is required when the scaling has no steps "
+        "(a metric alone could ask for any number of tasks) (service 'b')",
+        "services.json: [3].scaling.scaleDownDelaySeconds: must be a number of seconds, 0 or more (service 'd')",
     ]
     from warden.scaling import Policy
 
@@ -373,9 +373,9 @@ def test_readiness_is_checked(tmp_path: Path) -> None:
     result = run_warden(tmp_path, "validate")
     assert result.returncode == 2
     assert result.stdout.splitlines() == [
-        'services.json: c: Readiness: must be "tcp", "none" or {"http": "/path"}',
-        'services.json: d: readiness: has an http path that must start with "/" and hold no spaces',
-        'services.json: e: readiness: must be "tcp", "none" or {"http": "/path"}',
+        'services.json: [2].Readiness: must be "tcp", "none" or {"http": "/path"} (service \'c\')',
+        'services.json: [3].readiness: has an http path that must start with "/" and hold no spaces (service \'d\')',
+        'services.json: [4].readiness: must be "tcp", "none" or {"http": "/path"} (service \'e\')',
     ]
     write(tmp_path, "config.json", {"serviceDescriptionFilename": "services.json",
                                     "readinessReportSeconds": 0})
@@ -392,7 +392,7 @@ def test_an_unknown_run_task_parameter_is_a_warning(tmp_path: Path) -> None:
     result = run_warden(tmp_path, "validate")
     assert result.returncode == 0, result.stdout
     assert result.stdout.splitlines() == [
-        "services.json: a: runTask.lauchType: unknown RunTask parameter, ignored (warning)"]
+        "services.json: [0].runTask.lauchType: unknown RunTask parameter, ignored (service 'a') (warning)"]
 
 
 def test_a_misspelt_key_names_the_closest_one_and_strict_refuses_it(tmp_path: Path) -> None:
@@ -406,7 +406,8 @@ def test_a_misspelt_key_names_the_closest_one_and_strict_refuses_it(tmp_path: Pa
         'config.json: metricsAdress: unknown key, ignored; did you mean "metricsAddress"? (warning)',
         "config.json: colour: unknown key, ignored (warning)",
         'config.json: alerts.webhookUlr: unknown key, ignored; did you mean "webhookUrl"? (warning)',
-        'services.json: web: contianerName: unknown key, ignored; did you mean "containerName"? (warning)',
+        'services.json: [0].contianerName: unknown key, ignored; did you mean "containerName"? '
+        "(service 'web') (warning)",
     ]
     strict = run_warden(tmp_path, "validate", "--strict")
     assert strict.returncode == 2
@@ -414,7 +415,7 @@ def test_a_misspelt_key_names_the_closest_one_and_strict_refuses_it(tmp_path: Pa
     assert "0 error(s), 4 warning(s) (--strict)" in strict.stderr
 
 
-def test_fields_are_checked_together_and_problems_name_the_service(tmp_path: Path) -> None:
+def test_fields_are_checked_together_and_an_array_entrys_problems_name_its_service(tmp_path: Path) -> None:
     write(tmp_path, "config.json", {"serviceDescriptionFilename": "services.json"})
     write(tmp_path, "services.json", [
         {"name": "web", "port": 80, "taskName": "web", "metric": {"type": "static", "value": 1},
@@ -426,10 +427,11 @@ def test_fields_are_checked_together_and_problems_name_the_service(tmp_path: Pat
     result = run_warden(tmp_path, "validate")
     assert result.returncode == 2
     assert result.stdout.splitlines() == [
-        "services.json: web: scaling.minTasks: is more than maxTasks (2)",
-        "services.json: api: taskName: is required with a metric: it names the task definition the leader runs",
-        "services.json: shop: targetGroupArn: must be a target group ARN "
-        "(arn:aws:elasticloadbalancing:REGION:ACCOUNT:targetgroup/NAME/ID)",
+        "services.json: [0].scaling.minTasks: is more than maxTasks (2) (service 'web')",
+        "services.json: [1].taskName: is required with a metric: it names the task definition the leader runs "
+        "(service 'api')",
+        "services.json: [2].targetGroupArn: must be a target group ARN "
+        "(arn:aws:elasticloadbalancing:REGION:ACCOUNT:targetgroup/NAME/ID) (service 'shop')",
         "services.json: [3].name: is required",
     ]
 
@@ -442,9 +444,9 @@ def test_container_names_that_match_too_much_are_warnings(tmp_path: Path) -> Non
     result = run_warden(tmp_path, "validate")
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.splitlines() == [
-        "services/a.json: tiny: containerName: 'a' is part of nearly every image and container name: "
-        "give at least 3 characters, or label the containers (warning)",
-        "services/b.json: web-admin: containerName: overlaps containerName 'acme/web' of service 'web' "
+        "services/a.json: [0].containerName: 'a' is part of nearly every image and container name: "
+        "give at least 3 characters, or label the containers (service 'tiny') (warning)",
+        "services/b.json: containerName: overlaps containerName 'acme/web' of service 'web' "
         "(services/a.json): a container whose image or name holds 'acme/web-admin' belongs to both; "
         "label such containers warden.service (warning)",
     ]

@@ -13,7 +13,7 @@ import os
 import re
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any, Callable, Mapping, Optional
 
@@ -404,13 +404,14 @@ def parse_service(file: str, where: str, obj: Any) -> tuple[Optional[Service], l
     return Service(source=file, where=where, spelling=tuple(obj.spelling.items()), **values), problems
 
 
-def _where(index: Optional[int], entry: Any) -> str:
-    """How problems locate a service: by its name (``web: ``) when it has one, else by
-    its place in the file's array (``[2].``)."""
+def _named(problems: list[Problem], entry: Any) -> list[Problem]:
+    """An array entry's problems, each saying which service it is about: the field is
+    located by index (``[2].port``, as the Perl/Go tools' users know it), which alone
+    makes the reader count entries in a long file."""
     name = entry.get("name") if isinstance(entry, KeyedObject) else None
-    if isinstance(name, str) and name.strip():
-        return f"{name}: "
-    return "" if index is None else f"[{index}]."
+    if not isinstance(name, str) or not name.strip():
+        return problems
+    return [replace(p, message=f"{p.message} (service {name!r})") for p in problems]
 
 
 def parse_file(path: str, display: str) -> tuple[Optional[list[Service]], list[Problem]]:
@@ -419,19 +420,26 @@ def parse_file(path: str, display: str) -> tuple[Optional[list[Service]], list[P
         data = jsonfile.load(path)
     except jsonfile.JsonFileError as error:
         return None, [Problem(display, "-", str(error))]
-    entries = [(_where(None, data), data)] if not isinstance(data, list) else [
-        (_where(i, d), d) for i, d in enumerate(data)]
+    entries = [("", data)] if not isinstance(data, list) else [(f"[{i}].", d) for i, d in enumerate(data)]
     if not isinstance(data, (list, KeyedObject)):
         return None, [Problem(display, "-", "must hold a service object or an array of them")]
     services, problems = [], []
     for where, entry in entries:
         service, found = parse_service(display, where, entry)
-        problems += found
+        problems += _named(found, entry) if where else found
         if service is not None:
             services.append(service)
     if any(not p.warning for p in problems):
         return None, problems
     return services, problems
+
+
+def _about(service: Service, lower: str, default: str, message: str, warning: bool = False) -> Problem:
+    """A problem with one of ``service``'s fields, located as ``validate`` locates it
+    (an array entry's named too, as :func:`_named` does)."""
+    if service.where.startswith("["):
+        message = f"{message} (service {service.name!r})"
+    return Problem(service.source, service.field_name(lower, default), message, warning)
 
 
 def conflicts(standing: list[Service], newcomers: list[Service]) -> list[Problem]:
@@ -444,16 +452,15 @@ def conflicts(standing: list[Service], newcomers: list[Service]) -> list[Problem
     frontends: dict[str, Service] = {s.frontend: s for s in reversed(standing) if s.frontend}
     for service in newcomers:
         if service.name in names:
-            problems.append(Problem(service.source, service.field_name("name", "name"),
-                                    f"service {service.name!r} is also defined in {names[service.name].source}"))
+            problems.append(_about(service, "name", "name",
+                                   f"service {service.name!r} is also defined in {names[service.name].source}"))
         names.setdefault(service.name, service)
         key = service.frontend
         if key and key in frontends and frontends[key].backend_name != service.backend_name:
             other = frontends[key]
-            problems.append(Problem(
-                service.source, service.field_name("loadbalancerurl", "loadBalancerUrl"),
-                f"frontend {key!r} is already claimed by service {other.name!r} "
-                f"({other.source}) for backend {other.backend_name!r}"))
+            problems.append(_about(service, "loadbalancerurl", "loadBalancerUrl",
+                                   f"frontend {key!r} is already claimed by service {other.name!r} "
+                                   f"({other.source}) for backend {other.backend_name!r}"))
         if key:
             frontends.setdefault(key, service)
         for other in list(names.values()):
@@ -463,11 +470,10 @@ def conflicts(standing: list[Service], newcomers: list[Service]) -> list[Problem
                     or (mine not in theirs and theirs not in mine):
                 continue
             longer = max(mine, theirs, key=len)
-            problems.append(Problem(
-                service.source, service.field_name("containername", "containerName"),
-                f"overlaps containerName {theirs!r} of service {other.name!r} ({other.source}): a container "
-                f"whose image or name holds {longer!r} belongs to both; label such containers "
-                f"{SERVICE_LABEL}", warning=True))
+            problems.append(_about(service, "containername", "containerName",
+                                   f"overlaps containerName {theirs!r} of service {other.name!r} "
+                                   f"({other.source}): a container whose image or name holds {longer!r} "
+                                   f"belongs to both; label such containers {SERVICE_LABEL}", warning=True))
     return problems
 
 
