@@ -6,8 +6,8 @@ Config: ``"alerts": {"webhookUrl": "https://...", "events": [...], "template": "
 metric that cannot be read, a service's scaling pass whose ECS calls fail. Events
 alert once (``status`` ``event``): leadership changes, scaling, a drain, route changes;
 a handler error alerts once per receiver and signal in each quiet period, its repeats
-counted. Without a ``template`` the body is a JSON object of the fields below; with
-one, the template (``string.Template``: ``$text``, ``${service}``) is the body, each
+counted. Without a ``template`` the body is a JSON object of the alert's fields
+(:data:`warden.config.ALERT_FIELDS` lists them); with one, the template (``string.Template``: ``$text``, ``${service}``) is the body, each
 field inserted escaped for a JSON string, so one handler speaks Slack, Teams or the
 PagerDuty Events API. Alerts are sent from the handler's own thread (a slow webhook
 blocks nothing), retried with backoff, then dropped and counted.
