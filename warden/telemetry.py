@@ -5,9 +5,9 @@ The metrics are fed by signals, so nothing in the event path knows they exist.
 
 - ``/livez`` (and its alias ``/healthz``): is this process still doing its job? Every
   worker thread started is alive (or was asked to stop), and the last sweep is younger
-  than 3 sweep periods. 503 means restart it. An outage of Docker's peers, of the Redx
-  Redis or of the central Redis alone never fails it: Warden rides those out itself,
-  and a fleet-wide restart for a central outage would help nothing.
+  than 3 sweep periods. 503 means restart it. An outage of the Redx Redis or of the
+  central Redis never fails it: Warden rides those out itself, and a fleet-wide
+  restart for a central outage would help nothing.
 - ``/readyz``: can it reach what it depends on? Docker, the Redx Redis, the central
   Redis, each named in the JSON body.
 
@@ -16,14 +16,13 @@ Both answer ``HEAD`` too.
 
 from __future__ import annotations
 
+import gzip
 import json
 import logging
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable
-
-import gzip
 
 from prometheus_client import (GC_COLLECTOR, PLATFORM_COLLECTOR, PROCESS_COLLECTOR, CollectorRegistry, Counter,
                                Gauge, Histogram)
