@@ -28,6 +28,7 @@ from typing import Any, Optional
 
 from warden.config import Config, render_alert
 from warden.handlers import Handler
+from warden.logs import Throttle
 from warden.threads import StoppableThread
 
 logger = logging.getLogger(__name__)
@@ -65,9 +66,9 @@ class AlertsHandler(Handler):
         self.dropped = 0
         #: conditions firing now: key -> [since (monotonic), repeats]
         self.firing: dict[str, list] = {}
-        #: events held quiet: key -> [until (monotonic), repeats]
-        self.quiet: dict[str, list] = {}
         self._lock = threading.Lock()
+        #: events that may repeat, let through once per quiet period
+        self._quiet = Throttle(self.quiet_seconds)
         self._sender = _Sender(self)
         if not self.url:
             logger.warning("alerts handler enabled without alerts.webhookUrl: alerts are logged only")
@@ -128,17 +129,13 @@ class AlertsHandler(Handler):
     def once_per_quiet_period(self, kind: str, event: str, key: str, text: str, **details: Any) -> None:
         """An event that may repeat: sent once per ``quiet_seconds``; the next one sent
         says how many were held back."""
-        now = time.monotonic()
-        with self._lock:
-            held = self.quiet.get(key)
-            if held is not None and now < held[0]:
-                held[1] += 1
-                return
-            repeats = held[1] if held is not None else 0
-            self.quiet[key] = [now + self.quiet_seconds, 0]
-        if repeats:
-            text += f" (x{repeats + 1} since the last alert)"
-        self.alert(kind, event, text, key=key, count=repeats + 1, **details)
+        admitted = self._quiet.admit(key)
+        if admitted is None:
+            return
+        held, _ = admitted
+        if held:
+            text += f" (x{held + 1} since the last alert)"
+        self.alert(kind, event, text, key=key, count=held + 1, **details)
 
     def encode(self, body: dict) -> bytes:
         """The request body: the JSON object, or the operator's template over it."""

@@ -217,3 +217,26 @@ def test_a_drain_alerts(central, managers, webhook):
     assert drain["kind"] == "drain" and drain["severity"] == "warning"
     assert drain["text"] == "[warden i-drain] this host is draining: spot interruption"
     assert m.stop() == 0
+
+
+def test_a_repeating_handler_error_alerts_once_per_quiet_period_with_a_count(tmp_path):
+    from warden.config import load_config
+    from warden.handlers.alerts import AlertsHandler
+
+    class Quick(AlertsHandler):
+        quiet_seconds = 0.3
+
+    (tmp_path / "config.json").write_text(json.dumps({"alerts": {"webhookUrl": "http://127.0.0.1:1/hook",
+                                                                  "events": ["errors"]}}))
+    config, _ = load_config(str(tmp_path / "config.json"))
+    handler = Quick(config)  # not started: what it would send stays in its queue
+    for _ in range(3):
+        handler.on_handler_error(None, signal_name="sweep", receiver="plugin.on_sweep", error="boom")
+    time.sleep(0.35)
+    handler.on_handler_error(None, signal_name="sweep", receiver="plugin.on_sweep", error="boom")
+    sent = []
+    while not handler.queue.empty():
+        sent.append(handler.queue.get_nowait())
+    assert [(body["text"], body["count"]) for body in sent] == [
+        ("[warden] plugin.on_sweep failed on sweep: boom", 1),
+        ("[warden] plugin.on_sweep failed on sweep: boom (x3 since the last alert)", 3)]

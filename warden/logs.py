@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any
+from typing import Any, Optional
 
 #: seconds after a logged failure in which its repeats are counted, not logged
 QUIET_SECONDS = 60.0
@@ -20,37 +20,59 @@ QUIET_SECONDS = 60.0
 STRUCTURED_FIELDS = ("service", "container", "change", "epoch")
 
 
-class Repeats:
-    """One logger's repeating failures, each known by a key (``"central-redis"``)."""
+class Throttle:
+    """Which occurrences of a repeating thing, each known by a key, to let through: the
+    first, then the first after each quiet period; the ones in between are counted.
+    Repeated log lines (:class:`Repeats`) and repeated alerts share it."""
 
-    def __init__(self, logger: logging.Logger, quiet_seconds: float = QUIET_SECONDS) -> None:
-        self.logger = logger
+    def __init__(self, quiet_seconds: float) -> None:
         self.quiet_seconds = quiet_seconds
-        #: key -> [when last logged (monotonic), repeats held back since]
+        #: key -> [when last let through (monotonic), held back since]
         self._seen: dict[str, list] = {}
         self._lock = threading.Lock()
 
-    def failed(self, key: str, level: int, message: str, *args: Any, **kw: Any) -> None:
-        """The failure ``key`` happened (again): log it now, or count it."""
+    def admit(self, key: str) -> Optional[tuple[int, float]]:
+        """None to hold this occurrence back; else how many were held back since the
+        last one let through, and how many seconds ago that was (0, 0.0 the first time)."""
         now = time.monotonic()
         with self._lock:
             seen = self._seen.get(key)
             if seen is not None and now - seen[0] < self.quiet_seconds:
                 seen[1] += 1
-                return
-            held = seen[1] if seen is not None else 0
-            since = now - seen[0] if seen is not None else 0.0
+                return None
             self._seen[key] = [now, 0]
+        return (seen[1], now - seen[0]) if seen is not None else (0, 0.0)
+
+    def end(self, key: str) -> Optional[int]:
+        """Forget ``key``: None if it was never let through, else how many were held
+        back since the last one that was."""
+        with self._lock:
+            seen = self._seen.pop(key, None)
+        return None if seen is None else seen[1]
+
+
+class Repeats:
+    """One logger's repeating failures, each known by a key (``"central-redis"``)."""
+
+    def __init__(self, logger: logging.Logger, quiet_seconds: float = QUIET_SECONDS) -> None:
+        self.logger = logger
+        self._throttle = Throttle(quiet_seconds)
+
+    def failed(self, key: str, level: int, message: str, *args: Any, **kw: Any) -> None:
+        """The failure ``key`` happened (again): log it now, or count it."""
+        admitted = self._throttle.admit(key)
+        if admitted is None:
+            return
+        held, since = admitted
         if held:
             message = f"{message} (x{held + 1} in {since:.0f}s)"
         self.logger.log(level, message, *args, **kw)
 
     def ended(self, key: str, message: str, *args: Any, **kw: Any) -> None:
         """The failure ``key`` is over: say so (at INFO) if it had been logged."""
-        with self._lock:
-            seen = self._seen.pop(key, None)
-        if seen is None:
+        held = self._throttle.end(key)
+        if held is None:
             return
-        if seen[1]:
-            message = f"{message} ({seen[1]} more failures since the last line)"
+        if held:
+            message = f"{message} ({held} more failures since the last line)"
         self.logger.info(message, *args, **kw)
