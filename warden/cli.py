@@ -11,7 +11,6 @@ import json
 import logging
 import os
 import sys
-import time
 from typing import Any, Optional, Sequence
 
 from warden import __version__
@@ -127,8 +126,8 @@ def _say_error(message: str, fmt: str) -> None:
     problem), as JSON objects when the logs are JSON."""
     for line in message.splitlines() or [""]:
         if fmt == "json":
-            print(json.dumps({"ts": round(time.time(), 3), "level": "error", "logger": "warden",
-                              "msg": line}), file=sys.stderr)
+            record = logging.LogRecord(logger.name, logging.ERROR, __file__, 0, line, None, None)
+            print(_JsonFormatter().format(record), file=sys.stderr)
         else:
             print(f"warden: {line}", file=sys.stderr)
 
