@@ -86,7 +86,7 @@ class Telemetry:
         self._counter_sources: dict[str, tuple[str, Callable[[], int]]] = {}
         self._reconnect_sources: dict[str, Callable[[], int]] = {}
         self._dependencies: dict[str, Callable[[], bool]] = {}
-        r.register(_CounterSources(self._counter_sources, self._reconnect_sources, self))
+        r.register(_ReadAtScrape(self))
         self._threads: dict[str, Callable[[], bool]] = {}
         #: the sweep period, once a Registrar runs here: /livez then watches the sweeps
         self._sweep_period: float = 0.0
@@ -253,22 +253,20 @@ class Telemetry:
         self.running.labels(service).set(running)
 
 
-class _CounterSources:
-    """A collector for counters that Warden's parts keep themselves, the subscribers'
-    reconnect counts, and whether each dependency answers."""
+class _ReadAtScrape:
+    """A collector for what is read from Warden's parts at each scrape: the counters
+    they keep themselves, the subscribers' reconnect counts, and whether each
+    dependency answers."""
 
-    def __init__(self, sources: dict[str, tuple[str, Callable[[], int]]],
-                 reconnects: dict[str, Callable[[], int]], telemetry: "Telemetry") -> None:
-        self.sources = sources
-        self.reconnects = reconnects
+    def __init__(self, telemetry: "Telemetry") -> None:
         self.telemetry = telemetry
 
     def collect(self) -> Any:
-        for name, (documentation, count) in list(self.sources.items()):
+        for name, (documentation, count) in list(self.telemetry._counter_sources.items()):
             yield CounterMetricFamily(name, documentation, value=count())
         family = CounterMetricFamily("warden_reconnects", "Reconnects of each subscriber since start",
                                      labels=["subscriber"])
-        for name, count in list(self.reconnects.items()):
+        for name, count in list(self.telemetry._reconnect_sources.items()):
             family.add_metric([name], count())
         yield family
         _, answers = self.telemetry.readiness()
