@@ -285,8 +285,6 @@ _SPELLED: dict[str, tuple[str, Callable[[Any], Optional[str]]]] = {
 _KEYS = {key.lower(): entry for key, entry in _SPELLED.items()}
 
 
-
-
 #: the kinds of alert an operator may choose
 ALERT_KINDS = ("leadership", "errors", "scaling", "drain", "routes")
 #: the fields of an alert, which ``alerts.template`` may name (``$text``, ``${service}``)

@@ -404,14 +404,19 @@ def parse_service(file: str, where: str, obj: Any) -> tuple[Optional[Service], l
     return Service(source=file, where=where, spelling=tuple(obj.spelling.items()), **values), problems
 
 
-def _named(problems: list[Problem], entry: Any) -> list[Problem]:
-    """An array entry's problems, each saying which service it is about: the field is
+def _naming(problem: Problem, name: str) -> Problem:
+    """``problem`` of an array entry, saying which service it is about: the field is
     located by index (``[2].port``, as the Perl/Go tools' users know it), which alone
     makes the reader count entries in a long file."""
+    return replace(problem, message=f"{problem.message} (service {name!r})")
+
+
+def _named(problems: list[Problem], entry: Any) -> list[Problem]:
+    """An array entry's problems, each naming its service (when it has a name)."""
     name = entry.get("name") if isinstance(entry, KeyedObject) else None
     if not isinstance(name, str) or not name.strip():
         return problems
-    return [replace(p, message=f"{p.message} (service {name!r})") for p in problems]
+    return [_naming(p, name) for p in problems]
 
 
 def parse_file(path: str, display: str) -> tuple[Optional[list[Service]], list[Problem]]:
@@ -436,10 +441,9 @@ def parse_file(path: str, display: str) -> tuple[Optional[list[Service]], list[P
 
 def _about(service: Service, lower: str, default: str, message: str, warning: bool = False) -> Problem:
     """A problem with one of ``service``'s fields, located as ``validate`` locates it
-    (an array entry's named too, as :func:`_named` does)."""
-    if service.where.startswith("["):
-        message = f"{message} (service {service.name!r})"
-    return Problem(service.source, service.field_name(lower, default), message, warning)
+    (an array entry's named too)."""
+    problem = Problem(service.source, service.field_name(lower, default), message, warning)
+    return _naming(problem, service.name) if service.where.startswith("[") else problem
 
 
 def conflicts(standing: list[Service], newcomers: list[Service]) -> list[Problem]:
