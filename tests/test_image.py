@@ -9,13 +9,11 @@ from __future__ import annotations
 import json
 import subprocess
 import time
-import urllib.error
-import urllib.request
 
 import pytest
 
 import warden
-from conftest import AWS_ENV, LABEL, ROOT, RUN, Warden, eventually, free_port, ip_of
+from conftest import AWS_ENV, LABEL, ROOT, RUN, Warden, eventually, free_port, http_get, ip_of
 
 IMAGE = "redx-warden:test"
 STOP_TIMEOUT = 30
@@ -36,14 +34,6 @@ def image(docker_client):
     size = int(docker("image", "inspect", "-f", "{{.Size}}", IMAGE))
     print(f"\nimage {IMAGE}: built in {time.monotonic() - started:.1f}s, {size / 1e6:.1f} MB")
     return IMAGE
-
-
-def livez(port: int) -> int:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/livez", timeout=2) as response:
-            return response.status
-    except urllib.error.HTTPError as error:
-        return error.code
 
 
 def test_the_image_says_its_version_and_runs_warden_by_default(image):
@@ -77,7 +67,8 @@ def test_the_running_image_routes_a_service_container_and_stops_cleanly(
            *[arg for key, value in environment.items() for arg in ("-e", f"{key}={value}")],
            image)
     try:
-        eventually(lambda: livez(metrics) == 200, 30, what="/livez 200 from the container")
+        eventually(lambda: http_get(f"http://127.0.0.1:{metrics}/livez")[0] == 200, 30,
+                   what="/livez 200 from the container")
         web = containers.run("web")
         eventually(lambda: f"{ip_of(web)}:8080" in redx.hgetall("backend:web"), 10,
                    what="the container's route, written by Warden in its container")

@@ -6,11 +6,10 @@ import json
 import subprocess
 import sys
 import time
-import urllib.request
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
-from conftest import RUN, eventually, free_port, ip_of, serve_http
+from conftest import RUN, eventually, free_port, http_get, ip_of, serve_http
 from warden.control import encode
 
 PLUGIN = '''
@@ -97,8 +96,7 @@ def test_an_unreachable_webhook_is_retried_then_dropped_and_counted(central, man
                  metricsAddress=f"127.0.0.1:{port}")
     eventually(lambda: "alert dropped after 4 attempts" in m.log(), 12, what="the drop logged")
     assert central.hget("service-manager", "id") == "i-alert", "the leader carries on"
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
-        assert "warden_alerts_dropped_total 1.0" in response.read().decode()
+    assert "warden_alerts_dropped_total 1.0" in http_get(f"http://127.0.0.1:{port}/metrics")[1]
 
 
 def test_a_garbage_reply_never_ends_the_alert_sender(redx, containers, warden):
@@ -156,10 +154,9 @@ def _failing_metric(central, managers, alerts):
 
 def metric_failures(m) -> float:
     """warden_metric_failures_total{service="web"} as ``m`` serves it."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{m.metrics_port}/metrics", timeout=2) as response:
-        for line in response.read().decode().splitlines():
-            if line.startswith('warden_metric_failures_total{service="web"}'):
-                return float(line.split()[-1])
+    for line in http_get(f"http://127.0.0.1:{m.metrics_port}/metrics")[1].splitlines():
+        if line.startswith('warden_metric_failures_total{service="web"}'):
+            return float(line.split()[-1])
     return 0.0
 
 

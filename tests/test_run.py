@@ -14,14 +14,7 @@ import urllib.request
 
 import warden as warden_package
 from conftest import ROOT, RUN, eventually, free_port, ip_of
-
-
-def get(url: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read().decode()
+from conftest import http_get as get
 
 
 def test_run_routes_leads_and_serves_metrics(redx, containers, warden, central, central_server):
