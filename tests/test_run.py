@@ -9,7 +9,6 @@ import shutil
 import signal
 import subprocess
 import time
-import urllib.error
 import urllib.request
 
 import warden as warden_package
