@@ -3,6 +3,7 @@ central Redis, with short lease (2 s) and guard (0.5 s) times."""
 
 from __future__ import annotations
 
+import datetime
 import json
 import signal
 import time
@@ -115,6 +116,35 @@ def test_go_rfc3339_legacy_heartbeat_is_read(central, managers):
     time.sleep(1.5)
     assert leader(central) == "i-go"
     eventually(lambda: leader(central) == "i-1", 10, what="replaced once older than the legacy age")
+
+
+def server_seconds(central) -> float:
+    """Now, on the central Redis server's clock (the clock elections are judged by)."""
+    seconds, micros = central.time()
+    return seconds + micros / 1e6
+
+
+def test_an_election_closes_a_guard_time_after_its_first_entry(central, managers):
+    """An election opens with its first entry and closes guardTimeSeconds later (SPEC).
+    In a fleet most candidates enter behind the one that found the leader gone, some
+    of them well behind: the winner claims at that close, not a whole guard time after
+    its own entry."""
+    guard, legacy_age = 3.0, 6.0
+    heartbeat = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(server_seconds(central)))
+    central.hset("service-manager", mapping={"id": "i-go", "heartbeat": heartbeat, "subnet": "us-east-1a"})
+    managers("i-late", guardTimeSeconds=guard, legacyMaxHeartbeatAgeSeconds=legacy_age)
+    # An early candidate opens the election 1.5 s before i-late finds the record stale,
+    # with the lowest roll (a tie goes to the member that sorts last: i-late's).
+    stale_at = time.mktime(time.strptime(heartbeat, "%Y-%m-%dT%H:%M:%SZ")) - time.timezone + legacy_age
+    time.sleep(max(0.0, stale_at - 1.5 - server_seconds(central)))
+    ElectionStore(central, "i-early", LEASE, legacy_age, guard, 30).enter(0)
+    opened = server_seconds(central)
+    eventually(lambda: leader(central) == "i-late", guard + legacy_age, what="i-late leads")
+    beat = central.hget("service-manager", "heartbeat")
+    claimed = datetime.datetime.fromisoformat(beat.replace("Z", "+00:00")).timestamp()
+    # i-late entered about 1.5 s after the opening; a guard after its own entry would be
+    # 4.5 s after it.
+    assert claimed - opened < guard + 0.75, f"claimed {claimed - opened:.2f} s after the election opened"
 
 
 def test_garbage_and_forged_messages_change_nothing(central, managers, central_server):

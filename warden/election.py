@@ -9,6 +9,9 @@ Shared with the Perl/Go managers so fleets can migrate host by host:
   a dice roll 0-100; the candidate key of the same name holds the instance id.
 - ``<instanceId>-kill``: ``"1"``, lodged for a deposed leader.
 - ``warden:epoch``: the fencing token, incremented by every new leader.
+- ``warden:election-open``: set by an election's first entry, it expires when the
+  election closes a guard time later: every candidate claims at that close, however late
+  it entered.
 - ``warden:managers``: the instance ids of the Warden managers, each added by the
   manager itself whenever it subscribes; the leader drops the ones whose liveness
   channel it finds empty.
@@ -28,6 +31,9 @@ from typing import Any, Optional
 RECORD = "service-manager"
 CHALLENGE = "leadership-challenge"
 EPOCH = "warden:epoch"
+#: present while an election is open: set by its first entry (the Redis server's time,
+#: in ms), it expires at the close, a guard time later; a claim deletes it
+OPEN = "warden:election-open"
 #: a lodged kill lives this long, in seconds
 KILL_SECONDS = 86400
 #: each Warden manager holds a subscription to ``<prefix><instanceId>`` on a
@@ -164,15 +170,18 @@ local watcher = redis.call('SISMEMBER', KEYS[3], ARGV[1])
 return {state, rec[1] or '', tostring(age), rec[3] or '', rec[4] or '', tostring(watcher)}
 """ % {"kill": KILL_SECONDS}
 
-# KEYS: record, challenge. ARGV: me, dice, candidate expiry seconds, drop_ms.
-# Returns {member entered, "1" when it is the highest live entry now}.
+# KEYS: record, challenge, open. ARGV: me, dice, candidate expiry seconds, drop_ms,
+# guard_ms. The first entry opens the election for guard_ms (the open key lives that
+# long). Returns {member entered, "1" when it is the highest live entry now, ms until
+# the election closes}.
 _ENTER = _LUA_COMMON + r"""
 local now = now_ms()
 local member = stamp(now) .. '-' .. ARGV[1]
 redis.call('ZADD', KEYS[2], tonumber(ARGV[2]), member)
 redis.call('SET', member, ARGV[1], 'EX', tonumber(ARGV[3]))
+redis.call('SET', KEYS[3], now, 'NX', 'PX', tonumber(ARGV[5]))
 local best = best_live(KEYS[2], now, tonumber(ARGV[4]))
-return {member, best == ARGV[1] and '1' or '0'}
+return {member, best == ARGV[1] and '1' or '0', math.max(0, redis.call('PTTL', KEYS[3]))}
 """
 
 # The leader keeps WATCHER_COUNT live managers appointed to watch its liveness channel:
@@ -201,8 +210,8 @@ local function appoint(managers, watchers, me, epoch, want)
 end
 """.replace("@ALIVE@", ALIVE_PREFIX)
 
-# KEYS: record, challenge, epoch, managers, watchers. ARGV: me, zone, lease_ms, legacy_ms,
-# drop_ms, gone, floor (the highest epoch I have seen), watcher count.
+# KEYS: record, challenge, epoch, managers, watchers, open. ARGV: me, zone, lease_ms,
+# legacy_ms, drop_ms, gone, floor (the highest epoch I have seen), watcher count.
 # Claims leadership if the record is absent, stale or mine and I hold the highest live
 # entry: entries are read from the highest down, and those above the first live one
 # whose candidate key expired, or older than drop_ms (a winner that never claimed), are
@@ -231,7 +240,7 @@ local epoch = redis.call('INCR', KEYS[3])
 for i = 1, #entries, 500 do
   redis.call('DEL', unpack(entries, i, math.min(i + 499, #entries)))
 end
-redis.call('DEL', KEYS[2])
+redis.call('DEL', KEYS[2], KEYS[6])
 redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[1], 'id', me, 'heartbeat', rfc3339(now), 'subnet', ARGV[2],
            'epoch', tostring(epoch))
@@ -361,19 +370,21 @@ class ElectionStore:
         """Enter the election with a dice roll 0-100; returns the member."""
         return self.stand(dice)[0]
 
-    def stand(self, dice: Optional[int] = None) -> tuple[str, bool]:
-        """Enter the election with a dice roll 0-100: the member, and whether it is the
+    def stand(self, dice: Optional[int] = None) -> tuple[str, bool, float]:
+        """Enter the election with a dice roll 0-100: the member, whether it is the
         highest live entry at this moment (one that is not can win only if the entries
-        above it are dropped)."""
+        above it are dropped), and the seconds until the election closes (a guard time
+        after its first entry; this one's, when it opened it)."""
         roll = random.SystemRandom().randint(0, 100) if dice is None else dice
-        member, top = self._enter(keys=[RECORD, CHALLENGE],
-                                  args=[self.me, roll, self.candidate_expiry, self.drop_ms])
-        return _text(member), _text(top) == "1"
+        member, top, close_ms = self._enter(
+            keys=[RECORD, CHALLENGE, OPEN],
+            args=[self.me, roll, self.candidate_expiry, self.drop_ms, max(1, self.guard_ms)])
+        return _text(member), _text(top) == "1", int(close_ms) / 1000
 
     def claim(self, zone: str, gone: str = "", floor: int = 0) -> tuple[Optional[int], str]:
         """Claim leadership: ``(epoch, "")`` on success, else ``(None, why)``. The epoch
         is above ``floor``, the highest this instance has seen."""
-        reply = self._claim(keys=[RECORD, CHALLENGE, EPOCH, MANAGERS, WATCHERS],
+        reply = self._claim(keys=[RECORD, CHALLENGE, EPOCH, MANAGERS, WATCHERS, OPEN],
                             args=[self.me, zone, self.lease_ms, self.legacy_ms, self.drop_ms, gone, floor,
                                   WATCHER_COUNT])
         if int(reply[0]) == 1:

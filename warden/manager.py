@@ -126,8 +126,8 @@ class Manager(StoppableThread):
         self.epoch: Optional[int] = None
         #: when this instance entered the current election (monotonic), or None
         self.candidate_since: Optional[float] = None
-        #: seconds after entering that it claims (the guard time, longer for an entry
-        #: that was not the highest)
+        #: seconds after entering that it claims (when the election closes; longer for
+        #: an entry that was not the highest)
         self._claim_after = config.guard_time_seconds
         #: the wait for a replica to have the claim was logged
         self._waiting_said = False
@@ -416,12 +416,14 @@ class Manager(StoppableThread):
         stale_after = min(max(guard + self.config.lease_seconds, self._claim_after + guard),
                           self.config.candidate_expiry_seconds * 0.8)
         if self.candidate_since is None or now - self.candidate_since > stale_after:
-            member, top = self.store.stand()
+            member, top, closes_in = self.store.stand()
             self.candidate_since = now
-            # An entry below another live one can win only once the entries above it
-            # are dropped (their candidates died): it claims no earlier than that, so a
-            # fleet's election ends in a few claims, not one per host.
-            self._claim_after = guard if top else max(guard, self.store.drop_ms / 1000)
+            # The highest entry claims when the election closes, a guard time after its
+            # first entry, however late it entered itself. An entry below another live
+            # one can win only once the entries above it are dropped (their candidates
+            # died): it claims no earlier than that, so a fleet's election ends in a few
+            # claims, not one per host.
+            self._claim_after = closes_in if top else max(guard, self.store.drop_ms / 1000)
             logger.info("standing for election as %s%s", member, "" if top else " (not the highest)")
             # One call is enough: the others stand when they hear it.
             if not self._election_called():
