@@ -93,6 +93,22 @@ def test_a_drain_takes_effect_only_when_its_key_backs_it(central, managers, cent
     pub.close()
 
 
+def test_a_drain_is_recorded_over_the_connections_the_manager_holds(central, managers, central_server):
+    """A manager holds two connections to the central Redis, whatever happens: its drain
+    is recorded for `warden status` over its command connection, not a new one."""
+    a = managers("i-a", managerSleepTimeSeconds=1)
+    eventually(lambda: leader(central) == "i-a", 10, what="i-a leads")
+    admin = redis_lib.Redis(port=central_server.port, decode_responses=True)
+    eventually(lambda: {"warden-i-a", "warden-sub-i-a"} <= {c["name"] for c in admin.client_list()}, 5,
+               what="i-a's two connections")
+    received = admin.info("stats")["total_connections_received"]
+    central.set("warden:drain:i-a", json.dumps({"reason": "spot", "lifecycle": None}))
+    eventually(lambda: central.get("warden:draining:i-a") == "spot", 5, what="the drain recorded")
+    eventually(lambda: "draining (spot)" in a.log(), 5, what="i-a drains")
+    assert admin.info("stats")["total_connections_received"] == received, "no new connection"
+    admin.close()
+
+
 def test_a_drain_lost_while_resubscribing_is_found_at_once(central, managers, central_server):
     """A drain message published while a host's subscription is down is lost: the host
     reads its drain key as soon as it subscribes again, not a safety-net period later."""

@@ -202,7 +202,7 @@ class DrainDaemon:
         self.completer = LifecycleCompleter(
             config, elb_here=elb_here,
             elb_elsewhere="elb" in config.handlers and enrols and not elb_here)
-        self.recorder = DrainRecorder(config)
+        self.recorder = DrainRecorder(config, central)
         self.receivers = signals.Receivers((signals.host_draining, self.recorder.on_host_draining))
         self.subscriber = (ControlSubscriber(
             central.subscriber_client, ControlCodec(config.control_secret, config.lease_seconds),

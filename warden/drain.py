@@ -23,6 +23,7 @@ import botocore.exceptions
 import redis
 
 from warden import aws, signals
+from warden.central import Central
 from warden.config import Config
 from warden.threads import Backoff, StoppableThread
 
@@ -86,7 +87,7 @@ class DrainWatcher(StoppableThread):
     once on a ``warden:drain`` message naming this host, and every
     ``managerSleepTimeSeconds`` as a safety net; emits ``host_draining`` once."""
 
-    def __init__(self, config: Config, central: Any) -> None:
+    def __init__(self, config: Config, central: Central) -> None:
         super().__init__("warden-drain-watch")
         self.instance_id = config.instance_id or ""
         self.key = DRAIN_PREFIX + self.instance_id
@@ -249,20 +250,19 @@ class LifecycleCompleter(StoppableThread):
 
 class DrainRecorder:
     """Records why this host drains (``warden:draining:<instanceId>``) for ``warden
-    status``, once, whichever source said so."""
+    status``, once, whichever source said so, over the process's command connection."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, central: Central) -> None:
         self.config = config
+        self.central = central
         self.recorded = False
 
     def on_host_draining(self, sender: Any, *, reason: str, **kw: Any) -> None:
         if self.recorded or not self.config.instance_id:
             return
         self.recorded = True
-        client = self.config.service_management_redis.client(socket_timeout=2, socket_connect_timeout=2)
         try:
-            client.set(DRAINING_PREFIX + self.config.instance_id, reason, ex=DRAIN_SECONDS * 24)
+            self.central.commands.set(DRAINING_PREFIX + self.config.instance_id, reason,
+                                      ex=DRAIN_SECONDS * 24)
         except redis.RedisError as error:
             logger.warning("cannot record this host's drain: %s", error)
-        finally:
-            client.close()
