@@ -193,3 +193,29 @@ def test_a_primary_killed_while_the_leader_scales(sentinel_central, managers, aw
     print(f"\nSentinel failover, kill -9 of the primary -> first heartbeat on the new primary: "
           f"p50 {statistics.median(gaps):.2f} s, max {max(gaps):.2f} s over {len(gaps)} trials "
           f"({', '.join(f'{g:.2f}' for g in gaps)})")
+
+
+def test_a_leader_whose_record_outlasts_a_failover_keeps_leading(sentinel_central, managers):
+    """A central failover takes every subscription down at once, the leader's liveness
+    channel with it. A watcher back on the new primary before the leader has subscribed
+    again must not take that for the leader's death: a leader whose record survives the
+    failover (its lease outlasts it) keeps leading under its epoch."""
+    settings = dict(sentinel_central.settings(), leaseSeconds=10)
+    group = [managers(f"i-{n}", **settings) for n in range(3)]
+    central = sentinel_central.client()
+    chief = eventually(lambda: central.hget("service-manager", "id"), 10, what="a leader")
+    epoch = central.hget("service-manager", "epoch")
+    eventually(lambda: central.scard("warden:watchers") == 2, 10, what="two watchers appointed")
+    for trial in range(3):
+        sentinel_central.wait_replicated()
+        old = sentinel_central.kill_primary()
+        eventually(lambda: sentinel_central.primary() is not old, 30, what=f"failover {trial}")
+        new = redis_lib.Redis(port=sentinel_central.primary().port, decode_responses=True)
+        eventually(lambda: {f"warden-sub-i-{n}" for n in range(3)} <= {c["name"] for c in new.client_list()},
+                   15, what=f"every manager subscribed again after failover {trial}")
+        time.sleep(1.5)  # several watcher readings on the new primary
+        new.close()
+        assert (central.hget("service-manager", "id"), central.hget("service-manager", "epoch")) == (chief, epoch)
+        assert [m for m in group if "leadership lost" in m.log()] == []
+        old.options = ["--replicaof", "127.0.0.1", str(sentinel_central.primary().port)]
+        old.start()

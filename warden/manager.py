@@ -37,6 +37,7 @@ from warden.config import Config
 from warden.control import ControlMessage, encode
 from warden.election import ALIVE_PREFIX, ElectionStore, LeaderView
 from warden.logs import Repeats
+from warden.subscribers.channels import ControlSubscriber
 from warden.subscribers.zones import ZoneChecker
 from warden.threads import StoppableThread
 
@@ -59,11 +60,20 @@ class LivenessWatch(StoppableThread):
     #: appointment wakes it at once)
     idle = 2.0
 
+    #: seconds this instance's own subscription must have been held, and its readings
+    #: answered, before an empty channel counts. A central Redis that restarted or failed
+    #: over dropped every subscription at once, the leader's with this one's, and the
+    #: leader subscribes again within one reconnect backoff (at most 2 s) of the server
+    #: being back, as this instance does.
+    settle = ControlSubscriber.backoff_cap + 0.5
+
     def __init__(self, manager: "Manager") -> None:
         super().__init__("warden-liveness-watch")
         self.manager = manager
         #: set by an appointment (and by stop)
         self.wake = threading.Event()
+        #: when this instance last lost its subscription or a reading failed (monotonic)
+        self.troubled_at = float("-inf")
 
     def on_stop(self) -> None:
         self.wake.set()
@@ -88,12 +98,17 @@ class LivenessWatch(StoppableThread):
                 pause = random.uniform(0, self.interval)
                 continue
             pause = self.interval
+            if not manager.subscribed.is_set():
+                self.troubled_at = time.monotonic()
+            if time.monotonic() - self.troubled_at < self.settle:
+                continue
             try:
                 if self._subscribers(view.leader_id) > 0:
                     continue
                 if self.stop_event.wait(self.confirm) or self._subscribers(view.leader_id) > 0:
                     continue
             except redis.RedisError:
+                self.troubled_at = time.monotonic()
                 continue
             if manager.view is view:
                 logger.warning("leader %s's liveness channel has no subscriber on two readings: "
@@ -233,6 +248,8 @@ class Manager(StoppableThread):
             logger.info("appointed to watch leader %s's liveness (epoch %s)", leader_id, epoch)
 
     def _on_subscription(self, sender: Any, *, held: bool, **kw: Any) -> None:
+        # Lost, or back after a loss: the leader's liveness subscription may be down too.
+        self.watch.troubled_at = time.monotonic()
         if held:
             # Messages sent while unsubscribed were lost, and a leader may have pruned
             # this instance from the managers meanwhile.
