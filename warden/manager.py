@@ -72,8 +72,17 @@ class LivenessWatch(StoppableThread):
         self.manager = manager
         #: set by an appointment (and by stop)
         self.wake = threading.Event()
-        #: when this instance last lost its subscription or a reading failed (monotonic)
+        #: when this instance last lost its subscription, had it back, or a reading
+        #: failed (monotonic)
         self.troubled_at = float("-inf")
+        self._lost_once = False
+
+    def subscription_changed(self, held: bool) -> None:
+        """This instance's subscription was lost, or is back after a loss (not the first
+        one at start): the leader's may be down too, for as long as a reconnect takes."""
+        if not held or self._lost_once:
+            self.troubled_at = time.monotonic()
+        self._lost_once = self._lost_once or not held
 
     def on_stop(self) -> None:
         self.wake.set()
@@ -248,8 +257,7 @@ class Manager(StoppableThread):
             logger.info("appointed to watch leader %s's liveness (epoch %s)", leader_id, epoch)
 
     def _on_subscription(self, sender: Any, *, held: bool, **kw: Any) -> None:
-        # Lost, or back after a loss: the leader's liveness subscription may be down too.
-        self.watch.troubled_at = time.monotonic()
+        self.watch.subscription_changed(held)
         if held:
             # Messages sent while unsubscribed were lost, and a leader may have pruned
             # this instance from the managers meanwhile.
