@@ -67,6 +67,8 @@ def test_json_lines_carry_service_container_change_and_epoch(redx, containers, w
     address = f"{ip_of(c)}:8080"
     eventually(lambda: address in redx.hgetall("backend:web"), 5, what="routed")
     eventually(lambda: central.hget("service-manager", "id") == "i-json", 10, what="leading")
+    # The claim writes the record a moment before the leader says it gained leadership.
+    eventually(lambda: "leadership gained" in w.log(), 5, what="leadership gained logged")
     entries = [json.loads(line) for line in w.log().splitlines() if line.startswith("{")]
     [change] = [e for e in entries if e.get("change") == f"+ backend:web {address}"]
     assert change["service"] == "web" and change["container"] == c.id[:12]
