@@ -219,3 +219,32 @@ def test_a_leader_whose_record_outlasts_a_failover_keeps_leading(sentinel_centra
         assert [m for m in group if "leadership lost" in m.log()] == []
         old.options = ["--replicaof", "127.0.0.1", str(sentinel_central.primary().port)]
         old.start()
+
+
+def test_a_primary_that_hangs_is_left_by_every_subscription(sentinel_central, managers):
+    """A primary that stops answering but keeps its connections open (SIGSTOP, as a
+    network partition looks) is failed over by Sentinel. A pub/sub connection left on
+    it hears nothing any more, and the leader's liveness channel is empty on the new
+    primary: each manager finds its own channel empty where its commands go and
+    subscribes again there, so a leader whose record survived keeps leading."""
+    settings = dict(sentinel_central.settings(), leaseSeconds=10)
+    group = [managers(f"i-{n}", **settings) for n in range(3)]
+    central = sentinel_central.client()
+    chief = eventually(lambda: central.hget("service-manager", "id"), 10, what="a leader")
+    epoch = central.hget("service-manager", "epoch")
+    eventually(lambda: central.scard("warden:watchers") == 2, 10, what="two watchers appointed")
+    sentinel_central.wait_replicated()
+    old = sentinel_central.primary()
+    old.process.send_signal(signal.SIGSTOP)
+    try:
+        eventually(lambda: sentinel_central.primary() is not old, 30, what="the failover")
+        # (This test's own client may still sit on the old primary: ask the new one.)
+        new = redis_lib.Redis(port=sentinel_central.primary().port, db=11, decode_responses=True)
+        eventually(lambda: {f"warden-sub-i-{n}" for n in range(3)} <= {c["name"] for c in new.client_list()},
+                   8, what="every manager subscribed on the new primary")
+        time.sleep(3)  # past the watchers' settle
+        assert (new.hget("service-manager", "id"), new.hget("service-manager", "epoch")) == (chief, epoch)
+        new.close()
+        assert [m for m in group if "leadership lost" in m.log()] == []
+    finally:
+        old.process.send_signal(signal.SIGCONT)

@@ -10,7 +10,10 @@
 
 With Sentinels configured both find the current primary on every connect, so they
 follow a failover; the subscriber then subscribes again and tells the others
-(``control_subscription``), since anything published meanwhile was lost.
+(``control_subscription``), since anything published meanwhile was lost. A primary
+that hangs instead of dying (a network partition) keeps the pub/sub connection open
+on it: the Manager finds its own liveness channel empty where its commands go and asks
+for a new one (``resubscribe``).
 """
 
 from __future__ import annotations
@@ -41,6 +44,11 @@ class Central:
         #: set while the pub/sub connection's subscriptions are confirmed (the
         #: subscriber's ``connected``): messages can be heard
         self.subscribed = threading.Event()
+        #: set when the server the commands reach holds none of this process's
+        #: subscriptions although they are confirmed: the pub/sub connection sits on
+        #: another server (an old primary that hung, or a replica now) and the
+        #: subscriber opens it again
+        self.resubscribe = threading.Event()
 
     def subscriber_client(self) -> Any:
         """A client for the pub/sub connection (a new one at each reconnect)."""

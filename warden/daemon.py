@@ -134,7 +134,7 @@ class ManagerDaemon:
             central.subscriber_client, self.codec,
             extra={METRIC_CHANNEL: self.scaler.on_metric_message,
                    self.manager.alive_channel: self.manager.on_alive_message},
-            connected=central.subscribed)
+            connected=central.subscribed, resubscribe=central.resubscribe)
 
     def register(self, telemetry: Any) -> None:
         """Threads and dependencies for ``/livez`` and ``/readyz``; counters for ``/metrics``."""

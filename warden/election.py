@@ -158,7 +158,8 @@ end
 # so a stale leader's kill is lodged here, in the same script that finds it stale), gone
 # ("<id>:<epoch>" of a leader whose liveness channel I saw empty twice, or ""), register
 # ("1": add me to the managers, as after each subscription).
-# Returns {state, id, age_ms, subnet, epoch, watcher ("1" when the leader appointed me)}.
+# Returns {state, id, age_ms, subnet, epoch, watcher ("1" when the leader appointed me),
+# heard (subscribers of my own liveness channel on this server)}.
 _CHECK = _LUA_COMMON + r"""
 local now = now_ms()
 local state, rec, age = leader(now, tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[5])
@@ -167,8 +168,9 @@ if state == 'stale' and ARGV[4] == '1' and rec[1] ~= ARGV[1] then
 end
 if ARGV[6] == '1' then redis.call('SADD', KEYS[2], ARGV[1]) end
 local watcher = redis.call('SISMEMBER', KEYS[3], ARGV[1])
-return {state, rec[1] or '', tostring(age), rec[3] or '', rec[4] or '', tostring(watcher)}
-""" % {"kill": KILL_SECONDS}
+local heard = redis.call('PUBSUB', 'NUMSUB', '@ALIVE@' .. ARGV[1])[2]
+return {state, rec[1] or '', tostring(age), rec[3] or '', rec[4] or '', tostring(watcher), heard}
+""".replace("@ALIVE@", ALIVE_PREFIX) % {"kill": KILL_SECONDS}
 
 # KEYS: record, challenge, open. ARGV: me, dice, candidate expiry seconds, drop_ms,
 # guard_ms. The first entry opens the election for guard_ms (the open key lives that
@@ -263,7 +265,8 @@ end
 """
 
 # KEYS: record, epoch, managers, watchers. ARGV: me, epoch, zone, lease_ms, watcher count.
-# Returns {1, heartbeat} or {0, why}.
+# Returns {1, heartbeat, subscribers of my own liveness channel on this server} or
+# {0, why}.
 _HEARTBEAT = (_LUA_COMMON + _STILL_MINE + _APPOINT + r"""
 local why = still_mine(ARGV[1], ARGV[2])
 if why ~= 'ok' then return {0, why} end
@@ -273,8 +276,8 @@ local hb = rfc3339(now_ms())
 redis.call('HSET', KEYS[1], 'heartbeat', hb, 'subnet', ARGV[3])
 redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[4]))
 appoint(KEYS[3], KEYS[4], ARGV[1], ARGV[2], tonumber(ARGV[5]))
-return {1, hb}
-""").replace("@GONE@", GONE_PREFIX)
+return {1, hb, redis.call('PUBSUB', 'NUMSUB', '@ALIVE@' .. ARGV[1])[2]}
+""").replace("@GONE@", GONE_PREFIX).replace("@ALIVE@", ALIVE_PREFIX)
 
 # KEYS: record, epoch. ARGV: me, epoch. Returns "ok" or why not.
 _FENCE = _STILL_MINE + r"""
@@ -315,6 +318,9 @@ class LeaderView:
     epoch: Optional[int]  # None for a Perl/Go record
     #: the leader appointed the reader to watch its liveness channel
     watcher: bool = False
+    #: the reader's own liveness channel has a subscriber on the server that answered
+    #: (no: the reader's pub/sub connection is on another server, or gone)
+    heard: bool = True
 
     @property
     def legacy(self) -> bool:
@@ -346,12 +352,13 @@ class ElectionStore:
         ``gone`` (``"<id>:<epoch>"``) names a leader whose liveness channel this
         instance saw empty on two readings in a row; ``register`` adds this instance to
         the managers the leader may appoint as watchers."""
-        state, leader_id, age, zone, epoch, watcher = self._check(
+        state, leader_id, age, zone, epoch, watcher, heard = self._check(
             keys=[RECORD, MANAGERS, WATCHERS],
             args=[self.me, self.lease_ms, self.legacy_ms, "1" if standing else "0", gone,
                   "1" if register else "0"])
         return LeaderView(_text(state), _text(leader_id), int(float(_text(age))), _text(zone),
-                          int(_text(epoch)) if _text(epoch) else None, _text(watcher) == "1")
+                          int(_text(epoch)) if _text(epoch) else None, _text(watcher) == "1",
+                          int(heard) > 0)
 
     def holder(self) -> tuple[str, Optional[int]]:
         """The record's leader id and epoch, read plainly (one command)."""
@@ -391,13 +398,14 @@ class ElectionStore:
             return int(reply[1]), ""
         return None, f"{_text(reply[1])} {_text(reply[2])}".strip()
 
-    def heartbeat(self, epoch: int, zone: str, confirm_ms: int = 0) -> tuple[bool, str, bool]:
-        """Renew my record: ``(True, heartbeat, replicated)`` or ``(False, why I am no
-        leader, False)``. With ``confirm_ms``, and when the primary has replicas, the
-        renewal is followed on the same connection by ``WAIT 1 confirm_ms``:
-        ``replicated`` says whether a replica has every write made so far (the claim
-        included), so a failover cannot take the epoch back. Without replicas there is
-        nothing a failover could promote: ``replicated`` is True."""
+    def heartbeat(self, epoch: int, zone: str, confirm_ms: int = 0) -> tuple[bool, str, bool, bool]:
+        """Renew my record: ``(True, heartbeat, replicated, heard)`` or ``(False, why I
+        am no leader, False, True)``. With ``confirm_ms``, and when the primary has
+        replicas, the renewal is followed on the same connection by ``WAIT 1
+        confirm_ms``: ``replicated`` says whether a replica has every write made so far
+        (the claim included), so a failover cannot take the epoch back. Without
+        replicas there is nothing a failover could promote: ``replicated`` is True.
+        ``heard``: my liveness channel has a subscriber on this server."""
         keys, args = [RECORD, EPOCH, MANAGERS, WATCHERS], [self.me, epoch, zone, self.lease_ms, WATCHER_COUNT]
         acked = 1
         if confirm_ms and self.replicas():
@@ -408,7 +416,7 @@ class ElectionStore:
         else:
             reply = self._heartbeat(keys=keys, args=args)
         ok = int(reply[0]) == 1
-        return ok, _text(reply[1]), ok and int(acked) >= 1
+        return ok, _text(reply[1]), ok and int(acked) >= 1, not ok or int(reply[2]) > 0
 
     def replicas(self) -> int:
         """How many replicas are attached to the primary, synced or not."""

@@ -166,6 +166,7 @@ class Manager(StoppableThread):
         self.alive_channel = ALIVE_PREFIX + self.me
         #: set while the control channels (this liveness channel among them) are held
         self.subscribed = central.subscribed
+        self.resubscribe = central.resubscribe
         #: ``(leader id, epoch)`` that appointed this instance a watcher, or None
         self.appointed: Optional[tuple[str, int]] = None
         #: the highest epoch seen (a claim never goes below it)
@@ -374,11 +375,13 @@ class Manager(StoppableThread):
             self._campaign()
             return
         register, self._register = self._register, False
+        held = self.subscribed.is_set()
         try:
             view = self.store.check(standing, self.gone, register=register)
         except redis.RedisError:
             self._register = self._register or register
             raise
+        self._heard_here(held, view.heard)
         now = time.monotonic()
         self.view, self.read_at = view, now
         if self.watches(view):
@@ -408,13 +411,14 @@ class Manager(StoppableThread):
                 self.config.legacy_max_heartbeat_age_seconds
             if view.age_ms >= 0:
                 # The heartbeat just read counts as heard; look again when the record
-                # would go stale (sooner while heartbeats cannot be heard).
+                # would go stale (sooner while heartbeats cannot be heard, and when the
+                # next one would be late: _listening decides then).
                 self.heard = now - view.age_ms / 1000
                 stale_in = limit - view.age_ms / 1000 + 0.02
                 # A Perl/Go leader publishes nothing: its record is read once a lease.
                 cap = (interval if not self.subscribed.is_set() else
                        self.config.lease_seconds if view.epoch is None else
-                       self.config.manager_sleep_time_seconds)
+                       min(self.config.manager_sleep_time_seconds, 2.5 * interval))
                 self._next_wake = max(0.02, min(cap, stale_in))
             return
         if not standing:
@@ -498,10 +502,12 @@ class Manager(StoppableThread):
             self._step_down("zone inactive", release=True)
             return
         confirming = self.role == "confirming"
-        ok, why, replicated = self.store.heartbeat(epoch, self.zone, self.confirm_ms if confirming else 0)
+        held = self.subscribed.is_set()
+        ok, why, replicated, heard = self.store.heartbeat(epoch, self.zone, self.confirm_ms if confirming else 0)
         if not ok:
             self._step_down(why, release=why == "killed")
             return
+        self._heard_here(held, heard)
         self._last_beat = time.monotonic()
         self.publish("heartbeat", epoch)
         if confirming:
@@ -510,6 +516,17 @@ class Manager(StoppableThread):
             elif not self._waiting_said:
                 self._waiting_said = True
                 logger.warning("epoch %s is not on a replica yet: not acting until it is", epoch)
+
+    def _heard_here(self, held: bool, heard: bool) -> None:
+        """``heard``: the server that answered a script holds this instance's liveness
+        subscription. When it does not while the subscription was confirmed all along,
+        the pub/sub connection sits on another server (a primary that hung and was
+        failed over, now perhaps a replica): nothing published on the primary reaches
+        it, and to the watchers this instance looks dead. Subscribe again there."""
+        if held and not heard and self.subscribed.is_set() and not self.resubscribe.is_set():
+            logger.warning("the central Redis holds none of this instance's subscriptions "
+                           "(its pub/sub connection is on another server): subscribing again")
+            self.resubscribe.set()
 
     def _step_down(self, reason: str, release: bool) -> None:
         with self._lock:

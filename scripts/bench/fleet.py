@@ -63,7 +63,7 @@ class Member:
             self.central.subscriber_client, ControlCodec(None, config.lease_seconds),
             extra={METRIC_CHANNEL: lambda data: None,
                    self.manager.alive_channel: self.manager.on_alive_message},
-            connected=self.central.subscribed)
+            connected=self.central.subscribed, resubscribe=self.central.resubscribe)
         for thread in (self.manager, self.manager.watch, self.subscriber):
             thread.name = f"{thread.name}-{self.id}"
         # Only this member's subscriber speaks to this member's Manager.

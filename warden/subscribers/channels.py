@@ -59,11 +59,15 @@ class ControlSubscriber(ConnectionLoop):
     def __init__(self, client_factory: Callable[[], redis.Redis], codec: ControlCodec,
                  extra: Optional[dict[str, Callable[[Any], None]]] = None,
                  channels: tuple[str, ...] = tuple(CHANNELS),
-                 connected: Optional[threading.Event] = None) -> None:
+                 connected: Optional[threading.Event] = None,
+                 resubscribe: Optional[threading.Event] = None) -> None:
         super().__init__("warden-pubsub")
         if connected is not None:
             #: shared with whoever needs to know whether messages can be heard
             self.connected = connected
+        #: set by whoever finds the subscriptions missing on the primary: the
+        #: connection is opened again
+        self.resubscribe = resubscribe if resubscribe is not None else threading.Event()
         self.client_factory = client_factory
         self.codec = codec
         #: the control channels listened to (all of them by default)
@@ -86,6 +90,7 @@ class ControlSubscriber(ConnectionLoop):
         signals.send(signals.control_received, self, message=message)
 
     def open(self) -> Any:
+        self.resubscribe.clear()
         return open_subscription(self.client_factory(), (*self.channels, *self.extra))
 
     def close(self, connection: Any) -> None:
@@ -99,6 +104,8 @@ class ControlSubscriber(ConnectionLoop):
         confirmed, wanted = 0, len(self.channels) + len(self.extra)
         try:
             while not self.stopping:
+                if self.resubscribe.is_set():
+                    raise redis.ConnectionError("the primary holds none of its subscriptions")
                 item = pubsub.get_message(timeout=0.5)
                 if item is None:
                     continue
