@@ -10,6 +10,7 @@ import re
 import signal
 import statistics
 import time
+from typing import Any
 
 import redis as redis_lib
 
@@ -195,26 +196,38 @@ def test_a_primary_killed_while_the_leader_scales(sentinel_central, managers, aw
           f"({', '.join(f'{g:.2f}' for g in gaps)})")
 
 
-def test_a_leader_whose_record_outlasts_a_failover_keeps_leading(sentinel_central, managers):
-    """A central failover takes every subscription down at once, the leader's liveness
-    channel with it. A watcher back on the new primary before the leader has subscribed
-    again must not take that for the leader's death: a leader whose record survives the
-    failover (its lease outlasts it) keeps leading under its epoch."""
+def leading_on_a_long_lease(sentinel_central, managers) -> tuple[list, Any, str, str]:
+    """Three managers under Sentinel with a lease (10 s) that outlasts a failover, once
+    one leads and has appointed its two watchers: (managers, a client, leader, epoch)."""
     settings = dict(sentinel_central.settings(), leaseSeconds=10)
     group = [managers(f"i-{n}", **settings) for n in range(3)]
     central = sentinel_central.client()
     chief = eventually(lambda: central.hget("service-manager", "id"), 10, what="a leader")
     epoch = central.hget("service-manager", "epoch")
     eventually(lambda: central.scard("warden:watchers") == 2, 10, what="two watchers appointed")
+    return group, central, chief, epoch
+
+
+def subscribed_on(server: Any, seconds: float, what: str) -> None:
+    """Until each of the three managers holds its pub/sub connection on ``server``."""
+    client = redis_lib.Redis(port=server.port)
+    names = {f"warden-sub-i-{n}" for n in range(3)}
+    eventually(lambda: names <= {c["name"] for c in client.client_list()}, seconds, what=what)
+    client.close()
+
+
+def test_a_leader_whose_record_outlasts_a_failover_keeps_leading(sentinel_central, managers):
+    """A central failover takes every subscription down at once, the leader's liveness
+    channel with it. A watcher back on the new primary before the leader has subscribed
+    again must not take that for the leader's death: a leader whose record survives the
+    failover (its lease outlasts it) keeps leading under its epoch."""
+    group, central, chief, epoch = leading_on_a_long_lease(sentinel_central, managers)
     for trial in range(3):
         sentinel_central.wait_replicated()
         old = sentinel_central.kill_primary()
         eventually(lambda: sentinel_central.primary() is not old, 30, what=f"failover {trial}")
-        new = redis_lib.Redis(port=sentinel_central.primary().port, decode_responses=True)
-        eventually(lambda: {f"warden-sub-i-{n}" for n in range(3)} <= {c["name"] for c in new.client_list()},
-                   15, what=f"every manager subscribed again after failover {trial}")
+        subscribed_on(sentinel_central.primary(), 15, f"every manager subscribed again after failover {trial}")
         time.sleep(1.5)  # several watcher readings on the new primary
-        new.close()
         assert (central.hget("service-manager", "id"), central.hget("service-manager", "epoch")) == (chief, epoch)
         assert [m for m in group if "leadership lost" in m.log()] == []
         old.options = ["--replicaof", "127.0.0.1", str(sentinel_central.primary().port)]
@@ -227,25 +240,20 @@ def test_a_primary_that_hangs_is_left_by_every_subscription(sentinel_central, ma
     it hears nothing any more, and the leader's liveness channel is empty on the new
     primary: each manager finds its own channel empty where its commands go and
     subscribes again there, so a leader whose record survived keeps leading."""
-    settings = dict(sentinel_central.settings(), leaseSeconds=10)
-    group = [managers(f"i-{n}", **settings) for n in range(3)]
-    central = sentinel_central.client()
-    chief = eventually(lambda: central.hget("service-manager", "id"), 10, what="a leader")
-    epoch = central.hget("service-manager", "epoch")
-    eventually(lambda: central.scard("warden:watchers") == 2, 10, what="two watchers appointed")
+    group, _, chief, epoch = leading_on_a_long_lease(sentinel_central, managers)
     sentinel_central.wait_replicated()
     old = sentinel_central.primary()
     old.process.send_signal(signal.SIGSTOP)
     stopped = time.monotonic()
     try:
         eventually(lambda: sentinel_central.primary() is not old, 30, what="the failover")
-        # (This test's own client may still sit on the old primary: ask the new one.)
-        new = redis_lib.Redis(port=sentinel_central.primary().port, db=11, decode_responses=True)
-        eventually(lambda: {f"warden-sub-i-{n}" for n in range(3)} <= {c["name"] for c in new.client_list()},
-                   8, what="every manager subscribed on the new primary")
+        primary = sentinel_central.primary()
+        subscribed_on(primary, 8, "every manager subscribed on the new primary")
         print(f"\nA hung primary (SIGSTOP) -> every manager subscribed on the new primary: "
               f"{time.monotonic() - stopped:.2f} s")
         time.sleep(3)  # past the watchers' settle
+        # (This test's own Sentinel client may still sit on the old primary: ask the new one.)
+        new = redis_lib.Redis(port=primary.port, db=11, decode_responses=True)
         assert (new.hget("service-manager", "id"), new.hget("service-manager", "epoch")) == (chief, epoch)
         new.close()
         assert [m for m in group if "leadership lost" in m.log()] == []
