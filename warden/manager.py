@@ -107,9 +107,9 @@ class LivenessWatch(StoppableThread):
                 pause = random.uniform(0, self.interval)
                 continue
             pause = self.interval
-            if not manager.subscribed.is_set():
-                self.troubled_at = time.monotonic()
-            if time.monotonic() - self.troubled_at < self.settle:
+            # Lost: no judging until it has been back for the settle time (its return
+            # sets troubled_at).
+            if not manager.subscribed.is_set() or time.monotonic() - self.troubled_at < self.settle:
                 continue
             try:
                 if self._subscribers(view.leader_id) > 0:
