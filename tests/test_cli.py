@@ -55,15 +55,15 @@ def test_start_up_errors_are_one_line_per_problem_and_json_when_asked(tmp_path):
     text = warden("registrar", cwd=tmp_path)
     assert text.returncode == 2
     assert text.stderr.splitlines() == [
-        "warden: config.json: registrarSleepTimeSeconds: must be a positive number of seconds",
-        "warden: config.json: leaseSeconds: must be a positive number of seconds",
+        "warden: config.json: registrarSleepTimeSeconds: must be a number of seconds from 0.1 to 86400, not -1",
+        "warden: config.json: leaseSeconds: must be a number of seconds from 0.1 to 3600, not 'x'",
     ]
     as_json = warden("registrar", "--log-format", "json", cwd=tmp_path)
     assert as_json.returncode == 2
     entries = [json.loads(line) for line in as_json.stderr.splitlines()]
     assert [(e["level"], e["msg"]) for e in entries] == [
-        ("error", "config.json: registrarSleepTimeSeconds: must be a positive number of seconds"),
-        ("error", "config.json: leaseSeconds: must be a positive number of seconds"),
+        ("error", "config.json: registrarSleepTimeSeconds: must be a number of seconds from 0.1 to 86400, not -1"),
+        ("error", "config.json: leaseSeconds: must be a number of seconds from 0.1 to 3600, not 'x'"),
     ]
 
 

@@ -76,7 +76,7 @@ def test_validate_names_file_and_field_for_each_problem(tmp_path: Path) -> None:
     result = run_warden(tmp_path, "validate", config="conf/config.json")
     assert result.returncode == 2
     lines = result.stdout.splitlines()
-    assert "conf/config.json: registrarSleepTimeSeconds: must be a positive number of seconds" in lines
+    assert "conf/config.json: registrarSleepTimeSeconds: must be a number of seconds from 0.1 to 86400, not 'often'" in lines
     assert "conf/config.json: colour: unknown key, ignored (warning)" in lines
     # The config is broken, so the service files are not read until it is fixed.
     write(tmp_path, "conf/config.json", {"serviceDescriptionFilename": "services"})
@@ -197,8 +197,9 @@ def test_metric_and_scaling_are_checked(tmp_path: Path) -> None:
         "services.json: [0].metric.key: is required for a redis metric (service 'a')",
         "services.json: [1].metric.Type: unknown metric type 'tea-leaves' (known: "
         "cloudwatch, elasticbeanstalk, redis, sqs, static) (service 'b')",
-        "services.json: [2].scaling.steps: must be a list of [threshold, tasks] pairs (service 'c')",
-        "services.json: [2].scaling.minTasks: must be a whole number, 0 or more (service 'c')",
+        "services.json: [2].scaling.steps: must be a list of [threshold, tasks] pairs "
+        "(a finite threshold, tasks from 0 to 10000) (service 'c')",
+        "services.json: [2].scaling.minTasks: must be a whole number from 0 to 10000 (service 'c')",
     ]
 
 
@@ -314,7 +315,7 @@ def test_a_metric_without_steps_must_name_max_tasks(tmp_path: Path) -> None:
         "(a metric alone could ask for any number of tasks) (service 'a')",
         "services.json: [1].scaling.maxTasks: is required when the scaling has no steps "
         "(a metric alone could ask for any number of tasks) (service 'b')",
-        "services.json: [3].scaling.scaleDownDelaySeconds: must be a number of seconds, 0 or more (service 'd')",
+        "services.json: [3].scaling.scaleDownDelaySeconds: must be a number of seconds from 0 to 86400 (service 'd')",
     ]
     from warden.scaling import Policy
 
@@ -382,7 +383,7 @@ def test_readiness_is_checked(tmp_path: Path) -> None:
     result = run_warden(tmp_path, "validate")
     assert result.returncode == 2
     assert result.stdout.splitlines() == [
-        "config.json: readinessReportSeconds: must be a positive number of seconds"]
+        "config.json: readinessReportSeconds: must be a number of seconds from 0.1 to 86400, not 0"]
 
 
 def test_an_unknown_run_task_parameter_is_a_warning(tmp_path: Path) -> None:
@@ -469,3 +470,67 @@ def test_values_that_are_choices_match_in_any_case(tmp_path: Path) -> None:
     [web], _ = ServiceCatalog(str(tmp_path / "services.json"), "services.json").load()
     assert web.readiness.kind == "tcp"
     assert web.run_task.parameters["launchType"] == "FARGATE"
+
+
+def test_numbers_that_are_not_finite_or_out_of_range_are_refused(tmp_path: Path) -> None:
+    """Python's JSON reader takes NaN and Infinity: a NaN heartbeat spun the leader's
+    loop, an Infinity sweep period killed the Registrar's thread, a NaN lease exited 1.
+    Every number is finite and in its documented range, in ``validate`` and at start."""
+    write(tmp_path, "config.json", '{"heartbeatIntervalSeconds": NaN, "registrarSleepTimeSeconds": Infinity,'
+                                   ' "managerSleepTimeSeconds": 1e300, "leaseSeconds": -Infinity,'
+                                   ' "guardTimeSeconds": 0.001, "readinessReportSeconds": 1e9}')
+    write(tmp_path, "services.json", '[{"name": "a", "port": 80, "taskName": "t",'
+                                     ' "metric": {"type": "static", "value": 1},'
+                                     ' "scaling": {"steps": [[NaN, 1]], "maxTasks": 100000000000}},'
+                                     ' {"name": "b", "port": 80, "taskName": "t",'
+                                     ' "metric": {"type": "static", "value": 1},'
+                                     ' "scaling": {"steps": [[0, 1], [Infinity, 3]],'
+                                     ' "scaleDownDelaySeconds": NaN}}]')
+    result = run_warden(tmp_path, "validate")
+    assert result.returncode == 2, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    for line in (
+        "config.json: heartbeatIntervalSeconds: must be a number of seconds from 0.05 to 60, not NaN",
+        "config.json: registrarSleepTimeSeconds: must be a number of seconds from 0.1 to 86400, not Infinity",
+        "config.json: managerSleepTimeSeconds: must be a number of seconds from 0.1 to 86400, not 1e+300",
+        "config.json: leaseSeconds: must be a number of seconds from 0.1 to 3600, not -Infinity",
+        "config.json: guardTimeSeconds: must be a number of seconds from 0.05 to 300, not 0.001",
+        "config.json: readinessReportSeconds: must be a number of seconds from 0.1 to 86400, not 1000000000.0",
+    ):
+        assert line in lines, (line, lines)
+    # The daemon refuses the same file at start, as a configuration error: exit 2.
+    for command in ("registrar", "manager", "run"):
+        started = run_warden(tmp_path, command)
+        assert started.returncode == 2, (command, started.stderr)
+        assert "heartbeatIntervalSeconds: must be a number of seconds from 0.05 to 60, not NaN" in started.stderr
+    write(tmp_path, "config.json", {})
+    result = run_warden(tmp_path, "validate")
+    assert result.returncode == 2
+    assert result.stdout.splitlines() == [
+        "services.json: [0].scaling.steps: must be a list of [threshold, tasks] pairs "
+        "(a finite threshold, tasks from 0 to 10000) (service 'a')",
+        "services.json: [0].scaling.maxTasks: must be a whole number from 0 to 10000 (service 'a')",
+        "services.json: [1].scaling.steps: must be a list of [threshold, tasks] pairs "
+        "(a finite threshold, tasks from 0 to 10000) (service 'b')",
+        "services.json: [1].scaling.scaleDownDelaySeconds: must be a number of seconds from 0 to 86400 "
+        "(service 'b')",
+    ]
+    write(tmp_path, "config.json", '{"leaseSeconds": NaN}')
+    started = run_warden(tmp_path, "manager")
+    assert started.returncode == 2, started.stderr
+    assert "config.json: leaseSeconds: must be a number of seconds from 0.1 to 3600, not NaN" in started.stderr
+
+
+def test_a_candidate_entry_that_dies_before_its_election_closes_is_refused(tmp_path: Path) -> None:
+    """A candidate entry shorter than the election it entered never claims: the
+    candidate stands again at 80 % of its entry's life, before the close, every time,
+    and nobody is elected. The combination is refused with the reason."""
+    write(tmp_path, "config.json", {"candidateExpirySeconds": 1, "guardTimeSeconds": 1})
+    write(tmp_path, "services.json", [])
+    result = run_warden(tmp_path, "validate")
+    assert result.returncode == 2
+    assert result.stdout.splitlines() == [
+        "config.json: candidateExpirySeconds: must be at least twice guardTimeSeconds (2 s here): "
+        "an entry must outlive the election it entered"]
+    write(tmp_path, "config.json", {"candidateExpirySeconds": 2, "guardTimeSeconds": 1})
+    assert run_warden(tmp_path, "validate").returncode == 0

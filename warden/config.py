@@ -16,7 +16,7 @@ from urllib.parse import urlparse, urlunparse
 
 from warden import jsonfile
 from warden.errors import ConfigError
-from warden.jsonfile import KeyedObject, Problem, is_int, is_number, unknown_key
+from warden.jsonfile import KeyedObject, Problem, in_range, is_int, shown, unknown_key
 
 
 @dataclass(frozen=True)
@@ -176,10 +176,18 @@ def _str(value: Any) -> Optional[str]:
     return None if isinstance(value, str) else "must be a string"
 
 
-def _seconds(value: Any) -> Optional[str]:
-    if not is_number(value) or value <= 0:
-        return "must be a positive number of seconds"
-    return None
+def _seconds(low: float, high: float) -> Callable[[Any], Optional[str]]:
+    """A check for a number of seconds from ``low`` to ``high``: a period of 0 or NaN
+    spins a loop, one of Infinity overflows a wait."""
+    def check(value: Any) -> Optional[str]:
+        if in_range(value, low, high):
+            return None
+        return f"must be a number of seconds from {low:g} to {high:g}, not {shown(value)}"
+    return check
+
+
+#: a day: the longest period, lifetime or age any setting may take
+DAY = 86400
 
 
 def _enum(value: Any) -> Any:
@@ -259,9 +267,9 @@ _SPELLED: dict[str, tuple[str, Callable[[Any], Optional[str]]]] = {
     "nginxRedisAddress": ("nginx_redis", _str),
     "nginxRedisDatabaseNumber": ("", _db),
     "serviceDescriptionFilename": ("service_description_path", _str),
-    "registrarSleepTimeSeconds": ("registrar_sleep_time_seconds", _seconds),
-    "managerSleepTimeSeconds": ("manager_sleep_time_seconds", _seconds),
-    "readinessReportSeconds": ("readiness_report_seconds", _seconds),
+    "registrarSleepTimeSeconds": ("registrar_sleep_time_seconds", _seconds(0.1, DAY)),
+    "managerSleepTimeSeconds": ("manager_sleep_time_seconds", _seconds(0.1, DAY)),
+    "readinessReportSeconds": ("readiness_report_seconds", _seconds(0.1, DAY)),
     "containerLabels": ("container_labels", _on_off),
     "labelPrefix": ("label_prefix", _label_prefix),
     "instanceId": ("instance_id", _instance_id),
@@ -269,11 +277,11 @@ _SPELLED: dict[str, tuple[str, Callable[[Any], Optional[str]]]] = {
     "region": ("region", _optional_str),
     "hostAddress": ("host_address", _str),
     "ecsCluster": ("ecs_cluster", _str),
-    "heartbeatIntervalSeconds": ("heartbeat_interval_seconds", _seconds),
-    "leaseSeconds": ("lease_seconds", _seconds),
-    "legacyMaxHeartbeatAgeSeconds": ("legacy_max_heartbeat_age_seconds", _seconds),
-    "guardTimeSeconds": ("guard_time_seconds", _seconds),
-    "candidateExpirySeconds": ("candidate_expiry_seconds", _seconds),
+    "heartbeatIntervalSeconds": ("heartbeat_interval_seconds", _seconds(0.05, 60)),
+    "leaseSeconds": ("lease_seconds", _seconds(0.1, 3600)),
+    "legacyMaxHeartbeatAgeSeconds": ("legacy_max_heartbeat_age_seconds", _seconds(1, DAY)),
+    "guardTimeSeconds": ("guard_time_seconds", _seconds(0.05, 300)),
+    "candidateExpirySeconds": ("candidate_expiry_seconds", _seconds(1, DAY)),
     "zoneCheck": ("zone_check", _zone_check),
     "handlers": ("handlers", _handlers),
     "alerts": ("alerts", _object),
@@ -430,6 +438,14 @@ def load_config(path: str) -> tuple[Optional[Config], list[Problem]]:
     if lease < 2 * heartbeat:
         problems.append(Problem(display, data.spelled("leaseseconds"),
                                 "must be at least twice heartbeatIntervalSeconds"))
+    # A candidate stands again at 80 % of its entry's life; the election it entered
+    # closes up to a guard time later: a shorter entry never reaches a claim.
+    guard = values.get("guard_time_seconds", Config.guard_time_seconds)
+    expiry = values.get("candidate_expiry_seconds", Config.candidate_expiry_seconds)
+    if expiry < 2 * guard:
+        problems.append(Problem(display, data.spelled("candidateexpiryseconds"),
+                                f"must be at least twice guardTimeSeconds ({2 * guard:g} s here): "
+                                "an entry must outlive the election it entered"))
 
     if any(not p.warning for p in problems):
         return None, problems

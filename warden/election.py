@@ -24,6 +24,7 @@ hosts never deposes a healthy leader.
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -338,7 +339,8 @@ class ElectionStore:
         self.lease_ms = int(lease_seconds * 1000)
         self.legacy_ms = int(legacy_seconds * 1000)
         self.guard_ms = int(guard_seconds * 1000)
-        self.candidate_expiry = max(1, int(round(candidate_expiry)))
+        # Whole seconds (EX), never shorter than configured.
+        self.candidate_expiry = max(1, math.ceil(candidate_expiry))
         self._check = client.register_script(_CHECK)
         self._enter = client.register_script(_ENTER)
         self._claim = client.register_script(_CLAIM)

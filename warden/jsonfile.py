@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import math
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -87,8 +88,21 @@ def is_int(value: Any) -> bool:
 
 
 def is_number(value: Any) -> bool:
-    """A JSON number (booleans are not numbers here)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    """A finite JSON number (booleans are not numbers here). Python's reader also takes
+    ``NaN`` and ``Infinity``, which compare false with everything: never a setting."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def in_range(value: Any, low: float, high: float) -> bool:
+    """A finite number from ``low`` to ``high``, both included."""
+    return is_number(value) and low <= value <= high
+
+
+def shown(value: Any) -> str:
+    """A value as the user wrote it in JSON, for a problem line: ``NaN``, ``1e+300``."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return json.dumps(value)
+    return repr(value)
 
 
 def unknown_key(spelled: str, known: Any) -> str:

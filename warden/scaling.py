@@ -109,12 +109,29 @@ def desired(policy: Policy, wanted: int, running: int, window: Window, now: floa
     return target
 
 
+#: the most tasks a step, ``minTasks``, ``maxTasks`` or ``maxStep`` may name: a typo of
+#: a few extra digits must not reach RunTask
+MAX_TASKS = 10000
+#: what a steps array must be, for problem lines
+STEPS_RULE = f"must be a list of [threshold, tasks] pairs (a finite threshold, tasks from 0 to {MAX_TASKS})"
+
+
+def is_task_count(value: Any) -> bool:
+    """A whole number of tasks from 0 to :data:`MAX_TASKS`."""
+    return jsonfile.is_int(value) and 0 <= value <= MAX_TASKS
+
+
+def valid_steps(data: Any) -> bool:
+    """``[[threshold, tasks], ...]`` with finite thresholds and task counts in range."""
+    return isinstance(data, list) and all(
+        isinstance(s, list) and len(s) == 2 and jsonfile.is_number(s[0]) and is_task_count(s[1])
+        for s in data)
+
+
 def parse_steps(data: Any, where: str) -> tuple[tuple[float, int], ...]:
     """A steps array, or :class:`MetricError` naming ``where``."""
-    if not isinstance(data, list) or not all(
-            isinstance(s, list) and len(s) == 2 and jsonfile.is_number(s[0])
-            and jsonfile.is_int(s[1]) and s[1] >= 0 for s in data):
-        raise MetricError(f"{where} must hold a list of [threshold, tasks] pairs")
+    if not valid_steps(data):
+        raise MetricError(f"{where} {STEPS_RULE}")
     return tuple((float(t), int(n)) for t, n in data)
 
 

@@ -18,9 +18,9 @@ from types import MappingProxyType
 from typing import Any, Callable, Mapping, Optional
 
 from warden import jsonfile
-from warden.jsonfile import KeyedObject, Problem, any_case, is_int, is_number, unknown_key
+from warden.jsonfile import KeyedObject, Problem, any_case, in_range, is_int, unknown_key
 from warden.model import Attachment, Container, LoadBalancerTarget
-from warden.scaling import Policy
+from warden.scaling import MAX_TASKS, STEPS_RULE, Policy, is_task_count, valid_steps
 
 logger = logging.getLogger(__name__)
 
@@ -289,23 +289,21 @@ def _check_scaling(file: str, where: str, obj: KeyedObject) -> list[Problem]:
     steps = obj.get("steps")
     if steps is not None:
         field_name = f"{where}.{obj.spelled('steps')}"
-        if not isinstance(steps, list) or not all(
-            isinstance(s, list) and len(s) == 2 and is_number(s[0]) and is_int(s[1]) and s[1] >= 0
-            for s in steps
-        ):
-            problems.append(Problem(file, field_name, "must be a list of [threshold, tasks] pairs"))
+        if not valid_steps(steps):
+            problems.append(Problem(file, field_name, STEPS_RULE))
     for key in ("mintasks", "maxtasks", "maxstep"):
         value = obj.get(key)
-        if value is not None and (not is_int(value) or value < 0):
-            problems.append(Problem(file, f"{where}.{obj.spelled(key)}", "must be a whole number, 0 or more"))
+        if value is not None and not is_task_count(value):
+            problems.append(Problem(file, f"{where}.{obj.spelled(key)}",
+                                    f"must be a whole number from 0 to {MAX_TASKS}"))
     low, high = obj.get("mintasks"), obj.get("maxtasks")
     if is_int(low) and is_int(high) and low > high:
         problems.append(Problem(file, f"{where}.{obj.spelled('mintasks')}",
                                 f"is more than {obj.spelled('maxtasks')} ({high})"))
     delay = obj.get("scaledowndelayseconds")
-    if delay is not None and (not is_number(delay) or not 0 <= delay < 1e9):
+    if delay is not None and not in_range(delay, 0, 86400):
         problems.append(Problem(file, f"{where}.{obj.spelled('scaledowndelayseconds')}",
-                                "must be a number of seconds, 0 or more"))
+                                "must be a number of seconds from 0 to 86400"))
     url = obj.get("stepsurl")
     if url is not None and (not isinstance(url, str) or not url):
         problems.append(Problem(file, f"{where}.{obj.spelled('stepsurl')}",
