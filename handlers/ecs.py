@@ -191,7 +191,8 @@ class EcsHandler(Handler):
         try:
             tasks = self.tasks(service)
             running = len(tasks)
-            now = time.time()
+            # An interval: the monotonic clock, which an NTP step never moves.
+            now = time.monotonic()
             with self._lock:
                 self._passes += 1
                 window = self._windows.get(service.name)

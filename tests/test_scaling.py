@@ -190,6 +190,42 @@ def test_ecs_handler_counts_only_its_own_tasks_and_changes_nothing_when_fenced(e
     assert len(ecs.tasks()) == 5
 
 
+def test_a_wall_clock_step_neither_skips_nor_blocks_the_scale_down_window(ecs, tmp_path, monkeypatch):
+    """The window is an interval: an NTP step forward must not scale down at once, nor a
+    step back hold a scale-down past its delay. Only the wall clock steps here (the
+    handler module's view of it): the monotonic clock goes on as it does under NTP."""
+    import types
+
+    import warden.handlers.ecs as ecs_module
+
+    step = {"seconds": 0.0}
+    clock = types.SimpleNamespace(time=lambda: time.time() + step["seconds"], monotonic=time.monotonic,
+                                  sleep=time.sleep)
+    monkeypatch.setattr(ecs_module, "time", clock)
+    handler = EcsHandler(config_for(tmp_path))
+    service = service_for(ecs, scaledowndelayseconds=300)
+    assert handler.on_scaling_pass(None, service=service, metric=6, steps=(), epoch=7,
+                                   fence=lambda: True).started == 6
+    result = handler.on_scaling_pass(None, service=service, metric=1, steps=(), epoch=7, fence=lambda: True)
+    assert (result.desired, result.stopped) == (6, 0)
+    step["seconds"] = 3600.0
+    result = handler.on_scaling_pass(None, service=service, metric=1, steps=(), epoch=7, fence=lambda: True)
+    assert (result.desired, result.stopped) == (6, 0), "a step forward skipped the 300 s window"
+    assert len(ecs.tasks()) == 6
+
+    short = service_for(ecs, scaledowndelayseconds=1)
+    handler = EcsHandler(config_for(tmp_path))
+    step["seconds"] = 0.0
+    handler.on_scaling_pass(None, service=short, metric=6, steps=(), epoch=7, fence=lambda: True)
+    result = handler.on_scaling_pass(None, service=short, metric=1, steps=(), epoch=7, fence=lambda: True)
+    assert (result.desired, result.stopped) == (6, 0)
+    step["seconds"] = -3600.0
+    time.sleep(1.2)
+    result = handler.on_scaling_pass(None, service=short, metric=1, steps=(), epoch=7, fence=lambda: True)
+    assert (result.desired, result.stopped) == (1, 5), "a step back held the scale-down past its 1 s window"
+    assert len(ecs.tasks()) == 1
+
+
 def web_service(ecs, **metric) -> dict:
     return {"name": "web", "port": 80, "taskName": ecs.task_family, "cluster": ecs.name,
             "metric": {"type": "redis", "key": "demand:web", **metric},
