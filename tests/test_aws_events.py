@@ -73,6 +73,29 @@ def test_a_spot_warning_drains_the_host_it_names(events, central, managers):
     assert central.hget("service-manager", "id") is None
 
 
+def test_a_drain_the_central_redis_could_not_store_is_delivered_again(events, central, central_server, managers):
+    """The leader relays a spot warning by writing the target's drain key: when the
+    central Redis does not answer at that moment, the message stays on the queue and
+    comes back, instead of being deleted with the drain lost."""
+    import os
+    import signal
+
+    a = managers("i-a", awsEventsQueueUrl=events.queue_url, leaseSeconds=10)
+    eventually(lambda: "leadership gained" in a.log(), 10, what="i-a leads")
+    time.sleep(0.5)  # its first poll of the queue
+    os.kill(central_server.process.pid, signal.SIGSTOP)
+    try:
+        events.emit("EC2 Spot Instance Interruption Warning", "aws.ec2",
+                    {"instance-id": "i-b", "instance-action": "terminate"})
+        eventually(lambda: "cannot record the drain of i-b" in a.log(), 15, what="the failed write")
+    finally:
+        os.kill(central_server.process.pid, signal.SIGCONT)
+    assert events.waiting() == 1, "the message was deleted with its drain unrecorded"
+    eventually(lambda: central.get("warden:drain:i-b") is not None, 20, what="the drain recorded on redelivery")
+    assert json.loads(central.get("warden:drain:i-b"))["reason"] == "EC2 Spot Instance Interruption Warning"
+    eventually(lambda: events.waiting() == 0, 10, what="the message deleted once stored")
+
+
 def test_malformed_messages_are_counted_and_deleted(events, central, managers, aws):
     m = managers("i-a", awsEventsQueueUrl=events.queue_url)
     eventually(lambda: central.hget("service-manager", "id") == "i-a", 10, what="i-a leads")

@@ -64,9 +64,9 @@ class DrainRelay:
     def stop(self) -> None:
         self.receivers.disconnect()
 
-    def _on_aws_event(self, sender: Any, *, event: Any, **kw: Any) -> None:
+    def _on_aws_event(self, sender: Any, *, event: Any, **kw: Any) -> Optional[bool]:
         if event.kind not in ("spot-interruption", "terminate-lifecycle") or not event.instance_id:
-            return
+            return None
         target = event.instance_id
         lifecycle = None
         if event.kind == "terminate-lifecycle":
@@ -75,10 +75,12 @@ class DrainRelay:
         try:
             request_drain(self.manager.redis, target, event.detail_type, lifecycle)
         except redis.RedisError as error:
-            logger.warning("cannot record the drain of %s: %s", target, error)
-            return
+            # Not stored: the queue delivers the event again.
+            logger.warning("cannot record the drain of %s (%s); the event stays queued", target, error)
+            return False
         logger.warning("%s for %s: asking it to drain", event.detail_type, target)
         self.manager.publish("drain", self.manager.current_epoch(), instance_id=target)
+        return True
 
 
 class DrainWatcher(StoppableThread):

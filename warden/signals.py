@@ -189,7 +189,9 @@ aws_call_failed = _signals.signal(
 aws_event = _signals.signal(
     "aws-event",
     doc="""An AWS event arrived through EventBridge and the SQS queue. Sender: the AWS
-    events consumer. kw: ``event`` (:class:`~warden.subscribers.aws_events.AwsEvent`).""",
+    events consumer. kw: ``event`` (:class:`~warden.subscribers.aws_events.AwsEvent`).
+    A receiver that could not store the event's effect (the central Redis did not
+    answer) returns False: the message then stays on the queue and comes back.""",
 )
 
 host_draining = _signals.signal(

@@ -3,7 +3,9 @@ host's own interruption notices from instance metadata.
 
 The leader (and only while it leads) long-polls ``awsEventsQueueUrl``, turns each
 envelope into an :class:`AwsEvent` and emits ``aws_event``; a message is deleted only
-after its receivers ran. A malformed message is logged, counted and deleted.
+after its receivers stored its effect. One that a receiver could not store is made
+visible again after :attr:`AwsEventsConsumer.retry_seconds`, to be taken again. A
+malformed message is logged, counted and deleted.
 """
 
 from __future__ import annotations
@@ -88,6 +90,8 @@ class AwsEventsConsumer(ConnectionLoop):
     backoff_cap = 30.0
     what = "AWS events queue"
     lost = (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError)
+    #: seconds before a message whose effect was not stored is delivered again
+    retry_seconds = 2
 
     def __init__(self, queue_url: str, region: Optional[str], is_leader: Callable[[], bool]) -> None:
         super().__init__("warden-aws-events")
@@ -119,8 +123,13 @@ class AwsEventsConsumer(ConnectionLoop):
                 event = None
             if event is not None:
                 logger.info("AWS event: %s", event.detail_type)
-                signals.send(signals.aws_event, self, event=event)
+                results = signals.send(signals.aws_event, self, event=event)
                 self.handled += 1
+                if any(result is False for _, result in results):
+                    self.client().change_message_visibility(
+                        QueueUrl=self.queue_url, ReceiptHandle=message["ReceiptHandle"],
+                        VisibilityTimeout=self.retry_seconds)
+                    continue
             self.client().delete_message(QueueUrl=self.queue_url,
                                          ReceiptHandle=message["ReceiptHandle"])
         return len(messages)
