@@ -790,3 +790,36 @@ def cloud(aws):
             return {(d["Target"]["Id"], d["Target"]["Port"]) for d in reply["TargetHealthDescriptions"]}
 
     return Cloud()
+
+
+class InProcessManager:
+    """A real Manager on the tests' central Redis, made leader by the election scripts
+    (its threads are not started: the test drives it)."""
+
+    def __init__(self, tmp_path, central_server, instance: str = "i-a") -> None:
+        import dataclasses
+
+        from warden.config import Config, RedisAddress
+        from warden.central import Central
+        from warden.manager import Manager
+        from warden.subscribers.zones import ZoneChecker
+
+        self.config = dataclasses.replace(
+            Config(path=str(tmp_path / "config.json"), display_path="config.json", region="us-east-1"),
+            instance_id=instance, zone_check="none",
+            service_management_redis=RedisAddress(f"redis://127.0.0.1:{central_server.port}", 11))
+        self.manager = Manager(self.config, Central(self.config), ZoneChecker("none", None))
+
+    def lead(self) -> int:
+        store = self.manager.store
+        store.enter(100)
+        epoch, why = store.claim("z")
+        assert epoch, why
+        self.manager._become_leader(epoch)
+        return epoch
+
+    def hand_back(self) -> None:
+        self.manager._step_down("test", release=True)
+
+    def close(self) -> None:
+        self.manager.receivers.disconnect()

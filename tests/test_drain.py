@@ -150,3 +150,34 @@ def test_the_lifecycle_action_is_completed_without_targets_and_retried_with_its_
     assert len(calls) == 3
     assert all(f"LifecycleActionToken={token}".encode() in body for _, _, body in calls)
     assert w.log().count("cannot complete lifecycle action drain-hook") == 2
+
+
+def test_a_drain_noticed_while_a_claim_is_in_flight_leads_nothing(central, central_server, tmp_path):
+    """A drain that arrives on another thread while this host's claim script runs finds
+    a follower and steps nothing down; the claim then succeeds. The draining host must
+    hand the record back before it acts, never lead."""
+    from conftest import InProcessManager
+    from warden import signals
+
+    host = InProcessManager(tmp_path, central_server, "i-d")
+    manager = host.manager
+    manager.receivers.connect()
+    try:
+        manager._campaign()  # stands; the claim is due when the election closes
+        time.sleep(manager._claim_after + 0.05)
+        claim = manager.store.claim
+
+        def drain_arrives_during_the_claim(*args, **kw):
+            signals.send(signals.host_draining, None, reason="EC2 Spot Instance Interruption Warning",
+                         lifecycle=None)
+            return claim(*args, **kw)
+
+        manager.store.claim = drain_arrives_during_the_claim
+        gained = []
+        with signals.leadership_gained.connected_to(lambda sender, **kw: gained.append(kw)):
+            manager._campaign()
+        assert gained == [], "a draining host gained leadership"
+        assert manager.role == "follower" and not manager.is_leader
+        assert leader(central) == "", "the draining host kept the record"
+    finally:
+        host.close()

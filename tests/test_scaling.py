@@ -10,7 +10,7 @@ import uuid
 
 import pytest
 
-from conftest import eventually
+from conftest import InProcessManager, eventually
 from warden.config import Config
 from warden.handlers.ecs import EcsHandler
 from warden.metrics import MetricContext, MetricError, load_metric
@@ -288,38 +288,6 @@ def test_a_frozen_leader_that_wakes_cannot_scale(ecs, central, managers):
 # -- production conditions: the leader's scheduler and fencing, in process ---------------
 
 
-class _Leader:
-    """A real Manager on the tests' central Redis, made leader by the election scripts
-    (its threads are not started: the test drives it)."""
-
-    def __init__(self, tmp_path, central_server, instance: str = "i-a") -> None:
-        import dataclasses
-
-        from warden.config import RedisAddress
-        from warden.central import Central
-        from warden.manager import Manager
-        from warden.subscribers.zones import ZoneChecker
-
-        self.config = dataclasses.replace(
-            config_for(tmp_path), instance_id=instance, zone_check="none",
-            service_management_redis=RedisAddress(f"redis://127.0.0.1:{central_server.port}", 11))
-        self.manager = Manager(self.config, Central(self.config), ZoneChecker("none", None))
-
-    def lead(self) -> int:
-        store = self.manager.store
-        store.enter(100)
-        epoch, why = store.claim("z")
-        assert epoch, why
-        self.manager._become_leader(epoch)
-        return epoch
-
-    def hand_back(self) -> None:
-        self.manager._step_down("test", release=True)
-
-    def close(self) -> None:
-        self.manager.receivers.disconnect()
-
-
 def _scaler(leader, tmp_path, services: list, central):
     from warden.scaler import Scaler
     from warden.services import ServiceCatalog
@@ -342,7 +310,7 @@ def test_a_pass_decided_under_one_epoch_never_acts_under_the_next(ecs, central, 
     computed under epoch N acted once the same manager held N+1."""
     import threading
 
-    leader = _Leader(tmp_path, central_server)
+    leader = InProcessManager(tmp_path, central_server)
     scaler, catalog = _scaler(leader, tmp_path, [_fargate_service(ecs)], central)
     handler = EcsHandler(leader.config)
     handler.connect()
@@ -386,7 +354,7 @@ def test_the_scaler_outlives_a_failing_step_and_livez_names_a_dead_worker(ecs, c
     from warden.telemetry import Telemetry
     from warden.threads import StoppableThread
 
-    leader = _Leader(tmp_path, central_server)
+    leader = InProcessManager(tmp_path, central_server)
     scaler, catalog = _scaler(leader, tmp_path, [_fargate_service(ecs)], central)
     handler = EcsHandler(leader.config)
     handler.connect()

@@ -498,6 +498,10 @@ class Manager(StoppableThread):
     def _lead(self) -> None:
         epoch = self.epoch
         assert epoch is not None
+        if self.draining:
+            # A drain noticed while the claim was in flight found a follower to step down.
+            self._step_down("draining", release=True)
+            return
         if not self.zones.active(self.zone):
             self._step_down("zone inactive", release=True)
             return
