@@ -204,3 +204,39 @@ def test_restarting_warden_never_unroutes_a_container_that_answers(redx, contain
         redx.config_set("notify-keyspace-events", "")
     assert changes == [], f"the restart changed the routes: {changes}"
     assert redx.hgetall("backend:web") == {address: "0"}
+
+
+def test_a_readiness_path_outside_ascii_is_probed_percent_encoded(redx, containers, warden):
+    """``{"http": "/santé"}`` passed validation and then made every probe try raise in
+    the worker: the container was never routed nor reported. The path is sent
+    percent-encoded, from a service field or a label alike."""
+    w = warden([service("accent", readiness={"http": "/santé"})]).start()
+    assert w.command("validate").returncode == 0
+    c = containers.run("accent")
+    eventually(lambda: redx.hgetall("backend:accent") == {f"{ip_of(c)}:8080": "0"}, 10, what="routed")
+    labelled = containers.run("cafe", labels={"warden.service": f"cafe-{RUN}", "warden.frontend": "cafe.example.com",
+                                              "warden.port": "8080", "warden.readiness": "http:/café?ü=1"})
+    eventually(lambda: redx.hgetall(f"backend:cafe-{RUN}") == {f"{ip_of(labelled)}:8080": "0"}, 10,
+               what="the labelled container routed")
+    assert "Traceback" not in w.log() and "UnicodeEncodeError" not in w.log()
+
+
+def test_a_probe_try_that_raises_counts_as_a_failed_try():
+    """Whatever goes wrong inside one try, the probe stays scheduled: it fails, it is
+    tried again, and it is reported, never left pending with nothing due."""
+    from warden.readiness import Probe, ReadinessProber
+
+    ready = []
+    prober = ReadinessProber(ready.append, report_after=0.2)
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    try:
+        # A path http.client cannot encode: each try raises UnicodeEncodeError.
+        probe = Probe("c1", "127.0.0.1", listener.getsockname()[1], "/santé", "c1")
+        assert prober.require(probe) is False
+        eventually(lambda: prober.not_ready() == [probe], 5, what="the probe reported as not ready")
+    finally:
+        prober.stop()
+        listener.close()
+    assert ready == []

@@ -87,6 +87,9 @@ class Probe:
                 connection.close()
         except (OSError, http.client.HTTPException):
             return False
+        except Exception as error:  # noqa: BLE001 - a try that raises is a failed try, never a lost probe
+            logger.debug("%s: try failed: %r", self, error)
+            return False
 
 
 def probe_for(service: "Service", container: "Container") -> tuple[Optional[Probe], str]:

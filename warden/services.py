@@ -15,6 +15,7 @@ import threading
 import time
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
+from urllib.parse import quote
 from typing import Any, Callable, Mapping, Optional
 
 from warden import jsonfile
@@ -220,13 +221,19 @@ def _object(value: Any) -> tuple[Any, Optional[str]]:
     return (dict(value), None) if isinstance(value, dict) else (None, "must be an object")
 
 
+#: what a readiness path keeps as it is: RFC 3986's path, query and reserved
+#: characters, and ``%`` (a path already percent-encoded stays so)
+_PATH_SAFE = "/%:@!$&'()*+,;=?~"
+
+
 def parse_readiness(value: Any) -> tuple[Any, Optional[str]]:
     if isinstance(value, str) and value.lower() in ("tcp", "none"):
         return Readiness(value.lower()), None
     if isinstance(value, dict) and list(value) == ["http"]:
         path = value["http"]
         if isinstance(path, str) and path.startswith("/") and not any(c.isspace() for c in path):
-            return Readiness("http", path), None
+            # An HTTP request line is ASCII: "/santé" is sent as "/sant%C3%A9".
+            return Readiness("http", quote(path, safe=_PATH_SAFE)), None
         return None, 'has an http path that must start with "/" and hold no spaces'
     return None, 'must be "tcp", "none" or {"http": "/path"}'
 
