@@ -823,3 +823,145 @@ class InProcessManager:
 
     def close(self) -> None:
         self.manager.receivers.disconnect()
+
+
+class DockerProxy:
+    """A UNIX-socket proxy of the tests' own in front of dockerd: point ``DOCKER_HOST``
+    at ``url``. Each request is read whole and passed to the engine on a connection of
+    its own (so every request is seen, even on a kept-alive client connection), unless
+    ``plan`` names its path: ``listing`` (``GET /containers/json``) answers, in order,
+    ``"500"`` (the engine's error document) or ``"no-id"`` (the real listing with
+    ``Id`` dropped from every entry); a used-up plan passes."""
+
+    upstream = "/var/run/docker.sock"
+
+    def __init__(self) -> None:
+        # A short path: a UNIX socket's path holds at most 107 bytes.
+        self.path = os.path.join(tempfile.mkdtemp(prefix="warden-dp-"), "docker.sock")
+        self.url = f"unix://{self.path}"
+        self.plan: dict[str, list[str]] = {"listing": []}
+        #: (kind, what was answered) of each request the plan named
+        self.answered: list[str] = []
+        self._server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._server.bind(self.path)
+        self._server.listen(64)
+        self._stop = threading.Event()
+        self._sockets: list[socket.socket] = []
+        self._thread = threading.Thread(target=self._accept, name="test-docker-proxy")
+        self._thread.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._server.close()
+        for sock in list(self._sockets):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+        self._thread.join(5)
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                client, _ = self._server.accept()
+            except OSError:
+                return
+            self._sockets.append(client)
+            threading.Thread(target=self._serve, args=(client,), name="test-docker-proxy-conn",
+                             daemon=True).start()
+
+    @staticmethod
+    def _read_request(client: socket.socket, buffered: bytes) -> tuple[Optional[bytes], bytes, bytes]:
+        """(head, body, what is left over), or head None when the client closed."""
+        while b"\r\n\r\n" not in buffered:
+            chunk = client.recv(65536)
+            if not chunk:
+                return None, b"", b""
+            buffered += chunk
+        head, _, rest = buffered.partition(b"\r\n\r\n")
+        length = 0
+        for line in head.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value.strip())
+        while len(rest) < length:
+            chunk = client.recv(65536)
+            if not chunk:
+                break
+            rest += chunk
+        return head, rest[:length], rest[length:]
+
+    def _upstream(self, head: bytes, body: bytes) -> socket.socket:
+        lines = [line for line in head.split(b"\r\n") if not line.lower().startswith(b"connection:")]
+        upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        upstream.connect(self.upstream)
+        upstream.sendall(b"\r\n".join(lines) + b"\r\nConnection: close\r\n\r\n" + body)
+        self._sockets.append(upstream)
+        return upstream
+
+    def _serve(self, client: socket.socket) -> None:
+        buffered = b""
+        try:
+            while not self._stop.is_set():
+                head, body, buffered = self._read_request(client, buffered)
+                if head is None:
+                    return
+                method, target = head.split(b" ")[:2]
+                path = target.decode().split("?")[0]
+                planned = self.plan["listing"] if method == b"GET" and path.endswith("/containers/json") else []
+                answer = planned.pop(0) if planned else "pass"
+                if answer == "500":
+                    self.answered.append("listing:500")
+                    payload = b'{"message": "injected by the test: engine error"}'
+                    client.sendall(b"HTTP/1.1 500 Internal Server Error\r\nContent-Type: application/json\r\n"
+                                   b"Content-Length: " + str(len(payload)).encode() + b"\r\n\r\n" + payload)
+                    continue
+                upstream = self._upstream(head, body)
+                if answer == "no-id":
+                    self.answered.append("listing:no-id")
+                    raw = b""
+                    while True:
+                        chunk = upstream.recv(65536)
+                        if not chunk:
+                            break
+                        raw += chunk
+                    _, _, payload = raw.partition(b"\r\n\r\n")
+                    if b"chunked" in raw.partition(b"\r\n\r\n")[0].lower():
+                        payload = _unchunk(payload)
+                    entries = [{k: v for k, v in e.items() if k != "Id"} for e in json.loads(payload)]
+                    payload = json.dumps(entries).encode()
+                    client.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                                   b"Content-Length: " + str(len(payload)).encode() + b"\r\n\r\n" + payload)
+                    upstream.close()
+                    continue
+                while True:
+                    chunk = upstream.recv(65536)
+                    if not chunk:
+                        break
+                    client.sendall(chunk)
+                upstream.close()
+        except OSError:
+            pass
+        finally:
+            client.close()
+
+
+def _unchunk(data: bytes) -> bytes:
+    """An HTTP/1.1 chunked body, joined."""
+    out = b""
+    while data:
+        size_line, _, data = data.partition(b"\r\n")
+        size = int(size_line.split(b";")[0], 16)
+        if size == 0:
+            break
+        out, data = out + data[:size], data[size + 2:]
+    return out
+
+
+@pytest.fixture
+def docker_proxy(docker_client: Any) -> Any:
+    """A :class:`DockerProxy` in front of the tests' engine."""
+    proxy = DockerProxy()
+    try:
+        yield proxy
+    finally:
+        proxy.close()

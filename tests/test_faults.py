@@ -7,6 +7,8 @@ import signal
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from conftest import ROOT, RUN, eventually, ip_of
 from warden import signals
 from warden.config import load_config
@@ -140,3 +142,25 @@ def test_backoff_grows_to_its_cap_and_spreads_hosts_apart():
         for delay, nominal in zip(delays, [0.5, 1.0, 2.0, 4.0, 4.0, 4.0]):
             assert nominal * (1 - Backoff.jitter) <= delay <= nominal
     assert len({round(delays[0], 6) for delays in runs}) > 1, "every host waits the same"
+
+
+@pytest.mark.parametrize("listings", [["500", "no-id"], ["no-id"]])
+def test_a_failing_listing_at_start_up_is_retried_and_never_ends_the_registrar(
+        redx, containers, warden, docker_proxy, listings):
+    """The start-up sweep sat outside the loop's guard and caught only a lost
+    connection: an entry without ``Id`` ended the Registrar's thread, and a 500 left
+    the host unrouted until the periodic sweep, a minute later. Every failed sweep is
+    logged and tried again soon, with backoff, and the thread lives on."""
+    docker_proxy.plan["listing"] = list(listings)
+    before = containers.run("early")
+    w = warden([{"name": "web", "containerName": f"wt-{RUN}-", "port": 8080,
+                 "loadBalancerUrl": "web.example.com", "readiness": "none"}])
+    w.env["DOCKER_HOST"] = docker_proxy.url
+    w.start()
+    eventually(lambda: redx.hgetall("backend:web") == {f"{ip_of(before)}:8080": "0"}, 10,
+               what="the container running before start-up routed")
+    assert docker_proxy.answered == [f"listing:{kind}" for kind in listings]
+    # The Registrar still follows events.
+    after = containers.run("late")
+    eventually(lambda: f"{ip_of(after)}:8080" in redx.hgetall("backend:web"), 5, what="a later container routed")
+    assert "sweep (start-up) failed" in w.log() or "sweep (start-up) skipped" in w.log()

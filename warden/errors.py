@@ -20,5 +20,10 @@ class ConnectionLost(WardenError):
     """Docker, a Redis or an AWS endpoint did not answer; retry with backoff."""
 
 
+class BadAnswer(WardenError):
+    """Docker or another service answered with something Warden cannot read (a listing
+    entry without ``Id``): the step fails and is tried again; nothing is taken from it."""
+
+
 class ContainerGone(WardenError):
     """A container vanished between an event and its inspection."""

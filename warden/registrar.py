@@ -19,13 +19,13 @@ from typing import Any, Iterable, Optional, Union
 from warden import signals
 from warden.config import Config
 from warden.subscribers.docker import DockerSource
-from warden.errors import ConnectionLost, ContainerGone
+from warden.errors import BadAnswer, ConnectionLost, ContainerGone
 from warden.labels import LabelServices, label_services
 from warden.model import (Change, Container, ContainerEvent, DesiredState, LoadBalancerTarget,
                           Ownership, Route)
 from warden.readiness import ReadinessProber, probe_for
 from warden.services import Service, ServiceCatalog
-from warden.threads import StoppableThread
+from warden.threads import Backoff, StoppableThread
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +55,11 @@ Work = Union[ContainerEvent, ProbeAnswered, SweepRequest, Reload]
 
 class Registrar(StoppableThread):
     """This host's view of its containers and the routes they should have."""
+
+    #: first delay before a failed sweep is tried again, in seconds; it doubles up to
+    #: ``retry_cap`` (or the sweep period, when shorter)
+    retry_initial = 0.5
+    retry_cap = 30.0
 
     def __init__(self, config: Config, docker_source: DockerSource, catalog: ServiceCatalog,
                  inbox: "Optional[queue.Queue[Optional[Work]]]" = None) -> None:
@@ -86,6 +91,8 @@ class Registrar(StoppableThread):
         self.last_sweep_changes: list[Change] = []
         self._warned: set[tuple[str, str]] = set()
         self._ready_wait: Any = None
+        #: the last sweep succeeded (else the next one is due after a backoff delay)
+        self.sweep_ok = True
         #: probes containers without a Docker health check until they answer
         self.prober = ReadinessProber(
             lambda probe: self.inbox.put(ProbeAnswered(probe.container_id)),
@@ -120,22 +127,30 @@ class Registrar(StoppableThread):
         if self._ready_wait is not None:
             while not self.stopping and not self._ready_wait.wait(0.1):
                 pass
-        period = self.config.registrar_sleep_time_seconds
+        retry = Backoff(self.retry_initial, min(self.retry_cap, self.config.registrar_sleep_time_seconds))
         self._safe_sweep("start-up")
-        next_sweep = time.monotonic() + period
+        next_sweep = self._next_sweep(retry)
         while not self.stopping:
             try:
                 work = self.inbox.get(timeout=max(0.0, next_sweep - time.monotonic()))
             except queue.Empty:
-                work = SweepRequest("periodic")
+                work = SweepRequest("periodic" if self.sweep_ok else "retry")
             if work is None:
                 break
             try:
                 if self._handle(work):
-                    next_sweep = time.monotonic() + period
+                    next_sweep = self._next_sweep(retry)
             except Exception:  # noqa: BLE001 - one bad step must not end the Registrar
                 logger.exception("registrar step %s failed", work)
         self.close()
+
+    def _next_sweep(self, retry: Backoff) -> float:
+        """When the next sweep is due: a period after one that succeeded, a backoff
+        delay after one that failed (the view may be wrong until one succeeds)."""
+        if self.sweep_ok:
+            retry.reset()
+            return time.monotonic() + self.config.registrar_sleep_time_seconds
+        return time.monotonic() + retry.next_delay()
 
     def _handle(self, work: Work) -> bool:
         """Do one piece of work; True when it swept."""
@@ -206,10 +221,18 @@ class Registrar(StoppableThread):
                      stopping=event.stopping, event_time=event.time)
 
     def _safe_sweep(self, reason: str) -> None:
+        """A sweep whose failure is logged, never raised; ``sweep_ok`` says which."""
         try:
             self.sweep(reason, apply=True, wait=False)
         except ConnectionLost as error:
             logger.warning("sweep (%s) skipped: %s", reason, error)
+        except Exception as error:  # noqa: BLE001 - a failed sweep is retried, never the end of the Registrar
+            logger.error("sweep (%s) failed: %s", reason, error,
+                         exc_info=not isinstance(error, BadAnswer))
+        else:
+            self.sweep_ok = True
+            return
+        self.sweep_ok = False
 
     # -- the event path ------------------------------------------------------------
 

@@ -24,7 +24,7 @@ import docker.errors
 import requests.exceptions
 
 from warden import signals
-from warden.errors import ConnectionLost, ContainerGone
+from warden.errors import BadAnswer, ConnectionLost, ContainerGone
 from warden.model import Attachment, Container, ContainerEvent, PublishedPort
 from warden.threads import ConnectionLoop
 
@@ -188,9 +188,15 @@ class DockerSource:
         container first seen that way is inspected once."""
         self.calls["list"] += 1
         try:
-            listed = [container_from_summary(c) for c in self.api.containers()]
+            entries = self.api.containers()
         except _CONNECTION_ERRORS as error:
             raise ConnectionLost(f"Docker: {error}") from None
+        try:
+            listed = [container_from_summary(c) for c in entries]
+        except (KeyError, TypeError, ValueError, AttributeError) as error:
+            # A listing Warden cannot read whole is no listing: taking the rest would
+            # unroute the containers it could not read.
+            raise BadAnswer(f"Docker's container listing cannot be read ({error!r})") from None
         with self._lock:
             known = {c.id: self._configured_image.get(c.id) for c in listed}
         found = []
