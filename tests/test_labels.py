@@ -105,3 +105,18 @@ def test_a_restarted_warden_routes_labelled_containers_from_its_first_listing(re
     assert redx.hgetall(f"backend:early-{RUN}") == {f"{ip_of(c)}:8080": "0"}
     assert redx.get("frontend:early.example.com") == f"early-{RUN}"
     assert w.command("sweep", "--dry-run", check=True).stdout == ""
+
+
+def test_a_containers_creation_time_reads_the_same_from_a_listing_and_an_inspect(containers, docker_client):
+    """The first-created label definition stands. The listing gives whole seconds and
+    inspect nanoseconds: the same two containers compared in a sweep and after an event
+    could rank differently, and the standing definition flipped between them, with
+    frontend and port churn each time. Both paths read one precision; ties go by id."""
+    from warden.subscribers.docker import DockerSource
+
+    source = DockerSource(docker_client)
+    made = [containers.run("created") for _ in range(3)]
+    listed = {c.id: c.created for c in source.running() if c.id in {m.id for m in made}}
+    inspected = {m.id: source.inspect(m.id).created for m in made}
+    assert listed == inspected
+    assert all(float(value).is_integer() and value > 0 for value in listed.values())

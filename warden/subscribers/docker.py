@@ -57,13 +57,14 @@ def _health_from_status(status: str) -> Optional[str]:
 
 
 def _created(text: str) -> float:
-    """Inspect's ``Created`` (RFC 3339, nanoseconds) as Unix seconds; 0 if unreadable."""
+    """Inspect's ``Created`` (RFC 3339, nanoseconds) as whole Unix seconds, the
+    precision of the listing's ``Created``: a container ranks the same whichever path
+    read it (ties go by id); 0 if unreadable."""
     match = re.fullmatch(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(\.\d+)?(Z|[+-]\d\d:\d\d)", text or "")
     if not match:
         return 0.0
-    fraction = (match.group(2) or ".0")[:7]
     zone = "+00:00" if match.group(3) == "Z" else match.group(3)
-    return datetime.fromisoformat(match.group(1) + fraction + zone).timestamp()
+    return float(int(datetime.fromisoformat(match.group(1) + zone).timestamp()))
 
 
 def container_from_inspect(data: dict) -> Container:
