@@ -4,6 +4,7 @@ Redx Redis, ELB enrolment through the moto server."""
 from __future__ import annotations
 
 import json
+import time
 
 from conftest import RUN, eventually, ip_of
 
@@ -120,3 +121,27 @@ def test_a_containers_creation_time_reads_the_same_from_a_listing_and_an_inspect
     inspected = {m.id: source.inspect(m.id).created for m in made}
     assert listed == inspected
     assert all(float(value).is_integer() and value > 0 for value in listed.values())
+
+
+def test_a_label_definition_that_changes_hands_routes_every_container_of_it_at_once(redx, containers, warden):
+    """A rolling deploy changing ``warden.port``: B is refused while A's definition
+    stands; A dies and B's definition stands, so B must be routed at once, not at the
+    next periodic sweep. The same for a container that only carries
+    ``warden.service=Y``, running before Y's defining container starts."""
+    w = warden([], registrarSleepTimeSeconds=600).start()
+    old = containers.run("roll", labels=labels(f"roll-{RUN}", "roll.example.com"))
+    eventually(lambda: redx.hgetall(f"backend:roll-{RUN}") == {f"{ip_of(old)}:8080": "0"}, 5, what="A routed")
+    time.sleep(1.1)  # created a second later: A's definition is the first, whatever the ids
+    new = containers.run("roll", labels=labels(f"roll-{RUN}", "roll.example.com", "9000"))
+    eventually(lambda: "defines service" in w.log(), 5, what="B refused while A stands")
+    old.kill()
+    eventually(lambda: redx.hgetall(f"backend:roll-{RUN}") == {f"{ip_of(new)}:9000": "0"}, 5,
+               what="B routed once its definition stands")
+    assert redx.get("frontend:roll.example.com") == f"roll-{RUN}"
+
+    member = containers.run("member", labels={"warden.service": f"late-{RUN}"})
+    definer = containers.run("definer", labels=labels(f"late-{RUN}", "late.example.com"))
+    eventually(lambda: set(redx.hgetall(f"backend:late-{RUN}")) == {f"{ip_of(member)}:8080",
+                                                                      f"{ip_of(definer)}:8080"}, 5,
+               what="the member routed once its service is defined")
+    assert w.log().count("sweep (periodic)") == 0

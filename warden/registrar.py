@@ -211,11 +211,13 @@ class Registrar(StoppableThread):
         # its last route is gone.
         labelled = self.config.container_labels and any(
             c is not None and self._service_label in c.labels for c in (before, container))
+        standing = self.labelled.services
         if labelled:
             self._relabel(keep_gone=True)
         self._update(event.container_id, event.time)
         if labelled:
             self._relabel()
+            self._update_members(_changed(standing, self.labelled.services), event.container_id)
         signals.send(signals.container_changed, self, action=event.action,
                      container_id=event.container_id, container=container,
                      stopping=event.stopping, event_time=event.time)
@@ -326,6 +328,16 @@ class Registrar(StoppableThread):
                              event_time=event_time)
         self._update_enrolment()
         self._update_routed()
+
+    def _update_members(self, names: set[str], besides: str) -> None:
+        """Recompute the routes of every other container of the label-defined services
+        ``names``, whose definition in force just changed: one refused while another
+        container's definition stood, or one that only carries the service label."""
+        if not names:
+            return
+        for cid, container in list(self.containers.items()):
+            if cid != besides and container.labels.get(self._service_label) in names:
+                self._update(cid, None)
 
     def wanted_targets(self) -> set[LoadBalancerTarget]:
         """Load balancers and target groups that should hold this instance: those
@@ -455,3 +467,9 @@ class Registrar(StoppableThread):
 
     def _update_routed(self) -> None:
         self.routed_backends = frozenset(r.backend for routes in self.routes.values() for r in routes)
+
+
+def _changed(before: Iterable[Service], after: Iterable[Service]) -> set[str]:
+    """The names of the services defined differently (or only) in one of the two."""
+    old, new = {s.name: s for s in before}, {s.name: s for s in after}
+    return {name for name in old.keys() | new.keys() if old.get(name) != new.get(name)}
