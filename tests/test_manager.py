@@ -8,6 +8,7 @@ import json
 import signal
 import time
 
+import pytest
 import redis as redis_lib
 
 from conftest import eventually
@@ -429,3 +430,53 @@ def test_a_daemon_says_at_start_what_validate_warns_of(central, managers):
     """A misspelt key used to start the daemon silently without the feature."""
     m = managers("i-typo", metricsAdress="127.0.0.1:9723")
     assert 'metricsAdress: unknown key, ignored; did you mean "metricsAddress"? (warning)' in m.log()
+
+
+def heartbeat_age(central) -> float:
+    beat = central.hget("service-manager", "heartbeat")
+    if not beat:
+        return float("inf")
+    when = datetime.datetime.fromisoformat(beat.replace("Z", "+00:00")).timestamp()
+    return server_seconds(central) - when
+
+
+@pytest.mark.parametrize("open_ones", ["stay silent", "reset"])
+def test_a_central_redis_that_goes_silent_is_left_for_a_fresh_connection(central, central_server, managers,
+                                                                          tcp_proxy, open_ones):
+    """A partition right after the handshake, or a hung primary still named: every
+    connection through the proxy, and every one opened in the next 8 s, stays open and
+    silent for ever. Without socket timeouts on the pub/sub connection, a (re)connect
+    then blocked for good, ``stop`` could not reach the thread, and the leader was
+    deposed by its watchers. Within a few seconds of the silence lifting for new
+    connections, every manager is subscribed again, one leader heartbeats, and a stop
+    ends each process in time throughout."""
+    proxy = tcp_proxy(central_server.port)
+    address = f"127.0.0.1:{proxy.port}"
+    group = [managers(f"i-{n}", serviceManagementRedisAddress=address) for n in range(3)]
+    eventually(lambda: leader(central), 10, what="a leader")
+    ids = [f"i-{n}" for n in range(3)]
+
+    def subscribed(who) -> bool:
+        return all(count == 1 for _, count in central.pubsub_numsub(*[f"warden:alive:{i}" for i in who]))
+
+    eventually(lambda: subscribed(ids), 10, what="every manager subscribed")
+    proxy.black_hole(8, reset_open=open_ones == "reset")
+    silenced_at = time.monotonic()
+    time.sleep(4)
+    stopping = group.pop()
+    started = time.monotonic()
+    assert stopping.stop() == 0
+    stop_took = time.monotonic() - started
+    assert stop_took < 6, f"a stop during the silence took {stop_took:.1f}s"
+    time.sleep(max(0.0, 8 - (time.monotonic() - silenced_at)))
+    back = eventually(lambda: subscribed(ids[:2]) and time.monotonic(), 8,
+                      what="every manager subscribed again on a fresh connection")
+    print(f"\nsilent for 8 s: every manager subscribed again {back - silenced_at - 8:.2f} s after")
+    eventually(lambda: leader(central) in ids[:2] and heartbeat_age(central) < 1.0, 8, what="one leader heartbeating")
+    chief = leader(central)
+    time.sleep(2)
+    assert leader(central) == chief and heartbeat_age(central) < 1.0
+    for m in group:
+        started = time.monotonic()
+        assert m.stop() == 0
+        assert time.monotonic() - started < 6

@@ -50,12 +50,20 @@ class Central:
         #: subscriber opens it again
         self.resubscribe = threading.Event()
 
+    #: seconds a pub/sub connect, and each reply of its handshake, may take: a server
+    #: that accepts TCP and never answers (a hung primary, a partition right after the
+    #: handshake) must not hold the subscriber, nor a stop, for ever
+    subscriber_timeout = 2.0
+
     def subscriber_client(self) -> Any:
-        """A client for the pub/sub connection (a new one at each reconnect)."""
+        """A client for the pub/sub connection (a new one at each reconnect). Every
+        read has a timeout and nothing is retried inside redis-py: the subscriber's own
+        loop reconnects, and its PING on a quiet connection finds a silent server."""
         # RESP2: redis-py's RESP3 reader formats and logs every pushed message at debug
         # level, taking the logging module's lock each time.
         return self.address.client(
-            socket_connect_timeout=2, health_check_interval=10, protocol=2,
+            socket_connect_timeout=self.subscriber_timeout, socket_timeout=self.subscriber_timeout,
+            health_check_interval=0, retry=Retry(NoBackoff(), 0), retry_on_timeout=False, protocol=2,
             client_name=f"warden-sub-{self.instance_id}" if self.instance_id else None)
 
     def close(self) -> None:

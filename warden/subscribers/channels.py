@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Any, Callable, Optional
 
 import redis
@@ -52,6 +53,12 @@ class ControlSubscriber(ConnectionLoop):
     backoff_initial = 0.2
     #: a leader's liveness rides on this connection: back well within a lease
     backoff_cap = 2.0
+    #: seconds without anything read before a PING asks the server whether it is still
+    #: there (a leader's heartbeats keep a follower's connection busier than this, so
+    #: it costs nothing in the steady state)
+    quiet_seconds = 2.0
+    #: seconds a PING may wait for its answer before the connection counts as lost
+    ping_timeout = 2.0
     retry_at_once = True
     what = "control channels"
     lost = (redis.RedisError,)
@@ -102,13 +109,23 @@ class ControlSubscriber(ConnectionLoop):
     def serve(self, connection: Any) -> None:
         _, pubsub = connection
         confirmed, wanted = 0, len(self.channels) + len(self.extra)
+        heard, pinged = time.monotonic(), None
         try:
             while not self.stopping:
                 if self.resubscribe.is_set():
                     raise redis.ConnectionError("the primary holds none of its subscriptions")
                 item = pubsub.get_message(timeout=0.5)
+                now = time.monotonic()
                 if item is None:
+                    # A server that hung, or a partition, keeps the connection open and
+                    # silent: nothing but an unanswered question tells.
+                    if pinged is not None and now - pinged > self.ping_timeout:
+                        raise redis.TimeoutError(f"no answer to PING within {self.ping_timeout:g}s")
+                    if pinged is None and now - heard > self.quiet_seconds:
+                        pubsub.ping()
+                        pinged = now
                     continue
+                heard, pinged = now, None
                 if item.get("type") == "subscribe":
                     confirmed += 1
                     if confirmed == wanted:
