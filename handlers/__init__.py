@@ -54,6 +54,11 @@ class Handler:
         """Offer counters of the handler's own to ``/metrics``
         (:meth:`warden.telemetry.Telemetry.counter_source`)."""
 
+    def use_central(self, client: Any) -> None:
+        """In a process that runs the Manager: the process's command connection to the
+        central Redis (shared, short timeouts), for a handler that keeps cluster state
+        where the next leader reads it. Called before :meth:`start`."""
+
     def on_container_changed(self, sender: Any, *, action: str, container_id: str,
                              container: Optional[Container], stopping: bool,
                              event_time: Optional[float] = None, **kw: Any) -> None:

@@ -11,6 +11,13 @@ counted. Without a ``template`` the body is a JSON object of the alert's fields
 field inserted escaped for a JSON string, so one handler speaks Slack, Teams or the
 PagerDuty Events API. Alerts are sent from the handler's own thread (a slow webhook
 blocks nothing), retried with backoff, then dropped and counted.
+
+The conditions the leader judges (a metric, a scaling pass) are the cluster's, not this
+host's: while firing they are also held in the central Redis hash
+``warden:alerts:firing`` (condition key -> JSON ``{"since", "instanceId"}``). A new
+leader takes them over when it gains leadership, so it resolves what a leader before it
+fired (even one that crashed) once the condition is over; a service removed from the
+files resolves its conditions.
 """
 
 from __future__ import annotations
@@ -26,6 +33,8 @@ import urllib.error
 import urllib.request
 from typing import Any, Optional
 
+import redis
+
 from warden.config import Config, render_alert
 from warden.handlers import Handler
 from warden.logs import Throttle
@@ -36,6 +45,8 @@ logger = logging.getLogger(__name__)
 DEFAULT_EVENTS = ("leadership", "errors", "scaling", "drain")
 #: most alerts waiting to be sent; past that, new ones are dropped (and counted)
 QUEUE_LIMIT = 1000
+#: the central Redis hash of the leader's conditions firing now
+FIRING = "warden:alerts:firing"
 #: PagerDuty's severities, by kind of alert
 SEVERITY = {"errors": "error", "drain": "warning", "leadership": "info", "scaling": "info", "routes": "info"}
 
@@ -66,6 +77,9 @@ class AlertsHandler(Handler):
         self.dropped = 0
         #: conditions firing now: key -> [since (monotonic), repeats]
         self.firing: dict[str, list] = {}
+        #: the central Redis (in a process that runs the Manager), where the leader's
+        #: conditions outlive its leadership
+        self.central: Any = None
         self._lock = threading.Lock()
         #: events that may repeat, let through once per quiet period
         self._quiet = Throttle(self.quiet_seconds)
@@ -107,6 +121,21 @@ class AlertsHandler(Handler):
             self.dropped += 1
             logger.warning("alert dropped, %d waiting already: %s", QUEUE_LIMIT, text)
 
+    def use_central(self, client: Any) -> None:
+        self.central = client
+
+    def _shared(self, operation: str, *args: Any) -> Any:
+        """One command on the central hash of firing conditions; None when there is no
+        central Redis here or it does not answer (the condition is then only this
+        process's until the next change)."""
+        if self.central is None:
+            return None
+        try:
+            return getattr(self.central, operation)(FIRING, *args)
+        except redis.RedisError as error:
+            logger.warning("cannot %s %s in the central Redis: %s", operation, FIRING, error)
+            return None
+
     def condition(self, kind: str, event: str, key: str, text: str, **details: Any) -> None:
         """A condition seen (again): alert only when it starts."""
         with self._lock:
@@ -115,6 +144,9 @@ class AlertsHandler(Handler):
                 seen[1] += 1
                 return
             self.firing[key] = [time.monotonic(), 0]
+        record = json.dumps({"since": round(time.time(), 3), "instanceId": self.config.instance_id})
+        if self._shared("hsetnx", key, record) == 0:
+            return  # a leader before this one fired it, and it still holds: nothing new
         self.alert(kind, event, text, status="firing", key=key, **details)
 
     def cleared(self, kind: str, event: str, key: str, text: str, **details: Any) -> None:
@@ -122,9 +154,24 @@ class AlertsHandler(Handler):
         with self._lock:
             seen = self.firing.pop(key, None)
         if seen is not None:
+            self._shared("hdel", key)
             lasted = time.monotonic() - seen[0]
             self.alert(kind, event, f"{text} (after {lasted:.0f}s, {seen[1] + 1} failed passes)",
                        status="resolved", key=key, seconds=round(lasted, 1), count=seen[1] + 1, **details)
+
+    def _take_over(self) -> None:
+        """This instance leads: the conditions a leader before it left firing are its
+        own now, each since the time it was first fired."""
+        held = self._shared("hgetall") or {}
+        now_wall, now = time.time(), time.monotonic()
+        with self._lock:
+            for raw_key, raw in held.items():
+                key = raw_key.decode() if isinstance(raw_key, bytes) else str(raw_key)
+                try:
+                    since = float(json.loads(raw)["since"])
+                except (ValueError, KeyError, TypeError):
+                    since = now_wall
+                self.firing.setdefault(key, [now - max(0.0, now_wall - since), 0])
 
     def once_per_quiet_period(self, kind: str, event: str, key: str, text: str, **details: Any) -> None:
         """An event that may repeat: sent once per ``quiet_seconds``; the next one sent
@@ -169,12 +216,25 @@ class AlertsHandler(Handler):
     # -- signals -----------------------------------------------------------------
 
     def on_leadership_gained(self, sender: Any, *, instance_id: str, epoch: int, **kw: Any) -> None:
+        self._take_over()
         self.alert("leadership", "leadership-gained", f"{instance_id} is now the leader (epoch {epoch})",
                    epoch=epoch)
 
     def on_leadership_lost(self, sender: Any, *, instance_id: str, epoch: Any, reason: str, **kw: Any) -> None:
+        # The conditions stay firing in the central Redis: the next leader resolves them.
+        with self._lock:
+            self.firing.clear()
         self.alert("leadership", "leadership-lost",
                    f"{instance_id} stopped leading (epoch {epoch}): {reason}", epoch=epoch, reason=reason)
+
+    def on_services_reloaded(self, sender: Any, *, services: Any, **kw: Any) -> None:
+        # A service removed from the files has no condition any more.
+        names = {s.name for s in services}
+        for event, text in (("metric-failed", "service removed"), ("scaling-failed", "service removed")):
+            prefix = f"warden:{event}:"
+            for key in [k for k in list(self.firing) if k.startswith(prefix) and k[len(prefix):] not in names]:
+                service = key[len(prefix):]
+                self.cleared("errors", event, key, f"{service}: {text}", service=service)
 
     def on_scaled(self, sender: Any, *, service: str, metric: float, desired: int, running: int,
                   started: int, stopped: int, **kw: Any) -> None:

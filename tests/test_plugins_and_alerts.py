@@ -9,6 +9,8 @@ import time
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
+import pytest
+
 from conftest import RUN, eventually, free_port, http_get, ip_of, serve_http
 from warden.control import encode
 
@@ -237,3 +239,46 @@ def test_a_repeating_handler_error_alerts_once_per_quiet_period_with_a_count(tmp
     assert [(body["text"], body["count"]) for body in sent] == [
         ("[warden] plugin.on_sweep failed on sweep: boom", 1),
         ("[warden] plugin.on_sweep failed on sweep: boom (x3 since the last alert)", 3)]
+
+
+@pytest.mark.parametrize("how", ["kill -9", "stop"])
+def test_a_condition_fired_by_one_leader_is_resolved_by_the_next(central, managers, webhook, how):
+    """Leader A fires metric-failed:web; the metric recovers as A goes. The next leader
+    reads it fine from its first pass: it must still resolve what A fired, once, or the
+    incident (dedup key without an instance id) stays open for ever."""
+    received = webhook.bodies
+    service = {"name": "web", "port": 80, "taskName": "web", "scaling": {"maxTasks": 3},
+               "metric": {"type": "redis", "key": "demand:web"}}
+    alerts = {"webhookUrl": webhook.url, "events": ["errors"], "template": PAGERDUTY}
+    central.set("demand:web", "lots")
+    first = managers("i-a", services=[service], managerSleepTimeSeconds=0.2, alerts=alerts)
+    eventually(lambda: "leadership gained" in first.log(), 10, what="i-a leads")
+    second = managers("i-b", services=[service], managerSleepTimeSeconds=0.2, alerts=alerts)
+    eventually(lambda: len(received) == 1, 15, what="the trigger from i-a")
+    assert received[0]["payload"]["source"] == "i-a" and received[0]["event_action"] == "trigger"
+    if how == "kill -9":
+        first.process.kill()
+        first.process.wait()
+        first.process = None
+        first.log_file.close()
+    central.set("demand:web", "2")
+    if how == "stop":
+        assert first.stop() == 0
+    eventually(lambda: "leadership gained" in second.log(), 15, what="i-b leads")
+    eventually(lambda: len(received) == 2, 10, what="the resolve")
+    assert received[1]["event_action"] == "resolve"
+    assert received[1]["dedup_key"] == "warden:metric-failed:web"
+    time.sleep(1.5)
+    assert len(received) == 2, "resolved once, nothing more"
+    assert central.hlen("warden:alerts:firing") == 0
+
+
+def test_a_service_removed_while_its_condition_fires_resolves_it(central, managers, webhook):
+    m = _failing_metric(central, managers, {"webhookUrl": webhook.url, "events": ["errors"],
+                                            "template": PAGERDUTY})
+    eventually(lambda: len(webhook.bodies) == 1, 15, what="the trigger")
+    m.write_services("services.json", [])
+    eventually(lambda: len(webhook.bodies) == 2, 10, what="the resolve")
+    assert webhook.bodies[1]["event_action"] == "resolve"
+    assert webhook.bodies[1]["payload"]["summary"].startswith("[warden i-alert] web: service removed")
+    assert central.hlen("warden:alerts:firing") == 0

@@ -119,6 +119,7 @@ class ManagerDaemon:
         self.config = config
         self.catalog = catalog
         self.handlers = handlers
+        self.central = central
         self.zones = ZoneChecker(config.zone_check, config.region)
         self.codec = ControlCodec(config.control_secret, config.lease_seconds)
         self.manager = Manager(config, central, self.zones)
@@ -150,6 +151,7 @@ class ManagerDaemon:
 
     def start(self) -> None:
         for handler in self.handlers:
+            handler.use_central(self.central.commands)
             handler.connect()
             handler.start()
         self.zones.start()
