@@ -44,7 +44,8 @@ class Handler:
         """Start any thread of the handler's own."""
 
     def stop(self) -> None:
-        """Stop the handler's threads; called once at shutdown."""
+        """Ask the handler's threads to stop, without waiting: the daemon joins
+        :meth:`threads` under the process's one stop deadline. Called once at shutdown."""
 
     def threads(self) -> list[Any]:
         """The handler's own long-running threads, watched by ``/livez``."""

@@ -94,9 +94,9 @@ class AlertsHandler(Handler):
         return [self._sender]
 
     def stop(self) -> None:
+        # Alerts queued before the stop are sent first; the daemon joins the sender
+        # under the process's stop deadline.
         self._sender.stop()
-        if self._sender.ident is not None:
-            self._sender.join(timeout=10)
 
     def register(self, telemetry: Any) -> None:
         telemetry.counter_source("warden_alerts_sent", "Alerts the webhook accepted", lambda: self.sent)
@@ -217,6 +217,8 @@ class AlertsHandler(Handler):
 
     def on_leadership_gained(self, sender: Any, *, instance_id: str, epoch: int, **kw: Any) -> None:
         self._take_over()
+        # Gaining leadership means enough replicas acknowledged the claim.
+        self.cleared("errors", "acting-held", "warden:acting-held", f"{instance_id} acts (epoch {epoch})")
         self.alert("leadership", "leadership-gained", f"{instance_id} is now the leader (epoch {epoch})",
                    epoch=epoch)
 
@@ -235,6 +237,20 @@ class AlertsHandler(Handler):
             for key in [k for k in list(self.firing) if k.startswith(prefix) and k[len(prefix):] not in names]:
                 service = key[len(prefix):]
                 self.cleared("errors", event, key, f"{service}: {text}", service=service)
+
+    def on_acting_changed(self, sender: Any, *, instance_id: str, epoch: Any, acting: bool, reason: str,
+                          **kw: Any) -> None:
+        if acting:
+            self.cleared("errors", "acting-held", "warden:acting-held",
+                         f"{instance_id} acts again (epoch {epoch}): replicas acknowledge", epoch=epoch)
+        else:
+            self.condition("errors", "acting-held", "warden:acting-held",
+                           f"{instance_id} leads but holds every action (epoch {epoch}): {reason}",
+                           epoch=epoch, reason=reason)
+
+    def on_claim_abandoned(self, sender: Any, *, instance_id: str, epoch: Any, reason: str, **kw: Any) -> None:
+        self.alert("errors", "claim-abandoned", f"{instance_id} handed back epoch {epoch} before acting: {reason}",
+                   key=f"warden:claim-abandoned:{instance_id}", epoch=epoch, reason=reason)
 
     def on_scaled(self, sender: Any, *, service: str, metric: float, desired: int, running: int,
                   started: int, stopped: int, **kw: Any) -> None:

@@ -107,9 +107,8 @@ class ElbHandler(Handler):
         return [self._worker]
 
     def stop(self) -> None:
+        # The daemon joins the worker under the process's stop deadline.
         self._worker.stop()
-        if self._worker.ident is not None:
-            self._worker.join(timeout=10)
 
     def _want(self, targets: dict[LoadBalancerTarget, bool], recheck: bool) -> None:
         with self._lock:

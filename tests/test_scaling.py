@@ -535,3 +535,30 @@ def test_scaling_failures_alert_when_they_start_and_when_they_end(ecs, central, 
     eventually(lambda: len(received) == 2, 20, what="the resolved alert")
     assert (received[1]["event"], received[1]["status"], received[1]["key"]) == (
         "scaling-failed", "resolved", "warden:scaling-failed:web")
+
+
+def test_sigterm_hands_leadership_back_first_and_exits_within_the_stop_deadline(ecs, central, managers, aws_proxy):
+    """Shutdown waited for the scaler (join 60 s, behind a stalled RunTask) before the
+    Manager handed leadership back, and the joins added up to minutes against ECS's
+    stopTimeout. Leadership goes back first, within 2 s; the rest stops under one
+    deadline (``stopTimeoutSeconds``), and what did not stop in time is named."""
+    aws_proxy.plan["RunTask"] = ["stall"] * 4
+    m = managers("i-a", start=False, services=[_fargate_service(ecs)], handlers=["ecs"],
+                 managerSleepTimeSeconds=600, stopTimeoutSeconds=2)
+    m.env["AWS_ENDPOINT_URL"] = aws_proxy.url
+    m.start("manager")
+    eventually(lambda: aws_proxy.made("RunTask"), 15, what="the RunTask in flight")
+    m.process.send_signal(signal.SIGTERM)
+    started = time.monotonic()
+    eventually(lambda: central.hget("service-manager", "id") is None, 2, interval=0.02,
+               what="the record handed back")
+    released = time.monotonic() - started
+    code = m.process.wait(10)
+    took = time.monotonic() - started
+    m.process = None
+    m.log_file.close()
+    print(f"\nSIGTERM with a RunTask stalled: record released after {released:.2f} s, exit {code} "
+          f"after {took:.2f} s (stopTimeoutSeconds 2)")
+    assert code == 0
+    assert took < 2 + 1.0, f"exited {took:.2f} s after SIGTERM, past the 2 s deadline"
+    assert "not stopped within stopTimeoutSeconds (2 s): warden-scaler" in m.log()

@@ -259,3 +259,76 @@ def test_a_primary_that_hangs_is_left_by_every_subscription(sentinel_central, ma
         assert [m for m in group if "leadership lost" in m.log()] == []
     finally:
         old.process.send_signal(signal.SIGCONT)
+
+
+def test_a_claim_no_replica_acknowledges_is_handed_back_within_the_lease(managers, webhook):
+    """A replica that stays attached but never acknowledges (a full resync, a stalled
+    replica; SIGSTOP here) kept a confirming leader renewing its record for ever: it
+    never acted, and nobody else could claim. The claim is handed back after a lease,
+    logged and alerted, and the election goes on; once the replica answers, one leads."""
+    primary = RedisServer("central-primary")
+    primary.start()
+    replica = RedisServer("central-replica", "--replicaof", "127.0.0.1", str(primary.port))
+    replica.start()
+    try:
+        client = redis_lib.Redis(port=primary.port, db=11, decode_responses=True)
+        eventually(lambda: client.info("replication").get("slave0", {}).get("state") == "online", 10,
+                   what="the replica in sync")
+        replica.process.send_signal(signal.SIGSTOP)
+        settings = dict(serviceManagementRedisAddress=f"127.0.0.1:{primary.port}",
+                        alerts={"webhookUrl": webhook.url, "events": ["errors"]})
+        group = [managers(f"i-{n}", **settings) for n in range(2)]
+        handed = eventually(lambda: [m for m in group if "handed back: no replica acknowledged" in m.log()], 10,
+                            what="a claim handed back")
+        assert "leadership gained" not in handed[0].log()
+        eventually(lambda: any(b["event"] == "claim-abandoned" for b in webhook.bodies), 10, what="the alert")
+        # The election goes on: claims follow one another instead of one for ever.
+        eventually(lambda: sum(m.log().count("claimed leadership") for m in group) >= 2, 10,
+                   what="a second claim")
+        replica.process.send_signal(signal.SIGCONT)
+        eventually(lambda: len(holders(group)) == 1, 15, what="one leader once the replica acknowledges")
+        client.close()
+    finally:
+        if replica.process is not None:
+            replica.process.send_signal(signal.SIGCONT)
+        replica.stop()
+        primary.stop()
+
+
+def test_a_leader_short_of_replicas_holds_every_ecs_call(sentinel_central, managers, ecs, aws_proxy):
+    """Split brain: a primary cut off from its replica (and from the Sentinel majority)
+    still answers some managers; a leader there must not act, since the replica may be
+    promoted and elect another. Under Sentinel ``minReplicasToAct`` is 1: with the
+    replica gone, the leader holds every ECS call, says why once (log, /readyz), and
+    reaches the count once the replica is back."""
+    from conftest import free_port, http_get
+
+    central = sentinel_central.client()
+    central.set("demand:worker", "2")
+    services = [{"name": "worker", "port": 80, "taskName": ecs.task_family, "cluster": ecs.name,
+                 "metric": {"type": "redis", "key": "demand:worker"},
+                 "scaling": {"maxTasks": 10, "scaleDownDelaySeconds": 0},
+                 "runTask": {"launchType": "FARGATE", "networkConfiguration": ecs.awsvpc}}]
+    port = free_port()
+    m = managers("i-0", start=False, services=services, handlers=["ecs"], managerSleepTimeSeconds=0.5,
+                 metricsAddress=f"127.0.0.1:{port}", **sentinel_central.settings())
+    m.env["AWS_ENDPOINT_URL"] = aws_proxy.url
+    m.start("manager")
+    running = lambda: sum(1 for t in ecs.tasks() if t["startedBy"] == "warden")  # noqa: E731
+    eventually(lambda: running() == 2, 30, what="the first scaling")
+    replica = next(s for s in sentinel_central.servers if s is not sentinel_central.primary())
+    replica.stop()
+    time.sleep(1.5)  # a few heartbeats
+    calls = len(aws_proxy.made("RunTask"))
+    central.set("demand:worker", "5")
+    central.publish("warden:metric", "worker")
+    time.sleep(3)
+    assert len(aws_proxy.made("RunTask")) == calls and running() == 2, "a leader short of replicas acted"
+    status, body = http_get(f"http://127.0.0.1:{port}/readyz")
+    assert status == 503
+    assert "fewer than 1 replicas acknowledge" in json.loads(body)["why"]["central-redis-replicas"]
+    assert m.log().count("holding every action on the cluster") == 1, "said once"
+    replica.start()
+    sentinel_central.wait_replicated()
+    eventually(lambda: running() == 5, 20, what="the count reached once the replica is back")
+    assert "replicas acknowledge again: acting" in m.log()

@@ -168,6 +168,13 @@ class Config:
     aws_events_queue_url: Optional[str] = None
     #: HMAC key for control messages, or None
     control_secret: Optional[str] = None
+    #: replicas of the central Redis that must have acknowledged a leader's writes
+    #: (``WAIT``) before it acts, and at every heartbeat while it acts: 1 under
+    #: Sentinel, else 0 (then a claim is confirmed once, when the primary has replicas)
+    min_replicas_to_act: int = 0
+    #: one deadline for the whole shutdown, in seconds: leadership is handed back
+    #: first, and what has not stopped by then is named and abandoned
+    stop_timeout_seconds: float = 20.0
     #: keys the file held that Warden does not know (kept for plugins)
     extra: dict = field(default_factory=dict)
 
@@ -208,6 +215,12 @@ def _label_prefix(value: Any) -> Optional[str]:
 def _db(value: Any) -> Optional[str]:
     if not is_int(value) or value < 0:
         return "must be a database number (0 or more)"
+    return None
+
+
+def _replicas(value: Any) -> Optional[str]:
+    if not is_int(value) or not 0 <= value <= 16:
+        return f"must be a whole number of replicas from 0 to 16, not {shown(value)}"
     return None
 
 
@@ -288,6 +301,8 @@ _SPELLED: dict[str, tuple[str, Callable[[Any], Optional[str]]]] = {
     "metricsAddress": ("metrics_address", _optional_str),
     "awsEventsQueueUrl": ("aws_events_queue_url", _optional_str),
     "controlSecret": ("control_secret", _optional_str),
+    "minReplicasToAct": ("min_replicas_to_act", _replicas),
+    "stopTimeoutSeconds": ("stop_timeout_seconds", _seconds(1, 3600)),
 }
 #: the same by lower-case key (keys match in any case)
 _KEYS = {key.lower(): entry for key, entry in _SPELLED.items()}
@@ -414,6 +429,10 @@ def load_config(path: str) -> tuple[Optional[Config], list[Problem]]:
             and "service_management_redis" in values:
         values["service_management_redis"] = replace(
             values["service_management_redis"], sentinels=parse_sentinels(sentinels), master=master)
+
+    if "min_replicas_to_act" not in values:
+        # Under Sentinel a failover may promote a replica: act only on what one holds.
+        values["min_replicas_to_act"] = 1 if sentinels is not None else 0
 
     if "zone_check" in values:
         values["zone_check"] = _enum(values["zone_check"])

@@ -38,6 +38,7 @@ from warden.subscribers.docker import DockerEventReader, DockerSource
 from warden.subscribers.watchers import RedxWatcher, ServiceWatcher
 from warden.subscribers.zones import ZoneChecker
 from warden.telemetry import Telemetry
+from warden.threads import Deadline
 
 logger = logging.getLogger(__name__)
 
@@ -93,21 +94,20 @@ class RegistrarDaemon:
         logger.info("registrar started: %d services, handlers %s",
                     len(self.registrar.services), ", ".join(h.name for h in self.handlers) or "none")
 
-    def stop(self) -> None:
-        """Stop the subscribers first, then let the Registrar finish its step, then the
-        handlers."""
+    def request_stop(self) -> None:
+        """Ask the subscribers and the Registrar to stop (it finishes its step)."""
         self.redx_watcher.stop()
         self.reader.stop()
         self.registrar.stop()
-        self.registrar.join(timeout=30)
-        self.reader.join(timeout=5)
-        self.redx_watcher.join(timeout=5)
-        for handler in self.handlers:
-            try:
-                handler.stop()
-            finally:
-                handler.disconnect()
+
+    def stop(self, deadline: Deadline) -> list[str]:
+        """Stop the subscribers first, then let the Registrar finish its step, then the
+        handlers; the threads still running at the deadline."""
+        self.request_stop()
+        late = deadline.join(self.registrar, self.reader, self.redx_watcher)
+        late += _stop_handlers(self.handlers, deadline)
         logger.info("registrar stopped")
+        return late
 
 
 class ManagerDaemon:
@@ -127,7 +127,7 @@ class ManagerDaemon:
                              self.codec)
         self.relay = DrainRelay(self.manager)
         self.consumer = (AwsEventsConsumer(config.aws_events_queue_url, config.region,
-                                           lambda: self.manager.is_leader)
+                                           lambda: self.manager.acting)
                          if config.aws_events_queue_url else None)
         # The one pub/sub connection: control channels, warden:metric, and this
         # instance's liveness channel (Redis empties it when the process dies).
@@ -147,6 +147,9 @@ class ManagerDaemon:
         for handler in self.handlers:
             handler.register(telemetry)
         telemetry.dependency("central-redis", self.subscriber.connected.is_set)
+        if self.config.min_replicas_to_act:
+            telemetry.dependency("central-redis-replicas", lambda: not self.manager.held,
+                                 why=lambda: self.manager.held)
         telemetry.reconnect_source("control-channels", lambda: self.subscriber.reconnects)
 
     def start(self) -> None:
@@ -165,26 +168,31 @@ class ManagerDaemon:
         logger.info("manager started as %s in zone %s", self.config.instance_id,
                     self.config.availability_zone or "-")
 
-    def stop(self) -> None:
-        """Finish the scaling passes in flight, hand leadership back, stop listening."""
+    def hand_back(self, deadline: Deadline) -> list[str]:
+        """First of all at shutdown: the Manager ends its step and hands leadership
+        back, whatever else is in flight (a scaling pass after it is fenced out)."""
+        self.manager.stop()
+        return deadline.join(self.manager)
+
+    def request_stop(self) -> None:
+        """Ask every part to stop: consuming, scaling (the pass in flight finishes or is
+        abandoned at the deadline), leading, listening."""
         if self.consumer is not None:
             self.consumer.stop()
-            self.consumer.join(timeout=30)
             self.relay.stop()
         self.scaler.stop()
-        self.scaler.join(timeout=60)
         self.manager.stop()
-        self.manager.join(timeout=30)
         self.subscriber.stop()
         self.zones.stop()
-        self.subscriber.join(timeout=5)
-        self.zones.join(timeout=5)
-        for handler in self.handlers:
-            try:
-                handler.stop()
-            finally:
-                handler.disconnect()
+
+    def stop(self, deadline: Deadline) -> list[str]:
+        """Stop every part, then the handlers; the threads still running at the
+        deadline."""
+        self.request_stop()
+        late = deadline.join(self.manager, self.consumer, self.scaler, self.subscriber, self.zones)
+        late += _stop_handlers(self.handlers, deadline)
         logger.info("manager stopped")
+        return late
 
 
 class DrainDaemon:
@@ -228,13 +236,15 @@ class DrainDaemon:
         for thread in self.threads:
             thread.start()
 
-    def stop(self) -> None:
+    def request_stop(self) -> None:
         for thread in self.threads:
             thread.stop()
-        for thread in self.threads:
-            if thread.ident is not None:
-                thread.join(timeout=10)
+
+    def stop(self, deadline: Deadline) -> list[str]:
+        self.request_stop()
+        late = deadline.join(*self.threads)
         self.receivers.disconnect()
+        return late
 
 
 # -- assembly ----------------------------------------------------------------------
@@ -397,8 +407,39 @@ def serve(daemons: list[Any], config: Config) -> int:
         while not stop.wait(0.5):
             pass
     finally:
+        # One deadline for the whole stop: leadership handed back first; then every
+        # part is asked to stop, and joined, in reverse start order, so that one part
+        # stuck in a call never keeps the others from stopping.
+        deadline = Deadline(config.stop_timeout_seconds)
+        late: list[str] = []
         for daemon in reversed(started):
-            daemon.stop()
+            if hasattr(daemon, "hand_back"):
+                late += daemon.hand_back(deadline)
+        for daemon in reversed(started):
+            daemon.request_stop()
+        for daemon in reversed(started):
+            late += daemon.stop(deadline)
         if telemetry is not None:
             telemetry.stop()
+    if late:
+        # Their step is abandoned: a process must end within its stop limit (ECS's
+        # stopTimeout, systemd's TimeoutStopSec), and a worker thread of a pool would
+        # hold the interpreter's exit.
+        logger.error("not stopped within stopTimeoutSeconds (%g s): %s; exiting anyway",
+                     config.stop_timeout_seconds, ", ".join(sorted(set(late))))
+        logging.shutdown()
+        os._exit(0)
     return 0
+
+
+def _stop_handlers(handlers: list[Handler], deadline: Deadline) -> list[str]:
+    """Ask each handler to stop, then join its threads until the deadline."""
+    late: list[str] = []
+    for handler in handlers:
+        try:
+            handler.stop()
+        finally:
+            handler.disconnect()
+    for handler in handlers:
+        late += deadline.join(*handler.threads())
+    return late

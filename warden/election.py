@@ -400,25 +400,27 @@ class ElectionStore:
             return int(reply[1]), ""
         return None, f"{_text(reply[1])} {_text(reply[2])}".strip()
 
-    def heartbeat(self, epoch: int, zone: str, confirm_ms: int = 0) -> tuple[bool, str, bool, bool]:
+    def heartbeat(self, epoch: int, zone: str, want: int = 0, wait_ms: int = 0,
+                  only_with_replicas: bool = False) -> tuple[bool, str, bool, bool]:
         """Renew my record: ``(True, heartbeat, replicated, heard)`` or ``(False, why I
-        am no leader, False, True)``. With ``confirm_ms``, and when the primary has
-        replicas, the renewal is followed on the same connection by ``WAIT 1
-        confirm_ms``: ``replicated`` says whether a replica has every write made so far
-        (the claim included), so a failover cannot take the epoch back. Without
-        replicas there is nothing a failover could promote: ``replicated`` is True.
-        ``heard``: my liveness channel has a subscriber on this server."""
+        am no leader, False, True)``. With ``want``, the renewal is followed on the same
+        connection by ``WAIT want wait_ms``: ``replicated`` says whether that many
+        replicas have every write made so far (the claim included), so a failover
+        cannot take the epoch back. ``only_with_replicas``: when the primary has no
+        replica attached there is nothing a failover could promote, and ``replicated``
+        is True without a WAIT. ``heard``: my liveness channel has a subscriber on this
+        server."""
         keys, args = [RECORD, EPOCH, MANAGERS, WATCHERS], [self.me, epoch, zone, self.lease_ms, WATCHER_COUNT]
-        acked = 1
-        if confirm_ms and self.replicas():
+        acked = want
+        if want and not (only_with_replicas and not self.replicas()):
             pipe = self.redis.pipeline(transaction=False)
             self._heartbeat(keys=keys, args=args, client=pipe)
-            pipe.execute_command("WAIT", 1, confirm_ms)
+            pipe.execute_command("WAIT", want, wait_ms)
             reply, acked = pipe.execute()
         else:
             reply = self._heartbeat(keys=keys, args=args)
         ok = int(reply[0]) == 1
-        return ok, _text(reply[1]), ok and int(acked) >= 1, not ok or int(reply[2]) > 0
+        return ok, _text(reply[1]), ok and int(acked) >= want, not ok or int(reply[2]) > 0
 
     def replicas(self) -> int:
         """How many replicas are attached to the primary, synced or not."""

@@ -139,6 +139,13 @@ class Manager(StoppableThread):
         self.repeats = Repeats(logger)
         #: seconds a WAIT for a replica may take (well within a command's timeout)
         self.confirm_ms = int(central.timeout * 500)
+        #: replicas that must acknowledge the leader's writes before it acts
+        self.min_replicas = config.min_replicas_to_act
+        #: why this leader holds every action (too few replicas acknowledge), or ""
+        self.held = ""
+        #: when the current claim was made (monotonic): a claim no replica acknowledged
+        #: within the lease is handed back
+        self._claimed_at = 0.0
         self.zones = zones
         self.store = ElectionStore(self.redis, self.me, config.lease_seconds,
                                    config.legacy_max_heartbeat_age_seconds,
@@ -199,6 +206,12 @@ class Manager(StoppableThread):
         """True while this instance holds the leadership (as last confirmed)."""
         return self.role == "leader"
 
+    @property
+    def acting(self) -> bool:
+        """True while this instance leads and may act on the cluster: enough replicas
+        acknowledged its writes (``minReplicasToAct``)."""
+        return self.role == "leader" and not self.held
+
     def fence(self, epoch: Optional[int] = None) -> bool:
         """The fencing check: True only if this instance leads under ``epoch`` (by
         default the epoch it leads under now) and that epoch is still the current one,
@@ -206,7 +219,8 @@ class Manager(StoppableThread):
         cluster, with the epoch the action was decided under; on False, do nothing."""
         with self._lock:
             leading = self.epoch if self.role == "leader" else None
-        if leading is None or (epoch is not None and epoch != leading):
+        if leading is None or (epoch is not None and epoch != leading) or self.held:
+            # Held: said once when it began; every action waits for the replicas.
             return False
         try:
             answer = self.store.fence(leading)
@@ -481,6 +495,7 @@ class Manager(StoppableThread):
         with self._lock:
             self.role, self.epoch = "confirming", epoch
         self._waiting_said = False
+        self._claimed_at = time.monotonic()
         self.highest_epoch = max(self.highest_epoch, epoch)
         self.candidate_since = None
         self._last_beat = time.monotonic()
@@ -506,20 +521,56 @@ class Manager(StoppableThread):
             self._step_down("zone inactive", release=True)
             return
         confirming = self.role == "confirming"
-        held = self.subscribed.is_set()
-        ok, why, replicated, heard = self.store.heartbeat(epoch, self.zone, self.confirm_ms if confirming else 0)
+        subscribed = self.subscribed.is_set()
+        # With minReplicasToAct, every beat waits for that many replicas; without, a
+        # claim is confirmed once, when the primary has a replica to promote.
+        want = self.min_replicas or (1 if confirming else 0)
+        ok, why, replicated, heard = self.store.heartbeat(epoch, self.zone, want, self.confirm_ms,
+                                                          only_with_replicas=not self.min_replicas)
         if not ok:
             self._step_down(why, release=why == "killed")
             return
-        self._heard_here(held, heard)
+        self._heard_here(subscribed, heard)
         self._last_beat = time.monotonic()
         self.publish("heartbeat", epoch)
         if confirming:
             if replicated:
                 self._become_leader(epoch)
+            elif time.monotonic() - self._claimed_at > self.config.lease_seconds:
+                # A replica attached that never acknowledges (a full resync, a stalled
+                # replica) must not keep the record from everyone for ever.
+                reason = (f"no replica acknowledged the claim within the lease "
+                          f"({self.config.lease_seconds:g} s; {self._replicas_text()})")
+                logger.error("epoch %s handed back: %s", epoch, reason, extra={"epoch": epoch})
+                signals.send(signals.claim_abandoned, self, instance_id=self.me, epoch=epoch, reason=reason)
+                self._step_down(reason, release=True)
             elif not self._waiting_said:
                 self._waiting_said = True
                 logger.warning("epoch %s is not on a replica yet: not acting until it is", epoch)
+        elif self.min_replicas:
+            self._hold("" if replicated else
+                       f"fewer than {self.min_replicas} replicas acknowledge ({self._replicas_text()})")
+
+    def _replicas_text(self) -> str:
+        """How many replicas the primary has attached, for a log line."""
+        try:
+            return f"{self.store.replicas()} attached, minReplicasToAct {self.min_replicas}"
+        except redis.RedisError:
+            return f"minReplicasToAct {self.min_replicas}"
+
+    def _hold(self, reason: str) -> None:
+        """A leader holds every action while ``reason`` (too few replicas acknowledge:
+        its writes could be lost to a failover, or another primary may elect another
+        leader), and acts again once it is ""; each change is said once."""
+        if bool(reason) == bool(self.held):
+            return
+        self.held = reason
+        if reason:
+            logger.error("holding every action on the cluster: %s", reason, extra={"epoch": self.epoch})
+        else:
+            logger.warning("replicas acknowledge again: acting (epoch %s)", self.epoch, extra={"epoch": self.epoch})
+        signals.send(signals.acting_changed, self, instance_id=self.me, epoch=self.epoch,
+                     acting=not reason, reason=reason)
 
     def _heard_here(self, held: bool, heard: bool) -> None:
         """``heard``: the server that answered a script holds this instance's liveness
@@ -536,6 +587,7 @@ class Manager(StoppableThread):
         with self._lock:
             epoch, role = self.epoch, self.role
             self.role, self.epoch = "follower", None
+        self.held = ""
         self._due = True
         if role == "leader":
             # Handing over on the way out is the normal end of a leader, not a problem.

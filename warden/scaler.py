@@ -59,6 +59,8 @@ class Scaler(StoppableThread):
         self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="warden-scaling")
         self.receivers = signals.Receivers(
             (signals.leadership_gained, lambda sender, **kw: self.request(None, "leadership gained")),
+            (signals.acting_changed,
+             lambda sender, *, acting, **kw: acting and self.request(None, "replicas acknowledge again")),
             (signals.services_reloaded, lambda sender, **kw: self.request(None, "services changed")),
             (signals.aws_event, self._on_aws_event))
 
@@ -136,7 +138,7 @@ class Scaler(StoppableThread):
         """Passes that may start now (called with the lock held)."""
         if not self._due:
             return []
-        if not self.manager.is_leader:
+        if not self.manager.acting:
             self._due.clear()
             return []
         # One snapshot of the catalog (immutable) for this whole step.

@@ -139,6 +139,22 @@ leadership_lost = _signals.signal(
     ``zone inactive``, ``shutdown``).""",
 )
 
+acting_changed = _signals.signal(
+    "acting-changed",
+    doc="""The leader holds every action on the cluster (``acting`` False: fewer replicas
+    of the central Redis acknowledged its writes than ``minReplicasToAct``, as on a
+    primary cut off from its replicas), or acts again (True). Sender: the Manager.
+    kw: ``instance_id``, ``epoch``, ``acting`` (bool), ``reason`` (why it holds, or "").""",
+)
+
+claim_abandoned = _signals.signal(
+    "claim-abandoned",
+    doc="""A claim was handed back before it ever acted: no replica acknowledged it
+    within the lease (a replica that is attached but never acknowledges: a full
+    resync, a stalled replica). Sender: the Manager. kw: ``instance_id``, ``epoch``,
+    ``reason``.""",
+)
+
 scaling_pass = _signals.signal(
     "scaling-pass",
     doc="""The leader asks for one scaling pass for a service. Sender: the Scaler.

@@ -22,7 +22,7 @@ import logging
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 from prometheus_client import (GC_COLLECTOR, PLATFORM_COLLECTOR, PROCESS_COLLECTOR, CollectorRegistry, Counter,
                                Gauge, Histogram)
@@ -86,6 +86,7 @@ class Telemetry:
         self._counter_sources: dict[str, tuple[str, Callable[[], int]]] = {}
         self._reconnect_sources: dict[str, Callable[[], int]] = {}
         self._dependencies: dict[str, Callable[[], bool]] = {}
+        self._why: dict[str, Callable[[], str]] = {}
         r.register(_ReadAtScrape(self))
         self._threads: dict[str, Callable[[], bool]] = {}
         #: the sweep period, once a Registrar runs here: /livez then watches the sweeps
@@ -113,9 +114,13 @@ class Telemetry:
 
     # -- wiring ------------------------------------------------------------------
 
-    def dependency(self, name: str, check: Callable[[], bool]) -> None:
-        """``/readyz`` is 200 only while every dependency's check returns True."""
+    def dependency(self, name: str, check: Callable[[], bool],
+                   why: Optional[Callable[[], str]] = None) -> None:
+        """``/readyz`` is 200 only while every dependency's check returns True; ``why``
+        says, for ``/readyz``, what is wrong while it does not."""
         self._dependencies[name] = check
+        if why is not None:
+            self._why[name] = why
 
     def watch_sweeps(self, period: float) -> None:
         """``/livez`` fails once no sweep has completed for 3 ``period``s."""
@@ -163,7 +168,11 @@ class Telemetry:
             except Exception:  # noqa: BLE001 - a failing check is a dependency not reached
                 answers[name] = False
         ok = all(answers.values())
-        return ok, {"ready": ok, "dependencies": answers}
+        body: dict = {"ready": ok, "dependencies": answers}
+        why = {name: self._why[name]() for name, up in answers.items() if not up and name in self._why}
+        if why:
+            body["why"] = why
+        return ok, body
 
     def start(self) -> None:
         self.receivers.connect()

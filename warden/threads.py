@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import random
 import threading
+import time
 from typing import Any, Optional
 
 from warden.logs import Repeats
@@ -43,6 +44,31 @@ class Backoff:
     def reset(self) -> None:
         """A success: the next failure starts again from the initial delay."""
         self.failures = 0
+
+
+class Deadline:
+    """One stop deadline for a whole process: every join waits only for what is left
+    of it, and says which threads were still running when it passed."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.at = time.monotonic() + seconds
+
+    def left(self) -> float:
+        """Seconds left, never below 0."""
+        return max(0.0, self.at - time.monotonic())
+
+    def join(self, *threads: Optional[threading.Thread]) -> list[str]:
+        """Join each started thread until the deadline; the names of those still
+        running."""
+        late = []
+        for thread in threads:
+            if thread is None or thread.ident is None:
+                continue
+            thread.join(self.left())
+            if thread.is_alive():
+                late.append(thread.name)
+        return late
 
 
 class StoppableThread(threading.Thread):

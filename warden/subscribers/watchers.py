@@ -18,7 +18,7 @@ from watchdog.observers import Observer
 from warden import signals
 from warden.config import Config
 from warden.services import ServiceCatalog
-from warden.threads import StoppableThread
+from warden.threads import Deadline, StoppableThread
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +68,7 @@ class ServiceWatcher:
             logger.warning("cannot watch %s: its folder does not exist", self.catalog.display)
             return
         self.observer = Observer()
+        self.observer.name = "warden-service-watch"
         self.observer.schedule(_ServiceFileEvents(self), folder, recursive=False)
         self.observer.daemon = True
         self.observer.start()
@@ -117,15 +118,19 @@ class ServiceWatcher:
                                  "Errors found in the service files (a broken file counts at each load)",
                                  lambda: self.catalog.errors)
 
-    def stop(self) -> None:
-        """Stop watching."""
+    def request_stop(self) -> None:
+        """Stop watching, without waiting."""
         with self._lock:
             for timer in (self._timer, self._recheck):
                 if timer is not None:
                     timer.cancel()
         if self.observer is not None:
             self.observer.stop()
-            self.observer.join(timeout=5)
+
+    def stop(self, deadline: Optional[Deadline] = None) -> list[str]:
+        """Stop watching; the threads still running at ``deadline`` (5 s without one)."""
+        self.request_stop()
+        return (deadline or Deadline(5)).join(self.observer)
 
 
 class RedxWatcher(StoppableThread):
