@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Any, Callable, Optional
 
 import botocore.config
 import botocore.exceptions
+import redis
 
 from warden import aws, signals
 from warden.config import Config
+from warden.drain import ENROLMENT_PREFIX
 from warden.handlers import Handler
 from warden.model import Change, DesiredState, LoadBalancerTarget
 from warden.threads import Backoff, StoppableThread
@@ -65,6 +68,11 @@ class ElbHandler(Handler):
         #: True once this host drains: it leaves every target and joins none again
         self.draining = False
         self._drained_told = False
+        #: the central Redis, where this host's enrolment count is kept for the other
+        #: Warden process on the host (its lifecycle completer)
+        self.central: Any = None
+        #: (count, monotonic time) last written there
+        self._recorded: tuple[int, float] = (-1, 0.0)
 
     # -- AWS -----------------------------------------------------------------
 
@@ -110,6 +118,28 @@ class ElbHandler(Handler):
         # The daemon joins the worker under the process's stop deadline.
         self._worker.stop()
 
+    def use_central(self, client: Any) -> None:
+        self.central = client
+
+    def record_enrolment(self, force: bool = False) -> None:
+        """Keep ``warden:enrolment:<instanceId>``: the targets this host is in or is
+        joining. Written when the count changes, renewed a third of its life before it
+        would expire; a central Redis that does not answer is tried at the next call."""
+        if self.central is None or not self.instance_id:
+            return
+        with self._lock:
+            count = len({t for t, on in self.held.items() if on} | {t for t, on in self.wanted.items() if on})
+        life = max(60, int(3 * self.config.registrar_sleep_time_seconds))
+        last, at = self._recorded
+        if not force and count == last and time.monotonic() - at < life / 3:
+            return
+        try:
+            self.central.set(ENROLMENT_PREFIX + self.instance_id, count, ex=life)
+        except redis.RedisError as error:
+            logger.debug("cannot record this host's enrolment: %s", error)
+            return
+        self._recorded = (count, time.monotonic())
+
     def _want(self, targets: dict[LoadBalancerTarget, bool], recheck: bool) -> None:
         with self._lock:
             for target, enrolled in targets.items():
@@ -136,6 +166,7 @@ class ElbHandler(Handler):
         if not self._drained_told:
             self._drained_told = True
             logger.info("drained: enrolled in no load balancer or target group")
+            self.record_enrolment(force=True)
             signals.send(signals.enrolment_drained, self)
 
     def on_services_changed(self, sender: Any, *, retired: DesiredState, **kw: Any) -> None:
@@ -148,6 +179,7 @@ class ElbHandler(Handler):
             # The daemon's sweep: read AWS again on the handler's own thread.
             self._want({t: on and not self.draining for t, on in desired.targets.items()},
                        recheck=True)
+            self.record_enrolment()
             return []
         changes = []
         for target, enrolled in sorted(desired.targets.items()):
@@ -232,6 +264,7 @@ class _EnrolmentWorker(StoppableThread):
                     logger.warning("load-balancer call for %s failed: %s", target.name, error)
                     signals.send(signals.aws_call_failed, handler,
                                  **aws.failure("elb" if target.kind == "elb" else "elbv2", error))
+            handler.record_enrolment()
             if failed is None and handler.draining and not handler.pending():
                 handler.tell_drained()
             if failed is None:

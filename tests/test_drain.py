@@ -181,3 +181,40 @@ def test_a_drain_noticed_while_a_claim_is_in_flight_leads_nothing(central, centr
         assert leader(central) == "", "the draining host kept the record"
     finally:
         host.close()
+
+
+def test_two_processes_complete_the_lifecycle_action_only_after_leaving_label_declared_load_balancers(
+        events, load_balancer, aws_proxy, central, central_server, redx, containers, warden):
+    """``warden registrar`` and ``warden manager`` apart, the load balancer named only by
+    a container's label (no file names one at start): the Manager's process decided at
+    start that nobody on the host enrols, and completed the lifecycle action at once,
+    before the Registrar's process had left the load balancer. It now waits until the
+    process that enrols really holds nothing."""
+    aws_proxy.plan["CompleteLifecycleAction"] = ["empty-result"] * 4
+    aws_proxy.plan["DeregisterInstancesFromLoadBalancer"] = ["hold"]
+    settings = host_settings(central_server, handlers=["redx", "elb"], awsEventsQueueUrl=events.queue_url)
+    processes = []
+    for command in ("registrar", "manager"):
+        w = warden([], **settings)
+        w.env.update(WARDEN_INSTANCE_ID=load_balancer.instance, WARDEN_REGION="us-east-1",
+                     AWS_ENDPOINT_URL=aws_proxy.url)
+        w.start(command, ready="manager started" if command == "manager" else "")
+        processes.append(w)
+    containers.run("shop", labels={"warden.service": f"shop-{RUN}", "warden.frontend": "shop.example.com",
+                                   "warden.port": "8080", "warden.load-balancer": load_balancer.name})
+    eventually(load_balancer.enrolled, 10, what="enrolled by the label")
+    eventually(lambda: leader(central) == load_balancer.instance, 10, what="this host leads")
+    events.emit("EC2 Instance-terminate Lifecycle Action", "aws.autoscaling",
+                {"EC2InstanceId": load_balancer.instance, "LifecycleHookName": "drain-hook",
+                 "AutoScalingGroupName": "web-asg", "LifecycleActionToken": str(uuid.uuid4()),
+                 "LifecycleTransition": "autoscaling:EC2_INSTANCE_TERMINATING"})
+    # The deregistration takes its time (held at the proxy until the test lets it go).
+    eventually(aws_proxy.holding.is_set, 20, what="the deregistration under way")
+    time.sleep(2)
+    assert aws_proxy.made("CompleteLifecycleAction") == [], \
+        "the lifecycle action was completed while the host was still in its load balancer"
+    left = time.monotonic()
+    aws_proxy.unhold.set()
+    eventually(lambda: not load_balancer.enrolled(), 10, what="deregistered")
+    eventually(lambda: aws_proxy.made("CompleteLifecycleAction"), 20, what="the lifecycle action completed")
+    assert min(at for at, _, _ in aws_proxy.made("CompleteLifecycleAction")) > left

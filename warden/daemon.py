@@ -48,11 +48,12 @@ class RegistrarDaemon:
     Redx watcher and the handlers, started and stopped together."""
 
     def __init__(self, config: Config, catalog: ServiceCatalog, handlers: list[Handler],
-                 docker_source: DockerSource) -> None:
+                 docker_source: DockerSource, central: Optional[Central] = None) -> None:
         self.config = config
         self.catalog = catalog
         self.handlers = handlers
         self.docker = docker_source
+        self.central = central
         self.registrar = Registrar(config, docker_source, catalog)
         self.reader = DockerEventReader(docker_source, self.registrar.inbox)
         self.redx_watcher = RedxWatcher(
@@ -85,6 +86,8 @@ class RegistrarDaemon:
     def start(self) -> None:
         """Start everything; the first sweep waits for the events stream to open."""
         for handler in self.handlers:
+            if self.central is not None:
+                handler.use_central(self.central.commands)
             handler.connect()
             handler.start()
         self.reader.start()
@@ -201,17 +204,13 @@ class DrainDaemon:
     the record for ``warden status`` and the lifecycle action completed once drained.
 
     ``subscribe``: listen on ``warden:drain`` itself (``warden registrar``, which has no
-    control-channel subscriber of its own). ``enrols``: some service names a load
-    balancer, so a process running the ``elb`` handler enrols this host somewhere."""
+    control-channel subscriber of its own)."""
 
-    def __init__(self, config: Config, handlers: list[Handler], subscribe: bool, enrols: bool,
-                 central: Central) -> None:
+    def __init__(self, config: Config, handlers: list[Handler], subscribe: bool, central: Central) -> None:
         self.config = config
         elb_here = any(h.name == "elb" for h in handlers)
         self.watcher = DrainWatcher(config, central)
-        self.completer = LifecycleCompleter(
-            config, elb_here=elb_here,
-            elb_elsewhere="elb" in config.handlers and enrols and not elb_here)
+        self.completer = LifecycleCompleter(config, elb_here=elb_here, central=central)
         self.recorder = DrainRecorder(config, central)
         self.receivers = signals.Receivers((signals.host_draining, self.recorder.on_host_draining))
         self.subscriber = (ControlSubscriber(
@@ -354,21 +353,19 @@ def build(command: str, parts: Parts) -> list[Any]:
     order: one service watcher per process, then the Registrar's and the Manager's
     parts, then this host's drain."""
     config, catalog, handlers = parts.config, parts.catalog, parts.handlers
-    enrols = any(s.targets for s in catalog.services)
     daemons: list[Any] = [ServiceWatcher(catalog)]
     # One command connection to the central Redis for the whole process.
     central = Central(config)
     if command in ("registrar", "run"):
         assert parts.docker is not None
-        daemons.append(RegistrarDaemon(config, catalog, handlers, parts.docker))
+        daemons.append(RegistrarDaemon(config, catalog, handlers, parts.docker, central))
     if command in ("manager", "run"):
         # Under `run` the handlers were connected once, by the Registrar's part.
         daemons.append(ManagerDaemon(config, catalog, handlers if command == "manager" else [], central))
     if command != "registrar" or any(h.name == "elb" for h in handlers):
         # Draining matters to a lone Registrar only for its load-balancer enrolment; it
         # has no control-channel subscriber of its own to hear warden:drain.
-        daemons.append(DrainDaemon(config, handlers, subscribe=command == "registrar", enrols=enrols,
-                                   central=central))
+        daemons.append(DrainDaemon(config, handlers, subscribe=command == "registrar", central=central))
     return daemons
 
 

@@ -35,6 +35,11 @@ DRAIN_PREFIX = "warden:drain:"
 DRAINING_PREFIX = "warden:draining:"
 #: how long a drain request and its record live, in seconds
 DRAIN_SECONDS = 3600
+#: ``warden:enrolment:<instanceId>``: how many load balancers and target groups the
+#: process that runs the ``elb`` handler on that host holds it in (or is joining),
+#: rewritten as that changes and renewed at each sweep, so that a process without
+#: the handler knows at drain time whether someone must leave them first
+ENROLMENT_PREFIX = "warden:enrolment:"
 
 #: Warden retries CompleteLifecycleAction itself, with backoff, until it succeeds
 _CLIENT_CONFIG = botocore.config.Config(connect_timeout=3, read_timeout=5,
@@ -153,9 +158,11 @@ class DrainWatcher(StoppableThread):
 
 class LifecycleCompleter(StoppableThread):
     """Completes the Auto Scaling lifecycle action a drain carries, once this host is
-    drained: after the ELB handler left every target (when this process runs it), at
-    once when no process on the host enrols it anywhere. The call is retried, with its
-    token, until it succeeds or the hook can no longer be waiting."""
+    drained: after the ELB handler left every target, when this process runs it; else
+    once the process that runs it on this host holds the host in no load balancer
+    (``warden:enrolment:<instanceId>`` absent or 0), judged at drain time, so load
+    balancers named by labels or by a file added after start count too. The call is
+    retried, with its token, until it succeeds or the hook can no longer be waiting."""
 
     #: seconds after which the hook has timed out whatever its settings (the longest
     #: heartbeat timeout Auto Scaling allows)
@@ -164,14 +171,18 @@ class LifecycleCompleter(StoppableThread):
     backoff_initial = 1.0
     backoff_cap = 30.0
 
-    def __init__(self, config: Config, elb_here: bool, elb_elsewhere: bool) -> None:
+    #: seconds between looks at what the enrolling process holds
+    look_seconds = 0.5
+
+    def __init__(self, config: Config, elb_here: bool, central: Optional[Central] = None) -> None:
         super().__init__("warden-lifecycle")
         self.config = config
         #: the ELB handler runs in this process: complete once it says it is drained
         self.elb_here = elb_here
-        #: the ``elb`` handler is enabled but runs in another process on this host
-        #: (``warden registrar``), which completes the action itself
-        self.elb_elsewhere = elb_elsewhere
+        #: where another process of this host says what it enrols the host in
+        self.central = central
+        self.enrolment_key = ENROLMENT_PREFIX + (config.instance_id or "")
+        self._waiting_said = False
         self.lifecycle: Optional[dict] = None
         self.enrolment_drained = threading.Event()
         self.wake = threading.Event()
@@ -203,18 +214,35 @@ class LifecycleCompleter(StoppableThread):
             params["InstanceId"] = self.config.instance_id
         aws.client("autoscaling", self.config.region, _CLIENT_CONFIG).complete_lifecycle_action(**params)
 
+    def held_elsewhere(self) -> int:
+        """How many load balancers another process of this host still holds it in (0
+        when none says so; a central Redis that does not answer counts as "still")."""
+        if self.central is None:
+            return 0
+        try:
+            raw = self.central.commands.get(self.enrolment_key)
+        except redis.RedisError:
+            return 1
+        text = raw.decode(errors="replace") if isinstance(raw, bytes) else (raw or "0")
+        return int(text) if text.isdigit() else 0
+
     def _ready(self) -> bool:
-        return self.lifecycle is not None and (not self.elb_here or self.enrolment_drained.is_set())
+        if self.lifecycle is None:
+            return False
+        if self.elb_here:
+            return self.enrolment_drained.is_set()
+        held = self.held_elsewhere()
+        if held and not self._waiting_said:
+            self._waiting_said = True
+            logger.info("lifecycle action %s: waiting until this host leaves its %d load balancers "
+                        "(the process that runs the elb handler)", self.lifecycle["LifecycleHookName"], held)
+        return held == 0
 
     def run(self) -> None:
         while not self.stopping and not self._ready():
-            self.wake.wait(1.0)
+            self.wake.wait(self.look_seconds if self.lifecycle is not None else 1.0)
             self.wake.clear()
         if self.stopping or self.lifecycle is None:
-            return
-        if self.elb_elsewhere:
-            logger.info("lifecycle action %s: the registrar's process completes it once "
-                        "drained", self.lifecycle["LifecycleHookName"])
             return
         self._complete_until_done(self.lifecycle)
 
