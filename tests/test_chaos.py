@@ -226,6 +226,19 @@ def sentinel_cluster(redx, redx_server, sentinel_central, containers, ecs, warde
         yield c
 
 
+@pytest.fixture
+def proxied_cluster(redx, redx_server, central, central_server, containers, ecs, warden, managers, aws_proxy,
+                    docker_client, tcp_proxy):
+    """The chaos cluster reaching its standalone central Redis through a TCP proxy of
+    the test's own (``c.central_proxy``), which can turn the server silent."""
+    proxy = tcp_proxy(central_server.port)
+    c = _cluster(central, {"serviceManagementRedisAddress": f"127.0.0.1:{proxy.port}"},
+                 redx, redx_server, containers, ecs, warden, managers, aws_proxy, docker_client)
+    c.central_proxy = proxy
+    with c.sampler:
+        yield c
+
+
 def worker_tasks(ecs: Any) -> int:
     return sum(1 for t in ecs.tasks() if t["startedBy"] == "warden")
 
@@ -430,3 +443,69 @@ def test_a_storm_of_malformed_and_forged_control_messages(cluster, central_serve
     pub.close()
     TOTALS["faults"] += 1
     check_invariants(c, "control messages", "300 malformed and forged messages", started)
+
+
+def subscribed(c: Any) -> bool:
+    """Every Warden process holds its liveness subscription on the central Redis."""
+    ids = [m.env["WARDEN_INSTANCE_ID"] for m in c.all]
+    return all(n == 1 for _, n in c.central.pubsub_numsub(*[f"warden:alive:{i}" for i in ids]))
+
+
+def test_a_central_redis_gone_silent_behind_a_black_hole(proxied_cluster):
+    """The central Redis vanishes without a word while containers churn and the leader
+    scales: every connection open through the proxy is reset and every one opened in
+    the next 8 s stays open and silent for ever. Loss figures: routes lose nothing (the
+    Registrar never needs the central Redis), and every process is subscribed again
+    within 6 s of the silence lifting."""
+    c = proxied_cluster
+    eventually(lambda: subscribed(c), 10, what="every process subscribed")
+    with Churn(c.containers):
+        time.sleep(1)
+        c.central.set("demand:worker", "60")
+        started = time.monotonic()
+        c.central_proxy.black_hole(8, reset_open=True)
+        time.sleep(8)
+        back = eventually(lambda: subscribed(c) and time.monotonic(), 15, interval=0.05,
+                          what="every process subscribed again after the silence")
+        c.central.set("demand:worker", "12")
+        c.central.publish("warden:metric", "worker")
+        time.sleep(1)
+    TOTALS["faults"] += 1
+    resubscribed = back - started - 8
+    print(f"\nblack hole: {c.central_proxy.silenced} connections silenced; every process subscribed "
+          f"again {resubscribed:.2f} s after the silence lifted")
+    check_invariants(c, "central Redis black hole", "8 s of silence on every connection", started)
+    assert resubscribed < 6, f"subscribed again only {resubscribed:.2f} s after the silence lifted"
+    assert c.sampler.unrouted == 0 and c.sampler.stale == 0, \
+        f"routes lost to a central-Redis fault: {c.sampler.unrouted} unrouted, {c.sampler.stale} stale"
+
+
+def test_a_stalled_replica_holds_every_action_until_it_acknowledges(sentinel_cluster):
+    """The central replica stalls (SIGSTOP: attached, acknowledging nothing) while the
+    demand rises: the leader may not act on writes a failover could lose. Loss figure:
+    no RunTask reaches ECS while it stalls; once it answers, the count is reached."""
+    c = sentinel_cluster
+    replica = next(s for s in c.sentinels.servers if s is not c.sentinels.primary())
+    with Churn(c.containers):
+        time.sleep(1)
+        calls = len(c.proxy.made("RunTask"))
+        started = time.monotonic()
+        replica.process.send_signal(signal.SIGSTOP)
+        try:
+            time.sleep(1.5)
+            c.central.set("demand:worker", "60")
+            c.central.publish("warden:metric", "worker")
+            time.sleep(4)
+            during = len(c.proxy.made("RunTask")) - calls
+            running = worker_tasks(c.ecs)
+        finally:
+            replica.process.send_signal(signal.SIGCONT)
+        c.sentinels.wait_replicated()
+        eventually(lambda: worker_tasks(c.ecs) == 5, 30, what="the count reached once the replica answers")
+        c.central.set("demand:worker", "12")
+        c.central.publish("warden:metric", "worker")
+    TOTALS["faults"] += 1
+    print(f"\nstalled replica: {during} RunTask calls while it stalled ({running} tasks running)")
+    assert during == 0 and running == 3, f"{during} RunTask calls while no replica acknowledged"
+    assert any("holding every action on the cluster" in m.log() for m in c.all)
+    check_invariants(c, "stalled central replica", "SIGSTOP of the replica for 5.5 s", started)
