@@ -547,7 +547,7 @@ class Manager(StoppableThread):
             elif not self._waiting_said:
                 self._waiting_said = True
                 logger.warning("epoch %s is not on a replica yet: not acting until it is", epoch)
-        elif self.min_replicas:
+        elif self.min_replicas and replicated == bool(self.held):
             self._hold("" if replicated else
                        f"fewer than {self.min_replicas} replicas acknowledge ({self._replicas_text()})")
 
@@ -561,9 +561,7 @@ class Manager(StoppableThread):
     def _hold(self, reason: str) -> None:
         """A leader holds every action while ``reason`` (too few replicas acknowledge:
         its writes could be lost to a failover, or another primary may elect another
-        leader), and acts again once it is ""; each change is said once."""
-        if bool(reason) == bool(self.held):
-            return
+        leader), and acts again once it is ""; called at each change, said once."""
         self.held = reason
         if reason:
             logger.error("holding every action on the cluster: %s", reason, extra={"epoch": self.epoch})
