@@ -103,9 +103,10 @@ class RegistrarDaemon:
         self.reader.stop()
         self.registrar.stop()
 
-    def stop(self, deadline: Deadline) -> list[str]:
+    def stop(self, deadline: Optional[Deadline] = None) -> list[str]:
         """Stop the subscribers first, then let the Registrar finish its step, then the
-        handlers; the threads still running at the deadline."""
+        handlers; the threads still running at the deadline (30 s without one)."""
+        deadline = deadline or Deadline(30)
         self.request_stop()
         late = deadline.join(self.registrar, self.reader, self.redx_watcher)
         late += _stop_handlers(self.handlers, deadline)
@@ -188,9 +189,10 @@ class ManagerDaemon:
         self.subscriber.stop()
         self.zones.stop()
 
-    def stop(self, deadline: Deadline) -> list[str]:
+    def stop(self, deadline: Optional[Deadline] = None) -> list[str]:
         """Stop every part, then the handlers; the threads still running at the
-        deadline."""
+        deadline (30 s without one)."""
+        deadline = deadline or Deadline(30)
         self.request_stop()
         late = deadline.join(self.manager, self.consumer, self.scaler, self.subscriber, self.zones)
         late += _stop_handlers(self.handlers, deadline)
@@ -239,7 +241,8 @@ class DrainDaemon:
         for thread in self.threads:
             thread.stop()
 
-    def stop(self, deadline: Deadline) -> list[str]:
+    def stop(self, deadline: Optional[Deadline] = None) -> list[str]:
+        deadline = deadline or Deadline(30)
         self.request_stop()
         late = deadline.join(*self.threads)
         self.receivers.disconnect()
