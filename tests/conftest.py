@@ -852,11 +852,9 @@ class DockerProxy:
 
     def close(self) -> None:
         self._stop.set()
-        self._server.close()
+        _drop(self._server)
         for sock in list(self._sockets):
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-            sock.close()
+            _drop(sock)
         self._thread.join(5)
 
     def _accept(self) -> None:

@@ -4,6 +4,7 @@ failover that may lose the last writes."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import re
@@ -59,16 +60,31 @@ def test_epochs_rise_past_every_epoch_the_claimer_has_seen(central):
     assert again == epoch + 1
 
 
-def test_a_new_leader_acts_only_once_a_replica_has_its_claim(managers, tmp_path):
+@contextlib.contextmanager
+def stalled_replica() -> Any:
+    """A central primary and its replica, in sync, then stalled (SIGSTOP: it stays
+    attached but acknowledges nothing); yields (primary, replica, client of the
+    primary's database 11). Both are stopped afterwards."""
     primary = RedisServer("central-primary")
     primary.start()
     replica = RedisServer("central-replica", "--replicaof", "127.0.0.1", str(primary.port))
     replica.start()
+    client = redis_lib.Redis(port=primary.port, db=11, decode_responses=True)
     try:
-        client = redis_lib.Redis(port=primary.port, db=11, decode_responses=True)
         eventually(lambda: client.info("replication").get("slave0", {}).get("state") == "online", 10,
                    what="the replica in sync")
-        replica.process.send_signal(signal.SIGSTOP)  # it stays connected but acknowledges nothing
+        replica.process.send_signal(signal.SIGSTOP)
+        yield primary, replica, client
+    finally:
+        client.close()
+        if replica.process is not None:
+            replica.process.send_signal(signal.SIGCONT)
+        replica.stop()
+        primary.stop()
+
+
+def test_a_new_leader_acts_only_once_a_replica_has_its_claim(managers, tmp_path):
+    with stalled_replica() as (primary, replica, client):
         m = managers("i-a", serviceManagementRedisAddress=f"127.0.0.1:{primary.port}")
         eventually(lambda: "is not on a replica yet: not acting until it is" in m.log(), 10,
                    what="a claim waiting for the replica")
@@ -77,12 +93,6 @@ def test_a_new_leader_acts_only_once_a_replica_has_its_claim(managers, tmp_path)
         assert "leadership gained" not in m.log()
         replica.process.send_signal(signal.SIGCONT)
         eventually(lambda: "leadership gained" in m.log(), 10, what="acting once the replica has it")
-        client.close()
-    finally:
-        if replica.process is not None:
-            replica.process.send_signal(signal.SIGCONT)
-        replica.stop()
-        primary.stop()
 
 
 def every_task(aws, ecs) -> list[dict]:
@@ -266,15 +276,7 @@ def test_a_claim_no_replica_acknowledges_is_handed_back_within_the_lease(manager
     replica; SIGSTOP here) kept a confirming leader renewing its record for ever: it
     never acted, and nobody else could claim. The claim is handed back after a lease,
     logged and alerted, and the election goes on; once the replica answers, one leads."""
-    primary = RedisServer("central-primary")
-    primary.start()
-    replica = RedisServer("central-replica", "--replicaof", "127.0.0.1", str(primary.port))
-    replica.start()
-    try:
-        client = redis_lib.Redis(port=primary.port, db=11, decode_responses=True)
-        eventually(lambda: client.info("replication").get("slave0", {}).get("state") == "online", 10,
-                   what="the replica in sync")
-        replica.process.send_signal(signal.SIGSTOP)
+    with stalled_replica() as (primary, replica, _):
         settings = dict(serviceManagementRedisAddress=f"127.0.0.1:{primary.port}",
                         alerts={"webhookUrl": webhook.url, "events": ["errors"]})
         group = [managers(f"i-{n}", **settings) for n in range(2)]
@@ -287,12 +289,6 @@ def test_a_claim_no_replica_acknowledges_is_handed_back_within_the_lease(manager
                    what="a second claim")
         replica.process.send_signal(signal.SIGCONT)
         eventually(lambda: len(holders(group)) == 1, 15, what="one leader once the replica acknowledges")
-        client.close()
-    finally:
-        if replica.process is not None:
-            replica.process.send_signal(signal.SIGCONT)
-        replica.stop()
-        primary.stop()
 
 
 def test_a_leader_short_of_replicas_holds_every_ecs_call(sentinel_central, managers, ecs, aws_proxy):
