@@ -145,3 +145,31 @@ def test_a_label_definition_that_changes_hands_routes_every_container_of_it_at_o
                                                                       f"{ip_of(definer)}:8080"}, 5,
                what="the member routed once its service is defined")
     assert w.log().count("sweep (periodic)") == 0
+
+
+def test_a_label_alone_never_joins_a_file_defined_service(redx, containers, warden):
+    """``warden.service=payments`` on a container of another image and name was routed
+    as a payments server (and would enrol the host in payments' load balancer), with
+    ``containerLabels`` on or off. The label narrows among the services whose
+    ``containerName`` a container matches; it never widens. A service that opts in with
+    ``labelMembers: "any"`` takes labelled containers whatever they run."""
+    payments = {"name": "payments", "containerName": f"wt-{RUN}-pay", "port": 8080,
+                "loadBalancerUrl": "pay.example.com"}
+    shop = {"name": "shop", "containerName": f"wt-{RUN}-shopfront", "port": 8080,
+            "loadBalancerUrl": "shop.example.com", "labelMembers": "any"}
+    for setting in ("on", "off"):
+        w = warden([payments, shop], containerLabels=setting, registrarSleepTimeSeconds=0.5).start()
+        evil = containers.run("evil", labels={"warden.service": "payments"})
+        real = containers.run("pay", labels={"warden.service": "payments"})
+        joined = containers.run("helper", labels={"warden.service": "shop"})
+        eventually(lambda: redx.hgetall("backend:payments") == {f"{ip_of(real)}:8080": "0"}, 5,
+                   what="the real payments container routed")
+        eventually(lambda: redx.hgetall("backend:shop") == {f"{ip_of(joined)}:8080": "0"}, 5,
+                   what="a labelled container joins the service that opted in")
+        eventually(lambda: w.log().count("sweep (periodic)") >= 2, 5, what="sweeps")
+        assert redx.hgetall("backend:payments") == {f"{ip_of(real)}:8080": "0"}, \
+            f"a labelled container of another image joined payments (containerLabels {setting})"
+        assert w.stop() == 0
+        for c in (evil, real, joined):
+            c.remove(force=True)
+        redx.flushall()

@@ -14,9 +14,11 @@ def container(**kw) -> Container:
     return Container(**base)
 
 
-def test_label_decides_alone_and_names_match_by_substring():
+def test_a_label_narrows_and_names_match_by_substring():
     labelled = container(labels={"warden.service": "api"})
-    assert Service("api", 80).claims(labelled)
+    assert not Service("api", 80).claims(labelled), "a label alone joins no file-defined service"
+    assert Service("api", 80, container_name="shop").claims(labelled)
+    assert Service("api", 80, label_members="any").claims(labelled), "unless it opts in"
     assert not Service("web", 80, container_name="shop").claims(labelled)
     assert Service("web", 80, container_name="shop-web").claims(container())
     assert Service("img", 80, container_name="acme/shop").claims(container())

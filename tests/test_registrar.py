@@ -65,7 +65,7 @@ def test_label_beats_image_and_name_matching(redx, containers, warden):
     # it belongs to "api" only.
     labelled = containers.run("web", labels={"warden.service": "api"})
     by_image = containers.run("other")
-    services = [service("web"), service("api", containerName="", port=9000),
+    services = [service("web"), service("api", containerName="", port=9000, labelMembers="any"),
                 service("img", containerName="warden-test", port=7000)]
     warden(services).start()
     assert servers(redx, "api") == {f"{ip_of(labelled)}:9000": "0"}

@@ -90,7 +90,7 @@ def service_from_labels(container: Container, prefix: str) -> tuple[Optional[Ser
         network=labels.get(prefix + "network", "").strip(),
         published_port=published == "true",
         load_balancer_name=labels.get(prefix + "load-balancer", "").strip(),
-        target_group_arn=target_group,
+        target_group_arn=target_group, label_members="any",
         source=f"labels of container {who}", **fields), None
 
 

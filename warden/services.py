@@ -108,6 +108,10 @@ class Service:
     target_port: int = 80
     cluster: str = ""
     readiness: Readiness = Readiness()
+    #: ``"any"``: a container labelled with this service's name joins it whatever its
+    #: image or name; ``"matching"`` (the default): the label only picks this service
+    #: among those whose ``containerName`` the container matches
+    label_members: str = "matching"
     metric: Optional[MetricSpec] = field(default=None, compare=False)
     scaling: Optional[Policy] = field(default=None, compare=False)
     run_task: Optional[RunTask] = field(default=None, compare=False)
@@ -138,15 +142,17 @@ class Service:
         return tuple(found)
 
     def claims(self, container: Container, service_label: str = SERVICE_LABEL) -> bool:
-        """Does ``container`` belong to this service? Its ``service_label`` (by default
-        ``warden.service``) decides alone when present; otherwise ``containerName`` as a
-        substring of the image reference or the container's name."""
+        """Does ``container`` belong to this service? ``containerName`` as a substring
+        of the image reference or the container's name; a ``service_label`` (by default
+        ``warden.service``) narrows, never widens: it keeps only the service it names
+        among those that match. A service with ``labelMembers: "any"`` (a label-defined
+        one, or a file's that opts in) takes a container by the label alone."""
         label = container.labels.get(service_label)
-        if label is not None:
-            return label == self.name
-        if not self.container_name:
-            return False
-        return self.container_name in container.image or self.container_name in container.name
+        matches = bool(self.container_name) and (self.container_name in container.image
+                                                 or self.container_name in container.name)
+        if label is None:
+            return matches
+        return label == self.name and (matches or self.label_members == "any")
 
     def address_of(self, container: Container, host_address: str) -> tuple[Optional[str], str]:
         """The ``ip:port`` to route to ``container``, or ``(None, why not)``."""
@@ -226,6 +232,12 @@ def _object(value: Any) -> tuple[Any, Optional[str]]:
 _PATH_SAFE = "/%:@!$&'()*+,;=?~"
 
 
+def _label_members(value: Any) -> tuple[Any, Optional[str]]:
+    if isinstance(value, str) and value.lower() in ("any", "matching"):
+        return value.lower(), None
+    return None, 'must be "matching" or "any"'
+
+
 def parse_readiness(value: Any) -> tuple[Any, Optional[str]]:
     if isinstance(value, str) and value.lower() in ("tcp", "none"):
         return Readiness(value.lower()), None
@@ -255,6 +267,7 @@ _FIELDS: dict[str, tuple[str, Callable[[Any], tuple[Any, Optional[str]]]]] = {
     "targetport": ("target_port", parse_port),
     "cluster": ("cluster", _string),
     "readiness": ("readiness", parse_readiness),
+    "labelmembers": ("label_members", _label_members),
     "metric": ("metric", _object),
     "scaling": ("scaling", _object),
     "runtask": ("run_task", _object),
@@ -263,7 +276,7 @@ _FIELDS: dict[str, tuple[str, Callable[[Any], tuple[Any, Optional[str]]]]] = {
 #: the service keys as the README spells them (for "did you mean")
 SERVICE_KEYS = ("name", "backendName", "containerName", "loadBalancerName", "loadBalancerUrl", "port",
                 "site", "taskName", "taskVersion", "network", "publishedPort", "targetGroupArn",
-                "targetPort", "cluster", "readiness", "metric", "scaling", "runTask")
+                "targetPort", "cluster", "readiness", "labelMembers", "metric", "scaling", "runTask")
 
 #: settings each built-in metric type needs (a plugin checks its own when read)
 METRIC_SETTINGS = {
