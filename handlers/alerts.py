@@ -45,6 +45,17 @@ logger = logging.getLogger(__name__)
 DEFAULT_EVENTS = ("leadership", "errors", "scaling", "drain")
 #: most alerts waiting to be sent; past that, new ones are dropped (and counted)
 QUEUE_LIMIT = 1000
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """A 3xx is an answer, not a new address: following it would send the alert, and
+    the operator's headers (an ``Authorization``), to a host nobody configured."""
+
+    def redirect_request(self, *args: Any, **kw: Any) -> None:
+        return None
+
+
+#: opens webhook requests without following redirects
+_OPENER = urllib.request.build_opener(_NoRedirect)
+
 #: the central Redis hash of the leader's conditions firing now
 FIRING = "warden:alerts:firing"
 #: PagerDuty's severities, by kind of alert
@@ -198,10 +209,14 @@ class AlertsHandler(Handler):
         for attempt, delay in enumerate((*self.retry_delays, None)):
             request = urllib.request.Request(self.url, data=data, method="POST", headers=self.headers)
             try:
-                with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                with _OPENER.open(request, timeout=self.timeout) as response:
                     if 200 <= response.status < 300:
                         self.sent += 1
                         return True
+            except urllib.error.HTTPError as error:
+                location = error.headers.get("Location") if error.headers else None
+                reason = (f"HTTP {error.code} redirect to {location}, not followed" if location
+                          else f"HTTP {error.code}")
             except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as error:
                 reason = f"{type(error).__name__}: {error}"
             else:

@@ -282,3 +282,27 @@ def test_a_service_removed_while_its_condition_fires_resolves_it(central, manage
     assert webhook.bodies[1]["event_action"] == "resolve"
     assert webhook.bodies[1]["payload"]["summary"].startswith("[warden i-alert] web: service removed")
     assert central.hlen("warden:alerts:firing") == 0
+
+
+def test_an_alert_never_follows_a_redirect_with_its_headers(central, managers, webhook):
+    """The sender followed redirects and forwarded the operator's headers (an
+    ``Authorization`` among them) to whatever host a 3xx named. A 3xx is now a failed
+    delivery, logged with its ``Location``, and nothing reaches the other host."""
+    class Redirect(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            self.send_response(307)
+            self.send_header("Location", webhook.url)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args) -> None:
+            pass
+
+    with serve_http(Redirect) as url:
+        m = managers("i-alert", alerts={"webhookUrl": f"{url}/hook", "events": ["leadership"],
+                                        "headers": {"Authorization": "Bearer s3cret"}})
+        eventually(lambda: "alert dropped after 4 attempts (HTTP 307 redirect to " in m.log(), 15,
+                   what="the redirect refused")
+    assert webhook.bodies == [] and webhook.headers == [], "the alert and its headers reached the other host"
+    assert webhook.url in m.log()
