@@ -204,12 +204,27 @@ def test_metric_and_scaling_are_checked(tmp_path: Path) -> None:
 
 
 def test_control_secret_may_come_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    write(tmp_path, "config.json", {"controlSecret": "from-file"})
+    write(tmp_path, "config.json", {"controlSecret": "from-file-0123456789"})
     config, _ = load_config(str(tmp_path / "config.json"))
-    assert config is not None and config.control_secret == "from-file"
-    monkeypatch.setenv("WARDEN_CONTROL_SECRET", "from-env")
+    assert config is not None and config.control_secrets == ("from-file-0123456789",)
+    monkeypatch.setenv("WARDEN_CONTROL_SECRET", "from-env-0123456789")
     config, _ = load_config(str(tmp_path / "config.json"))
-    assert config is not None and config.control_secret == "from-env"
+    assert config is not None and config.control_secrets == ("from-env-0123456789",)
+    monkeypatch.setenv("WARDEN_CONTROL_SECRET", '["new-one-0123456789", "old-one-0123456789"]')
+    config, _ = load_config(str(tmp_path / "config.json"))
+    assert config is not None and config.control_secrets == ("new-one-0123456789", "old-one-0123456789")
+
+
+def test_a_control_secret_is_one_or_a_list_each_of_16_bytes_at_least(tmp_path: Path) -> None:
+    """``controlSecret: "x"`` was accepted: a key that short is guessed."""
+    write(tmp_path, "services.json", [])
+    for value in ("x", ["long-enough-0123456789", "short"], [], 7):
+        write(tmp_path, "config.json", {"controlSecret": value})
+        result = run_warden(tmp_path, "validate")
+        assert result.returncode == 2, value
+        assert result.stdout.startswith("config.json: controlSecret: "), result.stdout
+    write(tmp_path, "config.json", {"controlSecret": ["new-secret-0123456789", "old-secret-0123456789"]})
+    assert run_warden(tmp_path, "validate").returncode == 0
 
 
 # -- production conditions: service files as people really edit them -------------------

@@ -149,7 +149,7 @@ def test_an_election_closes_a_guard_time_after_its_first_entry(central, managers
 
 
 def test_garbage_and_forged_messages_change_nothing(central, managers, central_server):
-    secret = "s3cret"
+    secret = "s3cret-s3cret-s3cret"
     group = [managers(f"i-{n}", controlSecret=secret) for n in range(2)]
     chief = eventually(lambda: leader(central), 10, what="a leader")
     epoch = int(central.get("warden:epoch"))
@@ -292,7 +292,7 @@ def test_malformed_signatures_and_times_are_counted_never_raised(central, manage
     from conftest import free_port
     from warden.control import sign
 
-    secret = "s3cret"
+    secret = "s3cret-s3cret-s3cret"
     port = free_port()
     m = managers("i-0", controlSecret=secret, metricsAddress=f"127.0.0.1:{port}")
     eventually(lambda: leader(central) == "i-0", 10, what="i-0 leads")
@@ -480,3 +480,17 @@ def test_a_central_redis_that_goes_silent_is_left_for_a_fresh_connection(central
         started = time.monotonic()
         assert m.stop() == 0
         assert time.monotonic() - started < 6
+
+
+def test_a_control_secret_rotates_without_dropping_a_message(central, managers):
+    """A rolling change of ``controlSecret``: every instance first verifies both (the
+    old one still signing), then signs with the new one, then drops the old. Two
+    managers midway, one signing old and one signing new, both verifying both: every
+    control message is accepted, none rejected."""
+    old, new = "old-secret-0123456789", "new-secret-0123456789"
+    group = [managers("i-0", controlSecret=[old, new], managerSleepTimeSeconds=60),
+             managers("i-1", controlSecret=[new, old], managerSleepTimeSeconds=60)]
+    eventually(lambda: leader(central), 10, what="a leader")
+    time.sleep(2)  # four heartbeats, signed with the leader's first secret, reach the other
+    for m in group:
+        assert "ignored a message" not in m.log(), m.log()[-2000:]

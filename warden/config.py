@@ -166,8 +166,9 @@ class Config:
     metrics_address: Optional[str] = None
     #: an SQS queue fed by EventBridge rules, or None
     aws_events_queue_url: Optional[str] = None
-    #: HMAC key for control messages, or None
-    control_secret: Optional[str] = None
+    #: HMAC keys for control messages, the signing one first (every one verifies, so
+    #: a secret rotates without dropping messages); empty: messages are not signed
+    control_secrets: tuple[str, ...] = ()
     #: replicas of the central Redis that must have acknowledged a leader's writes
     #: (``WAIT``) before it acts, and at every heartbeat while it acts: 1 under
     #: Sentinel, else 0 (then a claim is confirmed once, when the primary has replicas)
@@ -254,6 +255,25 @@ def _object(value: Any) -> Optional[str]:
     return None if isinstance(value, dict) else "must be an object"
 
 
+#: the shortest control secret, in bytes: HMAC-SHA256 keys shorter than this are guessable
+MIN_SECRET_BYTES = 16
+
+
+def parse_secrets(value: Any) -> tuple[tuple[str, ...], Optional[str]]:
+    """``controlSecret``: one secret or a list (the first signs, every one verifies),
+    each at least :data:`MIN_SECRET_BYTES` long; ``((), problem)`` when it is not."""
+    secrets = [value] if isinstance(value, str) else value
+    if not isinstance(secrets, list) or not secrets or not all(isinstance(s, str) for s in secrets):
+        return (), "must be a secret string or a list of them (the first signs, every one verifies)"
+    if any(len(s.encode()) < MIN_SECRET_BYTES for s in secrets):
+        return (), f"each secret must be at least {MIN_SECRET_BYTES} bytes long"
+    return tuple(secrets), None
+
+
+def _secrets(value: Any) -> Optional[str]:
+    return parse_secrets(value)[1]
+
+
 def _optional_str(value: Any) -> Optional[str]:
     return None if value is None or isinstance(value, str) else "must be a string"
 
@@ -300,7 +320,7 @@ _SPELLED: dict[str, tuple[str, Callable[[Any], Optional[str]]]] = {
     "alerts": ("alerts", _object),
     "metricsAddress": ("metrics_address", _optional_str),
     "awsEventsQueueUrl": ("aws_events_queue_url", _optional_str),
-    "controlSecret": ("control_secret", _optional_str),
+    "controlSecret": ("control_secrets", _secrets),
     "minReplicasToAct": ("min_replicas_to_act", _replicas),
     "stopTimeoutSeconds": ("stop_timeout_seconds", _seconds(1, 3600)),
 }
@@ -445,9 +465,21 @@ def load_config(path: str) -> tuple[Optional[Config], list[Problem]]:
     )
     if "handlers" in values:
         values["handlers"] = tuple(values["handlers"])
-    # The secret may stay out of the file: the environment gives it too (and wins).
-    if os.environ.get("WARDEN_CONTROL_SECRET"):
-        values["control_secret"] = os.environ["WARDEN_CONTROL_SECRET"]
+    if "control_secrets" in values:
+        values["control_secrets"] = parse_secrets(values["control_secrets"])[0]
+    # The secret may stay out of the file: the environment gives it too (and wins); a
+    # JSON list there rotates as in the file.
+    env_secret = os.environ.get("WARDEN_CONTROL_SECRET")
+    if env_secret:
+        try:
+            given = json.loads(env_secret) if env_secret.lstrip().startswith("[") else env_secret
+        except ValueError:
+            given = None
+        secrets, problem = parse_secrets(given)
+        if problem:
+            problems.append(Problem(display, "WARDEN_CONTROL_SECRET", problem))
+        else:
+            values["control_secrets"] = secrets
 
     if isinstance(data.get("alerts"), KeyedObject):
         problems += _alert_problems(display, data.spelled("alerts"), data["alerts"])

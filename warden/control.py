@@ -73,8 +73,11 @@ class ControlCodec:
     """Parses and checks received messages on every channel, ``warden:metric``
     included, counting the rejected ones by reason (a short snake_case word)."""
 
-    def __init__(self, secret: Optional[str], max_skew_seconds: float) -> None:
-        self.secret = secret
+    def __init__(self, secrets: Any, max_skew_seconds: float) -> None:
+        #: every secret that verifies (one string, a sequence, or none)
+        self.secrets: tuple[str, ...] = ((secrets,) if isinstance(secrets, str) else tuple(secrets or ()))
+        #: the signing secret, or "" when messages are not signed
+        self.secret = self.secrets[0] if self.secrets else ""
         self.max_skew = max_skew_seconds
         self.rejected: Counter[str] = Counter()
         self.accepted = 0
@@ -140,8 +143,9 @@ class ControlCodec:
             body = canonical(data)
         except (ValueError, TypeError):  # NaN and the like cannot be signed
             raise Rejected("bad_signature") from None
-        expected = hmac.new(self.secret.encode(), body, hashlib.sha256).hexdigest()
-        if not hmac.compare_digest(sig, expected):
+        # Any secret in force verifies: a rotation adds the new one everywhere first.
+        if not any(hmac.compare_digest(sig, hmac.new(secret.encode(), body, hashlib.sha256).hexdigest())
+                   for secret in self.secrets):
             raise Rejected("bad_signature")
         ts = data.get("ts")
         if ts is None and not ts_required:

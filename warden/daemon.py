@@ -125,7 +125,7 @@ class ManagerDaemon:
         self.handlers = handlers
         self.central = central
         self.zones = ZoneChecker(config.zone_check, config.region)
-        self.codec = ControlCodec(config.control_secret, config.lease_seconds)
+        self.codec = ControlCodec(config.control_secrets, config.lease_seconds)
         self.manager = Manager(config, central, self.zones)
         self.scaler = Scaler(config, self.manager, catalog, MetricContext(central.commands, config.region),
                              self.codec)
@@ -216,7 +216,7 @@ class DrainDaemon:
         self.recorder = DrainRecorder(config, central)
         self.receivers = signals.Receivers((signals.host_draining, self.recorder.on_host_draining))
         self.subscriber = (ControlSubscriber(
-            central.subscriber_client, ControlCodec(config.control_secret, config.lease_seconds),
+            central.subscriber_client, ControlCodec(config.control_secrets, config.lease_seconds),
             channels=("warden:drain",))
             if subscribe else None)
         # Only on EC2 (metadata answered when the identity was resolved).

@@ -150,7 +150,8 @@ class Manager(StoppableThread):
         self.store = ElectionStore(self.redis, self.me, config.lease_seconds,
                                    config.legacy_max_heartbeat_age_seconds,
                                    config.guard_time_seconds, config.candidate_expiry_seconds)
-        self.secret = config.control_secret
+        #: the secret that signs this instance's messages ("" when none is set)
+        self.secret = config.control_secrets[0] if config.control_secrets else ""
         #: "follower"; "confirming" (claimed, waiting for a replica to have the claim);
         #: "leader" (acting)
         self.role = "follower"

@@ -43,7 +43,7 @@ class Scaler(StoppableThread):
                  context: MetricContext, codec: Optional[ControlCodec] = None) -> None:
         super().__init__("warden-scaler")
         self.config = config
-        self.codec = codec or ControlCodec(config.control_secret, config.lease_seconds)
+        self.codec = codec or ControlCodec(config.control_secrets, config.lease_seconds)
         self.manager = manager
         self.catalog = catalog
         #: a metric that stays unreadable is logged once, then once a minute with a count
