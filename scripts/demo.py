@@ -132,11 +132,12 @@ def main() -> int:
             settle()
             show(redx, f"round {n + 1}: removed both")
         with open(os.path.join(services, "api.json"), "w") as handle:
-            json.dump({"name": "api", "port": 9000, "loadBalancerUrl": "web.localhost", "site": "/api/"},
-                      handle)
+            json.dump({"name": "api", "containerName": "demo-api", "port": 9000, "loadBalancerUrl": "web.localhost",
+                       "site": "/api/"}, handle)
         api = run("demo-api-1", labels={"warden.service": "api"})
         settle()
-        show(redx, "added services/api.json and a container labelled warden.service=api")
+        show(redx, "added services/api.json and a container demo-api-1 labelled warden.service=api "
+                   "(the label narrows among the services its name matches)")
         shop = run("demo-shop-1", labels={"warden.service": "shop", "warden.frontend": "shop.localhost",
                                           "warden.port": "8080"})
         settle()
