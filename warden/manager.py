@@ -88,8 +88,16 @@ class LivenessWatch(StoppableThread):
         self.wake.set()
 
     def _subscribers(self, leader_id: str) -> int:
-        reply = self.manager.redis.pubsub_numsub(ALIVE_PREFIX + leader_id)
-        return int(reply[0][1]) if reply else 0
+        """Subscribers of the leader's liveness channel on the server the commands
+        reach, read together with this instance's own: a server that does not hold this
+        instance's subscription either (a failover under way, the pub/sub connection
+        still on the old primary) says nothing about the leader, and counts as trouble
+        (``-1``)."""
+        reply = self.manager.redis.pubsub_numsub(ALIVE_PREFIX + leader_id, self.manager.alive_channel)
+        counts = [int(count) for _, count in reply] if reply else [0, 0]
+        if len(counts) < 2 or counts[1] == 0:
+            return -1
+        return counts[0]
 
     def run(self) -> None:
         pause = self.interval
@@ -112,12 +120,14 @@ class LivenessWatch(StoppableThread):
             if not manager.subscribed.is_set() or time.monotonic() - self.troubled_at < self.settle:
                 continue
             try:
-                if self._subscribers(view.leader_id) > 0:
-                    continue
-                if self.stop_event.wait(self.confirm) or self._subscribers(view.leader_id) > 0:
-                    continue
+                first = self._subscribers(view.leader_id)
+                second = 0 if first or self.stop_event.wait(self.confirm) else self._subscribers(view.leader_id)
             except redis.RedisError:
+                first = second = -1
+            if first < 0 or second < 0:
                 self.troubled_at = time.monotonic()
+                continue
+            if first > 0 or second > 0 or self.stopping:
                 continue
             if manager.view is view:
                 logger.warning("leader %s's liveness channel has no subscriber on two readings: "

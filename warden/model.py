@@ -43,9 +43,9 @@ class Container:
     health: Optional[str] = None
     attachments: tuple[Attachment, ...] = ()
     ports: tuple[PublishedPort, ...] = ()
-    #: when it was created, whole Unix seconds (0 when unknown), as the listing and
-    #: inspect alike give it: the first of several containers that define one service
-    #: by labels (ties by id) is the one whose definition stands
+    #: when it was created, Unix seconds to the microsecond from inspect (0 when
+    #: unknown), in a sweep as after an event: the first of several containers that
+    #: define one service by labels (ties by id) is the one whose definition stands
     created: float = 0.0
 
     @property

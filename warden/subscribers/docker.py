@@ -42,10 +42,6 @@ _CONNECTION_ERRORS = (requests.exceptions.ConnectionError, requests.exceptions.T
                       ConnectionError, OSError)
 
 
-#: how the listing names an image by ID (``sha256:<hex>``, or bare hex)
-_IMAGE_ID = re.compile(r"(sha256:)?[0-9a-f]{12,64}")
-
-
 def _health_from_status(status: str) -> Optional[str]:
     if "(healthy)" in status:
         return "healthy"
@@ -57,14 +53,15 @@ def _health_from_status(status: str) -> Optional[str]:
 
 
 def _created(text: str) -> float:
-    """Inspect's ``Created`` (RFC 3339, nanoseconds) as whole Unix seconds, the
-    precision of the listing's ``Created``: a container ranks the same whichever path
-    read it (ties go by id); 0 if unreadable."""
+    """Inspect's ``Created`` (RFC 3339, nanoseconds) as Unix seconds, to the
+    microsecond; 0 if unreadable. The listing gives whole seconds only, so every
+    container's creation time comes from an inspect (see :meth:`DockerSource.running`)."""
     match = re.fullmatch(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(\.\d+)?(Z|[+-]\d\d:\d\d)", text or "")
     if not match:
         return 0.0
+    fraction = (match.group(2) or ".0")[:7]
     zone = "+00:00" if match.group(3) == "Z" else match.group(3)
-    return float(int(datetime.fromisoformat(match.group(1) + zone).timestamp()))
+    return datetime.fromisoformat(match.group(1) + fraction + zone).timestamp()
 
 
 def container_from_inspect(data: dict) -> Container:
@@ -163,8 +160,9 @@ class DockerSource:
         #: Docker API calls made, by kind (for benchmarks and metrics)
         self.calls: dict[str, int] = {"inspect": 0, "list": 0, "networks": 0}
         #: container id -> the image reference it was created from (inspect's
-        #: ``Config.Image``), which never changes for a container
-        self._configured_image: dict[str, str] = {}
+        #: ``Config.Image``) and its creation time to the microsecond, which never
+        #: change for a container
+        self._identity: dict[str, tuple[str, float]] = {}
         self._lock = threading.Lock()
 
     def inspect(self, container_id: str) -> Container:
@@ -177,16 +175,18 @@ class DockerSource:
         except _CONNECTION_ERRORS as error:
             raise ConnectionLost(f"Docker: {error}") from None
         with self._lock:
-            self._configured_image[container.id] = container.image
+            self._identity[container.id] = (container.image, container.created)
         return container
 
     def running(self) -> list[Container]:
         """Every running (or paused) container, from one listing, each with the image
-        reference it was created from, as an inspect gives it.
+        reference it was created from and its creation time, as an inspect gives them.
 
         The listing names a container's image by ID once its tag points at another
-        image (a same-tag redeploy), so the reference comes from the inspect cache; a
-        container first seen that way is inspected once."""
+        image (a same-tag redeploy), and gives its creation time in whole seconds only
+        (so two containers of one second would rank by id in a sweep and by time after
+        an event): both come from the inspect cache, and a container first seen in a
+        listing is inspected once."""
         self.calls["list"] += 1
         try:
             entries = self.api.containers()
@@ -199,21 +199,19 @@ class DockerSource:
             # unroute the containers it could not read.
             raise BadAnswer(f"Docker's container listing cannot be read ({error!r})") from None
         with self._lock:
-            known = {c.id: self._configured_image.get(c.id) for c in listed}
+            known = {c.id: self._identity.get(c.id) for c in listed}
         found = []
         for container in listed:
-            image = known[container.id]
-            if image is None and _IMAGE_ID.fullmatch(container.image):
+            identity = known[container.id]
+            if identity is None:
                 try:
-                    image = self.inspect(container.id).image
+                    inspected = self.inspect(container.id)
                 except ContainerGone:
                     continue
-            elif image is None:
-                # The listing shows the reference while its tag still names the image.
-                image = container.image
-            found.append(replace(container, image=image))
+                identity = (inspected.image, inspected.created)
+            found.append(replace(container, image=identity[0], created=identity[1]))
         with self._lock:
-            self._configured_image = {c.id: c.image for c in found}
+            self._identity = {c.id: (c.image, c.created) for c in found}
         return found
 
     def subnets(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
