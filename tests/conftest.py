@@ -373,12 +373,14 @@ class Warden:
 
     def start(self, command: str = "registrar", ready: str = "") -> "Warden":
         ready = ready or {"manager": "manager started"}.get(command, "sweep (start-up)")
+        # A restart appends to the same log: only this run's lines say it is ready.
+        offset = len(self.log())
         self.log_file = open(self.log_path, "ab")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "warden", "--config", str(self.config_path),
              "--log-level", "debug", command],
             env=self.env, stdout=self.log_file, stderr=subprocess.STDOUT)
-        eventually(lambda: ready in self.log() or self.process.poll() is not None,
+        eventually(lambda: ready in self.log()[offset:] or self.process.poll() is not None,
                    30, what="warden start-up")
         assert self.process.poll() is None, self.log()
         return self
