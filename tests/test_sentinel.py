@@ -95,6 +95,14 @@ def test_a_new_leader_acts_only_once_a_replica_has_its_claim(managers, tmp_path)
         eventually(lambda: "leadership gained" in m.log(), 10, what="acting once the replica has it")
 
 
+def worker_service(ecs) -> dict:
+    """A service scaled on moto's ECS from the Redis key ``demand:worker``."""
+    return {"name": "worker", "port": 80, "taskName": ecs.task_family, "cluster": ecs.name,
+            "metric": {"type": "redis", "key": "demand:worker"},
+            "scaling": {"maxTasks": 10, "scaleDownDelaySeconds": 0},
+            "runTask": {"launchType": "FARGATE", "networkConfiguration": ecs.awsvpc}}
+
+
 def every_task(aws, ecs) -> list[dict]:
     """Every task of the test's family, stopped ones included."""
     found = []
@@ -115,10 +123,7 @@ def test_a_primary_killed_while_the_leader_scales(sentinel_central, managers, aw
     group_central = sentinel_central
     central = group_central.client()
     central.set("demand:worker", "3")
-    services = [{"name": "worker", "port": 80, "taskName": ecs.task_family, "cluster": ecs.name,
-                 "metric": {"type": "redis", "key": "demand:worker"},
-                 "scaling": {"maxTasks": 10, "scaleDownDelaySeconds": 0},
-                 "runTask": {"launchType": "FARGATE", "networkConfiguration": ecs.awsvpc}}]
+    services = [worker_service(ecs)]
     settings = dict(group_central.settings(), handlers=["ecs"], managerSleepTimeSeconds=1)
     group = []
     for n in range(3):
@@ -301,10 +306,7 @@ def test_a_leader_short_of_replicas_holds_every_ecs_call(sentinel_central, manag
 
     central = sentinel_central.client()
     central.set("demand:worker", "2")
-    services = [{"name": "worker", "port": 80, "taskName": ecs.task_family, "cluster": ecs.name,
-                 "metric": {"type": "redis", "key": "demand:worker"},
-                 "scaling": {"maxTasks": 10, "scaleDownDelaySeconds": 0},
-                 "runTask": {"launchType": "FARGATE", "networkConfiguration": ecs.awsvpc}}]
+    services = [worker_service(ecs)]
     port = free_port()
     m = managers("i-0", start=False, services=services, handlers=["ecs"], managerSleepTimeSeconds=0.5,
                  metricsAddress=f"127.0.0.1:{port}", **sentinel_central.settings())
