@@ -91,6 +91,30 @@ def is_server(field: str) -> bool:
     return not field.startswith("_")
 
 
+def foreign_keys(client: redis.Redis, display: str, service: Service,
+                 ownership: Ownership) -> Optional[tuple[str, str]]:
+    """Why a label-defined ``service`` may not take its keys, as ``(label, reason)``, or
+    None: a frontend key that names another backend (an operator's, or another tool's),
+    or a backend holding servers outside this host's addresses. What cannot be read is
+    refused too, and judged again at the next sweep."""
+    frontend, backend = frontend_key(service.frontend), backend_key(service.backend_name)
+    try:
+        pipe = client.pipeline(transaction=False)
+        pipe.get(frontend)
+        pipe.hkeys(backend)
+        named, fields = pipe.execute()
+    except redis.RedisError as error:
+        return "frontend", (f"cannot check {frontend} and {backend} in the Redx Redis {display} "
+                            f"({error}); checked again at the next sweep")
+    if named is not None and named != service.backend_name:
+        return "frontend", f"{frontend} names backend {named!r}, which Warden did not write"
+    foreign = sorted(a for a in fields if is_server(a) and not ownership.owns(service.backend_name, a))
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        return "backend", f"{backend} holds servers Warden did not write ({shown})"
+    return None
+
+
 def redx_client(config: Config) -> redis.Redis:
     """A client for this host's Redx Redis with short timeouts: a route write that
     cannot happen fails fast and the next sweep makes up for it."""
@@ -124,6 +148,10 @@ class RedxHandler(Handler):
                     extra={"change": str(change), "service": service, "container": container_id[:12] or None})
         signals.send(signals.change_made, self, change=change, service=service,
                      container_id=container_id)
+
+    def on_label_service_proposed(self, sender: Any, *, service: Service, ownership: Ownership,
+                                  **kw: Any) -> Optional[tuple[str, str]]:
+        return foreign_keys(self.redis, self.config.nginx_redis.display, service, ownership)
 
     def on_route_added(self, sender: Any, *, route: Route, **kw: Any) -> None:
         self._write_route("+", route)

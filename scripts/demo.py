@@ -84,7 +84,8 @@ def main() -> int:
         json.dump({"nginxRedisAddress": f"127.0.0.1:{port}",
                    "serviceManagementRedisAddress": f"127.0.0.1:{port}",
                    "serviceDescriptionFilename": "services", "registrarSleepTimeSeconds": 30,
-                   "zoneCheck": "none", "handlers": ["redx", "ecs"]}, handle, indent=1)
+                   "zoneCheck": "none", "handlers": ["redx", "ecs"],
+                   "labelFrontends": ["*.localhost"]}, handle, indent=1)
     with open(os.path.join(services, "web.json"), "w") as handle:
         json.dump([{"name": "web", "containerName": "demo-web", "port": 8080,
                     "loadBalancerUrl": "web.localhost", "site": ""}], handle)

@@ -227,6 +227,19 @@ def test_a_control_secret_is_one_or_a_list_each_of_16_bytes_at_least(tmp_path: P
     assert run_warden(tmp_path, "validate").returncode == 0
 
 
+def test_label_patterns_are_lists_of_patterns(tmp_path: Path) -> None:
+    write(tmp_path, "services.json", [])
+    for key in ("labelFrontends", "labelLoadBalancers"):
+        for value in ("*.example.com", ["ok.example.com", ""], ["a b"], [3]):
+            write(tmp_path, "config.json", {key: value})
+            result = run_warden(tmp_path, "validate")
+            assert result.returncode == 2, (key, value)
+            assert result.stdout == f"config.json: {key}: must be a list of shell-style patterns such as " \
+                                    '"*.apps.example.com" (no spaces)\n', result.stdout
+        write(tmp_path, "config.json", {key: ["*.apps.example.com", "shop.example.com/api/*"]})
+        assert run_warden(tmp_path, "validate").returncode == 0
+
+
 # -- production conditions: service files as people really edit them -------------------
 
 

@@ -52,7 +52,8 @@ def test_a_spot_warning_deregisters_the_host_it_names(deployment, events, load_b
     drain used to reach only the Manager, which has no ELB handler)."""
     services = [{"name": "web", "containerName": f"wt-{RUN}-web", "port": 8080,
                  "loadBalancerUrl": "web.example.com", "loadBalancerName": load_balancer.name}]
-    settings = host_settings(central_server, handlers=["redx", "elb"], awsEventsQueueUrl=events.queue_url)
+    settings = host_settings(central_server, handlers=["redx", "elb"], awsEventsQueueUrl=events.queue_url,
+                             labelFrontends=["shop.example.com"], labelLoadBalancers=[load_balancer.name])
     commands = ["run"] if deployment == "run" else ["registrar", "manager"]
     processes = []
     for command in commands:
@@ -192,7 +193,8 @@ def test_two_processes_complete_the_lifecycle_action_only_after_leaving_label_de
     process that enrols really holds nothing."""
     aws_proxy.plan["CompleteLifecycleAction"] = ["empty-result"] * 4
     aws_proxy.plan["DeregisterInstancesFromLoadBalancer"] = ["hold"]
-    settings = host_settings(central_server, handlers=["redx", "elb"], awsEventsQueueUrl=events.queue_url)
+    settings = host_settings(central_server, handlers=["redx", "elb"], awsEventsQueueUrl=events.queue_url,
+                             labelFrontends=["shop.example.com"], labelLoadBalancers=[load_balancer.name])
     processes = []
     for command in ("registrar", "manager"):
         w = warden([], **settings)

@@ -210,7 +210,7 @@ def test_a_readiness_path_outside_ascii_is_probed_percent_encoded(redx, containe
     """``{"http": "/santé"}`` passed validation and then made every probe try raise in
     the worker: the container was never routed nor reported. The path is sent
     percent-encoded, from a service field or a label alike."""
-    w = warden([service("accent", readiness={"http": "/santé"})]).start()
+    w = warden([service("accent", readiness={"http": "/santé"})], labelFrontends=["cafe.example.com"]).start()
     assert w.command("validate").returncode == 0
     c = containers.run("accent")
     eventually(lambda: redx.hgetall("backend:accent") == {f"{ip_of(c)}:8080": "0"}, 10, what="routed")

@@ -163,14 +163,13 @@ def _label_problems(config: Any, services: Sequence[Any]) -> list[str]:
     try:
         import docker
 
-        from warden.labels import label_services
+        from warden.status import label_view
         from warden.subscribers.docker import DockerSource
 
         listed = DockerSource(docker.from_env(timeout=3)).running()
     except Exception:  # noqa: BLE001 - no Docker here: nothing to say about labels
         return []
-    return [f"{problem} (warning)" for problem in
-            label_services(listed, services, config.label_prefix).refused.values()]
+    return [f"{problem} (warning)" for problem in label_view(config, services, listed).refused.values()]
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:

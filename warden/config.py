@@ -128,6 +128,12 @@ class Config:
     container_labels: bool = True
     #: the prefix of those labels
     label_prefix: str = "warden."
+    #: shell-style patterns of the frontends (``host/path``) a container may define by
+    #: labels; none: containers define no service
+    label_frontends: tuple[str, ...] = ()
+    #: shell-style patterns of the load-balancer names and target-group ARNs a
+    #: label-defined service may enrol this host in; none: labels name none
+    label_load_balancers: tuple[str, ...] = ()
     #: a container whose readiness probe has had no answer for this long is reported
     #: (logged once, counted); it stays unrouted and its probe goes on
     readiness_report_seconds: float = 30.0
@@ -210,6 +216,13 @@ def _on_off(value: Any) -> Optional[str]:
 def _label_prefix(value: Any) -> Optional[str]:
     if not isinstance(value, str) or not value or any(c.isspace() for c in value):
         return "must be a label prefix such as \"warden.\" (no spaces)"
+    return None
+
+
+def _patterns(value: Any) -> Optional[str]:
+    if not isinstance(value, list) or not all(
+            isinstance(v, str) and v and not any(c.isspace() for c in v) for v in value):
+        return 'must be a list of shell-style patterns such as "*.apps.example.com" (no spaces)'
     return None
 
 
@@ -305,6 +318,8 @@ _SPELLED: dict[str, tuple[str, Callable[[Any], Optional[str]]]] = {
     "readinessReportSeconds": ("readiness_report_seconds", _seconds(0.1, DAY)),
     "containerLabels": ("container_labels", _on_off),
     "labelPrefix": ("label_prefix", _label_prefix),
+    "labelFrontends": ("label_frontends", _patterns),
+    "labelLoadBalancers": ("label_load_balancers", _patterns),
     "instanceId": ("instance_id", _instance_id),
     "availabilityZone": ("availability_zone", _optional_str),
     "region": ("region", _optional_str),
@@ -463,8 +478,9 @@ def load_config(path: str) -> tuple[Optional[Config], list[Problem]]:
     values["service_description_display"] = (
         services if os.path.isabs(services) else os.path.normpath(os.path.join(given_folder, services))
     )
-    if "handlers" in values:
-        values["handlers"] = tuple(values["handlers"])
+    for attr in ("handlers", "label_frontends", "label_load_balancers"):
+        if attr in values:
+            values[attr] = tuple(values[attr])
     if "control_secrets" in values:
         values["control_secrets"] = parse_secrets(values["control_secrets"])[0]
     # The secret may stay out of the file: the environment gives it too (and wins); a

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping, Optional
+from fnmatch import fnmatchcase
+from typing import Any, Callable, Iterable, Mapping, Optional
 
 from warden.model import Container
 from warden.services import Service, parse_port, parse_readiness
@@ -21,9 +22,12 @@ from warden.services import Service, parse_port, parse_readiness
 DEFINING = ("frontend", "port", "backend", "network", "published-port", "readiness",
             "load-balancer", "target-group", "target-port")
 
-#: a frontend: a host name (letters, digits, ``-``, ``.``, ``*``, ``:port``), then an
-#: optional path
-_FRONTEND = re.compile(r"([A-Za-z0-9*][A-Za-z0-9.*:-]*)(/\S*)?")
+#: a frontend a label may name: a host name (dot-separated labels of letters, digits
+#: and inner ``-``, an optional ``:port``), then an optional path with no wildcard
+_HOST = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*(?::[0-9]{1,5})?"
+_FRONTEND = re.compile(rf"({_HOST})(/[^\s*?\[\]]*)?")
+_FRONTEND_RULE = ("a host name (letters, digits, '-' and '.', an optional :port), then an "
+                  "optional /path/ with no wildcard and no '.' or '..' part")
 
 
 @dataclass(frozen=True)
@@ -60,9 +64,11 @@ def service_from_labels(container: Container, prefix: str) -> tuple[Optional[Ser
             return None, LabelProblem(who, prefix + required, "is required to define a service by labels")
     frontend = labels[prefix + "frontend"].strip()
     match = _FRONTEND.fullmatch(frontend)
-    if "://" in frontend or not match:
+    if "://" in frontend:
         return None, LabelProblem(who, prefix + "frontend",
                                   f"{frontend!r} must be host or host/path/ (no scheme)")
+    if not match or {".", ".."} & set((match.group(2) or "").split("/")):
+        return None, LabelProblem(who, prefix + "frontend", f"{frontend!r} must be {_FRONTEND_RULE}")
     port, problem = _port(labels[prefix + "port"], prefix + "port", who)
     if problem:
         return None, problem
@@ -103,14 +109,83 @@ class LabelServices:
     refused: Mapping[str, LabelProblem] = field(default_factory=dict)
 
 
-def label_services(containers: Iterable[Container], files: Iterable[Service], prefix: str) -> LabelServices:
+def _host_first(text: str) -> str:
+    """``host/path`` with the host in lower case (host names match in any case; paths
+    do not)."""
+    host, slash, path = text.partition("/")
+    return host.lower() + slash + path
+
+
+@dataclass(frozen=True)
+class LabelPolicy:
+    """What the operator lets containers define: shell-style patterns of frontends
+    (``host/path``, matched whole) and of load-balancer names and target-group ARNs.
+    Empty: nothing. A frontend on the host of a file-defined frontend needs a pattern
+    that names that host without a wildcard."""
+
+    frontends: tuple[str, ...] = ()
+    load_balancers: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, config: Any) -> "LabelPolicy":
+        return cls(tuple(config.label_frontends), tuple(config.label_load_balancers))
+
+    def frontend_problem(self, service: Service, file_hosts: Mapping[str, str]) -> Optional[str]:
+        frontend = _host_first(service.frontend)
+        if not self.frontends:
+            return (f"frontend {service.frontend!r} refused: labelFrontends allows no frontend "
+                    "(list there the patterns of the frontends containers may define)")
+        allowing = [p for p in self.frontends if fnmatchcase(frontend, _host_first(p))]
+        if not allowing:
+            return (f"frontend {service.frontend!r} matches no labelFrontends pattern "
+                    f"({', '.join(self.frontends)})")
+        host = service.load_balancer_url.lower()
+        owner = file_hosts.get(host)
+        if owner is not None and not any(_host_first(p).partition("/")[0] == host for p in allowing):
+            return (f"frontend {service.frontend!r} is on the host of service {owner!r}; only a "
+                    f"labelFrontends pattern that names {host!r} itself allows it")
+        return None
+
+    def load_balancer_problem(self, what: str, value: str) -> Optional[str]:
+        if any(fnmatchcase(value, p) for p in self.load_balancers):
+            return None
+        if not self.load_balancers:
+            return f"{what} {value!r} refused: labelLoadBalancers allows none"
+        return f"{what} {value!r} matches no labelLoadBalancers pattern ({', '.join(self.load_balancers)})"
+
+    def problem(self, service: Service, file_hosts: Mapping[str, str],
+                prefix: str) -> Optional[tuple[str, str]]:
+        """The label and the reason the operator's patterns refuse ``service``, or None."""
+        problem = self.frontend_problem(service, file_hosts)
+        if problem:
+            return prefix + "frontend", problem
+        for label, what, value in (("load-balancer", "load balancer", service.load_balancer_name),
+                                   ("target-group", "target group", service.target_group_arn)):
+            problem = value and self.load_balancer_problem(what, value)
+            if problem:
+                return prefix + label, problem
+        return None
+
+
+#: ``objection(service)``: why a store refuses to hand ``service`` its keys (they hold
+#: what Warden did not write), as ``(label, reason)``, or None
+Objection = Callable[[Service], Optional[tuple[str, str]]]
+
+
+def label_services(containers: Iterable[Container], files: Iterable[Service], prefix: str,
+                   policy: LabelPolicy = LabelPolicy(), objection: Optional[Objection] = None,
+                   standing: Iterable[Service] = ()) -> LabelServices:
     """What the ``containers``' labels define beside the file-defined ``files``. Files
     win; among containers, the first created stands: a later one that defines the same
     service differently, or claims a frontend or backend another service owns, is
-    refused."""
+    refused. A new definition must also pass the operator's ``policy`` and then the
+    ``objection`` of the stores (skipped for the definitions already ``standing``:
+    what they hold, Warden wrote)."""
     files = list(files)
+    standing = set(standing)
     file_names = {s.name for s in files}
     frontends = {s.frontend: s.name for s in files if s.frontend}
+    file_hosts = {s.load_balancer_url.lower(): s.name for s in files if s.frontend}
     backends = {s.backend_name: s.name for s in files}
     defined: dict[str, Service] = {}
     refused: dict[str, LabelProblem] = {}
@@ -122,12 +197,12 @@ def label_services(containers: Iterable[Container], files: Iterable[Service], pr
         if service is None or service.name in file_names:
             continue  # no definition, or files win: the label only assigns it
         who = f"{container.name} ({container.short_id})"
-        standing = defined.get(service.name)
-        if standing is not None:
-            if standing != service:
+        same = defined.get(service.name)
+        if same is not None:
+            if same != service:
                 refused[container.id] = LabelProblem(
                     who, prefix + "service", f"defines service {service.name!r} differently from "
-                                             f"{standing.source}, whose definition stands")
+                                             f"{same.source}, whose definition stands")
             continue
         owner = frontends.get(service.frontend)
         if owner is not None:
@@ -139,7 +214,14 @@ def label_services(containers: Iterable[Container], files: Iterable[Service], pr
             refused[container.id] = LabelProblem(
                 who, prefix + "backend", f"backend {service.backend_name!r} belongs to service {owner!r}")
             continue
+        refusal = policy.problem(service, file_hosts, prefix)
+        if refusal is None and objection is not None and service not in standing:
+            refusal = objection(service)
+        if refusal is not None:
+            refused[container.id] = LabelProblem(who, *refusal)
+            continue
         defined[service.name] = service
         frontends[service.frontend] = service.name
         backends[service.backend_name] = service.name
     return LabelServices(tuple(defined[n] for n in sorted(defined)), refused)
+

@@ -20,7 +20,7 @@ from warden import signals
 from warden.config import Config
 from warden.subscribers.docker import DockerSource
 from warden.errors import BadAnswer, ConnectionLost, ContainerGone
-from warden.labels import LabelServices, label_services
+from warden.labels import LabelPolicy, LabelServices, label_services
 from warden.model import (Change, Container, ContainerEvent, DesiredState, LoadBalancerTarget,
                           Ownership, Route)
 from warden.readiness import ReadinessProber, probe_for
@@ -78,6 +78,8 @@ class Registrar(StoppableThread):
         #: the services in force: the files', then the labels'
         self.services: tuple[Service, ...] = catalog.services
         self._service_label = config.label_prefix + "service"
+        #: the frontends and load balancers the operator lets containers define
+        self.label_policy = LabelPolicy.of(config)
         #: running containers by id, from the last listing and the events since
         self.containers: dict[str, Container] = {}
         #: containers being stopped or killed: unrouted until they die or start again
@@ -361,6 +363,9 @@ class Registrar(StoppableThread):
         subnets = self.docker.subnets()
         listed = {c.id: c for c in self.docker.running()}
         self.containers = listed
+        # What a new label-defined service may find in its keys is judged by this
+        # listing's networks.
+        self.ownership = Ownership(subnets, self.config.host_address, self.ownership.published_backends)
         self._relabel()
         self.being_stopped &= set(listed)
         self.started_at = {cid: t for cid, t in self.started_at.items() if cid in listed}
@@ -429,7 +434,8 @@ class Registrar(StoppableThread):
         (until their routes are gone too)."""
         if self.config.container_labels:
             labelled = label_services(self.containers.values(), self.file_services,
-                                      self.config.label_prefix)
+                                      self.config.label_prefix, self.label_policy,
+                                      self._objection, standing=self.labelled.services)
             for cid, problem in labelled.refused.items():
                 if cid not in self.labelled.refused:
                     self.label_problems += 1
@@ -442,6 +448,21 @@ class Registrar(StoppableThread):
                         by_name[old.name] = old
             self.labelled = LabelServices(tuple(by_name[n] for n in sorted(by_name)), labelled.refused)
         return self._replace_services(tuple(self.file_services) + self.labelled.services, why)
+
+    def _objection(self, service: Service) -> Optional[tuple[str, str]]:
+        """Why a store refuses a new label-defined service its keys (a handler answers
+        for its own store: the Redx handler when its keys hold what Warden did not
+        write), as ``(label, reason)``; None when every handler lets it through."""
+        published = self.ownership.published_backends
+        if service.published_port:
+            published = published | {service.backend_name}
+        ownership = Ownership(self.ownership.subnets, self.config.host_address, published)
+        for _, answer in signals.send(signals.label_service_proposed, self, service=service,
+                                      ownership=ownership):
+            if answer:
+                label, reason = answer
+                return self.config.label_prefix + label, reason
+        return None
 
     def _replace_services(self, new: tuple[Service, ...], why: str) -> tuple[Service, ...]:
         old = self.services

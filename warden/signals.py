@@ -85,6 +85,16 @@ services_reloaded = _signals.signal(
     ``paths`` (the files that changed).""",
 )
 
+label_service_proposed = _signals.signal(
+    "label-service-proposed",
+    doc="""A container's labels define a service that is not yet in force, and the
+    operator's patterns allow it: each handler may object for its own store, where the
+    service's keys already hold what Warden did not write. Sender: the Registrar.
+    kw: ``service`` (the :class:`~warden.services.Service`), ``ownership`` (the
+    :class:`~warden.model.Ownership` rule of this host). Receivers return ``(label,
+    reason)`` (``label`` without the prefix, e.g. ``"frontend"``) to refuse it, or None.""",
+)
+
 redx_key_failed = _signals.signal(
     "redx-key-failed",
     doc="""A key in the Redx Redis could not be read or written (a key of the wrong type,

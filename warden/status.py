@@ -24,9 +24,7 @@ def collect(config: Config, services: tuple[Service, ...]) -> dict:
                               "errors": errors}
     listed = _listing(errors)
     if listed is not None and config.container_labels:
-        from warden.labels import label_services
-
-        labelled = label_services(listed, services, config.label_prefix)
+        labelled = label_view(config, services, listed)
         services = tuple(services) + labelled.services
         report["labelProblems"] = [str(problem) for problem in labelled.refused.values()]
     else:
@@ -53,6 +51,42 @@ def collect(config: Config, services: tuple[Service, ...]) -> dict:
         })
     report["leader"], report["draining"] = _leader(config, errors)
     return report
+
+
+def label_view(config: Config, services: tuple[Service, ...], listed: list) -> Any:
+    """What the running containers' labels define, judged as the Registrar judges it:
+    the operator's patterns, then (with the Redx handler) the Redx keys, under this
+    host's Docker networks."""
+    from warden.labels import LabelPolicy, label_services
+
+    objection = None
+    if "redx" in config.handlers:
+        from warden.handlers.redx import foreign_keys
+        from warden.model import Ownership
+
+        subnets = _subnets()
+        client = config.nginx_redis.client(decode_responses=True, socket_timeout=2,
+                                           socket_connect_timeout=2)
+        published = frozenset(s.backend_name for s in services if s.published_port)
+
+        def objection(service: Service) -> Optional[tuple[str, str]]:
+            mine = published | ({service.backend_name} if service.published_port else set())
+            answer = foreign_keys(client, config.nginx_redis.display, service,
+                                  Ownership(subnets, config.host_address, frozenset(mine)))
+            return (config.label_prefix + answer[0], answer[1]) if answer else None
+
+    return label_services(listed, services, config.label_prefix, LabelPolicy.of(config), objection)
+
+
+def _subnets() -> tuple:
+    try:
+        import docker
+
+        from warden.subscribers.docker import DockerSource
+
+        return DockerSource(docker.from_env(timeout=5)).subnets()
+    except Exception:  # noqa: BLE001 - no networks known: no server counts as this host's
+        return ()
 
 
 def _redx_servers(config: Config, services: tuple[Service, ...], errors: list) -> dict:
