@@ -82,14 +82,19 @@ def test_bad_label_values_leave_only_that_container_unrouted(redx, containers, w
         "port": containers.run("p", labels=labels(f"p-{RUN}", "p.example.com", "eighty")),
         "frontend": containers.run("f", labels=labels(f"f-{RUN}", "http://f.example.com")),
         "readiness": containers.run("r", labels=labels(f"r-{RUN}", "r.example.com", readiness="maybe")),
+        # Text from labels reaches alerts: a chat format would read this as a mention.
+        "service": containers.run("s", labels=labels("<!channel>", "s.example.com")),
+        "backend": containers.run("b", labels=labels(f"b-{RUN}", "b.example.com", backend="[x](https://evil)")),
     }
     good = containers.run("g", labels=labels(f"g-{RUN}", "g.example.com", readiness="http:/"))
     eventually(lambda: f"{ip_of(good)}:8080" in redx.hgetall(f"backend:g-{RUN}"), 5, what="the good one")
     for label, container in bad.items():
         eventually(lambda: f"container {container.name} ({container.short_id}): label warden.{label}:"
                    in w.log(), 5, what=f"the {label} problem logged")
-    for name in ("p", "f", "r"):
+    for name in ("p", "f", "r", "b"):
         assert redx.hgetall(f"backend:{name}-{RUN}") == {}
+    assert redx.keys("*channel*") == [] and redx.keys("*evil*") == []
+    assert "'<!channel>' must be a name of 1 to 128 letters, digits, '.', '_', ':' or '-'" in w.log()
     assert "'eighty' is not a port number" in w.log()
     assert "must be host or host/path/ (no scheme)" in w.log()
 

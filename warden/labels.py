@@ -26,6 +26,11 @@ DEFINING = ("frontend", "port", "backend", "network", "published-port", "readine
 #: and inner ``-``, an optional ``:port``), then an optional path with no wildcard
 _HOST = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*(?::[0-9]{1,5})?"
 _FRONTEND = re.compile(rf"({_HOST})(/[^\s*?\[\]]*)?")
+#: a service or backend name a label may give: it reaches Redis keys, logs, metrics and
+#: alerts, where a chat format would read ``<!channel>``, ``<url|text>`` or
+#: ``[text](url)`` as a mention or a link
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
+_NAME_RULE = "must be a name of 1 to 128 letters, digits, '.', '_', ':' or '-'"
 _FRONTEND_RULE = ("a host name (letters, digits, '-' and '.', an optional :port), then an "
                   "optional /path/ with no wildcard and no '.' or '..' part")
 
@@ -59,6 +64,9 @@ def service_from_labels(container: Container, prefix: str) -> tuple[Optional[Ser
     who = f"{container.name} ({container.short_id})"
     if not name.strip():
         return None, LabelProblem(who, prefix + "service", "is empty")
+    for label, value in (("service", name), ("backend", labels.get(prefix + "backend"))):
+        if value is not None and value.strip() and not _NAME.fullmatch(value.strip()):
+            return None, LabelProblem(who, prefix + label, f"{value.strip()!r} {_NAME_RULE}")
     for required in ("frontend", "port"):
         if prefix + required not in labels:
             return None, LabelProblem(who, prefix + required, "is required to define a service by labels")
