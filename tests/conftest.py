@@ -103,6 +103,8 @@ class RedisServer:
         self.port = free_port()
         #: more redis-server arguments (``--replicaof HOST PORT``)
         self.options = list(options)
+        #: the default user's password (``--requirepass``), or none
+        self.password = next((options[i + 1] for i, o in enumerate(options[:-1]) if o == "--requirepass"), None)
         self.process: Optional[subprocess.Popen] = None
         #: its own folder: a test that SAVEs gets the data back after a restart
         import tempfile
@@ -119,7 +121,7 @@ class RedisServer:
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         import redis
 
-        client = redis.Redis(port=self.port)
+        client = redis.Redis(port=self.port, password=self.password)
         eventually(client.ping, 10, what=f"{self.name} redis-server on port {self.port}")
         client.close()
 
@@ -136,7 +138,7 @@ class RedisServer:
     def client(self) -> Any:
         import redis
 
-        return redis.Redis(port=self.port, decode_responses=True)
+        return redis.Redis(port=self.port, decode_responses=True, password=self.password)
 
 
 @pytest.fixture(scope="session")
@@ -441,11 +443,15 @@ class SentinelCentral:
 
     master = "central"
 
-    def __init__(self) -> None:
+    def __init__(self, password: Optional[str] = None, sentinel_password: Optional[str] = None) -> None:
         import tempfile
 
-        first = RedisServer("central-a")
-        self.servers = [first, RedisServer("central-b")]
+        #: with ``password``: the servers' default user needs it (replicas log in with
+        #: it too), and with ``sentinel_password`` the Sentinels need theirs
+        self.password, self.sentinel_password = password, sentinel_password
+        self.auth = ["--requirepass", password, "--masterauth", password] if password else []
+        first = RedisServer("central-a", *self.auth)
+        self.servers = [first, RedisServer("central-b", *self.auth)]
         self.sentinel_ports = [free_port() for _ in range(3)]
         self.sentinels: list[subprocess.Popen] = []
         self.dir = tempfile.mkdtemp(prefix="warden-test-sentinel-")
@@ -456,15 +462,18 @@ class SentinelCentral:
             pytest.fail("redis-sentinel is not installed: run scripts/test, which installs it")
         first, second = self.servers
         first.start()
-        second.options = ["--replicaof", "127.0.0.1", str(first.port)]
+        second.options = ["--replicaof", "127.0.0.1", str(first.port), *self.auth]
         second.start()
         self.wait_replicated()
         for port in self.sentinel_ports:
             conf = Path(self.dir) / f"sentinel-{port}.conf"
+            auth = f"sentinel auth-pass {self.master} {self.password}\n" if self.password else ""
+            if self.sentinel_password:
+                auth += f"requirepass {self.sentinel_password}\n"
             conf.write_text(f"port {port}\nbind 127.0.0.1\nprotected-mode no\ndir {self.dir}\n"
                             f"sentinel monitor {self.master} 127.0.0.1 {first.port} 2\n"
                             f"sentinel down-after-milliseconds {self.master} 1000\n"
-                            f"sentinel failover-timeout {self.master} 4000\n")
+                            f"sentinel failover-timeout {self.master} 4000\n{auth}")
             self.sentinels.append(subprocess.Popen([binary, str(conf)], stdout=subprocess.DEVNULL,
                                                    stderr=subprocess.DEVNULL))
 
@@ -477,11 +486,10 @@ class SentinelCentral:
 
         eventually(ready, 30, what="three Sentinels that know each other and the replica")
 
-    @staticmethod
-    def ask(port: int, *command: str) -> Any:
+    def ask(self, port: int, *command: str) -> Any:
         import redis
 
-        client = redis.Redis(port=port, decode_responses=True, socket_timeout=2)
+        client = redis.Redis(port=port, decode_responses=True, socket_timeout=2, password=self.sentinel_password)
         try:
             reply = client.execute_command(*command)
         finally:
@@ -501,7 +509,7 @@ class SentinelCentral:
 
         def synced() -> bool:
             for server in self.servers:
-                info = redis.Redis(port=server.port).info("replication")
+                info = redis.Redis(port=server.port, password=self.password).info("replication")
                 if info["role"] == "slave" and info.get("master_link_status") != "up":
                     return False
             return True
@@ -517,8 +525,9 @@ class SentinelCentral:
         """A client that follows the primary across a failover."""
         from redis.sentinel import Sentinel
 
-        return Sentinel([("127.0.0.1", p) for p in self.sentinel_ports], socket_timeout=1).master_for(
-            self.master, db=db, decode_responses=True, socket_timeout=1)
+        return Sentinel([("127.0.0.1", p) for p in self.sentinel_ports], socket_timeout=1,
+                        sentinel_kwargs={"password": self.sentinel_password, "socket_timeout": 1}).master_for(
+            self.master, db=db, decode_responses=True, socket_timeout=1, password=self.password)
 
     def kill_primary(self) -> RedisServer:
         """``kill -9`` of the primary; returns it (not running)."""
@@ -610,6 +619,7 @@ class Webhook:
         self.url = ""
         self.headers: list[dict] = []
         self.bodies: list[dict] = []
+        self.paths: list[str] = []
 
 
 @pytest.fixture
@@ -622,6 +632,7 @@ def webhook() -> Any:
             body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
             hook.headers.append(dict(self.headers))
             hook.bodies.append(body)
+            hook.paths.append(self.path)
             self.send_response(202)
             self.end_headers()
 

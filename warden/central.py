@@ -28,6 +28,27 @@ from redis.retry import Retry
 from warden.config import Config
 
 
+#: where an operator finds what Warden's central Redis user needs
+ACL_DOC = "docs/redis-acl.md"
+
+
+def refused(error: BaseException) -> bool:
+    """The central Redis answered, and said no: a login or a permission it refuses
+    (retrying soon changes nothing)."""
+    return isinstance(error, (redis.AuthenticationError, redis.exceptions.NoPermissionError))
+
+
+def describe(error: BaseException) -> str:
+    """What went wrong with the central Redis, as a log line says it: a refused login
+    or command as what it is, anything else as unreachable."""
+    if isinstance(error, redis.AuthenticationError):
+        return (f"refused the login ({error}): check serviceManagementRedisUsername and "
+                f"serviceManagementRedisPassword, and {ACL_DOC}")
+    if isinstance(error, redis.exceptions.NoPermissionError):
+        return f"refused a command ({error}): {ACL_DOC} lists what Warden's user needs"
+    return f"unreachable: {error}"
+
+
 class Central:
     """The central Redis as this process reaches it."""
 

@@ -22,12 +22,22 @@ from warden.jsonfile import KeyedObject, Problem, in_range, is_int, shown, unkno
 @dataclass(frozen=True)
 class RedisAddress:
     """Where a Redis is: a ``redis://`` or ``rediss://`` URL and the database to use, or
-    the name of a primary that Sentinels (``sentinels``, ``(host, port)`` pairs) know."""
+    the name of a primary that Sentinels (``sentinels``, ``(host, port)`` pairs) know.
+    ``username``/``password`` log in to the primary (a URL may carry its own);
+    ``sentinel_auth`` (username, password) to the Sentinels, and ``sentinel_tls`` speaks
+    TLS to the Sentinels and the primary they name. Its repr holds no secret."""
 
     url: str
     db: int
     sentinels: tuple[tuple[str, int], ...] = ()
     master: str = ""
+    username: str = ""
+    password: str = ""
+    sentinel_auth: tuple[str, str] = ("", "")
+    sentinel_tls: bool = False
+
+    def __repr__(self) -> str:
+        return f"RedisAddress({self.display!r})"
 
     @property
     def display(self) -> str:
@@ -39,6 +49,15 @@ class RedisAddress:
         host = parsed.hostname or "127.0.0.1"
         return f"{host}:{parsed.port or 6379}/{self.db}"
 
+    def _login(self) -> dict:
+        """The primary's credentials, as redis-py takes them (none: the URL's own)."""
+        login = {}
+        if self.username:
+            login["username"] = self.username
+        if self.password:
+            login["password"] = self.password
+        return login
+
     def client(self, single: bool = False, **options: Any) -> Any:
         """A redis-py client for this address; ``options`` go to the connection pool.
 
@@ -48,15 +67,25 @@ class RedisAddress:
         connect, so it follows a failover."""
         import redis
 
+        options = {**self._login(), **options}
         if self.sentinels:
             from redis.sentinel import Sentinel, SentinelConnectionPoolProxy, SentinelManagedConnection
 
             timeout = options.get("socket_connect_timeout") or options.get("socket_timeout") or 2
-            sentinel = Sentinel(list(self.sentinels),
-                                sentinel_kwargs={"socket_timeout": timeout, "socket_connect_timeout": timeout})
+            own = {"socket_timeout": timeout, "socket_connect_timeout": timeout}
+            user, password = self.sentinel_auth
+            if user:
+                own["username"] = user
+            if password:
+                own["password"] = password
+            if self.sentinel_tls:
+                own["ssl"] = True
+            sentinel = Sentinel(list(self.sentinels), sentinel_kwargs=own)
             if not single:
-                return sentinel.master_for(self.master, db=self.db, **options)
-            pool = redis.BlockingConnectionPool(connection_class=SentinelManagedConnection, max_connections=1,
+                return sentinel.master_for(self.master, db=self.db, ssl=self.sentinel_tls, **options)
+            connection_class = (_tls_sentinel_connection() if self.sentinel_tls
+                                else SentinelManagedConnection)
+            pool = redis.BlockingConnectionPool(connection_class=connection_class, max_connections=1,
                                                 timeout=timeout, db=self.db, **options)
             # What redis-py's SentinelConnectionPool wires up, on a pool of one.
             pool.connection_kwargs["connection_pool"] = SentinelConnectionPoolProxy(
@@ -72,17 +101,61 @@ class RedisAddress:
             url, max_connections=1, timeout=timeout, **options))
 
 
-def parse_sentinels(value: Any) -> tuple[tuple[str, int], ...]:
-    """``["host:26379", ...]`` as ``(host, port)`` pairs; ValueError names the problem."""
+def _tls_sentinel_connection() -> Any:
+    """redis-py's Sentinel-managed connection over TLS."""
+    from redis.sentinel import SentinelManagedSSLConnection
+
+    return SentinelManagedSSLConnection
+
+
+@dataclass(frozen=True)
+class SentinelSet:
+    """``serviceManagementRedisSentinels`` parsed: the ``(host, port)`` pairs, and the
+    login and TLS every entry shares (entries may be ``redis://user:pass@host:port`` or
+    ``rediss://...`` URLs)."""
+
+    pairs: tuple[tuple[str, int], ...]
+    auth: tuple[str, str] = ("", "")
+    tls: bool = False
+
+
+def parse_sentinels(value: Any) -> SentinelSet:
+    """``["host:26379", ...]`` or URLs; ValueError names the problem."""
     if not isinstance(value, list) or not value:
         raise ValueError('must be a list of Sentinel addresses such as ["10.0.0.5:26379"]')
-    pairs = []
+    pairs, logins = [], set()
     for item in value:
-        host, sep, port = item.rpartition(":") if isinstance(item, str) else ("", "", "")
-        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        if isinstance(item, str) and "://" in item:
+            parsed = urlparse(item)
+            try:
+                port = parsed.port
+            except ValueError:
+                port = None
+            if parsed.scheme not in ("redis", "rediss") or not parsed.hostname or port is None:
+                raise ValueError(f"{_no_password(item)!r} is not host:port or a redis:// or rediss:// "
+                                 "URL with a host and a port")
+            pairs.append((parsed.hostname, port))
+            logins.add((parsed.username or "", parsed.password or "", parsed.scheme == "rediss"))
+            continue
+        host, sep, port_text = item.rpartition(":") if isinstance(item, str) else ("", "", "")
+        if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
             raise ValueError(f"{item!r} is not host:port")
-        pairs.append((host.strip("[]"), int(port)))
-    return tuple(pairs)
+        pairs.append((host.strip("[]"), int(port_text)))
+        logins.add(("", "", False))
+    if len(logins) > 1:
+        raise ValueError("every Sentinel entry must carry the same user, password and scheme "
+                         "(redis-py logs in to all Sentinels alike)")
+    user, password, tls = logins.pop()
+    return SentinelSet(tuple(pairs), (user, password), tls)
+
+
+def _no_password(url: str) -> str:
+    """``url`` with any password replaced by ``***``, for messages."""
+    parsed = urlparse(url)
+    if parsed.password is None:
+        return url
+    netloc = parsed.netloc.replace(f":{parsed.password}@", ":***@", 1)
+    return urlunparse(parsed._replace(netloc=netloc))
 
 
 def parse_redis_address(text: str, db: Optional[int], default_db: int) -> RedisAddress:
@@ -184,6 +257,22 @@ class Config:
     stop_timeout_seconds: float = 20.0
     #: keys the file held that Warden does not know (kept for plugins)
     extra: dict = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        """Every setting but the secrets (a plugin that logs its config leaks none):
+        the Redis addresses as their ``display``, the control secrets, the alert
+        webhook, template and header values, and the unknown keys' values redacted."""
+        shown_fields = []
+        for name in self.__dataclass_fields__:
+            value = getattr(self, name)
+            if name == "control_secrets":
+                value = tuple(REDACTED for _ in value)
+            elif name == "alerts" and value is not None:
+                value = redacted_alerts(value)
+            elif name == "extra":
+                value = {key: REDACTED for key in value}
+            shown_fields.append(f"{name}={value!r}")
+        return f"Config({', '.join(shown_fields)})"
 
 
 def _str(value: Any) -> Optional[str]:
@@ -310,6 +399,8 @@ _SPELLED: dict[str, tuple[str, Callable[[Any], Optional[str]]]] = {
     "serviceManagementRedisDatabaseNumber": ("", _db),
     "serviceManagementRedisSentinels": ("", _sentinels),
     "serviceManagementRedisSentinelMaster": ("", _master_name),
+    "serviceManagementRedisUsername": ("username", _str),
+    "serviceManagementRedisPassword": ("password", _str),
     "nginxRedisAddress": ("nginx_redis", _str),
     "nginxRedisDatabaseNumber": ("", _db),
     "serviceDescriptionFilename": ("service_description_path", _str),
@@ -404,6 +495,105 @@ def _alert_problems(display: str, spelled: str, alerts: KeyedObject) -> list[Pro
     return problems
 
 
+#: keys whose values may be secrets: written in the file, or ``{"file": PATH}`` (its
+#: content, one trailing newline dropped) or ``{"env": NAME}``; never shown
+SECRET_KEYS = ("serviceManagementRedisAddress", "nginxRedisAddress", "serviceManagementRedisUsername",
+               "serviceManagementRedisPassword", "controlSecret")
+#: the same inside ``alerts`` (and each value of ``alerts.headers``)
+ALERT_SECRET_KEYS = ("webhookUrl", "template")
+#: what a redacted secret reads as
+REDACTED = "<redacted>"
+
+
+def redacted_alerts(alerts: dict) -> dict:
+    """``alerts`` with its secret values (webhook, template, header values) redacted."""
+    secret = {k.lower() for k in ALERT_SECRET_KEYS}
+    shown_alerts: dict = {}
+    for key, value in alerts.items():
+        if key.lower() in secret:
+            value = REDACTED
+        elif key.lower() == "headers" and isinstance(value, dict):
+            value = {header: REDACTED for header in value}
+        shown_alerts[key] = value
+    return shown_alerts
+
+
+def resolve_secret(value: Any, folder: str) -> tuple[Any, Optional[str]]:
+    """``value``, or the secret a ``{"file": PATH}`` / ``{"env": NAME}`` reference names
+    (a relative PATH from the config file's folder), with the problem when it cannot
+    be read."""
+    if not isinstance(value, dict):
+        return value, None
+    if len(value) != 1 or next(iter(value)).lower() not in ("file", "env") \
+            or not isinstance(next(iter(value.values())), str):
+        return None, 'must be the value, {"file": "/run/secrets/NAME"} or {"env": "NAME"}'
+    kind, name = next(iter(value.items()))
+    if kind.lower() == "env":
+        found = os.environ.get(name)
+        if found is None:
+            return None, f"environment variable {name} is not set"
+        if not found:
+            return None, f"environment variable {name} is empty"
+        return found, None
+    path = os.path.join(folder, name)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            found = handle.read()
+    except (OSError, UnicodeDecodeError) as error:
+        return None, f"cannot read secret file {path}: {getattr(error, 'strerror', None) or error}"
+    found = found[:-1] if found.endswith("\n") else found
+    if not found:
+        return None, f"secret file {path} is empty"
+    return found, None
+
+
+def _resolve_secrets(display: str, data: KeyedObject, folder: str) -> list[Problem]:
+    """Replace every secret reference in ``data`` by its secret, in place; a reference
+    that cannot be read is an error naming the key (and is dropped)."""
+    problems: list[Problem] = []
+
+    def resolve(holder: dict, key: Any, name: str) -> None:
+        value, problem = resolve_secret(holder[key], folder)
+        if problem:
+            problems.append(Problem(display, name, problem))
+            del holder[key]
+        else:
+            holder[key] = value
+
+    for key in SECRET_KEYS:
+        lower = key.lower()
+        if lower not in data:
+            continue
+        if isinstance(data[lower], list):  # controlSecret: each may be a reference
+            for i in range(len(data[lower])):
+                value, problem = resolve_secret(data[lower][i], folder)
+                if problem:
+                    problems.append(Problem(display, f"{data.spelled(lower)}[{i}]", problem))
+                data[lower][i] = value
+            if any(p.field.startswith(data.spelled(lower) + "[") for p in problems):
+                del data[lower]
+        else:
+            resolve(data, lower, data.spelled(lower))
+    sentinels = data.get("servicemanagementredissentinels")
+    if isinstance(sentinels, list):
+        for i, entry in enumerate(sentinels):
+            value, problem = resolve_secret(entry, folder)
+            if problem:
+                problems.append(Problem(display, f"{data.spelled('servicemanagementredissentinels')}[{i}]", problem))
+            sentinels[i] = value
+    alerts = data.get("alerts")
+    if isinstance(alerts, KeyedObject):
+        spelled = data.spelled("alerts")
+        for key in ALERT_SECRET_KEYS:
+            if key.lower() in alerts:
+                resolve(alerts, key.lower(), f"{spelled}.{alerts.spelled(key.lower())}")
+        headers = alerts.get("headers")
+        if isinstance(headers, dict):
+            for header in list(headers):
+                resolve(headers, header, f"{spelled}.{alerts.spelled('headers')}.{header}")
+    return problems
+
+
 def resolve_config_path(given: Optional[str]) -> str:
     """``--config``, else ``$WARDEN_CONFIG``, else ``./config.json``."""
     return given or os.environ.get("WARDEN_CONFIG") or "config.json"
@@ -426,6 +616,7 @@ def load_config(path: str) -> tuple[Optional[Config], list[Problem]]:
         return None, [Problem(display, "-", "must be a JSON object")]
 
     problems = jsonfile.duplicate_problems(display, "", data)
+    problems += _resolve_secrets(display, data, os.path.dirname(os.path.abspath(path)))
     values: dict[str, Any] = {}
     extra: dict[str, Any] = {}
     for lower, spelled, value in data.items_spelled():
@@ -462,8 +653,19 @@ def load_config(path: str) -> tuple[Optional[Config], list[Problem]]:
         problems.append(Problem(display, data.spelled(given), f"needs {missing} as well"))
     elif sentinels is not None and _sentinels(sentinels) is None and _master_name(master) is None \
             and "service_management_redis" in values:
+        found = parse_sentinels(sentinels)
         values["service_management_redis"] = replace(
-            values["service_management_redis"], sentinels=parse_sentinels(sentinels), master=master)
+            values["service_management_redis"], sentinels=found.pairs, master=master,
+            sentinel_auth=found.auth, sentinel_tls=found.tls)
+    login = {attr: values.pop(attr) for attr in ("username", "password") if attr in values}
+    if login and "service_management_redis" in values:
+        central = values["service_management_redis"]
+        parsed = urlparse(central.url)
+        if not central.sentinels and (parsed.username or parsed.password):
+            problems.append(Problem(display, data.spelled("servicemanagementredisaddress"),
+                                    "carries a user or password, and serviceManagementRedisUsername or "
+                                    "serviceManagementRedisPassword is given too: give one or the other"))
+        values["service_management_redis"] = replace(central, **login)
 
     if "min_replicas_to_act" not in values:
         # Under Sentinel a failover may promote a replica: act only on what one holds.

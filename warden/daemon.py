@@ -17,7 +17,7 @@ import docker
 import redis
 
 from warden import signals
-from warden.central import Central
+from warden.central import ACL_DOC, Central
 from warden.config import Config, RedisAddress, load_config, require, resolve_config_path
 from warden.control import METRIC_CHANNEL, ControlCodec
 from warden.drain import DrainRecorder, DrainRelay, DrainWatcher, LifecycleCompleter
@@ -331,6 +331,11 @@ def _ping_redis(address: RedisAddress, what: str) -> None:
         client = address.client(socket_timeout=2, socket_connect_timeout=2)
         client.ping()
         client.close()
+    except redis.AuthenticationError as error:
+        keys = ("serviceManagementRedisUsername and serviceManagementRedisPassword"
+                if what == "the central Redis" else "the user and password in nginxRedisAddress")
+        raise ConnectionLost(f"{what} at {address.display} refused the login ({error}): check {keys}, "
+                             f"and {ACL_DOC}") from None
     except redis.RedisError as error:
         raise ConnectionLost(f"cannot reach {what} at {address.display}: {error}") from None
 

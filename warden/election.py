@@ -173,11 +173,43 @@ local heard = redis.call('PUBSUB', 'NUMSUB', '@ALIVE@' .. ARGV[1])[2]
 return {state, rec[1] or '', tostring(age), rec[3] or '', rec[4] or '', tostring(watcher), heard}
 """.replace("@ALIVE@", ALIVE_PREFIX) % {"kill": KILL_SECONDS}
 
+# Before a candidate enters, and before a claim spends an epoch: may this connection's
+# ACL user run every command a leader runs, on its keys and channels? (Redis 7's
+# redis.acl_check_cmd; an older server has none, and answers a missing permission when
+# the command runs.) Returns the first command it may not run, or nil.
+_MAY_LEAD = r"""
+local function may_not_lead(me)
+  if not redis.acl_check_cmd then return nil end
+  local needed = {
+    {'incr', '@EPOCH@'}, {'get', '@EPOCH@'}, {'del', '@RECORD@'}, {'hset', '@RECORD@', 'id', me},
+    {'pexpire', '@RECORD@', '1'}, {'hmget', '@RECORD@', 'id'}, {'exists', me .. '-kill'},
+    {'del', me .. '-kill'}, {'del', '@GONE@' .. me}, {'smembers', '@WATCHERS@'},
+    {'srem', '@WATCHERS@', me}, {'sadd', '@WATCHERS@', me}, {'srandmember', '@MANAGERS@', '1'},
+    {'pubsub', 'numsub', '@ALIVE@' .. me}, {'publish', '@ALIVE@' .. me, '-'},
+    {'publish', 'warden:heartbeat', '-'}, {'info', 'replication'}, {'wait', '0', '0'},
+  }
+  for _, command in ipairs(needed) do
+    if not redis.acl_check_cmd(unpack(command)) then
+      return string.upper(command[1]) .. ' ' .. command[2]
+    end
+  end
+  return nil
+end
+"""
+
+def _may_lead() -> str:
+    return (_MAY_LEAD.replace("@EPOCH@", EPOCH).replace("@RECORD@", RECORD)
+            .replace("@WATCHERS@", WATCHERS).replace("@MANAGERS@", MANAGERS)
+            .replace("@GONE@", GONE_PREFIX).replace("@ALIVE@", ALIVE_PREFIX))
+
+
 # KEYS: record, challenge, open. ARGV: me, dice, candidate expiry seconds, drop_ms,
 # guard_ms. The first entry opens the election for guard_ms (the open key lives that
 # long). Returns {member entered, "1" when it is the highest live entry now, ms until
 # the election closes}.
-_ENTER = _LUA_COMMON + r"""
+_ENTER = _LUA_COMMON + _may_lead() + r"""
+local denied = may_not_lead(ARGV[1])
+if denied then return {'', 'denied', 0, denied} end
 local now = now_ms()
 local member = stamp(now) .. '-' .. ARGV[1]
 redis.call('ZADD', KEYS[2], tonumber(ARGV[2]), member)
@@ -221,13 +253,15 @@ end
 # dropped. The epoch never goes below ``floor`` + 1 (a promoted replica may have missed
 # the last increment; a fresh Redis starts from its clock). Returns {1, epoch} or
 # {0, reason, winner}.
-_CLAIM = _LUA_COMMON + _APPOINT + r"""
+_CLAIM = _LUA_COMMON + _APPOINT + _may_lead() + r"""
 local now = now_ms()
 local me = ARGV[1]
 local state, rec = leader(now, tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[6])
 if state == 'live' and rec[1] ~= me then return {0, 'leader-live', rec[1]} end
 local best_id, entries = best_live(KEYS[2], now, tonumber(ARGV[5]))
 if best_id ~= me then return {0, 'not-highest', best_id or ''} end
+local denied = may_not_lead(me)
+if denied then return {0, 'no-permission', denied} end
 if state == 'stale' and rec[1] ~= me then
   redis.call('SET', rec[1] .. '-kill', '1', 'EX', %(kill)d)
 end
@@ -308,6 +342,11 @@ return 0
 """ % {"kill": KILL_SECONDS}
 
 
+class MayNotLead(Exception):
+    """The central Redis's ACL user may not run a command a leader runs (named in the
+    message): the candidate neither enters nor claims, so no epoch is spent."""
+
+
 @dataclass(frozen=True)
 class LeaderView:
     """The leader record as one script read it."""
@@ -385,9 +424,11 @@ class ElectionStore:
         above it are dropped), and the seconds until the election closes (a guard time
         after its first entry; this one's, when it opened it)."""
         roll = random.SystemRandom().randint(0, 100) if dice is None else dice
-        member, top, close_ms = self._enter(
+        member, top, close_ms, *denied = self._enter(
             keys=[RECORD, CHALLENGE, OPEN],
             args=[self.me, roll, self.candidate_expiry, self.drop_ms, max(1, self.guard_ms)])
+        if _text(top) == "denied":
+            raise MayNotLead(_text(denied[0]))
         return _text(member), _text(top) == "1", int(close_ms) / 1000
 
     def claim(self, zone: str, gone: str = "", floor: int = 0) -> tuple[Optional[int], str]:
@@ -398,6 +439,8 @@ class ElectionStore:
                                   WATCHER_COUNT])
         if int(reply[0]) == 1:
             return int(reply[1]), ""
+        if _text(reply[1]) == "no-permission":
+            raise MayNotLead(_text(reply[2]))
         return None, f"{_text(reply[1])} {_text(reply[2])}".strip()
 
     def heartbeat(self, epoch: int, zone: str, want: int = 0, wait_ms: int = 0,

@@ -32,10 +32,10 @@ from typing import Any, Optional
 import redis
 
 from warden import signals
-from warden.central import Central
+from warden.central import ACL_DOC, Central, describe, refused
 from warden.config import Config
 from warden.control import ControlMessage, encode
-from warden.election import ALIVE_PREFIX, ElectionStore, LeaderView
+from warden.election import ALIVE_PREFIX, ElectionStore, LeaderView, MayNotLead
 from warden.logs import Repeats
 from warden.subscribers.channels import ControlSubscriber
 from warden.subscribers.zones import ZoneChecker
@@ -138,6 +138,10 @@ class LivenessWatch(StoppableThread):
 
 class Manager(StoppableThread):
     """This instance's part in the election, and its leadership while it lasts."""
+
+    #: seconds between tries while the central Redis refuses the login or a command a
+    #: leader runs (an operator's fix, not a retry, ends that)
+    REFUSED_RETRY_SECONDS = 5.0
 
     def __init__(self, config: Config, central: Central, zones: ZoneChecker) -> None:
         super().__init__("warden-manager")
@@ -332,9 +336,20 @@ class Manager(StoppableThread):
         while not self.stopping:
             try:
                 self.step()
+            except MayNotLead as error:
+                # Neither entered nor claimed: no epoch spent. Others lead meanwhile.
+                self.candidate_since = None
+                self.repeats.failed("central-acl", logging.ERROR,
+                                    "not standing for election: the central Redis user may not run %s, "
+                                    "which a leader runs (no epoch spent); %s lists what Warden's user needs",
+                                    error, ACL_DOC)
+                self._next_wake = self.REFUSED_RETRY_SECONDS
             except redis.RedisError as error:
-                self.repeats.failed("central-redis", logging.WARNING, "central Redis unreachable: %s", error)
+                level = logging.ERROR if refused(error) else logging.WARNING
+                self.repeats.failed("central-redis", level, "central Redis %s", describe(error))
                 self._lost_contact()
+                if refused(error):
+                    self._next_wake = self.REFUSED_RETRY_SECONDS
             except Exception:  # noqa: BLE001 - the election must outlive any one bug
                 logger.exception("manager step failed")
             else:
@@ -471,6 +486,7 @@ class Manager(StoppableThread):
                           self.config.candidate_expiry_seconds * 0.8)
         if self.candidate_since is None or now - self.candidate_since > stale_after:
             member, top, closes_in = self.store.stand()
+            self.repeats.ended("central-acl", "the central Redis user may run what a leader runs again")
             self.candidate_since = now
             # The highest entry claims when the election closes, a guard time after its
             # first entry, however late it entered itself. An entry below another live

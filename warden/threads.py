@@ -152,6 +152,10 @@ class ConnectionLoop(StoppableThread):
     def reconnected(self) -> None:
         """Hook: a connection is held again after a loss or failed attempts."""
 
+    def explain(self, why: Any) -> str:
+        """Why the connection could not be opened, as the log line says it."""
+        return f"unreachable ({why})"
+
     def held(self) -> None:
         """The connection works (called by :meth:`serve`; only the first call per
         connection counts)."""
@@ -195,6 +199,6 @@ class ConnectionLoop(StoppableThread):
                 logger.warning("%s lost (%s); again in %.1fs", self.what, why, delay)
             else:
                 # While it stays down: once, then once a quiet period with a count.
-                self._repeats.failed("unreachable", logging.WARNING, "%s unreachable (%s); again in %.1fs",
-                                     self.what, why, delay)
+                self._repeats.failed("unreachable", logging.WARNING, "%s %s; again in %.1fs",
+                                     self.what, self.explain(why), delay)
             self.stop_event.wait(delay)

@@ -50,6 +50,11 @@ class ControlSubscriber(ConnectionLoop):
     Manager's liveness channel is among the extra ones, and followers count a leader
     gone only when its channel stays empty for longer than a reconnect takes."""
 
+    def explain(self, why: Any) -> str:
+        from warden.central import describe
+
+        return describe(why) if isinstance(why, BaseException) else f"unreachable ({why})"
+
     backoff_initial = 0.2
     #: a leader's liveness rides on this connection: back well within a lease
     backoff_cap = 2.0
