@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import string
 
 import pytest
 
@@ -81,9 +82,36 @@ def test_the_readme_iam_table_is_the_policy():
     assert table == statements(), "README's IAM table differs from " + str(POLICY.relative_to(ROOT))
 
 
+#: the template's placeholders as a user fills them (``envsubst`` does the same)
+FILLED = {"REGION": "us-east-1", "ACCOUNT_ID": "123456789012", "LOAD_BALANCERS": "web-*",
+          "TARGET_GROUPS": "web-*/*", "EVENTS_QUEUE": "warden-events", "AUTO_SCALING_GROUPS": "ecs-prod-*",
+          "CLUSTER": "prod", "TASK_ROLES": "app-*", "DEMAND_QUEUES": "jobs-*",
+          "STEPS_OBJECTS": "ops-bucket/warden/*"}
+#: actions whose calls AWS does not scope to a resource: only they may name ``*``
+UNSCOPED = {"elasticloadbalancing:DescribeLoadBalancers", "elasticloadbalancing:DescribeTargetHealth",
+            "ec2:DescribeAvailabilityZones", "ec2:DescribeInstances", "cloudwatch:GetMetricStatistics",
+            "elasticbeanstalk:DescribeEnvironments"}
+
+
+def test_the_policy_is_scoped_wherever_aws_allows_it():
+    """Every statement was ``"Resource": "*"``: a host's role could enrol it in any
+    load balancer and start or stop any task in the account. The template names each
+    resource by ARN (or, for the ECS calls, the cluster by the ``ecs:cluster``
+    condition), with the placeholders the README lists."""
+    text = POLICY.read_text()
+    placeholders = set(re.findall(r"\$\{(\w+)\}", text))
+    assert placeholders == set(FILLED)
+    readme = (ROOT / "README.md").read_text()
+    assert {p for p in placeholders if f"`${{{p}}}`" in readme} == placeholders, "README lists each placeholder"
+    for statement in json.loads(text)["Statement"]:
+        if statement["Resource"] == "*" and not set(statement["Action"]) <= UNSCOPED:
+            assert "ecs:cluster" in statement.get("Condition", {}).get("ArnEquals", {}), statement["Sid"]
+
+
 def test_the_policy_is_a_document_iam_accepts(aws):
     name = f"warden-{os.getpid()}"
-    reply = aws.iam.create_policy(PolicyName=name, PolicyDocument=POLICY.read_text())
+    filled = string.Template(POLICY.read_text()).substitute(FILLED)
+    reply = aws.iam.create_policy(PolicyName=name, PolicyDocument=filled)
     stored = aws.iam.get_policy_version(PolicyArn=reply["Policy"]["Arn"],
                                         VersionId=reply["Policy"]["DefaultVersionId"])
     document = stored["PolicyVersion"]["Document"]
