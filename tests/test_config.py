@@ -151,6 +151,27 @@ def test_sentinel_keys_are_checked_and_name_the_primary(tmp_path: Path) -> None:
     assert "config.json: ServiceManagementRedisSentinels: '10.0.1.5' is not host:port" in result.stdout + result.stderr
     assert "config.json: ServiceManagementRedisSentinels: needs serviceManagementRedisSentinelMaster as well" \
         in result.stdout + result.stderr
+    for entries, problem in (
+            (["rediss://:pw-secret@10.0.1.5:26379"], "'rediss://:***@10.0.1.5:26379': TLS through Sentinel is not "
+                                                     "supported yet"),
+            (["redis://:pw-secret@10.0.1.5:26379", "10.0.1.6:26379"], "every Sentinel entry must carry the same "
+                                                                       "user and password")):
+        write(tmp_path, "config.json", {"serviceManagementRedisSentinels": entries,
+                                        "serviceManagementRedisSentinelMaster": "central"})
+        result = run_warden(tmp_path, "validate")
+        assert result.returncode == 2 and f"serviceManagementRedisSentinels: {problem}" in result.stdout
+        assert "pw-secret" not in result.stdout + result.stderr
+    write(tmp_path, "config.json", {"serviceManagementRedisSentinels": ["redis://u:pw@10.0.1.5:26379"],
+                                    "serviceManagementRedisSentinelMaster": "central",
+                                    "serviceManagementRedisAddress": "redis://u:pw@10.0.1.9:6379",
+                                    "serviceManagementRedisPassword": "pw2"})
+    config, problems = load_config(str(tmp_path / "config.json"))
+    assert config is not None and config.service_management_redis.sentinel_auth == ("u", "pw")
+    assert config.service_management_redis.password == "pw2"
+    write(tmp_path, "config.json", {"serviceManagementRedisAddress": "redis://u:pw@10.0.1.9:6379",
+                                    "serviceManagementRedisPassword": "pw2"})
+    assert "carries a user or password, and serviceManagementRedisUsername or serviceManagementRedisPassword " \
+           "is given too" in run_warden(tmp_path, "validate").stdout
 
 
 def test_lease_must_be_twice_the_heartbeat(tmp_path: Path) -> None:

@@ -24,8 +24,8 @@ class RedisAddress:
     """Where a Redis is: a ``redis://`` or ``rediss://`` URL and the database to use, or
     the name of a primary that Sentinels (``sentinels``, ``(host, port)`` pairs) know.
     ``username``/``password`` log in to the primary (a URL may carry its own);
-    ``sentinel_auth`` (username, password) to the Sentinels, and ``sentinel_tls`` speaks
-    TLS to the Sentinels and the primary they name. Its repr holds no secret."""
+    ``sentinel_auth`` (username, password) to the Sentinels. Its repr holds no
+    secret."""
 
     url: str
     db: int
@@ -34,7 +34,6 @@ class RedisAddress:
     username: str = ""
     password: str = ""
     sentinel_auth: tuple[str, str] = ("", "")
-    sentinel_tls: bool = False
 
     def __repr__(self) -> str:
         return f"RedisAddress({self.display!r})"
@@ -78,14 +77,10 @@ class RedisAddress:
                 own["username"] = user
             if password:
                 own["password"] = password
-            if self.sentinel_tls:
-                own["ssl"] = True
             sentinel = Sentinel(list(self.sentinels), sentinel_kwargs=own)
             if not single:
-                return sentinel.master_for(self.master, db=self.db, ssl=self.sentinel_tls, **options)
-            connection_class = (_tls_sentinel_connection() if self.sentinel_tls
-                                else SentinelManagedConnection)
-            pool = redis.BlockingConnectionPool(connection_class=connection_class, max_connections=1,
+                return sentinel.master_for(self.master, db=self.db, **options)
+            pool = redis.BlockingConnectionPool(connection_class=SentinelManagedConnection, max_connections=1,
                                                 timeout=timeout, db=self.db, **options)
             # What redis-py's SentinelConnectionPool wires up, on a pool of one.
             pool.connection_kwargs["connection_pool"] = SentinelConnectionPoolProxy(
@@ -101,22 +96,13 @@ class RedisAddress:
             url, max_connections=1, timeout=timeout, **options))
 
 
-def _tls_sentinel_connection() -> Any:
-    """redis-py's Sentinel-managed connection over TLS."""
-    from redis.sentinel import SentinelManagedSSLConnection
-
-    return SentinelManagedSSLConnection
-
-
 @dataclass(frozen=True)
 class SentinelSet:
     """``serviceManagementRedisSentinels`` parsed: the ``(host, port)`` pairs, and the
-    login and TLS every entry shares (entries may be ``redis://user:pass@host:port`` or
-    ``rediss://...`` URLs)."""
+    login every entry shares (entries may be ``redis://user:pass@host:port`` URLs)."""
 
     pairs: tuple[tuple[str, int], ...]
     auth: tuple[str, str] = ("", "")
-    tls: bool = False
 
 
 def parse_sentinels(value: Any) -> SentinelSet:
@@ -131,22 +117,24 @@ def parse_sentinels(value: Any) -> SentinelSet:
                 port = parsed.port
             except ValueError:
                 port = None
-            if parsed.scheme not in ("redis", "rediss") or not parsed.hostname or port is None:
-                raise ValueError(f"{_no_password(item)!r} is not host:port or a redis:// or rediss:// "
-                                 "URL with a host and a port")
+            if parsed.scheme == "rediss":
+                raise ValueError(f"{_no_password(item)!r}: TLS through Sentinel is not supported yet "
+                                 "(a TLS central Redis works by serviceManagementRedisAddress)")
+            if parsed.scheme != "redis" or not parsed.hostname or port is None:
+                raise ValueError(f"{_no_password(item)!r} is not host:port or a redis:// URL with a "
+                                 "host and a port")
             pairs.append((parsed.hostname, port))
-            logins.add((parsed.username or "", parsed.password or "", parsed.scheme == "rediss"))
+            logins.add((parsed.username or "", parsed.password or ""))
             continue
         host, sep, port_text = item.rpartition(":") if isinstance(item, str) else ("", "", "")
         if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
             raise ValueError(f"{item!r} is not host:port")
         pairs.append((host.strip("[]"), int(port_text)))
-        logins.add(("", "", False))
+        logins.add(("", ""))
     if len(logins) > 1:
-        raise ValueError("every Sentinel entry must carry the same user, password and scheme "
-                         "(redis-py logs in to all Sentinels alike)")
-    user, password, tls = logins.pop()
-    return SentinelSet(tuple(pairs), (user, password), tls)
+        raise ValueError("every Sentinel entry must carry the same user and password "
+                         "(Warden logs in to all Sentinels alike)")
+    return SentinelSet(tuple(pairs), logins.pop())
 
 
 def _no_password(url: str) -> str:
@@ -656,7 +644,7 @@ def load_config(path: str) -> tuple[Optional[Config], list[Problem]]:
         found = parse_sentinels(sentinels)
         values["service_management_redis"] = replace(
             values["service_management_redis"], sentinels=found.pairs, master=master,
-            sentinel_auth=found.auth, sentinel_tls=found.tls)
+            sentinel_auth=found.auth)
     login = {attr: values.pop(attr) for attr in ("username", "password") if attr in values}
     if login and "service_management_redis" in values:
         central = values["service_management_redis"]
