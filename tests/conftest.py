@@ -95,11 +95,57 @@ def eventually(check: Callable[[], Any], timeout: float = 10.0, interval: float 
     raise AssertionError(f"{what} not reached within {timeout}s (last: {last!r})")
 
 
-class RedisServer:
-    """A redis-server of the tests' own on a loopback port, with nothing persisted."""
+class TlsFiles:
+    """A certificate authority of the test's own and a certificate it signed for
+    127.0.0.1 and localhost (made with ``cryptography``, which moto brings)."""
 
-    def __init__(self, name: str, *options: str) -> None:
+    def __init__(self, folder: Path) -> None:
+        import datetime
+        import ipaddress
+
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import NameOID
+
+        folder.mkdir(parents=True, exist_ok=True)
+        now = datetime.datetime.now(datetime.timezone.utc)
+        ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+        ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "warden test CA")])
+        ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
+              .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+              .not_valid_before(now - datetime.timedelta(hours=1)).not_valid_after(now + datetime.timedelta(days=1))
+              .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+              .sign(ca_key, hashes.SHA256()))
+        cert = (x509.CertificateBuilder()
+                .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+                .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
+                .not_valid_before(now - datetime.timedelta(hours=1)).not_valid_after(now + datetime.timedelta(days=1))
+                .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                                                            x509.DNSName("localhost")]), critical=False)
+                .sign(ca_key, hashes.SHA256()))
+        self.ca, self.cert, self.key = folder / "ca.pem", folder / "server.pem", folder / "server.key"
+        self.ca.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+        self.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        self.key.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                               serialization.NoEncryption()))
+
+    def server_options(self) -> list[str]:
+        """redis-server (and Sentinel) options: TLS on every connection, in and out."""
+        return ["--tls-cert-file", str(self.cert), "--tls-key-file", str(self.key),
+                "--tls-ca-cert-file", str(self.ca), "--tls-auth-clients", "no", "--tls-replication", "yes"]
+
+    def client_options(self) -> dict:
+        return {"ssl": True, "ssl_ca_certs": str(self.ca)}
+
+
+class RedisServer:
+    """A redis-server of the tests' own on a loopback port, with nothing persisted
+    (with ``tls``: on that port over TLS only)."""
+
+    def __init__(self, name: str, *options: str, tls: Optional[TlsFiles] = None) -> None:
         self.name = name
+        self.tls = tls
         self.port = free_port()
         #: more redis-server arguments (``--replicaof HOST PORT``)
         self.options = list(options)
@@ -115,13 +161,15 @@ class RedisServer:
         binary = shutil.which("redis-server")
         if binary is None:
             pytest.fail("redis-server is not installed: run scripts/test, which installs it")
+        ports = (["--port", "0", "--tls-port", str(self.port), *self.tls.server_options()] if self.tls
+                 else ["--port", str(self.port)])
         self.process = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--dir", self.dir,
+            [binary, *ports, "--bind", "127.0.0.1", "--save", "", "--dir", self.dir,
              "--appendonly", "no", "--protected-mode", "no", *self.options],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         import redis
 
-        client = redis.Redis(port=self.port, password=self.password)
+        client = redis.Redis(port=self.port, password=self.password, **self.connect_options())
         eventually(client.ping, 10, what=f"{self.name} redis-server on port {self.port}")
         client.close()
 
@@ -138,7 +186,12 @@ class RedisServer:
     def client(self) -> Any:
         import redis
 
-        return redis.Redis(port=self.port, decode_responses=True, password=self.password)
+        return redis.Redis(port=self.port, decode_responses=True, password=self.password,
+                           **self.connect_options())
+
+    def connect_options(self) -> dict:
+        """What a client needs besides the port and password (TLS)."""
+        return self.tls.client_options() if self.tls else {}
 
 
 @pytest.fixture(scope="session")
@@ -443,15 +496,17 @@ class SentinelCentral:
 
     master = "central"
 
-    def __init__(self, password: Optional[str] = None, sentinel_password: Optional[str] = None) -> None:
+    def __init__(self, password: Optional[str] = None, sentinel_password: Optional[str] = None,
+                 tls: Optional[TlsFiles] = None) -> None:
         import tempfile
 
         #: with ``password``: the servers' default user needs it (replicas log in with
-        #: it too), and with ``sentinel_password`` the Sentinels need theirs
-        self.password, self.sentinel_password = password, sentinel_password
+        #: it too), and with ``sentinel_password`` the Sentinels need theirs; with
+        #: ``tls`` every connection (clients, replication, Sentinels) is TLS only
+        self.password, self.sentinel_password, self.tls = password, sentinel_password, tls
         self.auth = ["--requirepass", password, "--masterauth", password] if password else []
-        first = RedisServer("central-a", *self.auth)
-        self.servers = [first, RedisServer("central-b", *self.auth)]
+        first = RedisServer("central-a", *self.auth, tls=tls)
+        self.servers = [first, RedisServer("central-b", *self.auth, tls=tls)]
         self.sentinel_ports = [free_port() for _ in range(3)]
         self.sentinels: list[subprocess.Popen] = []
         self.dir = tempfile.mkdtemp(prefix="warden-test-sentinel-")
@@ -470,7 +525,13 @@ class SentinelCentral:
             auth = f"sentinel auth-pass {self.master} {self.password}\n" if self.password else ""
             if self.sentinel_password:
                 auth += f"requirepass {self.sentinel_password}\n"
-            conf.write_text(f"port {port}\nbind 127.0.0.1\nprotected-mode no\ndir {self.dir}\n"
+            if self.tls:
+                options = self.tls.server_options()
+                auth += f"port 0\ntls-port {port}\n" + "".join(
+                    f"{options[i][2:]} {options[i + 1]}\n" for i in range(0, len(options), 2))
+            else:
+                auth += f"port {port}\n"
+            conf.write_text(f"bind 127.0.0.1\nprotected-mode no\ndir {self.dir}\n"
                             f"sentinel monitor {self.master} 127.0.0.1 {first.port} 2\n"
                             f"sentinel down-after-milliseconds {self.master} 1000\n"
                             f"sentinel failover-timeout {self.master} 4000\n{auth}")
@@ -489,7 +550,8 @@ class SentinelCentral:
     def ask(self, port: int, *command: str) -> Any:
         import redis
 
-        client = redis.Redis(port=port, decode_responses=True, socket_timeout=2, password=self.sentinel_password)
+        client = redis.Redis(port=port, decode_responses=True, socket_timeout=2, password=self.sentinel_password,
+                             **self.connect_options())
         try:
             reply = client.execute_command(*command)
         finally:
@@ -509,7 +571,8 @@ class SentinelCentral:
 
         def synced() -> bool:
             for server in self.servers:
-                info = redis.Redis(port=server.port, password=self.password).info("replication")
+                info = redis.Redis(port=server.port, password=self.password,
+                                   **self.connect_options()).info("replication")
                 if info["role"] == "slave" and info.get("master_link_status") != "up":
                     return False
             return True
@@ -526,8 +589,13 @@ class SentinelCentral:
         from redis.sentinel import Sentinel
 
         return Sentinel([("127.0.0.1", p) for p in self.sentinel_ports], socket_timeout=1,
-                        sentinel_kwargs={"password": self.sentinel_password, "socket_timeout": 1}).master_for(
-            self.master, db=db, decode_responses=True, socket_timeout=1, password=self.password)
+                        sentinel_kwargs={"password": self.sentinel_password, "socket_timeout": 1,
+                                         **self.connect_options()}).master_for(
+            self.master, db=db, decode_responses=True, socket_timeout=1, password=self.password,
+            **self.connect_options())
+
+    def connect_options(self) -> dict:
+        return self.tls.client_options() if self.tls else {}
 
     def kill_primary(self) -> RedisServer:
         """``kill -9`` of the primary; returns it (not running)."""

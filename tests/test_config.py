@@ -152,10 +152,12 @@ def test_sentinel_keys_are_checked_and_name_the_primary(tmp_path: Path) -> None:
     assert "config.json: ServiceManagementRedisSentinels: needs serviceManagementRedisSentinelMaster as well" \
         in result.stdout + result.stderr
     for entries, problem in (
-            (["rediss://:pw-secret@10.0.1.5:26379"], "'rediss://:***@10.0.1.5:26379': TLS through Sentinel is not "
-                                                     "supported yet"),
+            (["rediss://:pw-secret@10.0.1.5:26379?ssl_ca=/x"], "'rediss://:***@10.0.1.5:26379?ssl_ca=/x': "
+                                                                "unknown option 'ssl_ca'"),
+            (["redis://:pw-secret@10.0.1.5:26379?ssl_ca_certs=/x"], "'redis://:***@10.0.1.5:26379?ssl_ca_certs=/x': "
+                                                                    "options are for rediss:// (TLS) only"),
             (["redis://:pw-secret@10.0.1.5:26379", "10.0.1.6:26379"], "every Sentinel entry must carry the same "
-                                                                       "user and password")):
+                                                                       "user, password, scheme and options")):
         write(tmp_path, "config.json", {"serviceManagementRedisSentinels": entries,
                                         "serviceManagementRedisSentinelMaster": "central"})
         result = run_warden(tmp_path, "validate")

@@ -43,7 +43,7 @@ def server_with_user(name: str, section: str, password: str, *options: str,
 
 
 def set_user(server: RedisServer, section: str, password: str, drop: tuple[str, ...] = ()) -> None:
-    admin = redis_lib.Redis(port=server.port, password=ADMIN)
+    admin = redis_lib.Redis(port=server.port, password=ADMIN, **server.connect_options())
     admin.execute_command(*acl_words(section, password, drop))
     admin.close()
 
@@ -56,7 +56,8 @@ def denied(log: str) -> list[str]:
 
 
 def admin_client(server: RedisServer, db: int = 0) -> Any:
-    return redis_lib.Redis(port=server.port, password=ADMIN, db=db, decode_responses=True)
+    return redis_lib.Redis(port=server.port, password=ADMIN, db=db, decode_responses=True,
+                           **server.connect_options())
 
 
 @pytest.mark.parametrize("how", ["file", "env"])
@@ -192,24 +193,28 @@ def test_a_user_missing_a_permission_a_leader_needs_spends_no_epoch(managers):
         central.stop()
 
 
-def test_sentinel_with_passwords_and_the_documented_user_elects_scales_and_fails_over(managers, aws, ecs):
-    """Sentinel mode had no authentication (credentials in a URL were dropped
-    silently). With a password on the primary and its replica, Sentinels with their
-    own password (given in each Sentinel URL) and the ACL user of the docs on both
-    servers (``serviceManagementRedisUsername``/``Password``), managers elect, scale ECS
-    (moto) and fail over, with no permission ever refused."""
-    from conftest import SentinelCentral
+def test_sentinel_with_tls_passwords_and_the_documented_user_elects_scales_and_fails_over(
+        managers, aws, ecs, tmp_path):
+    """Sentinel mode had no authentication or TLS (credentials in a URL were dropped
+    silently). With TLS on every connection, a password on the primary and its replica,
+    Sentinels with their own password (given in each ``rediss://`` Sentinel URL, with
+    the CA) and the ACL user of the docs on both servers
+    (``serviceManagementRedisUsername``/``Password``), managers elect, scale ECS (moto)
+    and fail over, with no permission ever refused."""
+    from conftest import SentinelCentral, TlsFiles
     from test_sentinel import holders, worker_service
 
-    group_central = SentinelCentral(password=ADMIN, sentinel_password="sentinel-password-0123")
+    tls = TlsFiles(tmp_path / "tls")
+    group_central = SentinelCentral(password=ADMIN, sentinel_password="sentinel-password-0123", tls=tls)
     try:
         group_central.start()
         for server in group_central.servers:
             set_user(server, "Central Redis", "warden-password-0123")
         central = group_central.client()
         central.set("demand:worker", "2")
-        settings = {"serviceManagementRedisSentinels": [f"redis://:sentinel-password-0123@127.0.0.1:{p}"
-                                                        for p in group_central.sentinel_ports],
+        settings = {"serviceManagementRedisSentinels": [
+                        f"rediss://:sentinel-password-0123@127.0.0.1:{p}?ssl_ca_certs={tls.ca}"
+                        for p in group_central.sentinel_ports],
                     "serviceManagementRedisSentinelMaster": group_central.master,
                     "serviceManagementRedisUsername": "warden",
                     "serviceManagementRedisPassword": "warden-password-0123",

@@ -12,7 +12,7 @@ import re
 import string
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Optional
-from urllib.parse import urlparse, urlunparse
+from urllib.parse import parse_qs, urlparse, urlunparse
 
 from warden import jsonfile
 from warden.errors import ConfigError
@@ -24,8 +24,9 @@ class RedisAddress:
     """Where a Redis is: a ``redis://`` or ``rediss://`` URL and the database to use, or
     the name of a primary that Sentinels (``sentinels``, ``(host, port)`` pairs) know.
     ``username``/``password`` log in to the primary (a URL may carry its own);
-    ``sentinel_auth`` (username, password) to the Sentinels. Its repr holds no
-    secret."""
+    ``sentinel_auth`` (username, password) to the Sentinels; ``sentinel_tls``, when not
+    None, speaks TLS to the Sentinels and the primary they name, with those redis-py
+    options (``ssl_ca_certs`` and the like). Its repr holds no secret."""
 
     url: str
     db: int
@@ -34,6 +35,7 @@ class RedisAddress:
     username: str = ""
     password: str = ""
     sentinel_auth: tuple[str, str] = ("", "")
+    sentinel_tls: Optional[tuple[tuple[str, Any], ...]] = None
 
     def __repr__(self) -> str:
         return f"RedisAddress({self.display!r})"
@@ -77,10 +79,19 @@ class RedisAddress:
                 own["username"] = user
             if password:
                 own["password"] = password
+            connection_class: Any = SentinelManagedConnection
+            if self.sentinel_tls is not None:
+                from redis.sentinel import SentinelManagedSSLConnection
+
+                tls = dict(self.sentinel_tls)
+                own.update(ssl=True, **tls)
+                options.update(tls)
+                connection_class = SentinelManagedSSLConnection
             sentinel = Sentinel(list(self.sentinels), sentinel_kwargs=own)
             if not single:
-                return sentinel.master_for(self.master, db=self.db, **options)
-            pool = redis.BlockingConnectionPool(connection_class=SentinelManagedConnection, max_connections=1,
+                return sentinel.master_for(self.master, db=self.db, connection_class=connection_class,
+                                           **options)
+            pool = redis.BlockingConnectionPool(connection_class=connection_class, max_connections=1,
                                                 timeout=timeout, db=self.db, **options)
             # What redis-py's SentinelConnectionPool wires up, on a pool of one.
             pool.connection_kwargs["connection_pool"] = SentinelConnectionPoolProxy(
@@ -99,10 +110,35 @@ class RedisAddress:
 @dataclass(frozen=True)
 class SentinelSet:
     """``serviceManagementRedisSentinels`` parsed: the ``(host, port)`` pairs, and the
-    login every entry shares (entries may be ``redis://user:pass@host:port`` URLs)."""
+    login and TLS options every entry shares (entries may be
+    ``redis://user:pass@host:port`` or ``rediss://...?ssl_ca_certs=/path`` URLs)."""
 
     pairs: tuple[tuple[str, int], ...]
     auth: tuple[str, str] = ("", "")
+    tls: Optional[tuple[tuple[str, Any], ...]] = None
+
+
+#: the TLS options a ``rediss://`` Sentinel entry may give in its query, as redis-py
+#: names them, and how each is read
+TLS_OPTIONS: dict[str, Callable[[str], Any]] = {
+    "ssl_ca_certs": str, "ssl_certfile": str, "ssl_keyfile": str,
+    "ssl_cert_reqs": lambda v: {"required": "required", "optional": "optional", "none": "none"}[v.lower()],
+    "ssl_check_hostname": lambda v: {"true": True, "false": False}[v.lower()],
+}
+
+
+def _tls_options(query: str, shown_item: str) -> tuple[tuple[str, Any], ...]:
+    """The TLS options of a Sentinel URL's query; ValueError names a wrong one."""
+    found = []
+    for name, values in sorted(parse_qs(query, keep_blank_values=True).items()):
+        reader = TLS_OPTIONS.get(name)
+        if reader is None:
+            raise ValueError(f"{shown_item!r}: unknown option {name!r} (known: {', '.join(TLS_OPTIONS)})")
+        try:
+            found.append((name, reader(values[-1])))
+        except KeyError:
+            raise ValueError(f"{shown_item!r}: {name}={values[-1]!r} is not a value it takes") from None
+    return tuple(found)
 
 
 def parse_sentinels(value: Any) -> SentinelSet:
@@ -117,24 +153,25 @@ def parse_sentinels(value: Any) -> SentinelSet:
                 port = parsed.port
             except ValueError:
                 port = None
-            if parsed.scheme == "rediss":
-                raise ValueError(f"{_no_password(item)!r}: TLS through Sentinel is not supported yet "
-                                 "(a TLS central Redis works by serviceManagementRedisAddress)")
-            if parsed.scheme != "redis" or not parsed.hostname or port is None:
-                raise ValueError(f"{_no_password(item)!r} is not host:port or a redis:// URL with a "
-                                 "host and a port")
+            if parsed.scheme not in ("redis", "rediss") or not parsed.hostname or port is None:
+                raise ValueError(f"{_no_password(item)!r} is not host:port or a redis:// or rediss:// "
+                                 "URL with a host and a port")
+            if parsed.query and parsed.scheme != "rediss":
+                raise ValueError(f"{_no_password(item)!r}: options are for rediss:// (TLS) only")
+            tls = _tls_options(parsed.query, _no_password(item)) if parsed.scheme == "rediss" else None
             pairs.append((parsed.hostname, port))
-            logins.add((parsed.username or "", parsed.password or ""))
+            logins.add((parsed.username or "", parsed.password or "", tls))
             continue
         host, sep, port_text = item.rpartition(":") if isinstance(item, str) else ("", "", "")
         if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
             raise ValueError(f"{item!r} is not host:port")
         pairs.append((host.strip("[]"), int(port_text)))
-        logins.add(("", ""))
+        logins.add(("", "", None))
     if len(logins) > 1:
-        raise ValueError("every Sentinel entry must carry the same user and password "
-                         "(Warden logs in to all Sentinels alike)")
-    return SentinelSet(tuple(pairs), logins.pop())
+        raise ValueError("every Sentinel entry must carry the same user, password, scheme and "
+                         "options (Warden speaks to all Sentinels alike)")
+    user, password, tls = logins.pop()
+    return SentinelSet(tuple(pairs), (user, password), tls)
 
 
 def _no_password(url: str) -> str:
@@ -644,7 +681,7 @@ def load_config(path: str) -> tuple[Optional[Config], list[Problem]]:
         found = parse_sentinels(sentinels)
         values["service_management_redis"] = replace(
             values["service_management_redis"], sentinels=found.pairs, master=master,
-            sentinel_auth=found.auth)
+            sentinel_auth=found.auth, sentinel_tls=found.tls)
     login = {attr: values.pop(attr) for attr in ("username", "password") if attr in values}
     if login and "service_management_redis" in values:
         central = values["service_management_redis"]
