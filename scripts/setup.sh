@@ -9,7 +9,12 @@ set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(dirname "$here")
 
+# WARDEN_SETUP=venv: only the venv (what the unit tier needs: no Docker, no Redis).
+only_venv=false
+[ "${WARDEN_SETUP:-}" = venv ] && only_venv=true
+
 need=()
+if ! $only_venv; then
 command -v dockerd >/dev/null || need+=(docker.io)
 command -v redis-server >/dev/null || need+=(redis-server)
 # the central Redis's failover tests run three Sentinels
@@ -19,8 +24,9 @@ command -v debootstrap >/dev/null || [ -x /usr/sbin/debootstrap ] || need+=(debo
 command -v systemd-analyze >/dev/null || need+=(systemd)
 # promtool lints /metrics and tests the alert rules
 command -v promtool >/dev/null || need+=(prometheus)
-python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
 command -v ps >/dev/null || need+=(procps)
+fi
+python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing ${need[*]}"
   export DEBIAN_FRONTEND=noninteractive
@@ -34,5 +40,6 @@ if [ ! -x "$root/.venv/bin/python" ]; then
 fi
 "$root/.venv/bin/pip" install -q --disable-pip-version-check -e "$root[test]"
 
+$only_venv && exit 0
 bash "$here/start-dockerd.sh"
 bash "$here/build-test-image.sh"
