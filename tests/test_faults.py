@@ -12,7 +12,9 @@ import pytest
 from conftest import ROOT, RUN, eventually, ip_of
 from warden import signals
 from warden.config import load_config
-from warden.daemon import RegistrarDaemon
+from warden.daemon import registrar_parts
+from warden.registrar import Registrar
+from warden.supervisor import Supervisor
 from warden.subscribers.docker import DockerSource
 from warden.handlers.redx import RedxHandler
 from warden.model import Route
@@ -77,16 +79,18 @@ def test_container_started_during_start_up_is_not_missed(tmp_path: Path, redx, r
     catalog.load()
     source = ListingThenStart(lambda: containers.run("web"))
     handler = RedxHandler(config)
-    daemon = RegistrarDaemon(config, catalog, [handler], source)
-    daemon.start()
+    parts = registrar_parts(config, catalog, [handler], source)
+    [registrar] = [p.thread for p in parts if isinstance(getattr(p, "thread", None), Registrar)]
+    supervisor = Supervisor(parts)
+    supervisor.start()
     try:
         eventually(lambda: source.started is not None, 10, what="the listing")
         address = f"{ip_of(source.started)}:8080"
         eventually(lambda: address in redx.hgetall("backend:web"), 5,
                    what="route of the container started during start-up")
-        assert daemon.registrar.sweeps == 1, "the event, not a later sweep, routed it"
+        assert registrar.sweeps == 1, "the event, not a later sweep, routed it"
     finally:
-        daemon.stop()
+        assert supervisor.stop(30) == []
 
 
 def _exited(pid: int) -> bool:

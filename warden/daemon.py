@@ -38,43 +38,30 @@ from warden.subscribers.docker import DockerEventReader, DockerSource
 from warden.subscribers.watchers import RedxWatcher, ServiceWatcher
 from warden.subscribers.zones import ZoneChecker
 from warden.telemetry import Telemetry
-from warden.threads import Deadline
+from warden.supervisor import Component, HandlerPart, LeaderPart, Step, Supervisor, ThreadPart
 
 logger = logging.getLogger(__name__)
 
 
-class RegistrarDaemon:
-    """``warden registrar``: the Docker events reader, the Registrar's worker, the
-    Redx watcher and the handlers, started and stopped together."""
+def registrar_parts(config: Config, catalog: ServiceCatalog, handlers: list[Handler],
+                    docker_source: DockerSource, central: Optional[Central] = None) -> list[Component]:
+    """``warden registrar``'s components, in start order: the handlers, the Docker
+    events reader, the Registrar's worker (its first sweep waits for the events stream
+    to open, so a container started meanwhile is never missed) and the Redx watcher."""
+    registrar = Registrar(config, docker_source, catalog)
+    reader = DockerEventReader(docker_source, registrar.inbox)
+    redx_watcher = RedxWatcher(config, lambda: kept_keys(registrar.services, registrar.routed_backends))
+    prober = registrar.prober
 
-    def __init__(self, config: Config, catalog: ServiceCatalog, handlers: list[Handler],
-                 docker_source: DockerSource, central: Optional[Central] = None) -> None:
-        self.config = config
-        self.catalog = catalog
-        self.handlers = handlers
-        self.docker = docker_source
-        self.central = central
-        self.registrar = Registrar(config, docker_source, catalog)
-        self.reader = DockerEventReader(docker_source, self.registrar.inbox)
-        self.redx_watcher = RedxWatcher(
-            config, lambda: kept_keys(self.registrar.services, self.registrar.routed_backends))
-
-    def register(self, telemetry: Any) -> None:
-        """Threads and dependencies for ``/livez`` and ``/readyz``; counters for ``/metrics``."""
-        for thread in [self.reader, self.registrar, self.redx_watcher,
-                       *(t for h in self.handlers for t in h.threads())]:
-            telemetry.thread_check(thread)
-        for handler in self.handlers:
-            handler.register(telemetry)
-        telemetry.dependency("docker", self.reader.connected.is_set)
-        telemetry.dependency("redx-redis", lambda: self.redx_watcher.reachable)
-        telemetry.watch_sweeps(self.config.registrar_sleep_time_seconds)
-        telemetry.reconnect_source("docker-events", lambda: self.reader.reconnects)
+    def checks(telemetry: Any) -> None:
+        telemetry.dependency("docker", reader.connected.is_set)
+        telemetry.dependency("redx-redis", lambda: redx_watcher.reachable)
+        telemetry.watch_sweeps(config.registrar_sleep_time_seconds)
+        telemetry.reconnect_source("docker-events", lambda: reader.reconnects)
         telemetry.counter_source("warden_label_problems",
-                                 "Containers whose labels were refused (a bad value, or a "
-                                 "frontend or backend another service owns)",
-                                 lambda: self.registrar.label_problems)
-        prober = self.registrar.prober
+                                 "Containers whose labels were refused (a bad value, a frontend or "
+                                 "backend another service owns, or one the operator does not allow)",
+                                 lambda: registrar.label_problems)
         telemetry.counter_source("warden_containers_reported_not_ready",
                                  "Containers whose readiness probe had no answer for "
                                  "readinessReportSeconds (each counted once)",
@@ -83,170 +70,78 @@ class RegistrarDaemon:
                                "Containers reported not ready and still unrouted",
                                lambda: len({p.container_id for p in prober.not_ready()}))
 
-    def start(self) -> None:
-        """Start everything; the first sweep waits for the events stream to open."""
-        for handler in self.handlers:
-            if self.central is not None:
-                handler.use_central(self.central.commands)
-            handler.connect()
-            handler.start()
-        self.reader.start()
-        self.registrar.wait_before_first_sweep(self.reader.connected)
-        self.registrar.start()
-        self.redx_watcher.start()
+    def started() -> None:
         logger.info("registrar started: %d services, handlers %s",
-                    len(self.registrar.services), ", ".join(h.name for h in self.handlers) or "none")
+                    len(registrar.services), ", ".join(h.name for h in handlers) or "none")
 
-    def request_stop(self) -> None:
-        """Ask the subscribers and the Registrar to stop (it finishes its step)."""
-        self.redx_watcher.stop()
-        self.reader.stop()
-        self.registrar.stop()
-
-    def stop(self, deadline: Optional[Deadline] = None) -> list[str]:
-        """Stop the subscribers first, then let the Registrar finish its step, then the
-        handlers; the threads still running at the deadline (30 s without one)."""
-        deadline = deadline or Deadline(30)
-        self.request_stop()
-        late = deadline.join(self.registrar, self.reader, self.redx_watcher)
-        late += _stop_handlers(self.handlers, deadline)
-        logger.info("registrar stopped")
-        return late
+    return [*(HandlerPart(h, "registrar", central) for h in handlers),
+            ThreadPart(reader, "registrar"),
+            ThreadPart(registrar, "registrar", before=lambda: registrar.wait_before_first_sweep(reader.connected),
+                       checks=checks),
+            ThreadPart(redx_watcher, "registrar"),
+            Step("registrar", on_start=started)]
 
 
-class ManagerDaemon:
-    """``warden manager``: the zone checker, the control-channel subscriber, the
-    Manager's election thread and the Scaler, started and stopped together."""
+def manager_parts(config: Config, catalog: ServiceCatalog, handlers: list[Handler],
+                  central: Central) -> list[Component]:
+    """``warden manager``'s components, in start order: the handlers, the zone
+    checker, the Scaler, the Manager's election thread (it hears when the subscription
+    is held, so it starts listening first), the control-channel subscriber, and with
+    an events queue the drain relay and the consumer. At shutdown the Manager hands
+    leadership back before anything else stops."""
+    zones = ZoneChecker(config.zone_check, config.region)
+    codec = ControlCodec(config.control_secrets, config.lease_seconds)
+    manager = Manager(config, central, zones)
+    scaler = Scaler(config, manager, catalog, MetricContext(central.commands, config.region), codec)
+    # The one pub/sub connection: control channels, warden:metric, and this instance's
+    # liveness channel (Redis empties it when the process dies).
+    subscriber = ControlSubscriber(
+        central.subscriber_client, codec,
+        extra={METRIC_CHANNEL: scaler.on_metric_message, manager.alive_channel: manager.on_alive_message},
+        connected=central.subscribed, resubscribe=central.resubscribe)
 
-    def __init__(self, config: Config, catalog: ServiceCatalog, handlers: list[Handler],
-                 central: Central) -> None:
-        self.config = config
-        self.catalog = catalog
-        self.handlers = handlers
-        self.central = central
-        self.zones = ZoneChecker(config.zone_check, config.region)
-        self.codec = ControlCodec(config.control_secrets, config.lease_seconds)
-        self.manager = Manager(config, central, self.zones)
-        self.scaler = Scaler(config, self.manager, catalog, MetricContext(central.commands, config.region),
-                             self.codec)
-        self.relay = DrainRelay(self.manager)
-        self.consumer = (AwsEventsConsumer(config.aws_events_queue_url, config.region,
-                                           lambda: self.manager.acting)
-                         if config.aws_events_queue_url else None)
-        # The one pub/sub connection: control channels, warden:metric, and this
-        # instance's liveness channel (Redis empties it when the process dies).
-        self.subscriber = ControlSubscriber(
-            central.subscriber_client, self.codec,
-            extra={METRIC_CHANNEL: self.scaler.on_metric_message,
-                   self.manager.alive_channel: self.manager.on_alive_message},
-            connected=central.subscribed, resubscribe=central.resubscribe)
+    def checks(telemetry: Any) -> None:
+        telemetry.dependency("central-redis", subscriber.connected.is_set)
+        if config.min_replicas_to_act:
+            telemetry.dependency("central-redis-replicas", lambda: not manager.held, why=lambda: manager.held)
+        telemetry.reconnect_source("control-channels", lambda: subscriber.reconnects)
 
-    def register(self, telemetry: Any) -> None:
-        """Threads and dependencies for ``/livez`` and ``/readyz``; counters for ``/metrics``."""
-        for thread in [self.manager, self.manager.watch, self.scaler,
-                       self.subscriber, self.zones, self.consumer,
-                       *(t for h in self.handlers for t in h.threads())]:
-            if thread is not None:
-                telemetry.thread_check(thread)
-        for handler in self.handlers:
-            handler.register(telemetry)
-        telemetry.dependency("central-redis", self.subscriber.connected.is_set)
-        if self.config.min_replicas_to_act:
-            telemetry.dependency("central-redis-replicas", lambda: not self.manager.held,
-                                 why=lambda: self.manager.held)
-        telemetry.reconnect_source("control-channels", lambda: self.subscriber.reconnects)
+    def started() -> None:
+        logger.info("manager started as %s in zone %s", config.instance_id, config.availability_zone or "-")
 
-    def start(self) -> None:
-        for handler in self.handlers:
-            handler.use_central(self.central.commands)
-            handler.connect()
-            handler.start()
-        self.zones.start()
-        self.scaler.start()
-        # The Manager hears when the subscription is held: it starts listening first.
-        self.manager.start()
-        self.subscriber.start()
-        if self.consumer is not None:
-            self.relay.start()
-            self.consumer.start()
-        logger.info("manager started as %s in zone %s", self.config.instance_id,
-                    self.config.availability_zone or "-")
-
-    def hand_back(self, deadline: Deadline) -> list[str]:
-        """First of all at shutdown: the Manager ends its step and hands leadership
-        back, whatever else is in flight (a scaling pass after it is fenced out)."""
-        self.manager.stop()
-        return deadline.join(self.manager)
-
-    def request_stop(self) -> None:
-        """Ask every part to stop: consuming, scaling (the pass in flight finishes or is
-        abandoned at the deadline), leading, listening."""
-        if self.consumer is not None:
-            self.consumer.stop()
-            self.relay.stop()
-        self.scaler.stop()
-        self.manager.stop()
-        self.subscriber.stop()
-        self.zones.stop()
-
-    def stop(self, deadline: Optional[Deadline] = None) -> list[str]:
-        """Stop every part, then the handlers; the threads still running at the
-        deadline (30 s without one)."""
-        deadline = deadline or Deadline(30)
-        self.request_stop()
-        late = deadline.join(self.manager, self.consumer, self.scaler, self.subscriber, self.zones)
-        late += _stop_handlers(self.handlers, deadline)
-        logger.info("manager stopped")
-        return late
+    parts: list[Component] = [*(HandlerPart(h, "manager", central) for h in handlers),
+                              ThreadPart(zones, "manager"), ThreadPart(scaler, "manager"),
+                              LeaderPart(manager, "manager"), ThreadPart(subscriber, "manager", checks=checks)]
+    if config.aws_events_queue_url:
+        consumer = AwsEventsConsumer(config.aws_events_queue_url, config.region, lambda: manager.acting)
+        relay = DrainRelay(manager)
+        parts += [Step("manager", on_start=relay.start, on_stop=relay.stop), ThreadPart(consumer, "manager")]
+    return parts + [Step("manager", on_start=started)]
 
 
-class DrainDaemon:
+def drain_parts(config: Config, handlers: list[Handler], subscribe: bool, central: Central) -> list[Component]:
     """This host's drain, once per process whatever the command: the drain watcher
     (the key, nudged by ``warden:drain``), this instance's own metadata notices on EC2,
     the record for ``warden status`` and the lifecycle action completed once drained.
 
     ``subscribe``: listen on ``warden:drain`` itself (``warden registrar``, which has no
     control-channel subscriber of its own)."""
-
-    def __init__(self, config: Config, handlers: list[Handler], subscribe: bool, central: Central) -> None:
-        self.config = config
-        elb_here = any(h.name == "elb" for h in handlers)
-        self.watcher = DrainWatcher(config, central)
-        self.completer = LifecycleCompleter(config, elb_here=elb_here, central=central)
-        self.recorder = DrainRecorder(config, central)
-        self.receivers = signals.Receivers((signals.host_draining, self.recorder.on_host_draining))
-        self.subscriber = (ControlSubscriber(
+    if not config.instance_id:
+        return [Step("", on_start=lambda: logger.info(
+            "this host's instanceId is unknown: it cannot be asked to drain"))]
+    elb_here = any(h.name == "elb" for h in handlers)
+    recorder = DrainRecorder(config, central)
+    receivers = signals.Receivers((signals.host_draining, recorder.on_host_draining))
+    threads: list[Any] = [DrainWatcher(config, central),
+                          LifecycleCompleter(config, elb_here=elb_here, central=central)]
+    if subscribe:
+        threads.append(ControlSubscriber(
             central.subscriber_client, ControlCodec(config.control_secrets, config.lease_seconds),
-            channels=("warden:drain",))
-            if subscribe else None)
-        # Only on EC2 (metadata answered when the identity was resolved).
-        self.notices = MetadataNotices() if config.on_ec2 else None
-        self.threads = [t for t in (self.watcher, self.completer, self.subscriber, self.notices)
-                        if t is not None]
-
-    def register(self, telemetry: Any) -> None:
-        """Its threads, for ``/livez``."""
-        for thread in self.threads:
-            telemetry.thread_check(thread)
-
-    def start(self) -> None:
-        if not self.config.instance_id:
-            logger.info("this host's instanceId is unknown: it cannot be asked to drain")
-            return
-        self.receivers.connect()
-        for thread in self.threads:
-            thread.start()
-
-    def request_stop(self) -> None:
-        for thread in self.threads:
-            thread.stop()
-
-    def stop(self, deadline: Optional[Deadline] = None) -> list[str]:
-        deadline = deadline or Deadline(30)
-        self.request_stop()
-        late = deadline.join(*self.threads)
-        self.receivers.disconnect()
-        return late
+            channels=("warden:drain",)))
+    if config.on_ec2:  # metadata answered when the identity was resolved
+        threads.append(MetadataNotices())
+    return [Step("", on_start=receivers.connect, on_stop=receivers.disconnect),
+            *(ThreadPart(t, "") for t in threads)]
 
 
 # -- assembly ----------------------------------------------------------------------
@@ -356,31 +251,31 @@ def sweep_once(parts: Parts, apply: bool) -> list[Change]:
             handler.stop()
 
 
-def build(command: str, parts: Parts) -> list[Any]:
-    """The daemons ``command`` (``registrar``, ``manager`` or ``run``) runs, in start
-    order: one service watcher per process, then the Registrar's and the Manager's
-    parts, then this host's drain."""
+def build(command: str, parts: Parts) -> Supervisor:
+    """The Supervisor of what ``command`` (``registrar``, ``manager`` or ``run``) runs,
+    in start order: one service watcher per process, then the Registrar's and the
+    Manager's parts, then this host's drain."""
     config, catalog, handlers = parts.config, parts.catalog, parts.handlers
-    daemons: list[Any] = [ServiceWatcher(catalog)]
+    components: list[Component] = [ServiceWatcher(catalog)]  # type: ignore[list-item]
     # One command connection to the central Redis for the whole process.
     central = Central(config)
     if command in ("registrar", "run"):
         assert parts.docker is not None
-        daemons.append(RegistrarDaemon(config, catalog, handlers, parts.docker, central))
+        components += registrar_parts(config, catalog, handlers, parts.docker, central)
     if command in ("manager", "run"):
-        # Under `run` the handlers were connected once, by the Registrar's part.
-        daemons.append(ManagerDaemon(config, catalog, handlers if command == "manager" else [], central))
+        # Under `run` the handlers were started once, by the Registrar's part.
+        components += manager_parts(config, catalog, handlers if command == "manager" else [], central)
     if command != "registrar" or any(h.name == "elb" for h in handlers):
         # Draining matters to a lone Registrar only for its load-balancer enrolment; it
         # has no control-channel subscriber of its own to hear warden:drain.
-        daemons.append(DrainDaemon(config, handlers, subscribe=command == "registrar", central=central))
-    return daemons
+        components += drain_parts(config, handlers, subscribe=command == "registrar", central=central)
+    return Supervisor(components)
 
 
-def serve(daemons: list[Any], config: Config) -> int:
-    """Start ``daemons`` (and ``/metrics`` when ``metricsAddress`` is set), wait for
-    SIGTERM or SIGINT, stop them in reverse order; 0. The first signal asks for a clean
-    stop; a second exits at once."""
+def serve(supervisor: Supervisor, config: Config) -> int:
+    """Start everything (and ``/metrics`` when ``metricsAddress`` is set), wait for
+    SIGTERM or SIGINT, stop it all under ``stopTimeoutSeconds``; 0. The first signal
+    asks for a clean stop; a second exits at once."""
     stop = threading.Event()
     telemetry = None
     if config.metrics_address:
@@ -388,8 +283,7 @@ def serve(daemons: list[Any], config: Config) -> int:
             telemetry = Telemetry(config.metrics_address)
         except ValueError:
             raise ConfigError(f"metricsAddress {config.metrics_address!r} must be host:port") from None
-        for daemon in daemons:
-            daemon.register(telemetry)
+        supervisor.register(telemetry)
         try:
             telemetry.start()
         except OSError as error:
@@ -404,26 +298,12 @@ def serve(daemons: list[Any], config: Config) -> int:
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
-    started = []
     try:
-        for daemon in daemons:
-            daemon.start()
-            started.append(daemon)
+        supervisor.start()
         while not stop.wait(0.5):
             pass
     finally:
-        # One deadline for the whole stop: leadership handed back first; then every
-        # part is asked to stop, and joined, in reverse start order, so that one part
-        # stuck in a call never keeps the others from stopping.
-        deadline = Deadline(config.stop_timeout_seconds)
-        late: list[str] = []
-        for daemon in reversed(started):
-            if hasattr(daemon, "hand_back"):
-                late += daemon.hand_back(deadline)
-        for daemon in reversed(started):
-            daemon.request_stop()
-        for daemon in reversed(started):
-            late += daemon.stop(deadline)
+        late = supervisor.stop(config.stop_timeout_seconds)
         if telemetry is not None:
             telemetry.stop()
     if late:
@@ -435,16 +315,3 @@ def serve(daemons: list[Any], config: Config) -> int:
         logging.shutdown()
         os._exit(0)
     return 0
-
-
-def _stop_handlers(handlers: list[Handler], deadline: Deadline) -> list[str]:
-    """Ask each handler to stop, then join its threads until the deadline."""
-    late: list[str] = []
-    for handler in handlers:
-        try:
-            handler.stop()
-        finally:
-            handler.disconnect()
-    for handler in handlers:
-        late += deadline.join(*handler.threads())
-    return late

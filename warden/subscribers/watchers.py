@@ -127,10 +127,16 @@ class ServiceWatcher:
         if self.observer is not None:
             self.observer.stop()
 
-    def stop(self, deadline: Optional[Deadline] = None) -> list[str]:
-        """Stop watching; the threads still running at ``deadline`` (5 s without one)."""
-        self.request_stop()
-        return (deadline or Deadline(5)).join(self.observer)
+    def threads(self) -> tuple[Optional[Any], ...]:
+        """The watchdog observer's thread, once started."""
+        return (self.observer,)
+
+    def hand_back(self, deadline: Deadline) -> list[str]:
+        return []
+
+    #: as a component of the Supervisor: no log group, not a sink
+    group = ""
+    sink = False
 
 
 class RedxWatcher(StoppableThread):
