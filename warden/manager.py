@@ -24,10 +24,12 @@ the keys are worth reading:
 from __future__ import annotations
 
 import logging
+import queue
 import random
 import threading
 import time
-from typing import Any, Optional
+from dataclasses import dataclass
+from typing import Any, Optional, Union
 
 import redis
 
@@ -42,6 +44,68 @@ from warden.subscribers.zones import ZoneChecker
 from warden.threads import StoppableThread
 
 logger = logging.getLogger(__name__)
+
+
+# -- what other threads tell the Manager -------------------------------------------
+# The pub/sub thread, the liveness watch, the drain watcher and the scaler's fencing
+# check post these to the Manager's inbox; only the Manager's own thread acts on them,
+# so every election field is written by that one thread.
+
+@dataclass(frozen=True)
+class Heard:
+    """A heartbeat message from another instance, heard at ``at`` (monotonic)."""
+
+    instance_id: str
+    epoch: int
+    at: float
+
+
+@dataclass(frozen=True)
+class ElectionCalled:
+    """Someone called an election on ``warden:election`` at ``at``: stand at once."""
+
+    at: float
+
+
+@dataclass(frozen=True)
+class Look:
+    """Read the record at the next step (``forget``: the view is out of date); also
+    what a kill aimed at this instance, or a refused fencing check, asks for."""
+
+    forget: bool = False
+
+
+@dataclass(frozen=True)
+class Subscription:
+    """The control channels were lost, or are held again."""
+
+    held: bool
+
+
+@dataclass(frozen=True)
+class Appointed:
+    """The leader appointed this instance to watch its liveness channel."""
+
+    leader_id: str
+    epoch: int
+
+
+@dataclass(frozen=True)
+class Draining:
+    """This host drains: it stands in no election from now on."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class LeaderGone:
+    """A watcher saw the leader's liveness channel empty on two readings."""
+
+    leader_id: str
+    epoch: Optional[int]
+
+
+Input = Union[Heard, ElectionCalled, Look, Subscription, Appointed, Draining, LeaderGone, None]
 
 
 class LivenessWatch(StoppableThread):
@@ -132,8 +196,7 @@ class LivenessWatch(StoppableThread):
             if manager.view is view:
                 logger.warning("leader %s's liveness channel has no subscriber on two readings: "
                                "its process is gone", view.leader_id)
-                manager.gone = f"{view.leader_id}:{view.epoch}"
-                manager.nudge(forget=True)
+                manager.post(LeaderGone(view.leader_id, view.epoch))
 
 
 class Manager(StoppableThread):
@@ -205,7 +268,9 @@ class Manager(StoppableThread):
         self._stand_now = False
         #: the next look adds this instance to the managers (after each subscription)
         self._register = True
-        self.wake = threading.Event()
+        #: what other threads tell this one (see :class:`Heard` and the others); None
+        #: only wakes it
+        self.inbox: "queue.SimpleQueue[Input]" = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._last_beat = 0.0
         self._next_wake = config.heartbeat_interval_seconds
@@ -254,11 +319,14 @@ class Manager(StoppableThread):
             return self.epoch if self.role == "leader" else None
 
     def nudge(self, forget: bool = False) -> None:
-        """Look at the record at once (``forget``: the view is out of date)."""
-        if forget:
-            self.view = None
-        self._due = True
-        self.wake.set()
+        """Look at the record at once (``forget``: the view is out of date); from any
+        thread."""
+        self.post(Look(forget))
+
+    def post(self, item: Input) -> None:
+        """Tell the Manager's thread something (from any thread); it wakes and takes it
+        before its next decision."""
+        self.inbox.put(item)
 
     def watches(self, view: LeaderView) -> bool:
         """True while the leader in ``view`` has this instance watch its liveness."""
@@ -282,49 +350,83 @@ class Manager(StoppableThread):
         text = data.decode(errors="replace") if isinstance(data, bytes) else str(data)
         leader_id, _, epoch = text.rpartition(":")
         if leader_id and epoch.isdigit():
-            self.appointed = (leader_id, int(epoch))
-            self.watch.wake.set()
-            logger.info("appointed to watch leader %s's liveness (epoch %s)", leader_id, epoch)
+            self.post(Appointed(leader_id, int(epoch)))
 
     def _on_subscription(self, sender: Any, *, held: bool, **kw: Any) -> None:
         self.watch.subscription_changed(held)
-        if held:
-            # Messages sent while unsubscribed were lost, and a leader may have pruned
-            # this instance from the managers meanwhile.
-            self._register = True
-            self.nudge()
-        else:
-            self.wake.set()
+        self.post(Subscription(held))
 
     def _on_host_draining(self, sender: Any, *, reason: str, **kw: Any) -> None:
-        if self.draining:
-            return
-        self.draining = True
-        logger.warning("draining (%s): standing in no election from now on", reason)
-        if self.role != "follower":
-            self._step_down("draining", release=True)
-        self.wake.set()
+        self.post(Draining(reason))
 
     def _on_control(self, sender: Any, *, message: ControlMessage, **kw: Any) -> None:
         # A drain message only wakes the drain watcher (warden.drain), which acts on the key.
         if message.type == "heartbeat" and message.instance_id != self.me:
-            view = self.view
-            if view is not None and (message.instance_id, message.epoch) == (view.leader_id, view.epoch):
-                self.heard = time.monotonic()
-            elif view is None or view.state != "live" or message.epoch > (view.epoch or 0):
-                self.nudge()  # a new leader: read its record once
+            self.post(Heard(message.instance_id, message.epoch, time.monotonic()))
         elif message.type == "election" and message.instance_id != self.me:
-            self.election_heard = time.monotonic()
-            self._stand_now = True
-            self.nudge()
+            self.post(ElectionCalled(time.monotonic()))
         elif message.type == "kill" and message.instance_id == self.me:
             logger.info("kill message received; checking the kill key")
-            self.nudge()
+            self.post(Look())
+
+    # -- the inbox, on the Manager's own thread ---------------------------------------
+
+    def _take(self, timeout: float = 0.0) -> None:
+        """Act on what the inbox holds, waiting up to ``timeout`` seconds for the first
+        item; everything already posted is taken before the next decision."""
+        try:
+            item = self.inbox.get(timeout=timeout) if timeout > 0 else self.inbox.get_nowait()
+        except queue.Empty:
+            return
+        while True:
+            self._apply(item)
+            try:
+                item = self.inbox.get_nowait()
+            except queue.Empty:
+                return
+
+    def _apply(self, item: Input) -> None:
+        if isinstance(item, Heard):
+            view = self.view
+            if view is not None and (item.instance_id, item.epoch) == (view.leader_id, view.epoch):
+                self.heard = item.at
+            elif view is None or view.state != "live" or item.epoch > (view.epoch or 0):
+                self._due = True  # a new leader: read its record once
+        elif isinstance(item, ElectionCalled):
+            self.election_heard = item.at
+            self._stand_now = True
+            self._due = True
+        elif isinstance(item, Look):
+            if item.forget:
+                self.view = None
+            self._due = True
+        elif isinstance(item, Subscription):
+            if item.held:
+                # Messages sent while unsubscribed were lost, and a leader may have
+                # pruned this instance from the managers meanwhile.
+                self._register = True
+                self._due = True
+        elif isinstance(item, Appointed):
+            self.appointed = (item.leader_id, item.epoch)
+            self.watch.wake.set()
+            logger.info("appointed to watch leader %s's liveness (epoch %s)", item.leader_id, item.epoch)
+        elif isinstance(item, Draining):
+            if not self.draining:
+                self.draining = True
+                logger.warning("draining (%s): standing in no election from now on", item.reason)
+                if self.role != "follower":
+                    self._step_down("draining", release=True)
+        elif isinstance(item, LeaderGone):
+            view = self.view
+            if view is None or (view.leader_id, view.epoch) == (item.leader_id, item.epoch):
+                self.gone = f"{item.leader_id}:{item.epoch}"
+                self.view = None
+                self._due = True
 
     # -- the loop ------------------------------------------------------------------
 
     def on_stop(self) -> None:
-        self.wake.set()
+        self.post(None)
 
     def run(self) -> None:
         self.zones.watch(self.zone)
@@ -354,8 +456,7 @@ class Manager(StoppableThread):
                 logger.exception("manager step failed")
             else:
                 self.repeats.ended("central-redis", "central Redis reachable again")
-            self.wake.wait(self._next_wake)
-            self.wake.clear()
+            self._take(self._next_wake)
         self.hand_back()
         self.watch.stop()
         self.watch.join(timeout=5)
@@ -393,6 +494,7 @@ class Manager(StoppableThread):
 
     def step(self) -> None:
         """One look at the keys (when due) and whatever follows from it."""
+        self._take()
         interval = self.config.heartbeat_interval_seconds
         self._next_wake = interval
         if self.role != "follower":
@@ -538,8 +640,12 @@ class Manager(StoppableThread):
         signals.send(signals.leadership_gained, self, instance_id=self.me, epoch=epoch, zone=self.zone)
 
     def _lead(self) -> None:
+        # What was posted while the claim or the last beat was in flight (a drain)
+        # counts before this one.
+        self._take()
         epoch = self.epoch
-        assert epoch is not None
+        if epoch is None:
+            return
         if self.draining:
             # A drain noticed while the claim was in flight found a follower to step down.
             self._step_down("draining", release=True)
