@@ -364,8 +364,7 @@ def test_central_primary_killed_under_sentinel(sentinel_cluster):
         eventually(lambda: c.sentinels.primary() is not old, 30, what="Sentinel's failover")
         # A write the old primary had not passed on may be lost with it.
         eventually(lambda: c.central.set("demand:worker", "12"), 10, what="the new primary")
-        old.options = ["--replicaof", "127.0.0.1", str(c.sentinels.primary().port)]
-        old.start()
+        c.sentinels.restart_as_replica(old)
         time.sleep(1)
     TOTALS["faults"] += 1
     check_invariants(c, "central primary under Sentinel", "kill -9 of the primary while scaling", started)

@@ -226,8 +226,7 @@ def test_sentinel_with_tls_passwords_and_the_documented_user_elects_scales_and_f
         old = group_central.kill_primary()
         eventually(lambda: group_central.primary() is not old, 30, what="the failover")
         # The old primary comes back as a replica; ACLs are not replicated nor kept.
-        old.options = ["--replicaof", "127.0.0.1", str(group_central.primary().port), *group_central.auth]
-        old.start()
+        group_central.restart_as_replica(old)
         set_user(old, "Central Redis", "warden-password-0123")
         group_central.wait_replicated()
         eventually(lambda: central.set("demand:worker", "4"), 10, what="the new primary")

@@ -295,7 +295,7 @@ def _scaler(leader, tmp_path, services: list, central):
     (tmp_path / "services.json").write_text(json.dumps(services))
     catalog = ServiceCatalog(str(tmp_path / "services.json"), "services.json")
     catalog.load()
-    return Scaler(leader.config, leader.manager, catalog, MetricContext(central, "us-east-1")), catalog
+    return Scaler(leader.config, leader.manager.leadership, catalog, MetricContext(central, "us-east-1")), catalog
 
 
 def _fargate_service(ecs, **fields) -> dict:

@@ -156,8 +156,7 @@ def test_a_primary_killed_while_the_leader_scales(sentinel_central, managers, aw
         eventually(first_heartbeat, 30, interval=0.02, what=f"a heartbeat on the new primary (trial {trial})")
         gaps.append(time.monotonic() - killed)
         # The old primary comes back as the new one's replica, as an operator restarts it.
-        old.options = ["--replicaof", "127.0.0.1", str(group_central.primary().port)]
-        old.start()
+        group_central.restart_as_replica(old)
         group_central.wait_replicated()
         # A write the old primary had not passed on may be lost with it: the demand is
         # published again, as whatever publishes it keeps doing.
@@ -245,8 +244,7 @@ def test_a_leader_whose_record_outlasts_a_failover_keeps_leading(sentinel_centra
         time.sleep(1.5)  # several watcher readings on the new primary
         assert (central.hget("service-manager", "id"), central.hget("service-manager", "epoch")) == (chief, epoch)
         assert [m for m in group if "leadership lost" in m.log()] == []
-        old.options = ["--replicaof", "127.0.0.1", str(sentinel_central.primary().port)]
-        old.start()
+        sentinel_central.restart_as_replica(old)
 
 
 def test_a_primary_that_hangs_is_left_by_every_subscription(sentinel_central, managers):

@@ -92,7 +92,7 @@ def manager_parts(config: Config, catalog: ServiceCatalog, handlers: list[Handle
     zones = ZoneChecker(config.zone_check, config.region)
     codec = ControlCodec(config.control_secrets, config.lease_seconds)
     manager = Manager(config, central, zones)
-    scaler = Scaler(config, manager, catalog, MetricContext(central.commands, config.region), codec)
+    scaler = Scaler(config, manager.leadership, catalog, MetricContext(central.commands, config.region), codec)
     # The one pub/sub connection: control channels, warden:metric, and this instance's
     # liveness channel (Redis empties it when the process dies).
     subscriber = ControlSubscriber(
@@ -113,7 +113,8 @@ def manager_parts(config: Config, catalog: ServiceCatalog, handlers: list[Handle
                               ThreadPart(zones, "manager"), ThreadPart(scaler, "manager"),
                               LeaderPart(manager, "manager"), ThreadPart(subscriber, "manager", checks=checks)]
     if config.aws_events_queue_url:
-        consumer = AwsEventsConsumer(config.aws_events_queue_url, config.region, lambda: manager.acting)
+        leadership = manager.leadership
+        consumer = AwsEventsConsumer(config.aws_events_queue_url, config.region, lambda: leadership.acting)
         relay = DrainRelay(manager)
         parts += [Step("manager", on_start=relay.start, on_stop=relay.stop), ThreadPart(consumer, "manager")]
     return parts + [Step("manager", on_start=started)]

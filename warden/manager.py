@@ -199,6 +199,68 @@ class LivenessWatch(StoppableThread):
                 manager.post(LeaderGone(view.leader_id, view.epoch))
 
 
+class Leadership:
+    """This instance's leadership as the parts that act on the cluster hold it (the
+    Scaler, and through it the ECS handler; the AWS events consumer): the role and
+    epoch, why acting is held, and the fencing check. Written by the Manager's thread
+    only; read from any."""
+
+    def __init__(self, store: ElectionStore, look: Any) -> None:
+        self._store = store
+        #: asks the Manager to read the record (a refused fencing check)
+        self._look = look
+        self._lock = threading.Lock()
+        #: "follower"; "confirming" (claimed, waiting for a replica to have the claim);
+        #: "leader" (acting)
+        self.role = "follower"
+        self.epoch: Optional[int] = None
+        #: why this leader holds every action (too few replicas acknowledge), or ""
+        self.held = ""
+
+    def set(self, role: str, epoch: Optional[int]) -> tuple[str, Optional[int]]:
+        """The Manager's thread only: the new role and epoch; returns the old ones."""
+        with self._lock:
+            old = self.role, self.epoch
+            self.role, self.epoch = role, epoch
+        return old
+
+    @property
+    def is_leader(self) -> bool:
+        """True while this instance holds the leadership (as last confirmed)."""
+        return self.role == "leader"
+
+    @property
+    def acting(self) -> bool:
+        """True while this instance leads and may act on the cluster: enough replicas
+        acknowledged its writes (``minReplicasToAct``)."""
+        return self.role == "leader" and not self.held
+
+    def current_epoch(self) -> Optional[int]:
+        """The epoch this instance leads under, or None."""
+        with self._lock:
+            return self.epoch if self.role == "leader" else None
+
+    def fence(self, epoch: Optional[int] = None) -> bool:
+        """The fencing check: True only if this instance leads under ``epoch`` (by
+        default the epoch it leads under now) and that epoch is still the current one,
+        checked atomically in Redis right now. Call it right before every action on the
+        cluster, with the epoch the action was decided under; on False, do nothing."""
+        leading = self.current_epoch()
+        if leading is None or (epoch is not None and epoch != leading) or self.held:
+            # Held: said once when it began; every action waits for the replicas.
+            return False
+        try:
+            answer = self._store.fence(leading)
+        except redis.RedisError as error:
+            logger.warning("fencing check failed: %s", error)
+            return False
+        if answer != "ok":
+            logger.warning("fencing refused epoch %s: %s", leading, answer)
+            self._look()
+            return False
+        return True
+
+
 class Manager(StoppableThread):
     """This instance's part in the election, and its leadership while it lasts."""
 
@@ -218,8 +280,6 @@ class Manager(StoppableThread):
         self.confirm_ms = int(central.timeout * 500)
         #: replicas that must acknowledge the leader's writes before it acts
         self.min_replicas = config.min_replicas_to_act
-        #: why this leader holds every action (too few replicas acknowledge), or ""
-        self.held = ""
         #: when the current claim was made (monotonic): a claim no replica acknowledged
         #: within the lease is handed back
         self._claimed_at = 0.0
@@ -229,10 +289,8 @@ class Manager(StoppableThread):
                                    config.guard_time_seconds, config.candidate_expiry_seconds)
         #: the secret that signs this instance's messages ("" when none is set)
         self.secret = config.control_secrets[0] if config.control_secrets else ""
-        #: "follower"; "confirming" (claimed, waiting for a replica to have the claim);
-        #: "leader" (acting)
-        self.role = "follower"
-        self.epoch: Optional[int] = None
+        #: role, epoch, held and the fencing check: what the acting parts hold
+        self.leadership = Leadership(self.store, self.nudge)
         #: when this instance entered the current election (monotonic), or None
         self.candidate_since: Optional[float] = None
         #: seconds after entering that it claims (when the election closes; longer for
@@ -271,7 +329,6 @@ class Manager(StoppableThread):
         #: what other threads tell this one (see :class:`Heard` and the others); None
         #: only wakes it
         self.inbox: "queue.SimpleQueue[Input]" = queue.SimpleQueue()
-        self._lock = threading.Lock()
         self._last_beat = 0.0
         self._next_wake = config.heartbeat_interval_seconds
         self.watch = LivenessWatch(self)
@@ -282,41 +339,35 @@ class Manager(StoppableThread):
     # -- public API ------------------------------------------------------------
 
     @property
+    def role(self) -> str:
+        return self.leadership.role
+
+    @property
+    def epoch(self) -> Optional[int]:
+        return self.leadership.epoch
+
+    @property
+    def held(self) -> str:
+        return self.leadership.held
+
+    @held.setter
+    def held(self, reason: str) -> None:
+        self.leadership.held = reason
+
+    @property
     def is_leader(self) -> bool:
-        """True while this instance holds the leadership (as last confirmed)."""
-        return self.role == "leader"
+        return self.leadership.is_leader
 
     @property
     def acting(self) -> bool:
-        """True while this instance leads and may act on the cluster: enough replicas
-        acknowledged its writes (``minReplicasToAct``)."""
-        return self.role == "leader" and not self.held
+        return self.leadership.acting
 
     def fence(self, epoch: Optional[int] = None) -> bool:
-        """The fencing check: True only if this instance leads under ``epoch`` (by
-        default the epoch it leads under now) and that epoch is still the current one,
-        checked atomically in Redis right now. Call it right before every action on the
-        cluster, with the epoch the action was decided under; on False, do nothing."""
-        with self._lock:
-            leading = self.epoch if self.role == "leader" else None
-        if leading is None or (epoch is not None and epoch != leading) or self.held:
-            # Held: said once when it began; every action waits for the replicas.
-            return False
-        try:
-            answer = self.store.fence(leading)
-        except redis.RedisError as error:
-            logger.warning("fencing check failed: %s", error)
-            return False
-        if answer != "ok":
-            logger.warning("fencing refused epoch %s: %s", leading, answer)
-            self.nudge()
-            return False
-        return True
+        """See :meth:`Leadership.fence`."""
+        return self.leadership.fence(epoch)
 
     def current_epoch(self) -> Optional[int]:
-        """The epoch this instance leads under, or None."""
-        with self._lock:
-            return self.epoch if self.role == "leader" else None
+        return self.leadership.current_epoch()
 
     def nudge(self, forget: bool = False) -> None:
         """Look at the record at once (``forget``: the view is out of date); from any
@@ -621,8 +672,7 @@ class Manager(StoppableThread):
                 return
             self._next_wake = min(self.config.heartbeat_interval_seconds, guard)
             return
-        with self._lock:
-            self.role, self.epoch = "confirming", epoch
+        self.leadership.set("confirming", epoch)
         self._waiting_said = False
         self._claimed_at = time.monotonic()
         self.highest_epoch = max(self.highest_epoch, epoch)
@@ -634,8 +684,7 @@ class Manager(StoppableThread):
         self._lead()
 
     def _become_leader(self, epoch: int) -> None:
-        with self._lock:
-            self.role, self.epoch = "leader", epoch
+        self.leadership.set("leader", epoch)
         logger.info("leadership gained: epoch %s, zone %s", epoch, self.zone or "-", extra={"epoch": epoch})
         signals.send(signals.leadership_gained, self, instance_id=self.me, epoch=epoch, zone=self.zone)
 
@@ -715,9 +764,7 @@ class Manager(StoppableThread):
             self.resubscribe.set()
 
     def _step_down(self, reason: str, release: bool) -> None:
-        with self._lock:
-            epoch, role = self.epoch, self.role
-            self.role, self.epoch = "follower", None
+        role, epoch = self.leadership.set("follower", None)
         self.held = ""
         self._due = True
         if role == "leader":

@@ -39,12 +39,13 @@ class Scaler(StoppableThread):
     #: seconds before the scheduler tries again after a step of its own failed
     retry_seconds = 0.5
 
-    def __init__(self, config: Config, manager: Any, catalog: ServiceCatalog,
+    def __init__(self, config: Config, leadership: Any, catalog: ServiceCatalog,
                  context: MetricContext, codec: Optional[ControlCodec] = None) -> None:
         super().__init__("warden-scaler")
         self.config = config
         self.codec = codec or ControlCodec(config.control_secrets, config.lease_seconds)
-        self.manager = manager
+        #: the Manager's :class:`~warden.manager.Leadership`: whether to act, and the fence
+        self.leadership = leadership
         self.catalog = catalog
         #: a metric that stays unreadable is logged once, then once a minute with a count
         self.repeats = Repeats(logger)
@@ -101,7 +102,7 @@ class Scaler(StoppableThread):
 
     def start(self) -> None:
         super().start()
-        if self.manager.is_leader:
+        if self.leadership.is_leader:
             # It led before it listened: leadership_gained has come and gone.
             self.request(None, "leadership gained")
 
@@ -138,7 +139,7 @@ class Scaler(StoppableThread):
         """Passes that may start now (called with the lock held)."""
         if not self._due:
             return []
-        if not self.manager.acting:
+        if not self.leadership.acting:
             self._due.clear()
             return []
         # One snapshot of the catalog (immutable) for this whole step.
@@ -173,7 +174,7 @@ class Scaler(StoppableThread):
 
     def _pass(self, service: Service, reason: str) -> None:
         try:
-            epoch = self.manager.current_epoch()
+            epoch = self.leadership.current_epoch()
             if epoch is None:
                 return
             policy = service.scaling or Policy()
@@ -191,7 +192,7 @@ class Scaler(StoppableThread):
             logger.debug("scaling pass for %s (%s): metric %s", service.name, reason, value)
             # Every action of this pass is fenced with the epoch it was decided under.
             signals.send(signals.scaling_pass, self, service=service, metric=value, steps=steps,
-                         epoch=epoch, fence=lambda: self.manager.fence(epoch))
+                         epoch=epoch, fence=lambda: self.leadership.fence(epoch))
         except Exception:  # noqa: BLE001 - one service's failure never stops the others
             logger.exception("scaling pass for %s failed", service.name)
         finally:

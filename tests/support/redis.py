@@ -218,6 +218,23 @@ class SentinelCentral:
             return dict(zip(reply[::2], reply[1::2]))
         return reply
 
+    def restart_as_replica(self, old: RedisServer, seconds: float = 30) -> RedisServer:
+        """Start ``old`` (a killed primary) again as the replica of the new one, as an
+        operator does, once every Sentinel names the same primary other than ``old``;
+        returns the new primary. Back any earlier, the old primary could be taken for
+        the primary again by a Sentinel that had not heard of the failover, and the new
+        one made its replica: emptied."""
+        def agreed() -> bool:
+            named = {tuple(self.ask(p, "SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.master))
+                     for p in self.sentinel_ports}
+            return len(named) == 1 and int(next(iter(named))[1]) != old.port
+
+        eventually(agreed, seconds, what="every Sentinel naming the new primary")
+        primary = self.primary()
+        old.options = ["--replicaof", "127.0.0.1", str(primary.port), *self.auth]
+        old.start()
+        return primary
+
     def primary(self) -> RedisServer:
         """The server the Sentinels name the primary now."""
         host, port = self.ask(self.sentinel_ports[0], "SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.master)

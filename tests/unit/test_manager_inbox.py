@@ -77,3 +77,20 @@ def test_a_subscription_back_registers_again_and_looks_and_none_only_wakes():
     m.post(Look(forget=True))
     m._take()
     assert m.view is None
+
+
+def test_the_leadership_the_acting_parts_hold_refuses_without_asking_redis():
+    """A follower, a leader held short of replicas, and an action decided under another
+    epoch are refused before any call (the store is never reached)."""
+    from warden.manager import Leadership
+
+    looks = []
+    leadership = Leadership(store=None, look=lambda: looks.append(1))
+    assert not leadership.fence() and leadership.current_epoch() is None
+    assert leadership.set("leader", 7) == ("follower", None)
+    assert leadership.is_leader and leadership.acting and leadership.current_epoch() == 7
+    assert not leadership.fence(6), "decided under another epoch"
+    leadership.held = "fewer than 1 replicas acknowledge"
+    assert not leadership.acting and not leadership.fence(7)
+    assert leadership.set("follower", None) == ("leader", 7)
+    assert not leadership.is_leader and looks == []
