@@ -105,12 +105,16 @@ def test_frontend_claimed_for_two_backends_is_an_error(tmp_path: Path) -> None:
 
 
 def test_missing_config_is_exit_2_naming_it(tmp_path: Path) -> None:
+    """``config.json: -: config file not found`` named neither the folder looked in nor
+    how to point elsewhere."""
+    hint = (f"config.json: -: config file not found: looked for {tmp_path}/config.json "
+            "(give another with --config PATH or WARDEN_CONFIG)")
     result = run_warden(tmp_path, "validate")
     assert result.returncode == 2
-    assert "config.json: -: config file not found" in result.stdout
+    assert hint in result.stdout, result.stdout
     result = run_warden(tmp_path, "sweep")
     assert result.returncode == 2
-    assert "config.json: -: config file not found" in result.stderr
+    assert hint in result.stderr, result.stderr
     assert "Traceback" not in result.stderr
 
 

@@ -632,7 +632,8 @@ def load_config(path: str) -> tuple[Optional[Config], list[Problem]]:
     """
     display = path
     if not os.path.exists(path):
-        return None, [Problem(display, "-", "config file not found")]
+        return None, [Problem(display, "-", f"config file not found: looked for {os.path.abspath(path)} "
+                                            "(give another with --config PATH or WARDEN_CONFIG)")]
     try:
         data = jsonfile.load(path)
     except jsonfile.JsonFileError as error:
