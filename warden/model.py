@@ -7,7 +7,7 @@ see a Docker or Redis dict.
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Mapping, Optional
 
 
@@ -157,6 +157,13 @@ class Ownership:
     host_address: str
     #: backends that hold at least one published-port service
     published_backends: frozenset[str] = frozenset()
+
+    def with_service(self, backend: str, published_port: bool) -> "Ownership":
+        """The rule once a service on ``backend`` is in force too: a published-port one
+        owns ``hostAddress:<port>`` in its backend."""
+        if not published_port or backend in self.published_backends:
+            return self
+        return replace(self, published_backends=self.published_backends | {backend})
 
     def owns(self, backend: str, address: str) -> bool:
         """True when ``address`` (``ip:port`` or ``[ip]:port``) is Warden's to manage."""

@@ -453,10 +453,7 @@ class Registrar(StoppableThread):
         """Why a store refuses a new label-defined service its keys (a handler answers
         for its own store: the Redx handler when its keys hold what Warden did not
         write), as ``(label, reason)``; None when every handler lets it through."""
-        published = self.ownership.published_backends
-        if service.published_port:
-            published = published | {service.backend_name}
-        ownership = Ownership(self.ownership.subnets, self.config.host_address, published)
+        ownership = self.ownership.with_service(service.backend_name, service.published_port)
         for _, answer in signals.send(signals.label_service_proposed, self, service=service,
                                       ownership=ownership):
             if answer:

@@ -69,10 +69,11 @@ def label_view(config: Config, services: tuple[Service, ...], listed: list) -> A
                                            socket_connect_timeout=2)
         published = frozenset(s.backend_name for s in services if s.published_port)
 
+        ownership = Ownership(subnets, config.host_address, published)
+
         def objection(service: Service) -> Optional[tuple[str, str]]:
-            mine = published | ({service.backend_name} if service.published_port else set())
             answer = foreign_keys(client, config.nginx_redis.display, service,
-                                  Ownership(subnets, config.host_address, frozenset(mine)))
+                                  ownership.with_service(service.backend_name, service.published_port))
             return (config.label_prefix + answer[0], answer[1]) if answer else None
 
     return label_services(listed, services, config.label_prefix, LabelPolicy.of(config), objection)

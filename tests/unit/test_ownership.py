@@ -15,3 +15,11 @@ def test_only_this_hosts_container_addresses_and_its_published_ports():
     assert rule.owns("pub", "10.0.0.5:32768") and not rule.owns("web", "10.0.0.5:32768")
     for garbage in ("172.17.0.9", "host:80", ":80", "172.17.0.9:x", "_config"):
         assert not rule.owns("web", garbage), garbage
+
+
+def test_a_published_port_service_adds_its_backend_and_no_other_does():
+    rule = Ownership((ipaddress.ip_network("172.17.0.0/16"),), "10.0.0.5")
+    assert rule.with_service("web", False) is rule
+    pub = rule.with_service("pub", True)
+    assert pub.owns("pub", "10.0.0.5:32768") and not rule.owns("pub", "10.0.0.5:32768")
+    assert pub.with_service("pub", True) is pub

@@ -18,7 +18,8 @@ from watchdog.observers import Observer
 from warden import signals
 from warden.config import Config
 from warden.services import ServiceCatalog
-from warden.threads import Deadline, StoppableThread
+from warden.supervisor import Component
+from warden.threads import StoppableThread
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +41,7 @@ class _ServiceFileEvents(FileSystemEventHandler):
             logger.exception("service watcher failed on %s", event)
 
 
-class ServiceWatcher:
+class ServiceWatcher(Component):
     """Watches the service file (or folder), loads the catalog again once per burst of
     file events (editors write a file in several steps) and emits
     ``services_reloaded``. One per process: the Registrar and the Manager share its
@@ -130,13 +131,6 @@ class ServiceWatcher:
     def threads(self) -> tuple[Optional[Any], ...]:
         """The watchdog observer's thread, once started."""
         return (self.observer,)
-
-    def hand_back(self, deadline: Deadline) -> list[str]:
-        return []
-
-    #: as a component of the Supervisor: no log group, not a sink
-    group = ""
-    sink = False
 
 
 class RedxWatcher(StoppableThread):
