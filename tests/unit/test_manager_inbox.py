@@ -1,4 +1,4 @@
-"""What other threads tell the Manager reaches its election fields only on its own
+"""What other threads tell the Manager reaches its election machine only on its own
 thread: they post, and it takes everything posted before its next decision. No Redis:
 the Manager is built but never connects (only a follower's inputs are applied)."""
 
@@ -10,7 +10,9 @@ import threading
 from warden.central import Central
 from warden.config import Config, RedisAddress
 from warden.election import LeaderView
-from warden.manager import Appointed, Draining, ElectionCalled, Heard, LeaderGone, Look, Manager, Subscription
+from warden.machine import (Appointed, Draining, ElectionCalled, ElectionMachine, Heard, LeaderGone, Look,
+                            Subscription, Timing)
+from warden.manager import Manager
 from warden.subscribers.zones import ZoneChecker
 
 
@@ -29,53 +31,53 @@ def posted_from_another_thread(manager: Manager, *items) -> None:
 
 
 def test_posts_change_nothing_until_the_managers_thread_takes_them():
-    m = follower()
+    manager = follower()
+    m = manager.machine
     m.view = LeaderView("live", "i-lead", 100, "z", 7)
-    m._due = False
-    posted_from_another_thread(m, Heard("i-lead", 7, 123.0), ElectionCalled(124.0), Appointed("i-lead", 7),
+    m.due = False
+    posted_from_another_thread(manager, Heard("i-lead", 7, 123.0), ElectionCalled(124.0), Appointed("i-lead", 7),
                                Draining("spot"))
-    assert (m.heard, m._stand_now, m.appointed, m.draining) == (0.0, False, None, False)
-    m._take()
-    assert (m.heard, m.election_heard, m._stand_now, m.appointed, m.draining) == \
+    assert (m.heard, m.stand_now, m.appointed, m.draining) == (0.0, False, None, False)
+    manager._take()
+    assert (m.heard, m.election_heard, m.stand_now, m.appointed, m.draining) == \
         (123.0, 124.0, True, ("i-lead", 7), True)
-    assert m._due, "an election calls for a look"
+    assert m.due, "an election calls for a look"
+    assert manager.watch.wake.is_set(), "an appointment wakes the liveness watch"
+
+
+def machine() -> ElectionMachine:
+    return ElectionMachine("i-me", "z", Timing())
 
 
 def test_a_heartbeat_from_a_new_leader_or_epoch_calls_for_a_look_and_an_old_one_does_not():
-    m = follower()
+    m = machine()
     m.view = LeaderView("live", "i-lead", 100, "z", 7)
     for item, due in ((Heard("i-lead", 7, 1.0), False), (Heard("i-old", 6, 1.0), False),
                       (Heard("i-new", 8, 1.0), True)):
-        m._due = False
-        m.post(item)
-        m._take()
-        assert m._due is due, item
+        m.due = False
+        assert m.apply(item) == []
+        assert m.due is due, item
 
 
 def test_a_gone_leader_is_marked_only_while_the_view_still_names_it():
-    m = follower()
+    m = machine()
     m.view = LeaderView("live", "i-lead", 100, "z", 7)
-    m.post(LeaderGone("i-other", 3))
-    m._take()
+    m.apply(LeaderGone("i-other", 3))
     assert m.gone == "" and m.view is not None
-    m.post(LeaderGone("i-lead", 7))
-    m._take()
-    assert m.gone == "i-lead:7" and m.view is None and m._due
+    m.apply(LeaderGone("i-lead", 7))
+    assert m.gone == "i-lead:7" and m.view is None and m.due
 
 
 def test_a_subscription_back_registers_again_and_looks_and_none_only_wakes():
-    m = follower()
-    m._register, m._due = False, False
-    m.post(Subscription(False))
-    m.post(None)
-    m._take()
-    assert (m._register, m._due) == (False, False)
-    m.post(Subscription(True))
-    m._take()
-    assert (m._register, m._due) == (True, True)
+    m = machine()
+    m.register, m.due = False, False
+    m.apply(Subscription(False))
+    m.apply(None)
+    assert (m.register, m.due) == (False, False)
+    m.apply(Subscription(True))
+    assert (m.register, m.due) == (True, True)
     m.view = LeaderView("live", "i-lead", 100, "z", 7)
-    m.post(Look(forget=True))
-    m._take()
+    m.apply(Look(forget=True))
     assert m.view is None
 
 
