@@ -53,7 +53,7 @@ class Handler:
 
     def register(self, telemetry: Any) -> None:
         """Offer counters of the handler's own to ``/metrics``
-        (:meth:`warden.telemetry.Telemetry.counter_source`)."""
+        (:meth:`warden.runtime.telemetry.Telemetry.counter_source`)."""
 
     def use_central(self, client: Any) -> None:
         """In a process that runs the Manager: the process's command connection to the

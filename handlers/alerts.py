@@ -37,8 +37,8 @@ import redis
 
 from warden.config import Config, render_alert
 from warden.handlers import Handler
-from warden.logs import Throttle
-from warden.threads import StoppableThread
+from warden.runtime.logs import Throttle
+from warden.runtime.threads import StoppableThread
 
 logger = logging.getLogger(__name__)
 

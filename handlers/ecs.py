@@ -21,11 +21,13 @@ from typing import Any, Callable, Optional
 import botocore.config
 import botocore.exceptions
 
-from warden import aws, signals
+from warden import signals
+
 from warden.config import Config
 from warden.handlers import Handler
-from warden.logs import Repeats
-from warden.scaling import Policy, Window, desired
+from warden.policy import Policy, Window, desired
+from warden.runtime import aws
+from warden.runtime.logs import Repeats
 from warden.services import Service
 
 logger = logging.getLogger(__name__)

@@ -17,12 +17,14 @@ import botocore.config
 import botocore.exceptions
 import redis
 
-from warden import aws, signals
+from warden import signals
+
 from warden.config import Config
-from warden.drain import ENROLMENT_PREFIX
 from warden.handlers import Handler
+from warden.manager.drain import ENROLMENT_PREFIX
 from warden.model import Change, DesiredState, LoadBalancerTarget
-from warden.threads import Backoff, StoppableThread
+from warden.runtime import aws
+from warden.runtime.threads import Backoff, StoppableThread
 
 logger = logging.getLogger(__name__)
 

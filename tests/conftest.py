@@ -37,7 +37,7 @@ from support.faults import (  # noqa: F401 - re-exported: the tests' fixtures an
     TcpProxy, tcp_proxy)
 
 #: the IAM action of every AWS call Warden's own clients make during the run, in this
-#: process and the ``warden`` processes it starts (warden/aws.py appends them), for
+#: process and the ``warden`` processes it starts (warden/runtime/aws.py appends them), for
 #: tests/test_iam_policy.py, which runs after all the others
 AWS_CALLS = Path(tempfile.mkdtemp(prefix="warden-aws-calls-")) / "actions"
 

@@ -11,10 +11,10 @@ from http.server import BaseHTTPRequestHandler
 import pytest
 
 from conftest import eventually, serve_http
+from warden import signals
 from warden.config import Config
 from warden.handlers.elb import ElbHandler
 from warden.model import LoadBalancerTarget
-from warden import signals
 
 
 def worker(ecs, metric: dict) -> dict:

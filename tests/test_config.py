@@ -372,7 +372,7 @@ def test_a_metric_without_steps_must_name_max_tasks(tmp_path: Path) -> None:
         "(a metric alone could ask for any number of tasks) (service 'b')",
         "services.json: [3].scaling.scaleDownDelaySeconds: must be a number of seconds from 0 to 86400 (service 'd')",
     ]
-    from warden.scaling import Policy
+    from warden.policy import Policy
 
     assert Policy.from_spec({"steps": [[0, 1], [10, 5]]}).wanted(1e6, ((0, 1), (10, 5))) == 5
     assert Policy.from_spec({"maxtasks": 4}).wanted(1e6, ()) == 4

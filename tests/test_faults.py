@@ -13,12 +13,12 @@ from conftest import ROOT, RUN, eventually, ip_of
 from warden import signals
 from warden.config import load_config
 from warden.daemon import registrar_parts
-from warden.registrar import Registrar
-from warden.supervisor import Supervisor
-from warden.subscribers.docker import DockerSource
 from warden.handlers.redx import RedxHandler
 from warden.model import Route
+from warden.registrar.registrar import Registrar
+from warden.runtime.supervisor import Supervisor
 from warden.services import ServiceCatalog
+from warden.subscribers.docker import DockerSource
 
 
 def web_service() -> dict:
@@ -136,7 +136,7 @@ def test_docker_restart_with_containers_changed_meanwhile(redx, containers, ward
 def test_backoff_grows_to_its_cap_and_spreads_hosts_apart():
     """A fleet that lost one server must not come back to it in step: each delay is
     shortened by a random part of at most ``jitter``."""
-    from warden.threads import Backoff
+    from warden.runtime.threads import Backoff
 
     runs = []
     for _ in range(20):

@@ -2,7 +2,7 @@
 
 Every AWS call that Warden's own clients made during this run (in the test process and
 in every ``warden`` process the tests started) was appended to ``conftest.AWS_CALLS``
-as the IAM action it needs (``warden/aws.py``). The policy must allow each of them, and
+as the IAM action it needs (``warden/runtime/aws.py``). The policy must allow each of them, and
 list nothing that no code path called. These tests run after all the others.
 """
 

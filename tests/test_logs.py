@@ -9,7 +9,7 @@ import logging
 import time
 
 from conftest import RUN, RedisServer, eventually, ip_of
-from warden.logs import Repeats
+from warden.runtime.logs import Repeats
 
 
 def test_a_repeating_failure_is_logged_once_then_with_a_count(caplog):

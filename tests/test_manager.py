@@ -13,7 +13,7 @@ import redis as redis_lib
 
 from conftest import eventually
 from warden.control import encode
-from warden.election import ElectionStore
+from warden.manager.election import ElectionStore
 
 LEASE, GUARD = 2.0, 0.5
 

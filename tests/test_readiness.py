@@ -224,7 +224,7 @@ def test_a_readiness_path_outside_ascii_is_probed_percent_encoded(redx, containe
 def test_a_probe_try_that_raises_counts_as_a_failed_try():
     """Whatever goes wrong inside one try, the probe stays scheduled: it fails, it is
     tried again, and it is reported, never left pending with nothing due."""
-    from warden.readiness import Probe, ReadinessProber
+    from warden.registrar.readiness import Probe, ReadinessProber
 
     ready = []
     prober = ReadinessProber(ready.append, report_after=0.2)

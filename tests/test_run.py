@@ -96,7 +96,7 @@ def test_readyz_names_the_dependency_that_is_down_while_livez_stays_up(redx, red
 def test_livez_fails_once_sweeps_stop():
     """A Registrar whose sweeps stopped does nothing more: restart it."""
     from warden import signals
-    from warden.telemetry import Telemetry
+    from warden.runtime.telemetry import Telemetry
 
     telemetry = Telemetry(f"127.0.0.1:{free_port()}")
     telemetry.watch_sweeps(0.2)

@@ -13,8 +13,8 @@ import pytest
 from conftest import InProcessManager, eventually
 from warden.config import Config
 from warden.handlers.ecs import EcsHandler
-from warden.metrics import MetricContext, MetricError, load_metric
-from warden.scaling import Policy, StepsSource, Window, desired
+from warden.manager.demand import MetricContext, MetricError, load_metric
+from warden.policy import Policy, StepsSource, Window, desired
 from warden.services import Service
 
 STEPS = ((0, 1), (10, 2), (50, 5))
@@ -289,7 +289,7 @@ def test_a_frozen_leader_that_wakes_cannot_scale(ecs, central, managers):
 
 
 def _scaler(leader, tmp_path, services: list, central):
-    from warden.scaler import Scaler
+    from warden.manager.scaler import Scaler
     from warden.services import ServiceCatalog
 
     (tmp_path / "services.json").write_text(json.dumps(services))
@@ -351,8 +351,8 @@ def test_the_scaler_outlives_a_failing_step_and_livez_names_a_dead_worker(ecs, c
     import urllib.request
 
     from conftest import free_port
-    from warden.telemetry import Telemetry
-    from warden.threads import StoppableThread
+    from warden.runtime.telemetry import Telemetry
+    from warden.runtime.threads import StoppableThread
 
     leader = InProcessManager(tmp_path, central_server)
     scaler, catalog = _scaler(leader, tmp_path, [_fargate_service(ecs)], central)
@@ -430,7 +430,7 @@ def test_a_stalled_run_task_gives_up_in_seconds_with_one_fenced_retry(ecs, centr
 def test_warden_makes_its_aws_clients_from_one_session_one_at_a_time(aws, tmp_path):
     """Defect 13b: the parts made clients from boto3's default session on several
     threads at once (a known botocore race). Every part's client comes from
-    warden.aws now: one session, created under a lock."""
+    warden.runtime.aws now: one session, created under a lock."""
     import threading
 
     from warden import aws as warden_aws

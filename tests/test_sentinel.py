@@ -16,7 +16,7 @@ from typing import Any
 import redis as redis_lib
 
 from conftest import RedisServer, eventually
-from warden.election import ElectionStore
+from warden.manager.election import ElectionStore
 
 GUARD = 0.5
 

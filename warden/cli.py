@@ -16,7 +16,7 @@ from typing import Any, Optional, Sequence
 from warden import __version__
 from warden.config import load_config, resolve_config_path
 from warden.errors import ConfigError, ConnectionLost, WardenError
-from warden.logs import STRUCTURED_FIELDS
+from warden.runtime.logs import STRUCTURED_FIELDS
 from warden.services import ServiceCatalog
 
 logger = logging.getLogger("warden")
@@ -192,7 +192,7 @@ def cmd_daemon(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     """Print the status of this host and the cluster, as a table or as JSON."""
     from warden.daemon import load
-    from warden.metadata import resolve_identity
+    from warden.runtime.metadata import resolve_identity
     from warden.status import collect, render_json, render_text, unhealthy
 
     config, catalog, problems = load(args.config)

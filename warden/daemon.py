@@ -17,28 +17,28 @@ import docker
 import redis
 
 from warden import signals
-from warden.central import ACL_DOC, Central
 from warden.config import Config, RedisAddress, load_config, require, resolve_config_path
 from warden.control import METRIC_CHANNEL, ControlCodec
-from warden.drain import DrainRecorder, DrainRelay, DrainWatcher, LifecycleCompleter
 from warden.errors import ConfigError, ConnectionLost
 from warden.handlers import Handler, load_handlers
 from warden.handlers.redx import kept_keys
 from warden.jsonfile import Problem
-from warden.manager import Manager
-from warden.metadata import CONFIG_KEYS, ENV_KEYS, resolve_identity
-from warden.metrics import MetricContext
+from warden.manager.demand import MetricContext
+from warden.manager.drain import DrainRecorder, DrainRelay, DrainWatcher, LifecycleCompleter
+from warden.manager.manager import Manager
+from warden.manager.scaler import Scaler
 from warden.model import Change
-from warden.registrar import Registrar
-from warden.scaler import Scaler
+from warden.registrar.registrar import Registrar
+from warden.runtime.central import ACL_DOC, Central
+from warden.runtime.metadata import CONFIG_KEYS, ENV_KEYS, resolve_identity
+from warden.runtime.supervisor import Component, HandlerPart, LeaderPart, Step, Supervisor, ThreadPart
+from warden.runtime.telemetry import Telemetry
 from warden.services import ServiceCatalog
 from warden.subscribers.aws_events import AwsEventsConsumer, MetadataNotices
 from warden.subscribers.channels import ControlSubscriber
 from warden.subscribers.docker import DockerEventReader, DockerSource
 from warden.subscribers.watchers import RedxWatcher, ServiceWatcher
 from warden.subscribers.zones import ZoneChecker
-from warden.telemetry import Telemetry
-from warden.supervisor import Component, HandlerPart, LeaderPart, Step, Supervisor, ThreadPart
 
 logger = logging.getLogger(__name__)
 

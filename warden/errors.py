@@ -27,3 +27,8 @@ class BadAnswer(WardenError):
 
 class ContainerGone(WardenError):
     """A container vanished between an event and its inspection."""
+
+
+class MetricError(WardenError):
+    """A demand metric (or a scaling policy's steps) could not be read; the message
+    says why."""

@@ -21,7 +21,7 @@ from typing import Any, Callable, Mapping, Optional
 from warden import jsonfile
 from warden.jsonfile import KeyedObject, Problem, any_case, in_range, is_int, unknown_key
 from warden.model import Attachment, Container, LoadBalancerTarget
-from warden.scaling import MAX_TASKS, STEPS_RULE, Policy, is_task_count, valid_steps
+from warden.policy import MAX_TASKS, STEPS_RULE, Policy, is_task_count, valid_steps
 
 logger = logging.getLogger(__name__)
 

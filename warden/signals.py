@@ -207,7 +207,7 @@ scaling_checked = _signals.signal(
 aws_call_failed = _signals.signal(
     "aws-call-failed",
     doc="""An AWS API call failed (after botocore's retries). Sender: the handler that
-    made it, or the lifecycle completer. kw (see :func:`warden.aws.failure`):
+    made it, or the lifecycle completer. kw (see :func:`warden.runtime.aws.failure`):
     ``service`` (``elb``, ``elbv2``, ``ecs``, ``autoscaling``), ``operation``
     (``RegisterTargets``), ``code`` (``Throttling``, ``ReadTimeoutError``), ``error`` (text).""",
 )

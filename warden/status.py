@@ -138,7 +138,7 @@ def _containers(services: tuple[Service, ...], config: Config, listed: Optional[
 def _ready(service: Service, container: Any) -> Optional[bool]:
     """One readiness probe, as the Registrar would make it; None when a Docker health
     check or ``readiness: "none"`` decides instead."""
-    from warden.readiness import probe_for
+    from warden.registrar.readiness import probe_for
 
     probe, why = probe_for(service, container)
     if probe is None:
@@ -153,8 +153,8 @@ def _enrolment(config: Config, services: tuple[Service, ...], errors: list) -> d
     if not config.instance_id:
         errors.append("load balancers: this host's instanceId is unknown")
         return {}
-    from warden import aws
     from warden.handlers.elb import AWS_CLIENT_CONFIG, is_enrolled
+    from warden.runtime import aws
 
     def client(name: str) -> Any:
         return aws.client(name, config.region, AWS_CLIENT_CONFIG)
@@ -172,10 +172,10 @@ def _tasks(config: Config, services: tuple[Service, ...], errors: list) -> dict:
     scaled = [s for s in services if s.metric and s.task_name]
     if not scaled:
         return {}
-    from warden import aws
     from warden.handlers.ecs import AWS_CLIENT_CONFIG, warden_tasks
-    from warden.metrics import MetricContext, MetricError, load_metric
-    from warden.scaling import Policy, StepsSource
+    from warden.manager.demand import MetricContext, MetricError, load_metric
+    from warden.policy import Policy, StepsSource
+    from warden.runtime import aws
 
     ecs = aws.client("ecs", config.region, AWS_CLIENT_CONFIG)
     context = MetricContext(config.service_management_redis.client(socket_timeout=2,
@@ -203,7 +203,7 @@ def _tasks(config: Config, services: tuple[Service, ...], errors: list) -> dict:
 
 def _leader(config: Config, errors: list) -> tuple[Optional[dict], Optional[str]]:
     """The leader record, and why this host drains (None when it does not)."""
-    from warden.election import ElectionStore
+    from warden.manager.election import ElectionStore
 
     try:
         client = config.service_management_redis.client(socket_timeout=2, socket_connect_timeout=2,

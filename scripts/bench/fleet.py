@@ -43,11 +43,11 @@ sys.path.insert(0, ROOT)
 from local_services import start_redis  # noqa: E402
 
 from warden import signals  # noqa: E402
-from warden.central import Central  # noqa: E402
 from warden.config import Config, RedisAddress  # noqa: E402
 from warden.control import METRIC_CHANNEL, ControlCodec  # noqa: E402
-from warden.election import WATCHERS  # noqa: E402
-from warden.manager import Manager  # noqa: E402
+from warden.manager.election import WATCHERS  # noqa: E402
+from warden.manager.manager import Manager  # noqa: E402
+from warden.runtime.central import Central  # noqa: E402
 from warden.subscribers.channels import ControlSubscriber  # noqa: E402
 from warden.subscribers.zones import ZoneChecker  # noqa: E402
 

@@ -24,10 +24,10 @@ sys.path.insert(0, os.path.join(ROOT, "scripts"))
 from local_services import serving, start_redis  # noqa: E402
 
 from warden.config import Config, RedisAddress  # noqa: E402
-from warden.subscribers.docker import DockerSource  # noqa: E402
 from warden.handlers.redx import RedxHandler  # noqa: E402
-from warden.registrar import Registrar  # noqa: E402
+from warden.registrar.registrar import Registrar  # noqa: E402
 from warden.services import Service, ServiceCatalog  # noqa: E402
+from warden.subscribers.docker import DockerSource  # noqa: E402
 
 IMAGE = "warden-test:latest"
 

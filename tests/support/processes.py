@@ -147,8 +147,8 @@ class InProcessManager:
         import dataclasses
 
         from warden.config import Config, RedisAddress
-        from warden.central import Central
-        from warden.manager import Manager
+        from warden.manager.manager import Manager
+        from warden.runtime.central import Central
         from warden.subscribers.zones import ZoneChecker
 
         self.config = dataclasses.replace(

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from typing import Callable
 
-from warden.election import LeaderView
-from warden.machine import (Abandon, Beat, Become, Claim, Confirm, Draining, ElectionCalled, ElectionMachine,
-                            Heard, Hold, KillLeader, LeaderGone, Publish, Read, Release, Resubscribe, Stand,
-                            StepDown, Subscription, Timing, WakeWatch, WatchZone, World)
+from warden.manager.election import LeaderView
+from warden.manager.machine import (Abandon, Beat, Become, Claim, Confirm, Draining, ElectionCalled,
+                                    ElectionMachine, Heard, Hold, KillLeader, LeaderGone, Publish, Read, Release,
+                                    Resubscribe, Stand, StepDown, Subscription, Timing, WakeWatch, WatchZone, World)
 
 TIMING = Timing(heartbeat=1.0, lease=5.0, legacy_age=300.0, guard=1.0, safety=30.0, candidate_expiry=30.0,
                 drop=7.0)

@@ -7,12 +7,12 @@ from __future__ import annotations
 import dataclasses
 import threading
 
-from warden.central import Central
 from warden.config import Config, RedisAddress
-from warden.election import LeaderView
-from warden.machine import (Appointed, Draining, ElectionCalled, ElectionMachine, Heard, LeaderGone, Look,
-                            Subscription, Timing)
-from warden.manager import Manager
+from warden.manager.election import LeaderView
+from warden.manager.machine import (Appointed, Draining, ElectionCalled, ElectionMachine, Heard, LeaderGone, Look,
+                                    Subscription, Timing)
+from warden.manager.manager import Manager
+from warden.runtime.central import Central
 from warden.subscribers.zones import ZoneChecker
 
 
@@ -84,7 +84,7 @@ def test_a_subscription_back_registers_again_and_looks_and_none_only_wakes():
 def test_the_leadership_the_acting_parts_hold_refuses_without_asking_redis():
     """A follower, a leader held short of replicas, and an action decided under another
     epoch are refused before any call (the store is never reached)."""
-    from warden.manager import Leadership
+    from warden.manager.manager import Leadership
 
     looks = []
     leadership = Leadership(store=None, look=lambda: looks.append(1))

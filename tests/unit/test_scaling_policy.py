@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from warden.metrics import MetricError
-from warden.scaling import MAX_TASKS, Policy, Window, desired, valid_steps
+from warden.manager.demand import MetricError
+from warden.policy import MAX_TASKS, Policy, Window, desired, valid_steps
 
 STEPS = ((0.0, 1), (10.0, 3), (50.0, 6))
 

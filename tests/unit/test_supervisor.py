@@ -6,8 +6,8 @@ import logging
 import threading
 import time
 
-from warden.supervisor import Component, HandlerPart, LeaderPart, Step, Supervisor, ThreadPart
-from warden.threads import StoppableThread
+from warden.runtime.supervisor import Component, HandlerPart, LeaderPart, Step, Supervisor, ThreadPart
+from warden.runtime.threads import StoppableThread
 
 
 class Recorder:

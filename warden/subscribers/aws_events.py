@@ -18,9 +18,11 @@ from typing import Any, Callable, Mapping, Optional
 import botocore.config
 import botocore.exceptions
 
-from warden import aws, signals
-from warden.metadata import fetch_metadata
-from warden.threads import ConnectionLoop, StoppableThread
+from warden import signals
+
+from warden.runtime import aws
+from warden.runtime.metadata import fetch_metadata
+from warden.runtime.threads import ConnectionLoop, StoppableThread
 
 logger = logging.getLogger(__name__)
 

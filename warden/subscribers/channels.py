@@ -16,7 +16,7 @@ import redis
 
 from warden import signals
 from warden.control import CHANNELS, ControlCodec, Rejected
-from warden.threads import ConnectionLoop
+from warden.runtime.threads import ConnectionLoop
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ class ControlSubscriber(ConnectionLoop):
     gone only when its channel stays empty for longer than a reconnect takes."""
 
     def explain(self, why: Any) -> str:
-        from warden.central import describe
+        from warden.runtime.central import describe
 
         return describe(why) if isinstance(why, BaseException) else f"unreachable ({why})"
 

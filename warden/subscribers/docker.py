@@ -26,7 +26,7 @@ import requests.exceptions
 from warden import signals
 from warden.errors import BadAnswer, ConnectionLost, ContainerGone
 from warden.model import Attachment, Container, ContainerEvent, PublishedPort
-from warden.threads import ConnectionLoop
+from warden.runtime.threads import ConnectionLoop
 
 logger = logging.getLogger(__name__)
 

@@ -17,9 +17,9 @@ from watchdog.observers import Observer
 
 from warden import signals
 from warden.config import Config
+from warden.runtime.supervisor import Component
+from warden.runtime.threads import StoppableThread
 from warden.services import ServiceCatalog
-from warden.supervisor import Component
-from warden.threads import StoppableThread
 
 logger = logging.getLogger(__name__)
 

@@ -16,8 +16,8 @@ from typing import Optional
 import botocore.config
 import botocore.exceptions
 
-from warden import aws
-from warden.threads import StoppableThread
+from warden.runtime import aws
+from warden.runtime.threads import StoppableThread
 
 logger = logging.getLogger(__name__)
 

@@ -39,7 +39,7 @@ import logging
 from dataclasses import dataclass
 from typing import Callable, Optional, Union
 
-from warden.election import LeaderView
+from warden.manager.election import LeaderView
 
 # The lines this machine logs are the Manager's, under the name they always had.
 logger = logging.getLogger("warden.manager")

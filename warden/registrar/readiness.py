@@ -25,13 +25,14 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Iterable, Optional
 
-from warden.threads import StoppableThread
+from warden.runtime.threads import StoppableThread
 
 if TYPE_CHECKING:
     from warden.model import Container
     from warden.services import Service
 
-logger = logging.getLogger(__name__)
+# The name operators filter logs on, kept from before the module moved.
+logger = logging.getLogger("warden.readiness")
 
 
 @dataclass(frozen=True)

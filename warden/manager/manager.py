@@ -2,7 +2,7 @@
 Redis; the leader heartbeats and is the only one that acts on the cluster.
 
 One thread runs the state machine (follower, candidate, leader). Every decision is made
-by an atomic script on the keys (see :mod:`warden.election`); messages only say when
+by an atomic script on the keys (see :mod:`warden.manager.election`); messages only say when
 the keys are worth reading:
 
 - The leader renews its record every ``heartbeatIntervalSeconds`` and publishes each
@@ -14,13 +14,13 @@ the keys are worth reading:
   read once a lease.
 - Each manager holds its liveness channel ``warden:alive:<instanceId>`` on its pub/sub
   connection: when its process dies, Redis closes that connection and the channel is
-  empty. Two followers appointed by the leader (:data:`warden.election.WATCHER_COUNT`)
+  empty. Two followers appointed by the leader (:data:`warden.manager.election.WATCHER_COUNT`)
   look at the leader's channel a few times a second and call an election when it stays
   empty, long before the lease runs out.
 - A new leader acts only once its claim reached a replica (``WAIT``), so a failover of
   the central Redis cannot hand its epoch to someone else.
 
-What to do next is decided by :class:`warden.machine.ElectionMachine` (no Redis, no
+What to do next is decided by :class:`warden.manager.machine.ElectionMachine` (no Redis, no
 clock of its own); the Manager's thread owns it, feeds it what other threads post, and
 carries its actions out against the central Redis.
 """
@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import logging
 import queue
-import random
 import threading
 import time
 from collections import deque
@@ -38,114 +37,24 @@ from typing import Any, Optional
 import redis
 
 from warden import signals
-from warden.central import ACL_DOC, Central, describe, refused
 from warden.config import Config
 from warden.control import ControlMessage, encode
-from warden.election import ALIVE_PREFIX, ElectionStore, MayNotLead
-from warden.logs import Repeats
-from warden.machine import (QUERIES, Abandon, Action, Appointed, Beat, Become, Claim, Confirm, Draining,
-                            ElectionCalled, ElectionMachine, Heard, Hold, Input, KillLeader, LeaderGone, Look,
-                            Publish, Read, Release, Resubscribe, Stand, StepDown, Subscription, Timing,
-                            WakeWatch, WatchZone, World)
-from warden.subscribers.channels import ControlSubscriber
+from warden.manager.election import ALIVE_PREFIX, ElectionStore, MayNotLead
+from warden.manager.liveness import LivenessWatch
+from warden.manager.machine import (QUERIES, Abandon, Action, Appointed, Beat, Become, Claim, Confirm, Draining,
+                                    ElectionCalled, ElectionMachine, Heard, Hold, Input, KillLeader, LeaderGone,
+                                    Look, Publish, Read, Release, Resubscribe, Stand, StepDown, Subscription,
+                                    Timing, WakeWatch, WatchZone, World)
+from warden.runtime.central import ACL_DOC, Central, describe, refused
+from warden.runtime.logs import Repeats
+from warden.runtime.threads import StoppableThread
 from warden.subscribers.zones import ZoneChecker
-from warden.threads import StoppableThread
 
 __all__ = ["Appointed", "Draining", "ElectionCalled", "Heard", "LeaderGone", "Leadership", "LivenessWatch",
            "Look", "Manager", "Subscription"]
 
-logger = logging.getLogger(__name__)
-
-
-class LivenessWatch(StoppableThread):
-    """A watcher's look at the leader's liveness channel: ``PUBSUB NUMSUB`` every
-    ``interval`` seconds while the leader appointed this instance; no subscriber on two
-    readings in a row (the second ``confirm`` seconds after the first) calls an
-    election at once."""
-
-    #: seconds between readings (two watchers: a reading every 0.125 s on average)
-    interval = 0.25
-    #: seconds before a zero reading is read again: a leader whose connection blipped
-    #: resubscribes at once, well within this
-    confirm = 0.05
-
-    #: seconds between looks at whether this instance watches, while it does not (an
-    #: appointment wakes it at once)
-    idle = 2.0
-
-    #: seconds this instance's own subscription must have been held, and its readings
-    #: answered, before an empty channel counts. A central Redis that restarted or failed
-    #: over dropped every subscription at once, the leader's with this one's, and the
-    #: leader subscribes again within one reconnect backoff (at most 2 s) of the server
-    #: being back, as this instance does.
-    settle = ControlSubscriber.backoff_cap + 0.5
-
-    def __init__(self, manager: "Manager") -> None:
-        super().__init__("warden-liveness-watch")
-        self.manager = manager
-        #: set by an appointment (and by stop)
-        self.wake = threading.Event()
-        #: when this instance last lost its subscription, had it back, or a reading
-        #: failed (monotonic)
-        self.troubled_at = float("-inf")
-        self._lost_once = False
-
-    def subscription_changed(self, held: bool) -> None:
-        """This instance's subscription was lost, or is back after a loss (not the first
-        one at start): the leader's may be down too, for as long as a reconnect takes."""
-        if not held or self._lost_once:
-            self.troubled_at = time.monotonic()
-        self._lost_once = self._lost_once or not held
-
-    def on_stop(self) -> None:
-        self.wake.set()
-
-    def _subscribers(self, leader_id: str) -> int:
-        """Subscribers of the leader's liveness channel on the server the commands
-        reach, read together with this instance's own: a server that does not hold this
-        instance's subscription either (a failover under way, the pub/sub connection
-        still on the old primary) says nothing about the leader, and counts as trouble
-        (``-1``)."""
-        reply = self.manager.redis.pubsub_numsub(ALIVE_PREFIX + leader_id, self.manager.alive_channel)
-        counts = [int(count) for _, count in reply] if reply else [0, 0]
-        if len(counts) < 2 or counts[1] == 0:
-            return -1
-        return counts[0]
-
-    def run(self) -> None:
-        pause = self.interval
-        while not self.stopping:
-            self.wake.wait(pause)
-            self.wake.clear()
-            manager = self.manager
-            view = manager.view
-            if manager.role != "follower" or view is None or not manager.watches(view):
-                pause = self.idle
-                continue
-            if pause == self.idle:
-                # Just appointed, at the same moment as the other watcher: a random
-                # phase, so that their readings interleave instead of coinciding.
-                pause = random.uniform(0, self.interval)
-                continue
-            pause = self.interval
-            # Lost: no judging until it has been back for the settle time (its return
-            # sets troubled_at).
-            if not manager.subscribed.is_set() or time.monotonic() - self.troubled_at < self.settle:
-                continue
-            try:
-                first = self._subscribers(view.leader_id)
-                second = 0 if first or self.stop_event.wait(self.confirm) else self._subscribers(view.leader_id)
-            except redis.RedisError:
-                first = second = -1
-            if first < 0 or second < 0:
-                self.troubled_at = time.monotonic()
-                continue
-            if first > 0 or second > 0 or self.stopping:
-                continue
-            if manager.view is view:
-                logger.warning("leader %s's liveness channel has no subscriber on two readings: "
-                               "its process is gone", view.leader_id)
-                manager.post(LeaderGone(view.leader_id, view.epoch))
+# The name operators filter logs on, kept from before the module moved.
+logger = logging.getLogger("warden.manager")
 
 
 class Leadership:
@@ -212,7 +121,7 @@ class Leadership:
 
 class Manager(StoppableThread):
     """This instance's part in the election, and its leadership while it lasts: one
-    thread that drives the :class:`~warden.machine.ElectionMachine` and carries out
+    thread that drives the :class:`~warden.manager.machine.ElectionMachine` and carries out
     what it decides. Other threads only post to its inbox."""
 
     REFUSED_RETRY_SECONDS = ElectionMachine.REFUSED_RETRY_SECONDS
@@ -245,7 +154,7 @@ class Manager(StoppableThread):
         #: set while the control channels (this liveness channel among them) are held
         self.subscribed = central.subscribed
         self.resubscribe = central.resubscribe
-        #: what other threads tell this one (see :mod:`warden.machine`); None only
+        #: what other threads tell this one (see :mod:`warden.manager.machine`); None only
         #: wakes it
         self.inbox: "queue.SimpleQueue[Input]" = queue.SimpleQueue()
         #: the action being carried out (the one a Redis error interrupted)
@@ -330,7 +239,7 @@ class Manager(StoppableThread):
         self.post(Draining(reason))
 
     def _on_control(self, sender: Any, *, message: ControlMessage, **kw: Any) -> None:
-        # A drain message only wakes the drain watcher (warden.drain), which acts on the key.
+        # A drain message only wakes the drain watcher (warden.manager.drain), which acts on the key.
         if message.type == "heartbeat" and message.instance_id != self.me:
             self.post(Heard(message.instance_id, message.epoch, time.monotonic()))
         elif message.type == "election" and message.instance_id != self.me:

@@ -23,9 +23,10 @@ import logging
 import threading
 from typing import Any, Callable, Optional, Sequence
 
-from warden.threads import Deadline
+from warden.runtime.threads import Deadline
 
-logger = logging.getLogger(__name__)
+# The name operators filter logs on, kept from before the module moved.
+logger = logging.getLogger("warden.supervisor")
 
 
 class Component:

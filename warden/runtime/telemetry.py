@@ -31,7 +31,8 @@ from prometheus_client.exposition import choose_encoder
 
 from warden import __version__, signals
 
-logger = logging.getLogger(__name__)
+# The name operators filter logs on, kept from before the module moved.
+logger = logging.getLogger("warden.telemetry")
 
 #: route latency buckets, seconds: Warden's routes land in milliseconds
 LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)

@@ -19,13 +19,14 @@ from typing import Any, Optional
 from warden import signals
 from warden.config import Config
 from warden.control import ControlCodec
-from warden.logs import Repeats
-from warden.metrics import Metric, MetricContext, MetricError, load_metric
-from warden.scaling import Policy, StepsSource
+from warden.manager.demand import Metric, MetricContext, MetricError, load_metric
+from warden.policy import Policy, StepsSource
+from warden.runtime.logs import Repeats
+from warden.runtime.threads import StoppableThread
 from warden.services import Service, ServiceCatalog
-from warden.threads import StoppableThread
 
-logger = logging.getLogger(__name__)
+# The name operators filter logs on, kept from before the module moved.
+logger = logging.getLogger("warden.scaler")
 
 #: least seconds between two passes for one service
 COALESCE_SECONDS = 1.0
@@ -44,7 +45,7 @@ class Scaler(StoppableThread):
         super().__init__("warden-scaler")
         self.config = config
         self.codec = codec or ControlCodec(config.control_secrets, config.lease_seconds)
-        #: the Manager's :class:`~warden.manager.Leadership`: whether to act, and the fence
+        #: the Manager's :class:`~warden.manager.manager.Leadership`: whether to act, and the fence
         self.leadership = leadership
         self.catalog = catalog
         #: a metric that stays unreadable is logged once, then once a minute with a count

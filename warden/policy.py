@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Optional
 
 from warden import jsonfile
-from warden.metrics import MetricError
+from warden.errors import MetricError
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,8 @@ from typing import Optional
 from warden.config import INSTANCE_ID, INSTANCE_ID_RULE, Config, with_identity
 from warden.errors import ConfigError
 
-logger = logging.getLogger(__name__)
+# The name operators filter logs on, kept from before the module moved.
+logger = logging.getLogger("warden.metadata")
 
 #: where instance metadata lives unless AWS_EC2_METADATA_SERVICE_ENDPOINT says otherwise
 DEFAULT_ENDPOINT = "http://169.254.169.254"

@@ -8,10 +8,11 @@ import threading
 import time
 from typing import Any, Optional
 
-from warden.logs import Repeats
+from warden.runtime.logs import Repeats
 from warden.signals import Receivers
 
-logger = logging.getLogger(__name__)
+# The name operators filter logs on, kept from before the module moved.
+logger = logging.getLogger("warden.threads")
 
 
 class Backoff:

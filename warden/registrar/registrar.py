@@ -18,16 +18,17 @@ from typing import Any, Iterable, Optional, Union
 
 from warden import signals
 from warden.config import Config
-from warden.subscribers.docker import DockerSource
 from warden.errors import BadAnswer, ConnectionLost, ContainerGone
 from warden.labels import LabelPolicy, LabelServices, label_services
 from warden.model import (Change, Container, ContainerEvent, DesiredState, LoadBalancerTarget,
                           Ownership, Route)
-from warden.readiness import ReadinessProber, probe_for
+from warden.registrar.readiness import ReadinessProber, probe_for
+from warden.runtime.threads import Backoff, StoppableThread
 from warden.services import Service, ServiceCatalog
-from warden.threads import Backoff, StoppableThread
+from warden.subscribers.docker import DockerSource
 
-logger = logging.getLogger(__name__)
+# The name operators filter logs on, kept from before the module moved.
+logger = logging.getLogger("warden.registrar")
 
 
 @dataclass(frozen=True)

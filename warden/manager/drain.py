@@ -22,12 +22,15 @@ import botocore.config
 import botocore.exceptions
 import redis
 
-from warden import aws, signals
-from warden.central import Central
-from warden.config import Config
-from warden.threads import Backoff, StoppableThread
+from warden import signals
 
-logger = logging.getLogger(__name__)
+from warden.config import Config
+from warden.runtime import aws
+from warden.runtime.central import Central
+from warden.runtime.threads import Backoff, StoppableThread
+
+# The name operators filter logs on, kept from before the module moved.
+logger = logging.getLogger("warden.drain")
 
 #: ``warden:drain:<instanceId>``: JSON ``{"reason", "lifecycle"}``, set by the leader
 DRAIN_PREFIX = "warden:drain:"
