@@ -8,7 +8,8 @@ The parts live in ``tests/support/``, one module each: ``common`` (waiting, port
 webhook receiver), ``redis``, ``docker``, ``aws`` (moto and its proxy), ``processes``
 (``warden`` processes, managers) and ``faults`` (the TCP proxy). This file makes their
 fixtures the tests' and re-exports their helpers (``from conftest import eventually``);
-the unit tier (``tests/unit/``) uses none of them.
+the unit tier (``tests/unit/``) uses none of them; the tests that do live in
+``tests/integration/``.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from support.faults import (  # noqa: F401 - re-exported: the tests' fixtures an
 
 #: the IAM action of every AWS call Warden's own clients make during the run, in this
 #: process and the ``warden`` processes it starts (warden/runtime/aws.py appends them), for
-#: tests/test_iam_policy.py, which runs after all the others
+#: tests/integration/test_iam_policy.py, which runs after all the others
 AWS_CALLS = Path(tempfile.mkdtemp(prefix="warden-aws-calls-")) / "actions"
 
 
@@ -49,9 +50,16 @@ os.environ["WARDEN_AWS_CALL_LOG"] = str(AWS_CALLS)
 WHOLE_RUN = {"deselected": False}
 
 
+INTEGRATION = Path(__file__).parent / "integration"
+
+
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config,
                                   items: list[pytest.Item]) -> None:
-    """Tests marked ``after_all`` go last: they read what the others did."""
+    """Every test under ``tests/integration/`` is marked ``integration``; tests
+    marked ``after_all`` go last: they read what the others did."""
+    for item in items:
+        if INTEGRATION in Path(item.fspath).parents:
+            item.add_marker(pytest.mark.integration)
     items.sort(key=lambda item: item.get_closest_marker("after_all") is not None)
 
 

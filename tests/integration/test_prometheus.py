@@ -1,7 +1,7 @@
 """The alerting rules Warden ships, ``deploy/prometheus/alerts.yml``: valid, and
-behaving as their unit tests (``tests/prometheus/alerts_test.yml``) say, by Debian's
+behaving as their unit tests (``tests/integration/prometheus/alerts_test.yml``) say, by Debian's
 ``promtool``. That every metric they use is served is checked on a live ``/metrics``
-in tests/test_run.py."""
+in tests/integration/test_run.py."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ def test_the_alert_rules_are_valid():
 
 
 def test_the_alert_rules_pass_their_unit_tests():
-    result = promtool("test", "rules", "tests/prometheus/alerts_test.yml")
+    result = promtool("test", "rules", "tests/integration/prometheus/alerts_test.yml")
     print(result.stdout + result.stderr)
     assert result.returncode == 0, result.stdout + result.stderr
 
