@@ -65,7 +65,7 @@ def main() -> int:
                     name=f"{prefix}-{'web' if n % 2 else 'api'}-{uuid.uuid4().hex[:6]}"), range(need)))
             source = DockerSource(client)
             registrar = Registrar(config, source, catalog)
-            registrar.services = services
+            registrar.in_force.file_services = services
             timings, docker_calls, round_trips = [], [], []
             for _ in range(5):
                 before_calls = sum(source.calls.values())

@@ -3,9 +3,11 @@ its running containers.
 
 It owns one worker thread. Docker events, probe answers, sweep requests and service
 reloads arrive on one queue as typed items and are handled there in order, so the
-Registrar's view never races with itself. From each change it works out which routes
-and enrolments should exist and emits signals; the handlers (Redx, ELB, yours) make it
-so.
+Registrar's view never races with itself. What should exist is worked out by two parts
+with no I/O of their own: :class:`~warden.registrar.view.HostView` (containers, routes,
+enrolment) and :class:`~warden.registrar.in_force.ServicesInForce` (the files' and the
+labels' services). This thread inspects, lists, sweeps and emits the signals; the
+handlers (Redx, ELB, yours) make it so.
 """
 
 from __future__ import annotations
@@ -19,10 +21,11 @@ from typing import Any, Iterable, Optional, Union
 from warden import signals
 from warden.config import Config
 from warden.errors import BadAnswer, ConnectionLost, ContainerGone
-from warden.labels import LabelPolicy, LabelServices, label_services
-from warden.model import (Change, Container, ContainerEvent, DesiredState, LoadBalancerTarget,
-                          Ownership, Route)
+from warden.labels import LabelPolicy
+from warden.model import Change, Container, ContainerEvent, DesiredState, LoadBalancerTarget, Ownership, Route
+from warden.registrar.in_force import ServicesInForce, changed
 from warden.registrar.readiness import ReadinessProber, probe_for
+from warden.registrar.view import HostView, Unrouted
 from warden.runtime.threads import Backoff, StoppableThread
 from warden.services import Service, ServiceCatalog
 from warden.subscribers.docker import DockerSource
@@ -55,7 +58,8 @@ Work = Union[ContainerEvent, ProbeAnswered, SweepRequest, Reload]
 
 
 class Registrar(StoppableThread):
-    """This host's view of its containers and the routes they should have."""
+    """This host's view of its containers and the routes they should have, kept on one
+    thread."""
 
     #: first delay before a failed sweep is tried again, in seconds; it doubles up to
     #: ``retry_cap`` (or the sweep period, when shorter)
@@ -70,25 +74,13 @@ class Registrar(StoppableThread):
         self.catalog = catalog
         #: the worker's queue; the Docker events reader puts its events here
         self.inbox: "queue.Queue[Optional[Work]]" = inbox or queue.Queue()
-        #: the services the files define
-        self.file_services: tuple[Service, ...] = catalog.services
-        #: the services running containers define by labels, and the refused ones
-        self.labelled = LabelServices()
+        #: the services in force: the files', then those labels define
+        self.in_force = ServicesInForce(catalog.services, config.label_prefix, LabelPolicy.of(config))
         #: containers whose labels were refused so far
         self.label_problems = 0
-        #: the services in force: the files', then the labels'
-        self.services: tuple[Service, ...] = catalog.services
         self._service_label = config.label_prefix + "service"
-        #: the frontends and load balancers the operator lets containers define
-        self.label_policy = LabelPolicy.of(config)
-        #: running containers by id, from the last listing and the events since
-        self.containers: dict[str, Container] = {}
-        #: containers being stopped or killed: unrouted until they die or start again
-        self.being_stopped: set[str] = set()
-        #: routes each container provides
-        self.routes: dict[str, frozenset[Route]] = {}
-        #: load-balancer targets this host was last told to be enrolled in
-        self.enrolled: set[LoadBalancerTarget] = set()
+        #: the containers, their routes and this instance's enrolment
+        self.view = HostView(config.host_address, self._service_label)
         self.ownership = Ownership((), config.host_address)
         self.sweeps = 0
         self.last_sweep_changes: list[Change] = []
@@ -100,9 +92,6 @@ class Registrar(StoppableThread):
         self.prober = ReadinessProber(
             lambda probe: self.inbox.put(ProbeAnswered(probe.container_id)),
             config.readiness_report_seconds)
-        #: container id -> Docker's time for its start event, while it may still wait
-        #: for its probe (so the route's latency counts from the start)
-        self.started_at: dict[str, float] = {}
         #: backends with at least one route on this host (read by the Redx watcher from
         #: its own thread, so replaced whole, never mutated)
         self.routed_backends: frozenset[str] = frozenset()
@@ -110,6 +99,16 @@ class Registrar(StoppableThread):
             (signals.sweep_requested, lambda sender, *, reason, **kw: self.inbox.put(SweepRequest(reason))),
             (signals.services_reloaded, lambda sender, **kw: self.inbox.put(Reload())),
         )
+
+    @property
+    def services(self) -> tuple[Service, ...]:
+        """The services in force."""
+        return self.in_force.services
+
+    @property
+    def containers(self) -> dict[str, Container]:
+        """The running containers by id."""
+        return self.view.containers
 
     # -- the worker loop ---------------------------------------------------------
 
@@ -160,7 +159,7 @@ class Registrar(StoppableThread):
         if isinstance(work, ContainerEvent):
             self.handle_event(work)
         elif isinstance(work, ProbeAnswered):
-            self._update(work.container_id, self.started_at.get(work.container_id))
+            self._update(work.container_id, self.view.started_at.get(work.container_id))
         elif isinstance(work, Reload):
             self.reload()
             self._safe_sweep("services changed")
@@ -191,7 +190,7 @@ class Registrar(StoppableThread):
         """One Docker event: inspect the container when the event alone does not say
         enough, update the view, emit the route and enrolment changes, then notify
         ``container_changed``."""
-        if event.action in ("connect", "disconnect") and event.container_id not in self.containers:
+        if event.action in ("connect", "disconnect") and event.container_id not in self.view.containers:
             # A container is connected to its networks while it starts, before it
             # runs: its start event follows and tells all. Only a running container's
             # network change needs a look.
@@ -207,20 +206,22 @@ class Registrar(StoppableThread):
                                event.action, error)
                 self.inbox.put(SweepRequest("Docker unreachable while inspecting"))
                 return
-        before = self.containers.get(event.container_id)
-        self._apply(event, container)
+        before = self.view.containers.get(event.container_id)
+        if event.stopping or event.gone:
+            self.prober.forget(event.container_id)
+        self.view.apply(event, container)
         # Only a container with a service label can change what labels define. Such a
         # service is in force before its first route is written, and leaves only after
         # its last route is gone.
         labelled = self.config.container_labels and any(
             c is not None and self._service_label in c.labels for c in (before, container))
-        standing = self.labelled.services
+        standing = self.in_force.labelled.services
         if labelled:
             self._relabel(keep_gone=True)
         self._update(event.container_id, event.time)
         if labelled:
             self._relabel()
-            self._update_members(_changed(standing, self.labelled.services), event.container_id)
+            self._update_members(changed(standing, self.in_force.labelled.services), event.container_id)
         signals.send(signals.container_changed, self, action=event.action,
                      container_id=event.container_id, container=container,
                      stopping=event.stopping, event_time=event.time)
@@ -241,42 +242,25 @@ class Registrar(StoppableThread):
 
     # -- the event path ------------------------------------------------------------
 
-    def _routable(self, container: Container) -> bool:
-        return (container.running and not container.paused
-                and container.id not in self.being_stopped
-                and container.health in (None, "healthy"))
-
     def routes_for(self, container: Container) -> frozenset[Route]:
         """The routes ``container`` should have under the current services."""
-        if not self._routable(container):
-            return frozenset()
-        found = set()
-        if container.id in self.labelled.refused:
-            return frozenset()
-        for service in self.services:
-            if not service.claims(container, self._service_label):
-                continue
-            address, why = service.address_of(container, self.config.host_address)
-            if address is not None:
-                ready, why = self._ready(container, service)
-                if not ready:
-                    if why:
-                        self._warn(container, service, why)
-                    continue
-                found.add(Route(service.backend_name, address, service.name, container.id))
-            else:
-                self._warn(container, service, why)
-        return frozenset(found)
+        routes, unrouted = self.view.routes_for(container, self.services, self.in_force.labelled.refused,
+                                                self._ready)
+        self._warn(unrouted)
+        return routes
 
-    def _warn(self, container: Container, service: Service, why: str) -> None:
-        if (container.id, service.name) not in self._warned:
-            self._warned.add((container.id, service.name))
-            logger.warning("container %s (%s) of service %s is not routed: %s",
-                           container.name, container.short_id, service.name, why)
+    def _warn(self, unrouted: Iterable[Unrouted]) -> None:
+        """Say once per container and service why it is not routed."""
+        for item in unrouted:
+            container, service = item.container, item.service
+            if (container.id, service.name) not in self._warned:
+                self._warned.add((container.id, service.name))
+                logger.warning("container %s (%s) of service %s is not routed: %s",
+                               container.name, container.short_id, service.name, item.why)
 
     def _ready(self, container: Container, service: Service) -> tuple[bool, str]:
         """Has ``container`` shown it is ready for ``service``? A Docker health check
-        decides when there is one (``_routable`` has checked it); else the service's
+        decides when there is one (the view has checked it); else the service's
         readiness probe, which starts here when it has not run yet. The second value
         says why not, when worth a warning."""
         probe, why = probe_for(service, container)
@@ -284,53 +268,25 @@ class Registrar(StoppableThread):
             return not why, why
         return self.prober.require(probe), ""
 
-    def _provided(self, backend: str, address: str, besides: str) -> bool:
-        return any(r.backend == backend and r.address == address
-                   for cid, routes in self.routes.items() if cid != besides for r in routes)
-
-    def _apply(self, event: ContainerEvent, container: Optional[Container]) -> None:
-        """Take one event (and the container as inspected after it) into the view."""
-        cid = event.container_id
-        if event.stopping:
-            self.being_stopped.add(cid)
-            self.prober.forget(cid)
-        elif event.gone:
-            self.being_stopped.discard(cid)
-            self.containers.pop(cid, None)
-            self.prober.forget(cid)
-        if container is not None:
-            if event.action in ("start", "restart"):
-                self.being_stopped.discard(cid)
-                self.started_at[cid] = event.time
-            if container.running:
-                self.containers[cid] = container
-            else:
-                self.containers.pop(cid, None)
-
     def _update(self, container_id: str, event_time: Optional[float]) -> None:
         """Recompute one container's routes and emit the differences."""
-        container = self.containers.get(container_id)
-        old = self.routes.get(container_id, frozenset())
-        new = self.routes_for(container) if container is not None else frozenset()
-        if new:
-            self.routes[container_id] = new
-        else:
-            self.routes.pop(container_id, None)
+        diff = self.view.update(container_id, self.services, self.in_force.labelled.refused, self._ready)
+        container = self.view.containers.get(container_id)
         if container is None:
             self._warned = {w for w in self._warned if w[0] != container_id}
-            self.started_at.pop(container_id, None)
-        elif new:
-            self.started_at.pop(container_id, None)
-        for route in sorted(old - new):
-            if not self._provided(route.backend, route.address, container_id):
-                signals.send(signals.route_removed, self, route=route,
-                             container_id=container_id, event_time=event_time)
-        for route in sorted(new - old):
-            if not self._provided(route.backend, route.address, container_id):
-                signals.send(signals.route_added, self, route=route, container=container,
-                             event_time=event_time)
-        self._update_enrolment()
+        self._warn(diff.unrouted)
+        for route in diff.removed:
+            signals.send(signals.route_removed, self, route=route, container_id=container_id, event_time=event_time)
+        for route in diff.added:
+            signals.send(signals.route_added, self, route=route, container=container, event_time=event_time)
+        self._send_enrolment(diff.enrol, diff.leave)
         self._update_routed()
+
+    def _send_enrolment(self, enrol: tuple[LoadBalancerTarget, ...], leave: tuple[LoadBalancerTarget, ...]) -> None:
+        for target in enrol:
+            signals.send(signals.enrolment_changed, self, target=target, enrolled=True)
+        for target in leave:
+            signals.send(signals.enrolment_changed, self, target=target, enrolled=False)
 
     def _update_members(self, names: set[str], besides: str) -> None:
         """Recompute the routes of every other container of the label-defined services
@@ -338,24 +294,14 @@ class Registrar(StoppableThread):
         container's definition stood, or one that only carries the service label."""
         if not names:
             return
-        for cid, container in list(self.containers.items()):
+        for cid, container in list(self.view.containers.items()):
             if cid != besides and container.labels.get(self._service_label) in names:
                 self._update(cid, None)
 
     def wanted_targets(self) -> set[LoadBalancerTarget]:
         """Load balancers and target groups that should hold this instance: those
         named by any service with at least one route here."""
-        by_name = {s.name: s for s in self.services}
-        routed = {r.service for routes in self.routes.values() for r in routes}
-        return {t for name in routed if name in by_name for t in by_name[name].targets}
-
-    def _update_enrolment(self) -> None:
-        wanted = self.wanted_targets()
-        for target in sorted(wanted - self.enrolled):
-            signals.send(signals.enrolment_changed, self, target=target, enrolled=True)
-        for target in sorted(self.enrolled - wanted):
-            signals.send(signals.enrolment_changed, self, target=target, enrolled=False)
-        self.enrolled = wanted
+        return self.view.wanted_targets(self.services)
 
     # -- sweeps and reloads ----------------------------------------------------------
 
@@ -363,43 +309,24 @@ class Registrar(StoppableThread):
         """Rebuild the view from one Docker listing (plus the network subnets)."""
         subnets = self.docker.subnets()
         listed = {c.id: c for c in self.docker.running()}
-        self.containers = listed
+        self.view.relist(listed)
         # What a new label-defined service may find in its keys is judged by this
         # listing's networks.
         self.ownership = Ownership(subnets, self.config.host_address, self.ownership.published_backends)
         self._relabel()
-        self.being_stopped &= set(listed)
-        self.started_at = {cid: t for cid, t in self.started_at.items() if cid in listed}
         self.prober.retain(listed)
-        self.routes = self._routes_of(listed.values())
+        refused = self.in_force.labelled.refused
+        self._warn(self.view.route_all(self.services, refused, self._ready))
         # Containers that already answer (every one, when Warden restarts) are routed by
         # this sweep, not unrouted until their probe comes back.
         if self.prober.settle(self.prober.attempt_timeout):
-            self.routes = self._routes_of(listed.values())
+            self._warn(self.view.route_all(self.services, refused, self._ready))
         published = frozenset(s.backend_name for s in self.services if s.published_port)
         self.ownership = Ownership(subnets, self.config.host_address, published)
 
-    def _routes_of(self, containers: Iterable[Container]) -> dict[str, frozenset[Route]]:
-        found = {}
-        for container in containers:
-            routes = self.routes_for(container)
-            if routes:
-                found[container.id] = routes
-        return found
-
     def desired(self) -> DesiredState:
         """What Redis and the load balancers should hold, from the current view."""
-        backends: dict[str, set[str]] = {s.backend_name: set() for s in self.services}
-        for routes in self.routes.values():
-            for route in routes:
-                backends.setdefault(route.backend, set()).add(route.address)
-        wanted = self.wanted_targets()
-        return DesiredState(
-            frontends={s.frontend: s.backend_name for s in self.services if s.frontend},
-            backends={name: frozenset(addrs) for name, addrs in backends.items()},
-            targets={t: t in wanted for s in self.services for t in s.targets},
-            ownership=self.ownership,
-        )
+        return self.view.desired(self.services, self.ownership)
 
     def sweep(self, reason: str, apply: bool = True, wait: bool = True) -> list[Change]:
         """One full reconcile: list the containers, rebuild the desired state and let
@@ -409,7 +336,7 @@ class Registrar(StoppableThread):
         self.refresh()
         desired = self.desired()
         if apply:
-            self.enrolled = {t for t, on in desired.targets.items() if on}
+            self.view.enrolled = {t for t, on in desired.targets.items() if on}
         changes: list[Change] = []
         for _, result in signals.send(signals.sweep, self, desired=desired, apply=apply, wait=wait):
             changes.extend(result or [])
@@ -418,7 +345,7 @@ class Registrar(StoppableThread):
         self._update_routed()
         seconds = time.monotonic() - started
         logger.info("sweep (%s): %d containers, %d changes in %.3fs", reason,
-                    len(self.containers), len(changes), seconds)
+                    len(self.view.containers), len(changes), seconds)
         if apply:
             signals.send(signals.sweep_done, self, reason=reason, changes=changes, seconds=seconds)
         return changes
@@ -426,7 +353,7 @@ class Registrar(StoppableThread):
     def reload(self) -> tuple[Service, ...]:
         """Take the services the catalog now holds (the service watcher loaded them);
         what the old services held that the new ones no longer name is retired."""
-        self.file_services = self.catalog.services
+        self.in_force.file_services = self.catalog.services
         return self._relabel(why="services reloaded")
 
     def _relabel(self, keep_gone: bool = False, why: str = "services by labels") -> tuple[Service, ...]:
@@ -434,21 +361,16 @@ class Registrar(StoppableThread):
         by labels. ``keep_gone`` keeps a label-defined service whose containers went
         (until their routes are gone too)."""
         if self.config.container_labels:
-            labelled = label_services(self.containers.values(), self.file_services,
-                                      self.config.label_prefix, self.label_policy,
-                                      self._objection, standing=self.labelled.services)
-            for cid, problem in labelled.refused.items():
-                if cid not in self.labelled.refused:
-                    self.label_problems += 1
-                    logger.warning("not routed: %s", problem)
-            by_name = {s.name: s for s in labelled.services}
-            if keep_gone:
-                taken = {k for s in labelled.services for k in (s.frontend, s.backend_name)}
-                for old in self.labelled.services:
-                    if old.name not in by_name and not {old.frontend, old.backend_name} & taken:
-                        by_name[old.name] = old
-            self.labelled = LabelServices(tuple(by_name[n] for n in sorted(by_name)), labelled.refused)
-        return self._replace_services(tuple(self.file_services) + self.labelled.services, why)
+            for problem in self.in_force.relabel(self.view.containers.values(), self._objection, keep_gone):
+                self.label_problems += 1
+                logger.warning("not routed: %s", problem)
+        new = self.in_force.combined()
+        retired = self.in_force.replace(new, self.ownership)
+        if retired is not None:
+            logger.info("%s: %s", why, ", ".join(s.name for s in new) or "none")
+            signals.send(signals.services_changed, self, services=new, retired=retired)
+            self.view.enrolled -= set(retired.targets)
+        return new
 
     def _objection(self, service: Service) -> Optional[tuple[str, str]]:
         """Why a store refuses a new label-defined service its keys (a handler answers
@@ -462,33 +384,5 @@ class Registrar(StoppableThread):
                 return self.config.label_prefix + label, reason
         return None
 
-    def _replace_services(self, new: tuple[Service, ...], why: str) -> tuple[Service, ...]:
-        old = self.services
-        if new == old and all(a.metric == b.metric and a.scaling == b.scaling for a, b in zip(new, old)):
-            return new
-        new_frontends = {(s.frontend, s.backend_name) for s in new}
-        new_frontend_keys = {s.frontend for s in new}
-        new_backends = {s.backend_name for s in new}
-        new_targets = {t for s in new for t in s.targets}
-        retired = DesiredState(
-            frontends={s.frontend: s.backend_name for s in old
-                       if s.frontend and (s.frontend, s.backend_name) not in new_frontends
-                       and s.frontend not in new_frontend_keys},
-            backends={s.backend_name: frozenset() for s in old if s.backend_name not in new_backends},
-            targets={t: False for s in old for t in s.targets if t not in new_targets},
-            ownership=self.ownership,
-        )
-        self.services = new
-        logger.info("%s: %s", why, ", ".join(s.name for s in new) or "none")
-        signals.send(signals.services_changed, self, services=new, retired=retired)
-        self.enrolled -= set(retired.targets)
-        return new
-
     def _update_routed(self) -> None:
-        self.routed_backends = frozenset(r.backend for routes in self.routes.values() for r in routes)
-
-
-def _changed(before: Iterable[Service], after: Iterable[Service]) -> set[str]:
-    """The names of the services defined differently (or only) in one of the two."""
-    old, new = {s.name: s for s in before}, {s.name: s for s in after}
-    return {name for name in old.keys() | new.keys() if old.get(name) != new.get(name)}
+        self.routed_backends = self.view.routed_backends()
