@@ -159,13 +159,17 @@ def test_a_drain_noticed_while_a_claim_is_in_flight_leads_nothing(central, centr
     hand the record back before it acts, never lead."""
     from conftest import InProcessManager
     from warden import signals
+    from warden.manager.machine import ElectionCalled, World
 
     host = InProcessManager(tmp_path, central_server, "i-d")
     manager = host.manager
+    machine, world = manager.machine, World(subscribed=True, active=lambda zone: True)
     manager.receivers.connect()
     try:
-        manager._campaign()  # stands; the claim is due when the election closes
-        time.sleep(manager._claim_after + 0.05)
+        machine.apply(ElectionCalled(time.monotonic()))
+        manager._carry_out(machine.decide(time.monotonic(), world))  # stands; the claim is due at the close
+        assert machine.candidate_since is not None
+        time.sleep(machine.claim_after + 0.05)
         claim = manager.store.claim
 
         def drain_arrives_during_the_claim(*args, **kw):
@@ -176,7 +180,7 @@ def test_a_drain_noticed_while_a_claim_is_in_flight_leads_nothing(central, centr
         manager.store.claim = drain_arrives_during_the_claim
         gained = []
         with signals.leadership_gained.connected_to(lambda sender, **kw: gained.append(kw)):
-            manager._campaign()
+            manager._carry_out(machine.decide(time.monotonic(), world))  # claims
         assert gained == [], "a draining host gained leadership"
         assert manager.role == "follower" and not manager.is_leader
         assert leader(central) == "", "the draining host kept the record"

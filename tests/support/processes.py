@@ -162,11 +162,16 @@ class InProcessManager:
         store.enter(100)
         epoch, why = store.claim("z")
         assert epoch, why
-        self.manager._become_leader(epoch)
+        # What the machine decides once a replica has the claim, carried out as the
+        # Manager's thread would.
+        from warden.manager.machine import Become
+
+        self.manager.machine.role, self.manager.machine.epoch = "leader", epoch
+        self.manager._carry_out([Become("leader", epoch)])
         return epoch
 
     def hand_back(self) -> None:
-        self.manager._step_down("test", release=True)
+        self.manager._carry_out(self.manager.machine.step_down("test", release=True))
 
     def close(self) -> None:
         self.manager.receivers.disconnect()
