@@ -619,6 +619,17 @@ def _resolve_secrets(display: str, data: KeyedObject, folder: str) -> list[Probl
     return problems
 
 
+def changed_keys(before: Any, after: Any) -> list[str]:
+    """The keys of a config file (two loads of its JSON object) that were added,
+    removed or given another value, as the file spells them. A secret given as
+    ``{"file": ...}`` compares by its reference: the file it names is read only at
+    start."""
+    old = {lower: value for lower, _, value in before.items_spelled()}
+    new = {lower: value for lower, _, value in after.items_spelled()}
+    spelled = {**{lower: before.spelled(lower) for lower in old}, **{lower: after.spelled(lower) for lower in new}}
+    return sorted(spelled[k] for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+
+
 def resolve_config_path(given: Optional[str]) -> str:
     """``--config``, else ``$WARDEN_CONFIG``, else ``./config.json``."""
     return given or os.environ.get("WARDEN_CONFIG") or "config.json"

@@ -16,8 +16,8 @@ from typing import Any, Optional
 import docker
 import redis
 
-from warden import signals
-from warden.config import Config, RedisAddress, load_config, require, resolve_config_path
+from warden import jsonfile, signals
+from warden.config import Config, RedisAddress, changed_keys, load_config, require, resolve_config_path
 from warden.control import METRIC_CHANNEL, ControlCodec
 from warden.errors import ConfigError, ConnectionLost
 from warden.handlers import Handler, load_handlers
@@ -273,11 +273,42 @@ def build(command: str, parts: Parts) -> Supervisor:
     return Supervisor(components)
 
 
+def reload_on_hangup(supervisor: Supervisor, config: Config, in_force: Any) -> None:
+    """SIGHUP: the service files are read again (the same rules as after a change), and
+    the config file too: the keys that changed since start (``in_force``: its JSON
+    object then) are named, as they take effect at the next restart; a config file
+    that no longer loads is reported and the configuration in force stays."""
+    watchers = [c for c in supervisor.components if isinstance(c, ServiceWatcher)]
+    for watcher in watchers:
+        logger.info("SIGHUP: service files read again: %d service(s) in force", watcher.reload_now())
+    fresh, problems = load_config(config.path)
+    errors = [p for p in problems if not p.warning]
+    if fresh is None or errors:
+        logger.error("SIGHUP: %s; the configuration in force stays",
+                     "; ".join(str(p) for p in errors) or f"{config.display_path} does not load")
+        return
+    try:
+        changed = changed_keys(in_force, jsonfile.load(config.path))
+    except jsonfile.JsonFileError as error:
+        logger.error("SIGHUP: %s; the configuration in force stays", error)
+        return
+    if changed:
+        logger.warning("SIGHUP: %s changed %s: they take effect at the next restart",
+                       config.display_path, ", ".join(changed))
+    else:
+        logger.info("SIGHUP: %s unchanged", config.display_path)
+
+
 def serve(supervisor: Supervisor, config: Config) -> int:
     """Start everything (and ``/metrics`` when ``metricsAddress`` is set), wait for
     SIGTERM or SIGINT, stop it all under ``stopTimeoutSeconds``; 0. The first signal
-    asks for a clean stop; a second exits at once."""
-    stop = threading.Event()
+    asks for a clean stop; a second exits at once. SIGHUP reads the files again (see
+    :func:`reload_on_hangup`)."""
+    stop, hangup, wake = threading.Event(), threading.Event(), threading.Event()
+    try:
+        in_force = jsonfile.load(config.path)
+    except jsonfile.JsonFileError:
+        in_force = jsonfile.KeyedObject([])
     telemetry = None
     if config.metrics_address:
         try:
@@ -296,13 +327,27 @@ def serve(supervisor: Supervisor, config: Config) -> int:
             os._exit(128 + signum)
         logger.info("%s: stopping", signal.Signals(signum).name)
         stop.set()
+        wake.set()
+
+    def request_reload(signum: int, frame: object) -> None:
+        # Done on the main thread's loop, not in the handler: a reload takes locks.
+        hangup.set()
+        wake.set()
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGHUP, request_reload)
     try:
         supervisor.start()
-        while not stop.wait(0.5):
-            pass
+        while not stop.is_set():
+            wake.wait(0.5)
+            wake.clear()
+            if hangup.is_set() and not stop.is_set():
+                hangup.clear()
+                try:
+                    reload_on_hangup(supervisor, config, in_force)
+                except Exception:  # noqa: BLE001 - a reload never ends the process
+                    logger.exception("SIGHUP: reload failed; the configuration in force stays")
     finally:
         late = supervisor.stop(config.stop_timeout_seconds)
         if telemetry is not None:

@@ -119,8 +119,12 @@ def test_systemd_analyze_verifies_the_unit(tmp_path):
     command.parent.mkdir(parents=True)
     command.write_text(f'#!/bin/sh\nexec {Path(sys.executable).parent / "warden"} "$@"\n')
     command.chmod(0o755)
+    # ExecReload's kill, as every Debian host has it.
+    (root / "bin").mkdir()
+    shutil.copy(shutil.which("kill") or "/bin/kill", root / "bin" / "kill")
     result = subprocess.run([analyze, "verify", f"--root={root}", UNIT.name],
                             capture_output=True, text=True, timeout=60)
     problems = [line for line in (result.stdout + result.stderr).splitlines()
                 if "warden.service" in line]
     assert result.returncode == 0 and problems == [], result.stdout + result.stderr
+    assert "ExecReload=/bin/kill -HUP $MAINPID" in UNIT.read_text(), "systemctl reload sends SIGHUP"

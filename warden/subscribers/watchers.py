@@ -107,11 +107,17 @@ class ServiceWatcher(Component):
         logger.info("service files changed: %s", ", ".join(paths))
         self._reload(paths)
 
-    def _reload(self, paths: list[str]) -> None:
+    def reload_now(self) -> int:
+        """Read the service files again now (SIGHUP), with the same rules as after a
+        change; the number of services in force."""
+        return len(self._reload([self.catalog.path]))
+
+    def _reload(self, paths: list[str]) -> tuple[Any, ...]:
         services, problems = self.catalog.load()
         for problem in problems:
             (logger.warning if problem.warning else logger.error)("service file problem: %s", problem)
         signals.send(signals.services_reloaded, self, services=services, paths=paths)
+        return tuple(services)
 
     def register(self, telemetry: Any) -> None:
         """The service files' error count on ``/metrics``."""

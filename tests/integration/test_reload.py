@@ -1,0 +1,40 @@
+"""SIGHUP, as ``systemctl reload`` sends it: the service files are read again, a
+config file that changed is read and the keys that need a restart are named, a broken
+one keeps the configuration in force; the process, and its leadership, go on."""
+
+from __future__ import annotations
+
+import json
+import signal
+
+from conftest import eventually
+
+
+def leader(central) -> tuple[str, str]:
+    record = central.hgetall("service-manager")
+    return record.get("id", ""), record.get("epoch", "")
+
+
+def test_sighup_reads_the_files_again_names_what_needs_a_restart_and_changes_no_leader(managers, central):
+    web = {"name": "web", "containerName": "web", "port": 8080}
+    m = managers("i-hup", services=[web])
+    eventually(lambda: leader(central)[0] == "i-hup", 15, what="the manager leads")
+    held = leader(central)
+
+    m.write_services("services.json", [web, {"name": "api", "containerName": "api", "port": 9000}])
+    settings = json.loads(m.config_path.read_text())
+    m.config_path.write_text(json.dumps(dict(settings, leaseSeconds=3, guardTimeSeconds=0.7)))
+    m.process.send_signal(signal.SIGHUP)
+    eventually(lambda: m.process.poll() is not None or "take effect at the next restart" in m.log(), 10,
+               what="the reload said what it did")
+    assert m.process.poll() is None, f"SIGHUP ended the process: exit {m.process.poll()}"
+    line = next(x for x in m.log().splitlines() if "take effect at the next restart" in x)
+    assert "guardTimeSeconds, leaseSeconds" in line, line
+    assert "service files read again: 2 service(s)" in m.log()
+
+    m.config_path.write_text("{ not json")
+    m.process.send_signal(signal.SIGHUP)
+    eventually(lambda: "the configuration in force stays" in m.log(), 10, what="a broken config refused")
+    assert m.process.poll() is None
+    assert leader(central) == held, "a reload changed the leadership"
+    assert m.stop() == 0
