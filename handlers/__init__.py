@@ -145,26 +145,53 @@ def load_handlers(config: Config, roles: frozenset[str]) -> list[Handler]:
     or raise :class:`ConfigError` naming one that cannot be found or loaded."""
     found = {ep.name: ep for ep in entry_points(group="warden.handlers")}
     handlers = []
-    names = list(config.handlers)
-    if (config.alerts or {}) and "alerts" not in names:
-        # Alerts configured but not listed: an operator who set a webhook wants it used.
-        names.append("alerts")
-    for name in names:
+    for name in _names(config):
         if "manager" not in roles and name in MANAGER_HANDLERS:
             continue
-        if name not in found:
-            if name in MANAGER_HANDLERS:
-                continue
-            raise ConfigError(f"handler {name!r}: no entry point of that name in group "
-                              f"warden.handlers (is its package installed?)")
+        if name not in found and name in MANAGER_HANDLERS:
+            continue
         try:
-            cls = found[name].load()
-        except Exception as error:  # noqa: BLE001 - any import failure is the plugin's
-            raise ConfigError(f"handler {name!r} failed to load from "
-                              f"{found[name].value}: {type(error).__name__}: {error}") from None
-        if not (isinstance(cls, type) and issubclass(cls, Handler)):
-            raise ConfigError(f"handler {name!r}: {found[name].value} is not a Handler subclass")
+            cls = _handler_class(name, found)
+        except ConfigError as error:
+            raise ConfigError(f"{config.display_path}: handlers: {error}") from None
         if not roles & cls.roles:
             continue
         handlers.append(cls(config))
     return handlers
+
+
+def handler_problems(config: Config) -> list[str]:
+    """What :func:`load_handlers` would refuse in ``config``, without making any
+    handler (``warden validate``)."""
+    found = {ep.name: ep for ep in entry_points(group="warden.handlers")}
+    problems = []
+    for name in _names(config):
+        if name in found or name not in MANAGER_HANDLERS:
+            try:
+                _handler_class(name, found)
+            except ConfigError as error:
+                problems.append(str(error))
+    return problems
+
+
+def _names(config: Config) -> list[str]:
+    names = list(config.handlers)
+    if (config.alerts or {}) and "alerts" not in names:
+        # Alerts configured but not listed: an operator who set a webhook wants it used.
+        names.append("alerts")
+    return names
+
+
+def _handler_class(name: str, found: dict[str, Any]) -> type[Handler]:
+    """The Handler subclass the entry point ``name`` names, or :class:`ConfigError`."""
+    if name not in found:
+        raise ConfigError(f"handler {name!r}: no entry point of that name in group warden.handlers "
+                          f"(is its package installed? installed: {', '.join(sorted(found)) or 'none'})")
+    try:
+        cls = found[name].load()
+    except Exception as error:  # noqa: BLE001 - any import failure is the plugin's
+        raise ConfigError(f"handler {name!r} failed to load from "
+                          f"{found[name].value}: {type(error).__name__}: {error}") from None
+    if not (isinstance(cls, type) and issubclass(cls, Handler)):
+        raise ConfigError(f"handler {name!r}: {found[name].value} is not a Handler subclass")
+    return cls

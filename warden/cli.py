@@ -11,11 +11,13 @@ import json
 import logging
 import os
 import sys
+from datetime import datetime, timezone
 from typing import Any, Optional, Sequence
 
 from warden import __version__
-from warden.config import load_config, resolve_config_path
+from warden.config import load_config, resolve_config_path, service_location
 from warden.errors import ConfigError, ConnectionLost, WardenError
+from warden.jsonfile import Problem
 from warden.runtime.logs import STRUCTURED_FIELDS
 from warden.services import ServiceCatalog
 
@@ -24,11 +26,17 @@ logger = logging.getLogger("warden")
 EXIT_OK, EXIT_ERROR, EXIT_CONFIG = 0, 1, 2
 
 
+def _rfc3339(seconds: float) -> str:
+    """Unix seconds as RFC 3339 UTC with milliseconds: ``2026-12-03T10:15:02.123Z``."""
+    stamp = datetime.fromtimestamp(seconds, timezone.utc)
+    return stamp.strftime("%Y-%m-%dT%H:%M:%S.") + f"{stamp.microsecond // 1000:03d}Z"
+
+
 class _JsonFormatter(logging.Formatter):
     """One JSON object a line, for log shippers."""
 
     def format(self, record: logging.LogRecord) -> str:
-        entry = {"ts": round(record.created, 3), "level": record.levelname.lower(),
+        entry = {"ts": _rfc3339(record.created), "level": record.levelname.lower(),
                  "logger": record.name, "msg": record.getMessage()}
         # The fields a log search filters on, where the line has them.
         for name in STRUCTURED_FIELDS:
@@ -135,11 +143,19 @@ def _say_error(message: str, fmt: str) -> None:
 def cmd_validate(args: argparse.Namespace) -> int:
     """Print every problem as ``FILE: FIELD: problem``; exit 2 if any is an error (with
     ``--strict``, if there is any problem at all)."""
+    from warden.handlers import handler_problems
+
     path = resolve_config_path(args.config)
     config, problems = load_config(path)
     services_count, services = 0, ()
     if config is not None:
-        catalog = ServiceCatalog(config.service_description_path, config.service_description_display)
+        # What `run` refuses before it starts, said here in the same words.
+        problems = problems + [Problem(config.display_path, "handlers", p) for p in handler_problems(config)]
+    # The service files too when the config has errors: every problem in one run.
+    location = ((config.service_description_path, config.service_description_display) if config is not None
+                else service_location(path))
+    if location is not None:
+        catalog = ServiceCatalog(*location)
         services, found = catalog.load()
         problems = problems + found
         services_count = len(services)

@@ -405,6 +405,36 @@ def _optional_str(value: Any) -> Optional[str]:
     return None if value is None or isinstance(value, str) else "must be a string"
 
 
+LISTEN_RULE = "must be host:port (an IPv6 host in brackets: [::1]:9723), the port 1 to 65535"
+
+
+def parse_listen_address(text: str) -> tuple[str, int]:
+    """``host:port`` (``[v6]:port``; no host: 127.0.0.1) as ``(host, port)``;
+    :class:`ValueError` with :data:`LISTEN_RULE` otherwise."""
+    host, colon, port = text.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        if ":" not in host:
+            raise ValueError(LISTEN_RULE)
+    elif ":" in host:
+        raise ValueError(LISTEN_RULE)
+    if not colon or not (port.isascii() and port.isdigit()) or not 1 <= int(port) <= 65535 or "[" in host:
+        raise ValueError(LISTEN_RULE)
+    return host or "127.0.0.1", int(port)
+
+
+def _listen_address(value: Any) -> Optional[str]:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        return "must be a string: " + LISTEN_RULE
+    try:
+        parse_listen_address(value)
+    except ValueError as error:
+        return f"{error}, not {shown(value)}"
+    return None
+
+
 #: what an instance id may hold: it names Redis keys, channels and client names
 INSTANCE_ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 INSTANCE_ID_RULE = "must be 1 to 128 letters, digits, '-', '_', '.' or ':'"
@@ -449,7 +479,7 @@ _SPELLED: dict[str, tuple[str, Callable[[Any], Optional[str]]]] = {
     "zoneCheck": ("zone_check", _zone_check),
     "handlers": ("handlers", _handlers),
     "alerts": ("alerts", _object),
-    "metricsAddress": ("metrics_address", _optional_str),
+    "metricsAddress": ("metrics_address", _listen_address),
     "awsEventsQueueUrl": ("aws_events_queue_url", _optional_str),
     "controlSecret": ("control_secrets", _secrets),
     "minReplicasToAct": ("min_replicas_to_act", _replicas),
@@ -619,6 +649,28 @@ def _resolve_secrets(display: str, data: KeyedObject, folder: str) -> list[Probl
     return problems
 
 
+def _service_location(config_path: str, services: str) -> tuple[str, str]:
+    """The service files named ``services`` in the config at ``config_path``: the
+    absolute path, and the path as the user sees it (beside the config file)."""
+    folder, given_folder = os.path.dirname(os.path.abspath(config_path)), os.path.dirname(config_path)
+    display = services if os.path.isabs(services) else os.path.normpath(os.path.join(given_folder, services))
+    return os.path.normpath(os.path.join(folder, services)), display
+
+
+def service_location(config_path: str) -> Optional[tuple[str, str]]:
+    """Where the config file at ``config_path`` says the service files are, read from
+    its JSON alone (for ``validate``, when the config has errors); None when it does
+    not say (or is no JSON object)."""
+    try:
+        data = jsonfile.load(config_path)
+    except jsonfile.JsonFileError:
+        return None
+    if not isinstance(data, KeyedObject):
+        return None
+    services = data.get("servicedescriptionfilename", "services.json")
+    return _service_location(config_path, services) if isinstance(services, str) and services else None
+
+
 def changed_keys(before: Any, after: Any) -> list[str]:
     """The keys of a config file (two loads of its JSON object) that were added,
     removed or given another value, as the file spells them. A secret given as
@@ -668,8 +720,6 @@ def load_config(path: str) -> tuple[Optional[Config], list[Problem]]:
         elif attr:
             values[attr] = value
 
-    folder = os.path.dirname(os.path.abspath(path))
-    given_folder = os.path.dirname(path)
     for attr, db_key, default_db in (
         ("service_management_redis", "servicemanagementredisdatabasenumber", 11),
         ("nginx_redis", "nginxredisdatabasenumber", 0),
@@ -712,11 +762,8 @@ def load_config(path: str) -> tuple[Optional[Config], list[Problem]]:
         values["zone_check"] = _enum(values["zone_check"])
     if "container_labels" in values:
         values["container_labels"] = _enum(values["container_labels"]) == "on"
-    services = values.pop("service_description_path", "services.json")
-    values["service_description_path"] = os.path.normpath(os.path.join(folder, services))
-    values["service_description_display"] = (
-        services if os.path.isabs(services) else os.path.normpath(os.path.join(given_folder, services))
-    )
+    values["service_description_path"], values["service_description_display"] = _service_location(
+        path, values.pop("service_description_path", "services.json"))
     for attr in ("handlers", "label_frontends", "label_load_balancers"):
         if attr in values:
             values[attr] = tuple(values[attr])

@@ -74,3 +74,18 @@ def test_every_command_says_what_it_does_in_its_help(tmp_path):
         assert result.returncode == 0
         assert " ".join(result.stdout.split()).count(line) == 1, command
         assert command in listing
+
+
+def test_json_log_lines_carry_the_time_in_rfc_3339_utc_with_milliseconds(tmp_path):
+    """``ts`` was a float of Unix seconds, which log shippers read as a number, not a
+    time."""
+    import re
+    from datetime import datetime, timezone
+
+    before = datetime.now(timezone.utc)
+    result = warden("--log-format", "json", "sweep", cwd=tmp_path)
+    [line] = result.stderr.splitlines()
+    ts = json.loads(line)["ts"]
+    assert isinstance(ts, str) and re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", ts), ts
+    at = datetime.strptime(ts, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc)
+    assert abs((at - before).total_seconds()) < 30

@@ -389,7 +389,9 @@ def test_alerts_settings_are_checked(tmp_path: Path) -> None:
         "config.json: alerts.webhookUrl: must be an http:// or https:// URL",
         "config.json: alerts.events: must be a list of event kinds (leadership, errors, scaling, drain, routes)",
         "config.json: alerts.colour: unknown key, ignored (warning)",
+        "services.json: -: not found",
     ]
+    write(tmp_path, "services.json", [])
     write(tmp_path, "config.json", {"alerts": {"webhookUrl": "https://hooks.example.com/x",
                                                "events": ["errors", "pages"]}})
     result = run_warden(tmp_path, "validate")
@@ -438,7 +440,11 @@ def test_readiness_is_checked(tmp_path: Path) -> None:
     result = run_warden(tmp_path, "validate")
     assert result.returncode == 2
     assert result.stdout.splitlines() == [
-        "config.json: readinessReportSeconds: must be a number of seconds from 0.1 to 86400, not 0"]
+        "config.json: readinessReportSeconds: must be a number of seconds from 0.1 to 86400, not 0",
+        'services.json: [2].Readiness: must be "tcp", "none" or {"http": "/path"} (service \'c\')',
+        'services.json: [3].readiness: has an http path that must start with "/" and hold no spaces (service \'d\')',
+        'services.json: [4].readiness: must be "tcp", "none" or {"http": "/path"} (service \'e\')',
+    ], "the service files' problems with the config's"
 
 
 def test_an_unknown_run_task_parameter_is_a_warning(tmp_path: Path) -> None:
@@ -589,3 +595,39 @@ def test_a_candidate_entry_that_dies_before_its_election_closes_is_refused(tmp_p
         "an entry must outlive the election it entered"]
     write(tmp_path, "config.json", {"candidateExpirySeconds": 2, "guardTimeSeconds": 1})
     assert run_warden(tmp_path, "validate").returncode == 0
+
+
+@pytest.mark.parametrize("settings, problem", [
+    ({"handlers": ["redx", "elbv2"]},
+     "config.json: handlers: handler 'elbv2': no entry point of that name in group warden.handlers"),
+    ({"metricsAddress": "0.0.0.0:97x3"},
+     "config.json: metricsAddress: must be host:port"),
+    ({"metricsAddress": "::1:9723"},
+     "config.json: metricsAddress: must be host:port"),
+    ({"metricsAddress": "127.0.0.1:70000"},
+     "config.json: metricsAddress: must be host:port"),
+])
+def test_validate_refuses_what_run_refuses_with_the_same_words(tmp_path: Path, settings: dict,
+                                                                 problem: str) -> None:
+    """``validate`` printed ``ok`` for a handler no entry point provides and a metrics
+    address that is no port; ``run`` then refused them (exit 2)."""
+    write(tmp_path, "services.json", [{"name": "web", "containerName": "web", "port": 8080}])
+    # Everything run needs before its stores, so that it stops at the same check.
+    write(tmp_path, "config.json", {"serviceDescriptionFilename": "services.json", "instanceId": "i-1",
+                                    "region": "us-east-1", "zoneCheck": "none",
+                                    "serviceManagementRedisAddress": "127.0.0.1:9", **settings})
+    checked = run_warden(tmp_path, "validate")
+    assert checked.returncode == 2 and problem in checked.stdout, checked.stdout + checked.stderr
+    ran = run_warden(tmp_path, "manager")
+    assert ran.returncode == 2 and problem in ran.stderr, ran.stderr
+
+
+def test_validate_reports_the_service_files_problems_with_the_configs(tmp_path: Path) -> None:
+    """A config error stopped ``validate`` before it read the service files: a user
+    fixed one file, ran it again, and only then learnt of the other's problems."""
+    write(tmp_path, "services.json", [{"name": "web", "containerName": "web", "port": "eighty"}])
+    write(tmp_path, "config.json", {"serviceDescriptionFilename": "services.json", "leaseSeconds": -1})
+    checked = run_warden(tmp_path, "validate")
+    assert checked.returncode == 2
+    assert "config.json: leaseSeconds:" in checked.stdout, checked.stdout
+    assert "services.json: [0].port:" in checked.stdout, checked.stdout

@@ -38,3 +38,15 @@ def test_sighup_reads_the_files_again_names_what_needs_a_restart_and_changes_no_
     assert m.process.poll() is None
     assert leader(central) == held, "a reload changed the leadership"
     assert m.stop() == 0
+
+
+def test_metrics_serve_on_an_ipv6_address_in_brackets(managers, central):
+    """``[::1]:9723`` ended the start: the brackets went to the socket as part of the
+    host name (``cannot serve metrics on [::1]:9723: [Errno -2] Name or service not
+    known``)."""
+    from conftest import free_port, http_get
+
+    port = free_port()
+    m = managers("i-v6", metricsAddress=f"[::1]:{port}")
+    eventually(lambda: http_get(f"http://[::1]:{port}/livez")[0] == 200, 10, what="/livez on [::1]")
+    assert f"metrics on http://[::1]:{port}/metrics" in m.log()

@@ -19,6 +19,7 @@ from __future__ import annotations
 import gzip
 import json
 import logging
+import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -30,6 +31,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import choose_encoder
 
 from warden import __version__, signals
+from warden.config import parse_listen_address
 
 # The name operators filter logs on, kept from before the module moved.
 logger = logging.getLogger("warden.telemetry")
@@ -42,8 +44,8 @@ class Telemetry:
     """The metrics registry, the signal receivers that feed it, and the HTTP server."""
 
     def __init__(self, address: str) -> None:
-        host, _, port = address.rpartition(":")
-        self.address = (host or "127.0.0.1", int(port))
+        #: ``(host, port)``; ValueError for an address that is not ``host:port``
+        self.address = parse_listen_address(address)
         self.registry = CollectorRegistry()
         r = self.registry
         self.route_latency = Histogram(
@@ -212,12 +214,14 @@ class Telemetry:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self._server = ThreadingHTTPServer(self.address, Handler)
+        server_class = _Ipv6Server if ":" in self.address[0] else ThreadingHTTPServer
+        self._server = server_class(self.address, Handler)
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, name="warden-metrics",
                                         daemon=True)
         self._thread.start()
-        logger.info("metrics on http://%s:%d/metrics", *self._server.server_address[:2])
+        host, port = self._server.server_address[:2]
+        logger.info("metrics on http://%s:%d/metrics", f"[{host}]" if ":" in host else host, port)
 
     def stop(self) -> None:
         if self._server is not None:
@@ -285,3 +289,9 @@ class _ReadAtScrape:
         for name, ok in answers["dependencies"].items():
             up.add_metric([name], 1 if ok else 0)
         yield up
+
+
+class _Ipv6Server(ThreadingHTTPServer):
+    """``metricsAddress`` with an IPv6 host (``[::1]:9723``)."""
+
+    address_family = socket.AF_INET6
