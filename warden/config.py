@@ -405,6 +405,12 @@ def _optional_str(value: Any) -> Optional[str]:
     return None if value is None or isinstance(value, str) else "must be a string"
 
 
+#: the warning for a config that leaves the central Redis at its default
+UNSET_CENTRAL = ("not set, so the central Redis is this host's own 127.0.0.1:6379: a Manager here "
+                 "elects itself and, with the ecs handler on, scales the cluster's services alone; "
+                 "set the Redis every host of the cluster shares (or serviceManagementRedisSentinels)")
+
+
 LISTEN_RULE = "must be host:port (an IPv6 host in brackets: [::1]:9723), the port 1 to 65535"
 
 
@@ -753,6 +759,11 @@ def load_config(path: str) -> tuple[Optional[Config], list[Problem]]:
                                     "carries a user or password, and serviceManagementRedisUsername or "
                                     "serviceManagementRedisPassword is given too: give one or the other"))
         values["service_management_redis"] = replace(central, **login)
+
+    handlers = values.get("handlers", Config.handlers)
+    if "servicemanagementredisaddress" not in data and sentinels is None and "ecs" in handlers:
+        # The default fits one machine; on a cluster's host it elects that host alone.
+        problems.append(Problem(display, "serviceManagementRedisAddress", UNSET_CENTRAL, warning=True))
 
     if "min_replicas_to_act" not in values:
         # Under Sentinel a failover may promote a replica: act only on what one holds.

@@ -34,7 +34,15 @@ def run_warden(folder: Path, *args: str, config: str = "config.json") -> subproc
                           cwd=folder, capture_output=True, text=True, timeout=60)
 
 
-def write(folder: Path, name: str, content: object) -> Path:
+def write(folder: Path, name: str, content: object, central: bool = True) -> Path:
+    """Write a file of the test's config folder. A ``config.json`` given as an object
+    names a central Redis, as a cluster host's config does (a config that leaves it at
+    the loopback default is warned about), unless it names one itself or ``central`` is
+    False."""
+    if (name == "config.json" and central and isinstance(content, dict)
+            and not {k.lower() for k in content} & {"servicemanagementredisaddress",
+                                                     "servicemanagementredissentinels"}):
+        content = {**content, "serviceManagementRedisAddress": "10.0.0.9:6379"}
     path = folder / name
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(content if isinstance(content, str) else json.dumps(content))
@@ -631,3 +639,21 @@ def test_validate_reports_the_service_files_problems_with_the_configs(tmp_path: 
     assert checked.returncode == 2
     assert "config.json: leaseSeconds:" in checked.stdout, checked.stdout
     assert "services.json: [0].port:" in checked.stdout, checked.stdout
+
+
+def test_a_central_redis_left_at_its_default_is_said_loudly(tmp_path: Path) -> None:
+    """A host whose config forgot serviceManagementRedisAddress elected itself on its own
+    127.0.0.1:6379 and scaled the cluster's services, with no word of it."""
+    write(tmp_path, "services.json", [{"name": "web", "containerName": "web", "port": 8080}])
+    write(tmp_path, "config.json", {"serviceDescriptionFilename": "services.json", "instanceId": "i-1",
+                                    "region": "us-east-1", "zoneCheck": "none",
+                                    "nginxRedisAddress": "127.0.0.1:9"}, central=False)
+    warning = "config.json: serviceManagementRedisAddress: not set, so the central Redis is this host's own"
+    checked = run_warden(tmp_path, "validate")
+    assert checked.returncode == 0 and warning in checked.stdout, checked.stdout
+    assert run_warden(tmp_path, "validate", "--strict").returncode == 2
+    ran = run_warden(tmp_path, "manager")
+    assert warning in ran.stderr, ran.stderr
+    write(tmp_path, "config.json", {"serviceDescriptionFilename": "services.json", "handlers": ["redx"]},
+          central=False)
+    assert warning not in run_warden(tmp_path, "validate").stdout, "no ecs handler: nothing scales"

@@ -144,6 +144,7 @@ def test_secrets_from_files_or_the_environment_log_in_and_nothing_shows_them(
 def test_an_unreadable_secret_is_a_config_error_naming_the_key(tmp_path):
     (tmp_path / "services.json").write_text("[]")
     (tmp_path / "config.json").write_text(json.dumps({
+        "serviceManagementRedisAddress": "10.0.0.9:6379",
         "serviceManagementRedisPassword": {"file": "missing-secret"},
         "alerts": {"webhookUrl": {"env": "TEST_UNSET_VARIABLE"}, "headers": {"X-Key": {"vault": "x"}}},
     }))
