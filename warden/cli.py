@@ -74,6 +74,7 @@ COMMAND_HELP = {
     "manager": "run the Manager: leader election over the central Redis, and scaling",
     "sweep": "one full reconcile of this host now",
     "validate": "check the config and every service description",
+    "config": "print the configuration in force: each key, its value and where it came from",
     "status": "services, routes, enrolment, leader and task counts, read from the stores",
 }
 
@@ -173,6 +174,23 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_config(args: argparse.Namespace) -> int:
+    """Each config key, its value in force (secrets redacted) and its source: a
+    ``WARDEN_<KEY>`` variable, the config file, or the default; exit 2 when the
+    configuration has errors (they follow, one a line, on stderr)."""
+    from warden.config import settings_view
+
+    path = resolve_config_path(args.config)
+    rows, problems, found = settings_view(path)
+    print(f"# {path}" if found else f"# no config file ({os.path.abspath(path)}): the environment only")
+    width = max(len(key) for key, _, _ in rows)
+    for key, value, source in rows:
+        print(f"{key.ljust(width)}  {value}  {source}")
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    return EXIT_CONFIG if any(not p.warning for p in problems) else EXIT_OK
+
+
 def _label_problems(config: Any, services: Sequence[Any]) -> list[str]:
     """The running containers whose labels are refused, as warning lines; none when
     Docker does not answer (validate checks files first of all)."""
@@ -226,8 +244,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"status": cmd_status, "validate": cmd_validate, "sweep": cmd_sweep, "registrar": cmd_daemon,
-            "manager": cmd_daemon, "run": cmd_daemon}
+COMMANDS = {"status": cmd_status, "validate": cmd_validate, "config": cmd_config, "sweep": cmd_sweep,
+            "registrar": cmd_daemon, "manager": cmd_daemon, "run": cmd_daemon}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

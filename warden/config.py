@@ -282,6 +282,9 @@ class Config:
     stop_timeout_seconds: float = 20.0
     #: keys the file held that Warden does not know (kept for plugins)
     extra: dict = field(default_factory=dict)
+    #: config key -> where its value came from (``WARDEN_...`` or the file); keys not
+    #: listed have their default
+    sources: dict = field(default_factory=dict, compare=False)
 
     def __repr__(self) -> str:
         """Every setting but the secrets (a plugin that logs its config leaks none):
@@ -693,6 +696,80 @@ def resolve_config_path(given: Optional[str]) -> str:
     return given or os.environ.get("WARDEN_CONFIG") or "config.json"
 
 
+def env_name(key: str) -> str:
+    """The environment variable that sets config key ``key``:
+    ``serviceManagementRedisAddress`` -> ``WARDEN_SERVICE_MANAGEMENT_REDIS_ADDRESS``."""
+    return "WARDEN_" + re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", key).upper()
+
+
+def _from_environment(text: str, check: Callable[[Any], Optional[str]]) -> Any:
+    """A variable's value: a list or object as JSON; a number or true/false as JSON when
+    the key takes no string; any other text as it is."""
+    stripped = text.strip()
+    if stripped[:1] in ("[", "{") or check(text) is not None:
+        try:
+            return json.loads(stripped)
+        except ValueError:
+            return text
+    return text
+
+
+def read_settings(path: str) -> tuple[Optional[KeyedObject], dict[str, str], list[Problem]]:
+    """The settings in force: the config file's JSON object at ``path`` with every
+    ``WARDEN_<KEY>`` variable over it (the file may be missing when one is set); the
+    source of each key given (``WARDEN_...`` or the file as the user named it); and the
+    problems that stop reading (None then)."""
+    given = {key: os.environ[env_name(key)] for key in _SPELLED if os.environ.get(env_name(key))}
+    if os.path.exists(path):
+        try:
+            data = jsonfile.load(path)
+        except jsonfile.JsonFileError as error:
+            return None, {}, [Problem(path, "-", str(error))]
+        if not isinstance(data, KeyedObject):
+            return None, {}, [Problem(path, "-", "must be a JSON object")]
+    elif given:
+        data = KeyedObject([])
+    else:
+        return None, {}, [Problem(path, "-", f"config file not found: looked for {os.path.abspath(path)} "
+                                             "(give another with --config PATH or WARDEN_CONFIG, or set "
+                                             "WARDEN_<KEY> variables)")]
+    problems = jsonfile.duplicate_problems(path, "", data)
+    sources = {data.spelled(lower): path for lower in data}
+    for key, text in given.items():
+        lower = key.lower()
+        sources.pop(data.spelled(lower), None)
+        data[lower] = _from_environment(text, _KEYS[lower][1])
+        data.spelling[lower] = env_name(key)
+        sources[key] = env_name(key)
+    return data, sources, problems
+
+
+def settings_view(path: str) -> tuple[list[tuple[str, str, str]], list[Problem], bool]:
+    """``warden config``: each known key, its value in force as JSON (a secret
+    redacted) and where it came from (a ``WARDEN_...`` variable, the file, or
+    ``default``); the problems; and whether the config file exists."""
+    config, problems = load_config(path)
+    data, sources, _ = read_settings(path)
+    rows = []
+    defaults = {f.name: f.default for f in Config.__dataclass_fields__.values()}
+    secret = {k.lower() for k in SECRET_KEYS}
+    for key, (attr, _) in _SPELLED.items():
+        lower = key.lower()
+        if data is not None and lower in data:
+            value: Any = data[lower]
+            source = sources.get(key) or sources.get(data.spelled(lower), path)
+            if lower in secret:
+                value = REDACTED
+            elif lower == "alerts" and isinstance(value, dict):
+                value = redacted_alerts(value)
+        else:
+            value, source = defaults.get(attr), "default"
+            if isinstance(value, RedisAddress):
+                value = value.display
+        rows.append((key, json.dumps(value, separators=(",", ":"), default=str), source))
+    return rows, problems, os.path.exists(path)
+
+
 def load_config(path: str) -> tuple[Optional[Config], list[Problem]]:
     """Read the config file at ``path`` (as the user gave it).
 
@@ -700,17 +777,9 @@ def load_config(path: str) -> tuple[Optional[Config], list[Problem]]:
     included, as ``FILE: FIELD: problem`` records.
     """
     display = path
-    if not os.path.exists(path):
-        return None, [Problem(display, "-", f"config file not found: looked for {os.path.abspath(path)} "
-                                            "(give another with --config PATH or WARDEN_CONFIG)")]
-    try:
-        data = jsonfile.load(path)
-    except jsonfile.JsonFileError as error:
-        return None, [Problem(display, "-", str(error))]
-    if not isinstance(data, KeyedObject):
-        return None, [Problem(display, "-", "must be a JSON object")]
-
-    problems = jsonfile.duplicate_problems(display, "", data)
+    data, sources, problems = read_settings(path)
+    if data is None:
+        return None, problems
     problems += _resolve_secrets(display, data, os.path.dirname(os.path.abspath(path)))
     values: dict[str, Any] = {}
     extra: dict[str, Any] = {}
@@ -780,19 +849,6 @@ def load_config(path: str) -> tuple[Optional[Config], list[Problem]]:
             values[attr] = tuple(values[attr])
     if "control_secrets" in values:
         values["control_secrets"] = parse_secrets(values["control_secrets"])[0]
-    # The secret may stay out of the file: the environment gives it too (and wins); a
-    # JSON list there rotates as in the file.
-    env_secret = os.environ.get("WARDEN_CONTROL_SECRET")
-    if env_secret:
-        try:
-            given = json.loads(env_secret) if env_secret.lstrip().startswith("[") else env_secret
-        except ValueError:
-            given = None
-        secrets, problem = parse_secrets(given)
-        if problem:
-            problems.append(Problem(display, "WARDEN_CONTROL_SECRET", problem))
-        else:
-            values["control_secrets"] = secrets
 
     if isinstance(data.get("alerts"), KeyedObject):
         problems += _alert_problems(display, data.spelled("alerts"), data["alerts"])
@@ -813,7 +869,7 @@ def load_config(path: str) -> tuple[Optional[Config], list[Problem]]:
 
     if any(not p.warning for p in problems):
         return None, problems
-    return Config(path=os.path.abspath(path), display_path=display, extra=extra, **values), problems
+    return Config(path=os.path.abspath(path), display_path=display, extra=extra, sources=sources, **values), problems
 
 
 def with_identity(config: Config, **identity: Any) -> Config:

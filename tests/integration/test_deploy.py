@@ -69,9 +69,11 @@ def test_the_ecs_readme_registers_the_task_and_creates_the_daemon_service(aws):
     probe = " ".join(container["healthCheck"]["command"])
     # Liveness, not readiness: a central Redis outage must not restart the fleet.
     assert "/livez" in probe
-    # The health check asks the address deploy/ecs/README.md tells operators to set.
+    # The health check asks the address the task's environment serves the metrics on
+    # (metricsAddress is off by default: without it ECS replaced the task in a loop).
     [address] = re.findall(r"http://([\d.]+:\d+)/livez", probe)
-    assert f'"metricsAddress": "{address}"' in (ECS / "README.md").read_text()
+    environment = {e["name"]: e["value"] for e in container["environment"]}
+    assert environment.get("WARDEN_METRICS_ADDRESS") == address, environment
 
 
 def test_the_systemd_unit_is_hardened_and_still_reaches_the_docker_socket():
