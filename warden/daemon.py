@@ -36,7 +36,7 @@ from warden.runtime.telemetry import Telemetry
 from warden.services import ServiceCatalog
 from warden.subscribers.aws_events import AwsEventsConsumer, MetadataNotices
 from warden.subscribers.channels import ControlSubscriber
-from warden.subscribers.docker import DockerEventReader, DockerSource
+from warden.subscribers.docker import DockerEventReader, DockerSource, docker_address
 from warden.subscribers.watchers import RedxWatcher, ServiceWatcher
 from warden.subscribers.zones import ZoneChecker
 
@@ -217,8 +217,7 @@ def _docker_client() -> Any:
         client = docker.from_env(timeout=10)
         client.ping()
     except Exception as error:  # noqa: BLE001 - any failure here is "cannot reach Docker"
-        raise ConnectionLost(f"cannot reach Docker ({os.environ.get('DOCKER_HOST', 'unix:///var/run/docker.sock')}): "
-                             f"{error}") from None
+        raise ConnectionLost(f"cannot reach Docker at {docker_address()}: {error}") from None
     return client
 
 

@@ -116,7 +116,9 @@ def _listing(errors: list) -> Optional[list]:
 
         return DockerSource(docker.from_env(timeout=5)).running()
     except Exception as error:  # noqa: BLE001
-        errors.append(f"Docker: {error}")
+        from warden.subscribers.docker import docker_address
+
+        errors.append(f"Docker: cannot reach Docker at {docker_address()}: {error}")
         return None
 
 

@@ -89,3 +89,13 @@ def test_json_log_lines_carry_the_time_in_rfc_3339_utc_with_milliseconds(tmp_pat
     assert isinstance(ts, str) and re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", ts), ts
     at = datetime.strptime(ts, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc)
     assert abs((at - before).total_seconds()) < 30
+
+
+def test_status_without_docker_names_where_it_looked(tmp_path):
+    """``warden status`` printed ``Docker: Error while fetching server API version:
+    ('Connection aborted.', FileNotFoundError(...))``: no socket, no variable to set."""
+    config = good_config(tmp_path)
+    socket = tmp_path / "no-docker.sock"
+    result = warden("--config", str(config), "status", cwd=tmp_path, DOCKER_HOST=f"unix://{socket}")
+    line = next(x for x in result.stdout.splitlines() if "Docker" in x)
+    assert f"cannot reach Docker at unix://{socket} (DOCKER_HOST)" in line, result.stdout

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import os
 import queue
 import re
 import threading
@@ -148,6 +149,17 @@ def container_event(raw: dict) -> Optional[ContainerEvent]:
             or action.startswith("health_status"):
         return ContainerEvent(action, container_id, event_time)
     return None
+
+
+
+#: where the Docker client connects when ``DOCKER_HOST`` is not set
+DEFAULT_DOCKER_HOST = "unix:///var/run/docker.sock"
+
+
+def docker_address() -> str:
+    """Where the Docker client connects, and why there, for messages."""
+    given = os.environ.get("DOCKER_HOST")
+    return f"{given} (DOCKER_HOST)" if given else f"{DEFAULT_DOCKER_HOST} (the default; DOCKER_HOST names another)"
 
 
 class DockerSource:
