@@ -433,7 +433,7 @@ def test_warden_makes_its_aws_clients_from_one_session_one_at_a_time(aws, tmp_pa
     warden.runtime.aws now: one session, created under a lock."""
     import threading
 
-    from warden import aws as warden_aws
+    from warden.runtime import aws as warden_aws
     from warden.handlers.elb import ElbHandler
     from warden.subscribers.zones import ZoneChecker
 
