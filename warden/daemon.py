@@ -29,7 +29,7 @@ from warden.manager.manager import Manager
 from warden.manager.scaler import Scaler
 from warden.model import Change
 from warden.registrar.registrar import Registrar
-from warden.runtime.central import ACL_DOC, Central
+from warden.runtime.central import ACL_DOC, Central, version_problem
 from warden.runtime.metadata import CONFIG_KEYS, ENV_KEYS, resolve_identity
 from warden.runtime.supervisor import Component, HandlerPart, LeaderPart, Step, Supervisor, ThreadPart
 from warden.runtime.telemetry import Telemetry
@@ -221,10 +221,25 @@ def _docker_client() -> Any:
     return client
 
 
+def _check_version(client: Any, address: RedisAddress) -> None:
+    """Refuse a central Redis older than Warden runs on, naming both versions. A user
+    that may not run INFO is let through: the election names that permission."""
+    try:
+        version = str(client.info("server").get("redis_version", ""))
+    except redis.exceptions.NoPermissionError:
+        return
+    problem = version_problem(version)
+    if problem:
+        raise ConfigError(f"the central Redis at {address.display} {problem}")
+    logger.info("the central Redis at %s is Redis %s", address.display, version)
+
+
 def _ping_redis(address: RedisAddress, what: str) -> None:
     try:
         client = address.client(socket_timeout=2, socket_connect_timeout=2)
         client.ping()
+        if what == "the central Redis":
+            _check_version(client, address)
         client.close()
     except redis.AuthenticationError as error:
         keys = ("serviceManagementRedisUsername and serviceManagementRedisPassword"

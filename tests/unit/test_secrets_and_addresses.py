@@ -61,3 +61,11 @@ def test_redis_addresses_and_sentinel_entries():
     for entries in (["h"], ["h:0"], ["rediss://h:1?ssl_cert_reqs=maybe"], ["redis://h"], []):
         with pytest.raises(ValueError):
             parse_sentinels(entries)
+
+
+def test_a_central_redis_older_than_7_0_is_refused_naming_both_versions():
+    from warden.runtime.central import version_problem
+
+    assert version_problem("7.0.15") == "" and version_problem("7.2.4") == "" and version_problem("8.0.0") == ""
+    assert version_problem("6.2.14") == "is Redis 6.2.14; Warden needs 7.0 or later (see docs/redis-acl.md)"
+    assert version_problem("x.y") == "reports version 'x.y', which Warden cannot read"

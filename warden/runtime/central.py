@@ -31,6 +31,24 @@ from warden.config import Config
 #: where an operator finds what Warden's central Redis user needs
 ACL_DOC = "docs/redis-acl.md"
 
+#: the oldest central Redis server Warden runs on (the entry and claim scripts check a
+#: leader's commands with ``redis.acl_check_cmd``; the tests run on 7.0)
+MIN_SERVER = (7, 0)
+
+
+def version_problem(version: str) -> str:
+    """Why a central Redis that reports ``redis_version`` ``version`` will not do, or
+    "" when it will."""
+    parts = version.split(".")
+    try:
+        found = tuple(int(p) for p in parts[:2])
+    except ValueError:
+        return f"reports version {version!r}, which Warden cannot read"
+    if found < MIN_SERVER:
+        return (f"is Redis {version}; Warden needs {'.'.join(map(str, MIN_SERVER))} or later "
+                f"(see {ACL_DOC})")
+    return ""
+
 
 def refused(error: BaseException) -> bool:
     """The central Redis answered, and said no: a login or a permission it refuses
