@@ -10,6 +10,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import textwrap
 import zipfile
 from pathlib import Path
 
@@ -130,3 +131,16 @@ def test_systemd_analyze_verifies_the_unit(tmp_path):
                 if "warden.service" in line]
     assert result.returncode == 0 and problems == [], result.stdout + result.stderr
     assert "ExecReload=/bin/kill -HUP $MAINPID" in UNIT.read_text(), "systemctl reload sends SIGHUP"
+
+
+def test_the_readme_quick_start_shows_the_files_the_tests_run():
+    """The quick start's blocks are deploy/quickstart/'s files, so the README cannot
+    drift from what test_image runs."""
+    readme = (ROOT / "README.md").read_text()
+    start = readme.index("## Quick start on an ECS host")
+    section = readme[start:readme.index("\n## ", start + 1)]
+    blocks = [json.loads(textwrap.dedent(block)) for block in re.findall(r"```json\n(.*?)```", section, re.S)]
+    for name in ("config.json", "services/web.json"):
+        shipped = json.loads((ROOT / "deploy" / "quickstart" / name).read_text())
+        assert shipped in blocks, f"deploy/quickstart/{name} is not shown as it is in the quick start"
+    assert "file://deploy/ecs/task-definition.json" in section and "deploy/iam/warden-policy.json" in section

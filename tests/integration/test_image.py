@@ -90,3 +90,42 @@ def test_the_running_image_routes_a_service_container_and_stops_cleanly(
         assert central.hget("service-manager", "id") is None, "leadership handed back"
     finally:
         subprocess.run(["docker", "rm", "-f", name], capture_output=True)
+
+
+def test_the_quick_start_files_route_enrol_and_lead_from_an_empty_cluster(
+        image, aws, redx, containers, central, central_server, redx_server, moto):
+    """The README's quick start as written: ``deploy/quickstart/`` is the image's
+    ``/etc/warden``, unchanged; the task's environment names the test's stand-ins (its
+    Redis servers, moto, an instance of moto's) as an ECS task's names the real ones."""
+    ami = aws.ec2.describe_images()["Images"][0]["ImageId"]
+    instance = aws.ec2.run_instances(ImageId=ami, MinCount=1, MaxCount=1)["Instances"][0]["InstanceId"]
+    aws.elb.create_load_balancer(LoadBalancerName="web-elb", AvailabilityZones=["us-east-1a"],
+                                 Listeners=[{"Protocol": "HTTP", "LoadBalancerPort": 80, "InstancePort": 80}])
+    aws.ecs.create_cluster(clusterName="my-cluster")
+    metrics = free_port()
+    environment = dict(AWS_ENV, AWS_ENDPOINT_URL=moto, WARDEN_INSTANCE_ID=instance,
+                       WARDEN_AVAILABILITY_ZONE="us-east-1a", WARDEN_REGION="us-east-1",
+                       WARDEN_SERVICE_MANAGEMENT_REDIS_ADDRESS=f"127.0.0.1:{central_server.port}",
+                       WARDEN_NGINX_REDIS_ADDRESS=f"127.0.0.1:{redx_server.port}",
+                       WARDEN_METRICS_ADDRESS=f"127.0.0.1:{metrics}")
+    name = f"warden-quickstart-{RUN}"
+    docker("run", "-d", "--name", name, "--label", f"{LABEL}={RUN}", "--network", "host",
+           "-v", "/var/run:/var/run", "-v", f"{ROOT / 'deploy' / 'quickstart'}:/etc/warden:ro",
+           *[arg for key, value in environment.items() for arg in ("-e", f"{key}={value}")], image)
+
+    def enrolled() -> bool:
+        [found] = aws.elb.describe_load_balancers(LoadBalancerNames=["web-elb"])["LoadBalancerDescriptions"]
+        return any(i["InstanceId"] == instance for i in found["Instances"])
+
+    try:
+        eventually(lambda: http_get(f"http://127.0.0.1:{metrics}/livez")[0] == 200, 30, what="/livez")
+        web = containers.run("web")
+        eventually(lambda: f"{ip_of(web)}:8080" in redx.hgetall("backend:web"), 10, what="the route")
+        assert redx.get("frontend:web.example.com") == "web"
+        eventually(enrolled, 15, what="this instance enrolled in web-elb")
+        eventually(lambda: central.hget("service-manager", "id") == instance, 15, what="the leader elected")
+        docker("stop", "-t", str(STOP_TIMEOUT), name, timeout=STOP_TIMEOUT + 30)
+        state = json.loads(docker("inspect", "-f", "{{json .State}}", name))
+        assert state["ExitCode"] == 0, subprocess.run(["docker", "logs", name], capture_output=True, text=True).stderr
+    finally:
+        subprocess.run(["docker", "rm", "-f", name], capture_output=True)
