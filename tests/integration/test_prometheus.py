@@ -42,3 +42,16 @@ def test_the_grafana_dashboards_queries_are_valid_promql(tmp_path):
     path.write_text(json.dumps(rules))  # JSON is YAML
     result = promtool("check", "rules", str(path))
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_a_process_that_never_sweeps_serves_no_sweep_time(managers):
+    """A manager-only process served ``warden_last_sweep_timestamp_seconds 0``, so
+    WardenSweepsStopped (``time() - ... > 300``) fired for it for ever."""
+    from conftest import eventually, free_port, http_get
+
+    port = free_port()
+    managers("i-nosweep", metricsAddress=f"127.0.0.1:{port}")
+    eventually(lambda: http_get(f"http://127.0.0.1:{port}/metrics")[0] == 200, 10, what="/metrics")
+    metrics = http_get(f"http://127.0.0.1:{port}/metrics")[1]
+    assert "warden_sweeps_total" in metrics, "the metrics are served"
+    assert "warden_last_sweep_timestamp_seconds" not in metrics, "a sweep time for a process that never sweeps"

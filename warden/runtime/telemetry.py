@@ -95,8 +95,9 @@ class Telemetry:
         #: the sweep period, once a Registrar runs here: /livez then watches the sweeps
         self._sweep_period: float = 0.0
         self._last_sweep = time.monotonic()
-        self.last_sweep_timestamp = Gauge("warden_last_sweep_timestamp_seconds",
-                                          "Unix time of the last completed sweep", registry=r)
+        #: served only by a process that sweeps (see :meth:`watch_sweeps`): a manager-only
+        #: process never does, and a 0 there would read as sweeps stopped for ever
+        self.last_sweep_timestamp: Optional[Gauge] = None
         self._server: Any = None
         self._thread: Any = None
         self.receivers = signals.Receivers(
@@ -126,9 +127,13 @@ class Telemetry:
             self._why[name] = why
 
     def watch_sweeps(self, period: float) -> None:
-        """``/livez`` fails once no sweep has completed for 3 ``period``s."""
+        """A Registrar runs here: ``/livez`` fails once no sweep has completed for 3
+        ``period``s, and ``warden_last_sweep_timestamp_seconds`` is served."""
         self._sweep_period = period
         self._last_sweep = time.monotonic()
+        if self.last_sweep_timestamp is None:
+            self.last_sweep_timestamp = Gauge("warden_last_sweep_timestamp_seconds",
+                                              "Unix time of the last completed sweep", registry=self.registry)
 
     def reconnect_source(self, name: str, count: Callable[[], int]) -> None:
         """A subscriber's reconnect counter, read at each scrape."""
@@ -241,7 +246,8 @@ class Telemetry:
 
     def _on_sweep_done(self, sender: Any, *, changes: list, **kw: Any) -> None:
         self._last_sweep = time.monotonic()
-        self.last_sweep_timestamp.set(time.time())
+        if self.last_sweep_timestamp is not None:
+            self.last_sweep_timestamp.set(time.time())
         self.sweeps.inc()
         self.drift.inc(len(changes))
 
