@@ -746,7 +746,7 @@ def read_settings(path: str) -> tuple[Optional[KeyedObject], dict[str, str], lis
 
 def settings_view(path: str) -> tuple[list[tuple[str, str, str]], list[Problem], bool]:
     """``warden config``: each known key, its value in force as JSON (a secret
-    redacted) and where it came from (a ``WARDEN_...`` variable, the file, or
+    redacted) and where it came from (``environment WARDEN_...``, ``file PATH``, or
     ``default``); the problems; and whether the config file exists."""
     config, problems = load_config(path)
     data, sources, _ = read_settings(path)
@@ -757,7 +757,8 @@ def settings_view(path: str) -> tuple[list[tuple[str, str, str]], list[Problem],
         lower = key.lower()
         if data is not None and lower in data:
             value: Any = data[lower]
-            source = sources.get(key) or sources.get(data.spelled(lower), path)
+            origin = sources.get(key) or sources.get(data.spelled(lower), path)
+            source = f"environment {origin}" if origin.startswith("WARDEN_") else f"file {origin}"
             if lower in secret:
                 value = REDACTED
             elif lower == "alerts" and isinstance(value, dict):

@@ -35,10 +35,10 @@ def test_every_key_comes_from_the_environment_over_the_file(tmp_path: Path) -> N
     shown = warden(tmp_path, "config", **env)
     assert shown.returncode == 0, shown.stderr
     lines = {line.split()[0]: line for line in shown.stdout.splitlines() if line.strip()}
-    assert lines["leaseSeconds"].split()[1:] == ["3", "WARDEN_LEASE_SECONDS"]
-    assert lines["handlers"].split()[1:] == ['["redx"]', "WARDEN_HANDLERS"]
-    assert lines["metricsAddress"].split()[1:] == ['"[::1]:9723"', "WARDEN_METRICS_ADDRESS"]
-    assert lines["serviceManagementRedisAddress"].split()[1:] == ['"<redacted>"', "config.json"]
+    assert lines["leaseSeconds"].split()[1:] == ["3", "environment", "WARDEN_LEASE_SECONDS"]
+    assert lines["handlers"].split()[1:] == ['["redx"]', "environment", "WARDEN_HANDLERS"]
+    assert lines["metricsAddress"].split()[1:] == ['"[::1]:9723"', "environment", "WARDEN_METRICS_ADDRESS"]
+    assert lines["serviceManagementRedisAddress"].split()[1:] == ['"<redacted>"', "file", "config.json"]
     assert lines["guardTimeSeconds"].split()[1:] == ["1.0", "default"]
     assert "hunter2" not in shown.stdout and "T0K3N" not in shown.stdout, shown.stdout
     assert warden(tmp_path, "validate", **env).returncode == 0
