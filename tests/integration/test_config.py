@@ -116,7 +116,7 @@ def test_missing_config_is_exit_2_naming_it(tmp_path: Path) -> None:
     """``config.json: -: config file not found`` named neither the folder looked in nor
     how to point elsewhere."""
     hint = (f"config.json: -: config file not found: looked for {tmp_path}/config.json "
-            "(give another with --config PATH or WARDEN_CONFIG)")
+            "(give another with --config PATH or WARDEN_CONFIG, or set WARDEN_<KEY> variables)")
     result = run_warden(tmp_path, "validate")
     assert result.returncode == 2
     assert hint in result.stdout, result.stdout
