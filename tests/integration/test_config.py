@@ -423,7 +423,8 @@ def test_an_instance_id_that_cannot_name_a_redis_client_is_exit_2(tmp_path: Path
                             env={**__import__("os").environ, "WARDEN_INSTANCE_ID": "i 123",
                                  "WARDEN_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"})
     assert result.returncode == 2, result.stderr
-    assert result.stderr.strip() == ("warden: instanceId 'i 123' from WARDEN_INSTANCE_ID must be 1 to "
+    # Read with every WARDEN_<KEY> variable, it is a config problem naming the variable.
+    assert result.stderr.strip() == ("warden: config.json: WARDEN_INSTANCE_ID: must be 1 to "
                                      "128 letters, digits, '-', '_', '.' or ':'")
 
 
