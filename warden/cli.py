@@ -19,7 +19,6 @@ from warden.config import load_config, resolve_config_path, service_location
 from warden.errors import ConfigError, ConnectionLost, WardenError
 from warden.jsonfile import Problem
 from warden.runtime.logs import STRUCTURED_FIELDS
-from warden.services import ServiceCatalog
 
 logger = logging.getLogger("warden")
 
@@ -156,7 +155,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
     location = ((config.service_description_path, config.service_description_display) if config is not None
                 else service_location(path))
     if location is not None:
-        catalog = ServiceCatalog(*location)
+        from warden.subscribers.sources import catalog_for
+
+        catalog = catalog_for(*location, config.region if config is not None else None)
         services, found = catalog.load()
         problems = problems + found
         services_count = len(services)

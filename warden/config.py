@@ -266,6 +266,8 @@ class Config:
     handlers: tuple[str, ...] = ("redx", "elb", "ecs")
     #: alert settings (``webhookUrl``, ``events``), or None
     alerts: Optional[dict] = None
+    #: seconds between reads of an ``s3://`` or ``ssm:`` service source
+    service_source_poll_seconds: float = 30.0
     #: ``host:port`` for Prometheus ``/metrics`` and ``/healthz``, or None
     metrics_address: Optional[str] = None
     #: an SQS queue fed by EventBridge rules, or None
@@ -305,6 +307,18 @@ class Config:
 
 def _str(value: Any) -> Optional[str]:
     return None if isinstance(value, str) else "must be a string"
+
+
+def _service_source(value: Any) -> Optional[str]:
+    if not isinstance(value, str) or not value:
+        return "must be a file or folder, s3://bucket/key, s3://bucket/prefix/ or ssm:/path/prefix"
+    if value.startswith("s3://"):
+        bucket, _, key = value[5:].partition("/")
+        if not bucket or not key:
+            return f"must be s3://bucket/key or s3://bucket/prefix/, not {value!r}"
+    elif value.startswith("ssm:") and not value.startswith("ssm:/"):
+        return f"must be ssm:/path/prefix (a parameter path starts with /), not {value!r}"
+    return None
 
 
 def _seconds(low: float, high: float) -> Callable[[Any], Optional[str]]:
@@ -467,7 +481,7 @@ _SPELLED: dict[str, tuple[str, Callable[[Any], Optional[str]]]] = {
     "serviceManagementRedisPassword": ("password", _str),
     "nginxRedisAddress": ("nginx_redis", _str),
     "nginxRedisDatabaseNumber": ("", _db),
-    "serviceDescriptionFilename": ("service_description_path", _str),
+    "serviceDescriptionFilename": ("service_description_path", _service_source),
     "registrarSleepTimeSeconds": ("registrar_sleep_time_seconds", _seconds(0.1, DAY)),
     "managerSleepTimeSeconds": ("manager_sleep_time_seconds", _seconds(0.1, DAY)),
     "readinessReportSeconds": ("readiness_report_seconds", _seconds(0.1, DAY)),
@@ -493,6 +507,7 @@ _SPELLED: dict[str, tuple[str, Callable[[Any], Optional[str]]]] = {
     "controlSecret": ("control_secrets", _secrets),
     "minReplicasToAct": ("min_replicas_to_act", _replicas),
     "stopTimeoutSeconds": ("stop_timeout_seconds", _seconds(1, 3600)),
+    "serviceSourcePollSeconds": ("service_source_poll_seconds", _seconds(1, DAY)),
 }
 #: the same by lower-case key (keys match in any case)
 _KEYS = {key.lower(): entry for key, entry in _SPELLED.items()}
@@ -658,9 +673,16 @@ def _resolve_secrets(display: str, data: KeyedObject, folder: str) -> list[Probl
     return problems
 
 
+#: service descriptions read from elsewhere than files, by URL prefix
+REMOTE_SOURCES = ("s3://", "ssm:")
+
+
 def _service_location(config_path: str, services: str) -> tuple[str, str]:
     """The service files named ``services`` in the config at ``config_path``: the
-    absolute path, and the path as the user sees it (beside the config file)."""
+    absolute path, and the path as the user sees it (beside the config file). An
+    ``s3://`` or ``ssm:`` source is both."""
+    if services.startswith(REMOTE_SOURCES):
+        return services, services
     folder, given_folder = os.path.dirname(os.path.abspath(config_path)), os.path.dirname(config_path)
     display = services if os.path.isabs(services) else os.path.normpath(os.path.join(given_folder, services))
     return os.path.normpath(os.path.join(folder, services)), display

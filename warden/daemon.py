@@ -37,6 +37,7 @@ from warden.services import ServiceCatalog
 from warden.subscribers.aws_events import AwsEventsConsumer, MetadataNotices
 from warden.subscribers.channels import ControlSubscriber
 from warden.subscribers.docker import DockerEventReader, DockerSource, docker_address
+from warden.subscribers.sources import SourcePoller, catalog_for
 from warden.subscribers.watchers import RedxWatcher, ServiceWatcher
 from warden.subscribers.zones import ZoneChecker
 
@@ -157,7 +158,7 @@ def load(config_arg: Optional[str]) -> tuple[Config, ServiceCatalog, list[Proble
     the config's warnings and the problems found in the service files."""
     config, config_problems = load_config(resolve_config_path(config_arg))
     config = require(config, config_problems)
-    catalog = ServiceCatalog(config.service_description_path, config.service_description_display)
+    catalog = catalog_for(config.service_description_path, config.service_description_display, config.region)
     _, problems = catalog.load()
     # The config's warnings too (an unknown key is often a misspelt one), so a daemon
     # says at start what `warden validate` says.
@@ -266,12 +267,27 @@ def sweep_once(parts: Parts, apply: bool) -> list[Change]:
             handler.stop()
 
 
+def _service_source(config: Config, catalog: ServiceCatalog) -> Component:
+    """What keeps the service descriptions current: the file watcher, or the poller of
+    an S3 or SSM source."""
+    if catalog.reader is None:
+        return ServiceWatcher(catalog)  # type: ignore[return-value]
+    poller = SourcePoller(catalog, config.service_source_poll_seconds)
+
+    def checks(telemetry: Any) -> None:
+        telemetry.counter_source("warden_service_file_errors",
+                                 "Errors found in the service files (a broken file counts at each load)",
+                                 lambda: catalog.errors)
+
+    return ThreadPart(poller, "services", checks=checks)
+
+
 def build(command: str, parts: Parts) -> Supervisor:
     """The Supervisor of what ``command`` (``registrar``, ``manager`` or ``run``) runs,
     in start order: one service watcher per process, then the Registrar's and the
     Manager's parts, then this host's drain."""
     config, catalog, handlers = parts.config, parts.catalog, parts.handlers
-    components: list[Component] = [ServiceWatcher(catalog)]  # type: ignore[list-item]
+    components: list[Component] = [_service_source(config, catalog)]
     # One command connection to the central Redis for the whole process.
     central = Central(config)
     if command in ("registrar", "run"):
@@ -292,9 +308,10 @@ def reload_on_hangup(supervisor: Supervisor, config: Config, in_force: Any) -> N
     the config file too: the keys that changed since start (``in_force``: its JSON
     object then) are named, as they take effect at the next restart; a config file
     that no longer loads is reported and the configuration in force stays."""
-    watchers = [c for c in supervisor.components if isinstance(c, ServiceWatcher)]
-    for watcher in watchers:
-        logger.info("SIGHUP: service files read again: %d service(s) in force", watcher.reload_now())
+    sources = [c for c in supervisor.components if isinstance(c, ServiceWatcher)] + [
+        c.thread for c in supervisor.components if isinstance(c, ThreadPart) and isinstance(c.thread, SourcePoller)]
+    for source in sources:
+        logger.info("SIGHUP: service files read again: %d service(s) in force", source.reload_now())
     fresh, problems = load_config(config.path)
     errors = [p for p in problems if not p.warning]
     if fresh is None or errors:

@@ -66,6 +66,11 @@ def load(path: str) -> Any:
         raise JsonFileError(f"cannot read: {error.strerror or error}") from None
     except UnicodeDecodeError as error:
         raise JsonFileError(f"not UTF-8 text: {error.reason}") from None
+    return loads(text)
+
+
+def loads(text: str) -> Any:
+    """Parse JSON ``text`` with case-insensitive objects, or raise :class:`JsonFileError`."""
     try:
         return json.loads(text, object_pairs_hook=KeyedObject)
     except json.JSONDecodeError as error:

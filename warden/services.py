@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from urllib.parse import quote
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional, Protocol
 
 from warden import jsonfile
 from warden.jsonfile import KeyedObject, Problem, any_case, in_range, is_int, unknown_key
@@ -443,6 +443,20 @@ def parse_file(path: str, display: str) -> tuple[Optional[list[Service]], list[P
         data = jsonfile.load(path)
     except jsonfile.JsonFileError as error:
         return None, [Problem(display, "-", str(error))]
+    return parse_document(data, display)
+
+
+def parse_text(text: str, display: str) -> tuple[Optional[list[Service]], list[Problem]]:
+    """The same for a document read from elsewhere (an S3 object, an SSM parameter)."""
+    try:
+        data = jsonfile.loads(text)
+    except jsonfile.JsonFileError as error:
+        return None, [Problem(display, "-", str(error))]
+    return parse_document(data, display)
+
+
+def parse_document(data: Any, display: str) -> tuple[Optional[list[Service]], list[Problem]]:
+    """Every service in one parsed document, or None with the problems when it is broken."""
     entries = [("", data)] if not isinstance(data, list) else [(f"[{i}].", d) for i, d in enumerate(data)]
     if not isinstance(data, (list, KeyedObject)):
         return None, [Problem(display, "-", "must hold a service object or an array of them")]
@@ -499,6 +513,19 @@ def conflicts(standing: list[Service], newcomers: list[Service]) -> list[Problem
     return problems
 
 
+class SourceError(Exception):
+    """A service source (S3, SSM) could not be read this time; the message says why."""
+
+
+class SourceReader(Protocol):
+    """Where service documents come from when they are not files."""
+
+    def read(self) -> Optional[dict[str, str]]:
+        """Every document now at the source, by the name a problem line shows
+        (``s3://bucket/prefix/web.json``); None when the source itself is missing;
+        :class:`SourceError` when it cannot be read now."""
+
+
 class ServiceCatalog:
     """The services in force, reloaded file by file.
 
@@ -518,9 +545,11 @@ class ServiceCatalog:
     #: seconds a file must stay gone from the folder before its services are retired
     gone_grace_seconds = 2.0
 
-    def __init__(self, path: str, display: str) -> None:
+    def __init__(self, path: str, display: str, reader: Optional[SourceReader] = None) -> None:
         self.path = path
         self.display = display
+        #: where the documents come from when they are not files (S3, SSM)
+        self.reader = reader
         self._good: dict[str, list[Service]] = {}
         self._gone_since: dict[str, float] = {}
         self._services: tuple[Service, ...] = ()
@@ -534,6 +563,8 @@ class ServiceCatalog:
         return [self.path]
 
     def _display_of(self, file: str) -> str:
+        if self.reader is not None:
+            return file
         if os.path.isdir(self.path):
             return os.path.join(self.display, os.path.basename(file))
         return self.display
@@ -555,13 +586,30 @@ class ServiceCatalog:
             return self._services, problems
 
     def _load(self) -> list[Problem]:
+        if self.reader is not None:
+            try:
+                documents = self.reader.read()
+            except SourceError as error:
+                return [Problem(self.display, "-", f"cannot be read ({error}); keeping the "
+                                                   f"{len(self._services)} services in force")]
+            if documents is None:
+                return self._not_found()
+            return self._take(sorted(documents), lambda name: parse_text(documents[name], name))
         if not os.path.exists(self.path):
-            if not self._good:
-                return [Problem(self.display, "-", "not found")]
-            return [Problem(self.display, "-", f"not found; keeping the {len(self._services)} "
-                                               f"services in force ([] in the file retires them)")]
+            return self._not_found()
+        return self._take(self._files(), lambda file: parse_file(file, self._display_of(file)))
+
+    def _not_found(self) -> list[Problem]:
+        if not self._good:
+            return [Problem(self.display, "-", "not found")]
+        return [Problem(self.display, "-", f"not found; keeping the {len(self._services)} "
+                                           f"services in force ([] in the file retires them)")]
+
+    def _take(self, files: list[str],
+              parse: Callable[[str], tuple[Optional[list[Service]], list[Problem]]]) -> list[Problem]:
+        """Take the documents ``files`` (names; ``parse`` reads one) into the services in
+        force, by the rules in the class docstring."""
         problems: list[Problem] = []
-        files = self._files()
         now = time.monotonic()
         standing = dict(self._good)
         for gone in set(standing) - set(files):
@@ -573,7 +621,7 @@ class ServiceCatalog:
             self._gone_since.pop(file, None)
         changed: dict[str, list[Service]] = {}
         for file in files:
-            loaded, found = parse_file(file, self._display_of(file))
+            loaded, found = parse(file)
             problems += found
             if loaded is None:
                 if file in standing:

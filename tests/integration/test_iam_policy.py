@@ -86,7 +86,8 @@ def test_the_readme_iam_table_is_the_policy():
 FILLED = {"REGION": "us-east-1", "ACCOUNT_ID": "123456789012", "LOAD_BALANCERS": "web-*",
           "TARGET_GROUPS": "web-*/*", "EVENTS_QUEUE": "warden-events", "AUTO_SCALING_GROUPS": "ecs-prod-*",
           "CLUSTER": "prod", "TASK_ROLES": "app-*", "DEMAND_QUEUES": "jobs-*",
-          "STEPS_OBJECTS": "ops-bucket/warden/*"}
+          "STEPS_OBJECTS": "ops-bucket/warden/*", "SERVICE_OBJECTS": "ops-bucket/services/*",
+          "SERVICE_BUCKET": "ops-bucket", "SERVICE_PARAMETERS": "/warden/services/*"}
 #: actions whose calls AWS does not scope to a resource: only they may name ``*``
 UNSCOPED = {"elasticloadbalancing:DescribeLoadBalancers", "elasticloadbalancing:DescribeTargetHealth",
             "ec2:DescribeAvailabilityZones", "ec2:DescribeInstances", "cloudwatch:GetMetricStatistics",

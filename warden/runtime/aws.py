@@ -24,8 +24,9 @@ import botocore.config
 CALL_LOG = "WARDEN_AWS_CALL_LOG"
 #: IAM's prefix where it is not boto3's name for the service
 _IAM_PREFIX = {"elb": "elasticloadbalancing", "elbv2": "elasticloadbalancing"}
-#: IAM's action where it is not the operation's name (S3 authorizes HEAD as a read)
-_IAM_ACTION = {"s3:HeadObject": "s3:GetObject"}
+#: IAM's action where it is not the operation's name (S3 authorizes HEAD as a read, and
+#: a listing as ListBucket)
+_IAM_ACTION = {"s3:HeadObject": "s3:GetObject", "s3:ListObjectsV2": "s3:ListBucket"}
 
 _lock = threading.Lock()
 _session: Optional[boto3.session.Session] = None
