@@ -303,11 +303,16 @@ def build(command: str, parts: Parts) -> Supervisor:
     return Supervisor(components)
 
 
+#: config keys a SIGHUP applies without a restart (lower case)
+LIVE_KEYS = frozenset({"labelfrontends", "labelloadbalancers"})
+
+
 def reload_on_hangup(supervisor: Supervisor, config: Config, in_force: Any) -> None:
     """SIGHUP: the service files are read again (the same rules as after a change), and
-    the config file too: the keys that changed since start (``in_force``: its JSON
-    object then) are named, as they take effect at the next restart; a config file
-    that no longer loads is reported and the configuration in force stays."""
+    the config file too: of the keys that changed since start (``in_force``: its JSON
+    object then), the label patterns are applied at once and the others are named, as
+    they take effect at the next restart; a config file that no longer loads is
+    reported and the configuration in force stays."""
     sources = [c for c in supervisor.components if isinstance(c, ServiceWatcher)] + [
         c.thread for c in supervisor.components if isinstance(c, ThreadPart) and isinstance(c.thread, SourcePoller)]
     for source in sources:
@@ -323,10 +328,15 @@ def reload_on_hangup(supervisor: Supervisor, config: Config, in_force: Any) -> N
     except jsonfile.JsonFileError as error:
         logger.error("SIGHUP: %s; the configuration in force stays", error)
         return
-    if changed:
+    live = [key for key in changed if key.lower() in LIVE_KEYS]
+    later = [key for key in changed if key.lower() not in LIVE_KEYS]
+    if live:
+        logger.info("SIGHUP: applied %s", ", ".join(live))
+        signals.send(signals.settings_reloaded, supervisor, config=fresh, keys=live)
+    if later:
         logger.warning("SIGHUP: %s changed %s: they take effect at the next restart",
-                       config.display_path, ", ".join(changed))
-    else:
+                       config.display_path, ", ".join(later))
+    if not changed:
         logger.info("SIGHUP: %s unchanged", config.display_path)
 
 

@@ -85,6 +85,13 @@ services_reloaded = _signals.signal(
     ``paths`` (the files that changed).""",
 )
 
+settings_reloaded = _signals.signal(
+    "settings-reloaded",
+    doc="""SIGHUP read a config file that loads, and some keys that can change live
+    changed. Sender: the daemon. kw: ``config`` (the config as read again),
+    ``keys`` (the live keys that changed: ``labelFrontends``, ``labelLoadBalancers``).""",
+)
+
 label_service_proposed = _signals.signal(
     "label-service-proposed",
     doc="""A container's labels define a service that is not yet in force, and the

@@ -50,3 +50,24 @@ def test_metrics_serve_on_an_ipv6_address_in_brackets(managers, central):
     m = managers("i-v6", metricsAddress=f"[::1]:{port}")
     eventually(lambda: http_get(f"http://[::1]:{port}/livez")[0] == 200, 10, what="/livez on [::1]")
     assert f"metrics on http://[::1]:{port}/metrics" in m.log()
+
+
+def test_sighup_applies_new_label_patterns_without_a_restart(redx, containers, warden):
+    """The label allow-lists change live: a container refused for want of a
+    labelFrontends pattern is routed once the pattern is in the file and SIGHUP is
+    sent; the other changed keys are still named for the next restart."""
+    from conftest import RUN, ip_of
+
+    w = warden([], registrarSleepTimeSeconds=60).start()
+    shop = containers.run("shop", labels={"warden.service": f"shop-{RUN}", "warden.frontend": "shop.example.com",
+                                          "warden.port": "8080"})
+    eventually(lambda: "labelFrontends allows no frontend" in w.log(), 5, what="refused at first")
+    settings = json.loads(w.config_path.read_text())
+    w.config_path.write_text(json.dumps(dict(settings, labelFrontends=["shop.example.com"], leaseSeconds=3)))
+    w.process.send_signal(signal.SIGHUP)
+    eventually(lambda: f"{ip_of(shop)}:8080" in redx.hgetall(f"backend:shop-{RUN}"), 10,
+               what="routed after SIGHUP, with no restart")
+    assert redx.get("frontend:shop.example.com") == f"shop-{RUN}"
+    assert "SIGHUP: applied labelFrontends" in w.log()
+    line = next(x for x in w.log().splitlines() if "take effect at the next restart" in x)
+    assert "leaseSeconds" in line and "labelFrontends" not in line, line

@@ -47,6 +47,13 @@ class Reload:
 
 
 @dataclass(frozen=True)
+class NewLabelPolicy:
+    """SIGHUP changed the label patterns: judge the labels again under ``policy``."""
+
+    policy: LabelPolicy
+
+
+@dataclass(frozen=True)
 class ProbeAnswered:
     """A container's readiness probe answered: look at its routes again."""
 
@@ -54,7 +61,7 @@ class ProbeAnswered:
 
 
 #: what the Registrar's queue carries (and ``None``, which ends the worker)
-Work = Union[ContainerEvent, ProbeAnswered, SweepRequest, Reload]
+Work = Union[ContainerEvent, ProbeAnswered, SweepRequest, Reload, NewLabelPolicy]
 
 
 class Registrar(StoppableThread):
@@ -98,6 +105,8 @@ class Registrar(StoppableThread):
         self.receivers = signals.Receivers(
             (signals.sweep_requested, lambda sender, *, reason, **kw: self.inbox.put(SweepRequest(reason))),
             (signals.services_reloaded, lambda sender, **kw: self.inbox.put(Reload())),
+            (signals.settings_reloaded,
+             lambda sender, *, config, **kw: self.inbox.put(NewLabelPolicy(LabelPolicy.of(config)))),
         )
 
     @property
@@ -163,6 +172,11 @@ class Registrar(StoppableThread):
         elif isinstance(work, Reload):
             self.reload()
             self._safe_sweep("services changed")
+            return True
+        elif isinstance(work, NewLabelPolicy):
+            self.in_force.policy = work.policy
+            self._relabel(why="label patterns changed")
+            self._safe_sweep("label patterns changed")
             return True
         elif isinstance(work, SweepRequest):
             self._handle_queued_before_sweeping()
