@@ -40,5 +40,8 @@ ENV PATH=/opt/warden/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1
 # SIGTERM finishes the step in flight, hands leadership back and exits 0.
 STOPSIGNAL SIGTERM
+# /livez on metricsAddress (healthy when none is set): only a wedged Warden fails it.
+HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
+    CMD ["python", "-m", "warden.runtime.health"]
 ENTRYPOINT ["warden"]
 CMD ["run"]

@@ -41,6 +41,7 @@ def test_the_image_says_its_version_and_runs_warden_by_default(image):
     config = json.loads(docker("image", "inspect", "-f", "{{json .Config}}", image))
     assert config["Labels"]["org.opencontainers.image.version"] == warden.__version__
     assert config["Entrypoint"] == ["warden"] and config["Cmd"] == ["run"]
+    assert config["Healthcheck"]["Test"] == ["CMD", "python", "-m", "warden.runtime.health"]
     assert "WARDEN_CONFIG=/etc/warden/config.json" in config["Env"]
     # The systemd unit's Documentation= path, inside the image's environment.
     docker("run", "--rm", "--network", "none", "--entrypoint", "test", image,
@@ -62,7 +63,7 @@ def test_the_running_image_routes_a_service_container_and_stops_cleanly(
     environment = dict(AWS_ENV, AWS_ENDPOINT_URL=moto, WARDEN_INSTANCE_ID="i-image",
                        WARDEN_AVAILABILITY_ZONE="us-east-1a")
     docker("run", "-d", "--name", name, "--label", f"{LABEL}={RUN}", "--network", "host",
-           "-v", "/var/run:/var/run",
+           "-v", "/var/run:/var/run", "--health-interval", "1s", "--health-start-period", "1s",
            "-v", f"{setup.folder}:/etc/warden:ro",
            *[arg for key, value in environment.items() for arg in ("-e", f"{key}={value}")],
            image)
@@ -74,6 +75,8 @@ def test_the_running_image_routes_a_service_container_and_stops_cleanly(
                    what="the container's route, written by Warden in its container")
         assert redx.get("frontend:web.example.com") == "web"
         eventually(lambda: central.hget("service-manager", "id") == "i-image", 15, what="leading")
+        eventually(lambda: docker("inspect", "-f", "{{.State.Health.Status}}", name) == "healthy", 15,
+                   what="the image's own health check on /livez")
         web.stop(timeout=1)
         eventually(lambda: redx.hgetall("backend:web") == {}, 10, what="unrouted at stop")
 

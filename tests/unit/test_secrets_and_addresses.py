@@ -69,3 +69,12 @@ def test_a_central_redis_older_than_7_0_is_refused_naming_both_versions():
     assert version_problem("7.0.15") == "" and version_problem("7.2.4") == "" and version_problem("8.0.0") == ""
     assert version_problem("6.2.14") == "is Redis 6.2.14; Warden needs 7.0 or later (see docs/redis-acl.md)"
     assert version_problem("x.y") == "reports version 'x.y', which Warden cannot read"
+
+
+def test_the_health_check_asks_livez_where_the_metrics_are_served():
+    from warden.runtime.health import livez_url
+
+    assert livez_url("127.0.0.1:9723") == "http://127.0.0.1:9723/livez"
+    assert livez_url("0.0.0.0:9723") == "http://127.0.0.1:9723/livez"
+    assert livez_url("[::]:9723") == "http://[::1]:9723/livez"
+    assert livez_url("[::1]:9723") == "http://[::1]:9723/livez"
