@@ -63,7 +63,7 @@ def test_the_running_image_routes_a_service_container_and_stops_cleanly(
     environment = dict(AWS_ENV, AWS_ENDPOINT_URL=moto, WARDEN_INSTANCE_ID="i-image",
                        WARDEN_AVAILABILITY_ZONE="us-east-1a")
     docker("run", "-d", "--name", name, "--label", f"{LABEL}={RUN}", "--network", "host",
-           "-v", "/var/run:/var/run", "--health-interval", "1s", "--health-start-period", "1s",
+           "-v", "/var/run:/var/run",
            "-v", f"{setup.folder}:/etc/warden:ro",
            *[arg for key, value in environment.items() for arg in ("-e", f"{key}={value}")],
            image)
@@ -75,8 +75,12 @@ def test_the_running_image_routes_a_service_container_and_stops_cleanly(
                    what="the container's route, written by Warden in its container")
         assert redx.get("frontend:web.example.com") == "web"
         eventually(lambda: central.hget("service-manager", "id") == "i-image", 15, what="leading")
-        eventually(lambda: docker("inspect", "-f", "{{.State.Health.Status}}", name) == "healthy", 15,
-                   what="the image's own health check on /livez")
+        # The image's HEALTHCHECK command, run as Docker runs it (in the image, with its
+        # environment and config), against the running Warden's /livez.
+        checked = subprocess.run(["docker", "run", "--rm", "--network", "host", "-v", f"{setup.folder}:/etc/warden:ro",
+                                  "--entrypoint", "python", image, "-m", "warden.runtime.health"],
+                                 capture_output=True, text=True, timeout=60)
+        assert checked.returncode == 0, checked.stdout + checked.stderr
         web.stop(timeout=1)
         eventually(lambda: redx.hgetall("backend:web") == {}, 10, what="unrouted at stop")
 
@@ -91,6 +95,10 @@ def test_the_running_image_routes_a_service_container_and_stops_cleanly(
         assert took < STOP_TIMEOUT, f"docker stop took {took:.1f}s: it was killed, not stopped"
         assert "manager stopped" in logs and "registrar stopped" in logs, logs
         assert central.hget("service-manager", "id") is None, "leadership handed back"
+        stopped = subprocess.run(["docker", "run", "--rm", "--network", "host", "-v", f"{setup.folder}:/etc/warden:ro",
+                                  "--entrypoint", "python", image, "-m", "warden.runtime.health"],
+                                 capture_output=True, text=True, timeout=60)
+        assert stopped.returncode == 1, "the health check passed with no Warden answering"
     finally:
         subprocess.run(["docker", "rm", "-f", name], capture_output=True)
 
