@@ -17,7 +17,8 @@ import docker
 import redis
 
 from warden import jsonfile, signals
-from warden.config import Config, RedisAddress, changed_keys, load_config, require, resolve_config_path
+from warden.config import (Config, RedisAddress, changed_keys, load_config, read_settings, require,
+                           resolve_config_path)
 from warden.control import METRIC_CHANNEL, ControlCodec
 from warden.errors import ConfigError, ConnectionLost
 from warden.handlers import Handler, load_handlers
@@ -309,10 +310,10 @@ LIVE_KEYS = frozenset({"labelfrontends", "labelloadbalancers"})
 
 def reload_on_hangup(supervisor: Supervisor, config: Config, in_force: Any) -> None:
     """SIGHUP: the service files are read again (the same rules as after a change), and
-    the config file too: of the keys that changed since start (``in_force``: its JSON
-    object then), the label patterns are applied at once and the others are named, as
-    they take effect at the next restart; a config file that no longer loads is
-    reported and the configuration in force stays."""
+    the config file too: of the keys that changed since start (``in_force``: the
+    settings then, :func:`warden.config.read_settings`), the label patterns are applied
+    at once and the others are named, as they take effect at the next restart; a
+    config file that no longer loads is reported and the configuration in force stays."""
     sources = [c for c in supervisor.components if isinstance(c, ServiceWatcher)] + [
         c.thread for c in supervisor.components if isinstance(c, ThreadPart) and isinstance(c.thread, SourcePoller)]
     for source in sources:
@@ -323,11 +324,8 @@ def reload_on_hangup(supervisor: Supervisor, config: Config, in_force: Any) -> N
         logger.error("SIGHUP: %s; the configuration in force stays",
                      "; ".join(str(p) for p in errors) or f"{config.display_path} does not load")
         return
-    try:
-        changed = changed_keys(in_force, jsonfile.load(config.path))
-    except jsonfile.JsonFileError as error:
-        logger.error("SIGHUP: %s; the configuration in force stays", error)
-        return
+    # The settings as load_config read them (the file, and WARDEN_<KEY> over it).
+    changed = changed_keys(in_force, read_settings(config.path)[0] or jsonfile.KeyedObject([]))
     live = [key for key in changed if key.lower() in LIVE_KEYS]
     later = [key for key in changed if key.lower() not in LIVE_KEYS]
     if live:
@@ -346,10 +344,9 @@ def serve(supervisor: Supervisor, config: Config) -> int:
     asks for a clean stop; a second exits at once. SIGHUP reads the files again (see
     :func:`reload_on_hangup`)."""
     stop, hangup, wake = threading.Event(), threading.Event(), threading.Event()
-    try:
-        in_force = jsonfile.load(config.path)
-    except jsonfile.JsonFileError:
-        in_force = jsonfile.KeyedObject([])
+    # What SIGHUP compares with: the settings read at start (with no file, the
+    # environment's alone).
+    in_force = read_settings(config.path)[0] or jsonfile.KeyedObject([])
     telemetry = None
     if config.metrics_address:
         try:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -73,6 +74,10 @@ def test_without_a_config_file_the_environment_is_the_configuration(tmp_path: Pa
         eventually(lambda: central.hget("service-manager", "id") == "i-env" or process.poll() is not None, 15,
                    what="the manager configured by its environment leads")
         assert process.poll() is None, log.read_text()
+        process.send_signal(signal.SIGHUP)
+        eventually(lambda: "SIGHUP: " in log.read_text() and "unchanged" in log.read_text(), 10,
+                   what="a reload of the environment-only configuration")
+        assert "the configuration in force stays" not in log.read_text(), log.read_text()
     finally:
         process.terminate()
         assert process.wait(30) == 0, log.read_text()
