@@ -438,8 +438,12 @@ class ElectionMachine:
         role, epoch = self.role, self.epoch
         if role == "follower":
             return []
-        self.role, self.epoch, self.holding, self.due = "follower", None, False, True
+        self._follow()
         return [StepDown(reason, release, role, epoch)]
+
+    def _follow(self) -> None:
+        """A follower from now on; the record is read at the next step."""
+        self.role, self.epoch, self.holding, self.due = "follower", None, False, True
 
     # -- a follower ----------------------------------------------------------------------
 
@@ -602,7 +606,7 @@ class ElectionMachine:
             elif now - self.claimed_at > self.t.lease:
                 # A replica attached that never acknowledges (a full resync, a stalled
                 # replica) must not keep the record from everyone for ever.
-                self.role, self.epoch, self.holding, self.due = "follower", None, False, True
+                self._follow()
                 actions.append(Abandon(beat.epoch))
             elif not self.waiting_said:
                 self.waiting_said = True
