@@ -31,6 +31,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from typing import Any, Optional
 
 import redis
@@ -62,6 +63,25 @@ FIRING = "warden:alerts:firing"
 SEVERITY = {"errors": "error", "drain": "warning", "leadership": "info", "scaling": "info", "routes": "info"}
 
 
+@dataclass(frozen=True)
+class AlertSettings:
+    """The ``alerts`` key as the handler uses it; replaced whole at a SIGHUP, so a POST
+    in flight sends one version of it, never a mix."""
+
+    url: Optional[str]
+    events: frozenset
+    template: Optional[string.Template]
+    headers: dict
+
+    @classmethod
+    def of(cls, alerts: Optional[dict]) -> "AlertSettings":
+        settings = {k.lower(): v for k, v in (alerts or {}).items()}
+        return cls(url=settings.get("webhookurl"),
+                   events=frozenset(str(e).lower() for e in settings.get("events") or DEFAULT_EVENTS),
+                   template=string.Template(settings["template"]) if settings.get("template") else None,
+                   headers={"Content-Type": "application/json", **(settings.get("headers") or {})})
+
+
 class AlertsHandler(Handler):
     """Turns signals into webhook alerts."""
 
@@ -77,12 +97,7 @@ class AlertsHandler(Handler):
 
     def __init__(self, config: Config) -> None:
         super().__init__(config)
-        settings = {k.lower(): v for k, v in (config.alerts or {}).items()}
-        self.url: Optional[str] = settings.get("webhookurl")
-        self.events = frozenset(str(e).lower() for e in settings.get("events") or DEFAULT_EVENTS)
-        self.template: Optional[string.Template] = (string.Template(settings["template"])
-                                                    if settings.get("template") else None)
-        self.headers = {"Content-Type": "application/json", **(settings.get("headers") or {})}
+        self.settings = AlertSettings.of(config.alerts)
         self.queue: "queue.Queue[Optional[dict]]" = queue.Queue(QUEUE_LIMIT)
         self.sent = 0
         self.dropped = 0
@@ -95,7 +110,7 @@ class AlertsHandler(Handler):
         #: events that may repeat, let through once per quiet period
         self._quiet = Throttle(self.quiet_seconds)
         self._sender = _Sender(self)
-        if not self.url:
+        if not self.settings.url:
             logger.warning("alerts handler enabled without alerts.webhookUrl: alerts are logged only")
 
     def start(self) -> None:
@@ -118,7 +133,7 @@ class AlertsHandler(Handler):
     def alert(self, kind: str, event: str, text: str, status: str = "event", key: str = "",
               **details: Any) -> None:
         """Queue one alert of ``kind`` if the operator asked for that kind."""
-        if kind not in self.events:
+        if kind not in self.settings.events:
             return
         who = f"[warden {self.config.instance_id}]" if self.config.instance_id else "[warden]"
         body = {"kind": kind, "event": event, "status": status, "key": key or f"warden:{event}",
@@ -195,19 +210,21 @@ class AlertsHandler(Handler):
             text += f" (x{held + 1} since the last alert)"
         self.alert(kind, event, text, key=key, count=held + 1, **details)
 
-    def encode(self, body: dict) -> bytes:
+    def encode(self, body: dict, settings: Optional[AlertSettings] = None) -> bytes:
         """The request body: the JSON object, or the operator's template over it."""
-        if self.template is None:
+        template = (settings or self.settings).template
+        if template is None:
             return json.dumps(body, default=str).encode()
-        return render_alert(self.template, body).encode()
+        return render_alert(template, body).encode()
 
     def post(self, body: dict) -> bool:
         """One POST of ``body``, retried briefly; True when the webhook took it."""
-        if not self.url:
+        settings = self.settings
+        if not settings.url:
             return True
-        data = self.encode(body)
+        data = self.encode(body, settings)
         for attempt, delay in enumerate((*self.retry_delays, None)):
-            request = urllib.request.Request(self.url, data=data, method="POST", headers=self.headers)
+            request = urllib.request.Request(settings.url, data=data, method="POST", headers=settings.headers)
             try:
                 with _OPENER.open(request, timeout=self.timeout) as response:
                     if 200 <= response.status < 300:
@@ -229,6 +246,14 @@ class AlertsHandler(Handler):
         return False
 
     # -- signals -----------------------------------------------------------------
+
+    def on_settings_reloaded(self, sender: Any, *, config: Config, keys: Any, **kw: Any) -> None:
+        # SIGHUP: the webhook, events, template and headers as the file says now; the
+        # alerts already queued go out under the new ones.
+        if "alerts" in {key.lower() for key in keys}:
+            self.settings = AlertSettings.of(config.alerts)
+            logger.info("alerts: %s, for %s", "webhook set" if self.settings.url else "no webhook (logged only)",
+                        ", ".join(sorted(self.settings.events)))
 
     def on_leadership_gained(self, sender: Any, *, instance_id: str, epoch: int, **kw: Any) -> None:
         self._take_over()

@@ -7,64 +7,21 @@ SIGTERM or SIGINT asks for a clean stop; a second exits at once.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
-from datetime import datetime, timezone
 from typing import Any, Optional, Sequence
 
 from warden import __version__
 from warden.config import load_config, resolve_config_path, service_location
 from warden.errors import ConfigError, ConnectionLost, WardenError
 from warden.jsonfile import Problem
-from warden.runtime.logs import STRUCTURED_FIELDS
+from warden.runtime.logs import FORMATS, LEVELS, SETTINGS, JsonFormatter
 
 logger = logging.getLogger("warden")
 
 EXIT_OK, EXIT_ERROR, EXIT_CONFIG = 0, 1, 2
 
-
-def _rfc3339(seconds: float) -> str:
-    """Unix seconds as RFC 3339 UTC with milliseconds: ``2026-12-03T10:15:02.123Z``."""
-    stamp = datetime.fromtimestamp(seconds, timezone.utc)
-    return stamp.strftime("%Y-%m-%dT%H:%M:%S.") + f"{stamp.microsecond // 1000:03d}Z"
-
-
-class _JsonFormatter(logging.Formatter):
-    """One JSON object a line, for log shippers."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        entry = {"ts": _rfc3339(record.created), "level": record.levelname.lower(),
-                 "logger": record.name, "msg": record.getMessage()}
-        # The fields a log search filters on, where the line has them.
-        for name in STRUCTURED_FIELDS:
-            value = getattr(record, name, None)
-            if value is not None:
-                entry[name] = value
-        if record.exc_info:
-            entry["exc"] = self.formatException(record.exc_info)
-        return json.dumps(entry)
-
-
-def _setup_logging(level: str, fmt: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    if fmt == "json":
-        handler.setFormatter(_JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(getattr(logging, level.upper()))
-    # Library chatter (urllib3 retries, botocore credentials) is not Warden's news.
-    for noisy in ("urllib3", "botocore", "boto3", "watchdog", "redis"):
-        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
-
-
-#: what --log-level and WARDEN_LOG_LEVEL accept (in any case)
-LEVELS = ("debug", "info", "warning", "error")
-#: what --log-format and WARDEN_LOG_FORMAT accept (in any case)
-FORMATS = ("text", "json")
 
 #: each command, with the one line its --help and the command list give
 COMMAND_HELP = {
@@ -88,12 +45,13 @@ def _global_options(parser: argparse.ArgumentParser, top: bool) -> None:
     parser.add_argument("--config", metavar="PATH", default=default(None),
                         help="config file (default: $WARDEN_CONFIG, then ./config.json)")
     parser.add_argument("--log-level", type=str.lower, choices=LEVELS, metavar="LEVEL",
-                        default=default(os.environ.get("WARDEN_LOG_LEVEL", "info").lower()),
+                        default=default(None),
                         help="debug, info, warning or error, in any case (default: $WARDEN_LOG_LEVEL, "
-                             "then info)")
+                             "then the config's logLevel, then info)")
     parser.add_argument("--log-format", type=str.lower, choices=FORMATS, metavar="FORMAT",
-                        default=default(os.environ.get("WARDEN_LOG_FORMAT", "text").lower()),
-                        help="text or json (default: $WARDEN_LOG_FORMAT, then text)")
+                        default=default(None),
+                        help="text or json (default: $WARDEN_LOG_FORMAT, then the config's logFormat, "
+                             "then text)")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -122,10 +80,10 @@ def _parser() -> argparse.ArgumentParser:
 def _environment_problems(args: argparse.Namespace) -> list[str]:
     """Defaults from the environment are not checked by argparse: check them here."""
     problems = []
-    for name, value, allowed in (("WARDEN_LOG_LEVEL", args.log_level, LEVELS),
-                                 ("WARDEN_LOG_FORMAT", args.log_format, FORMATS)):
-        if value not in allowed:
-            problems.append(f"{name} {os.environ.get(name)!r} must be one of {', '.join(allowed)}")
+    for name, allowed in (("WARDEN_LOG_LEVEL", LEVELS), ("WARDEN_LOG_FORMAT", FORMATS)):
+        value = os.environ.get(name)
+        if value is not None and value.lower() not in allowed:
+            problems.append(f"{name} {value!r} must be one of {', '.join(allowed)}")
     return problems
 
 
@@ -135,7 +93,7 @@ def _say_error(message: str, fmt: str) -> None:
     for line in message.splitlines() or [""]:
         if fmt == "json":
             record = logging.LogRecord(logger.name, logging.ERROR, __file__, 0, line, None, None)
-            print(_JsonFormatter().format(record), file=sys.stderr)
+            print(JsonFormatter().format(record), file=sys.stderr)
         else:
             print(f"warden: {line}", file=sys.stderr)
 
@@ -221,7 +179,7 @@ def cmd_daemon(args: argparse.Namespace) -> int:
     from warden.daemon import build, load, prepare, serve
 
     parts = prepare(args.command, *load(args.config))
-    return serve(build(args.command, parts), parts.config)
+    return serve(build(args.command, parts), parts.config, parts.handlers)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -256,25 +214,30 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exit_:
         return int(exit_.code or 0) and EXIT_CONFIG
-    fmt = args.log_format if args.log_format in FORMATS else "text"
     problems = _environment_problems(args)
+    level = args.log_level or os.environ.get("WARDEN_LOG_LEVEL", "").lower() or None
+    fmt = args.log_format or os.environ.get("WARDEN_LOG_FORMAT", "").lower() or "text"
+    if fmt not in FORMATS:
+        fmt = "text"
     if problems:
         _say_error("\n".join(problems), fmt)
         return EXIT_CONFIG
-    _setup_logging(args.log_level, fmt)
+    given = {name: value for name, value in (("level", args.log_level), ("format", args.log_format)) if value}
+    SETTINGS.start(level if level in LEVELS else None, fmt, given=given)
     try:
         return COMMANDS[args.command](args)
     except ConfigError as error:
-        _say_error(str(error), fmt)
+        _say_error(str(error), SETTINGS.current["format"])
         return EXIT_CONFIG
     except (ConnectionLost, WardenError) as error:
-        _say_error(str(error), fmt)
+        _say_error(str(error), SETTINGS.current["format"])
         return EXIT_ERROR
     except KeyboardInterrupt:
         return EXIT_ERROR
     except Exception as error:  # noqa: BLE001 - a person sees one line, not a traceback
         logger.debug("unexpected error", exc_info=True)
-        _say_error(f"{type(error).__name__}: {error} (--log-level debug shows where)", fmt)
+        _say_error(f"{type(error).__name__}: {error} (--log-level debug shows where)",
+                   SETTINGS.current["format"])
         return EXIT_ERROR
 
 

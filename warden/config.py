@@ -264,6 +264,10 @@ class Config:
     zone_check: str = "ec2"
     #: handlers to enable, by entry-point name
     handlers: tuple[str, ...] = ("redx", "elb", "ecs")
+    #: ``debug``, ``info``, ``warning`` or ``error``; None: ``--log-level``'s default
+    log_level: Optional[str] = None
+    #: ``text`` or ``json``; None: ``--log-format``'s default
+    log_format: Optional[str] = None
     #: alert settings (``webhookUrl``, ``events``), or None
     alerts: Optional[dict] = None
     #: seconds between reads of an ``s3://`` or ``ssm:`` service source
@@ -389,6 +393,14 @@ def _handlers(value: Any) -> Optional[str]:
     return None
 
 
+def _one_of(*allowed: str) -> Callable[[Any], Optional[str]]:
+    def check(value: Any) -> Optional[str]:
+        if _enum(value) not in allowed:
+            return "must be " + " or ".join(f'"{a}"' for a in allowed) + ", in any case"
+        return None
+    return check
+
+
 def _zone_check(value: Any) -> Optional[str]:
     if _enum(value) not in ("ec2", "none"):
         return 'must be "ec2" or "none"'
@@ -500,6 +512,8 @@ _SPELLED: dict[str, tuple[str, Callable[[Any], Optional[str]]]] = {
     "guardTimeSeconds": ("guard_time_seconds", _seconds(0.05, 300)),
     "candidateExpirySeconds": ("candidate_expiry_seconds", _seconds(1, DAY)),
     "zoneCheck": ("zone_check", _zone_check),
+    "logLevel": ("log_level", _one_of("debug", "info", "warning", "error")),
+    "logFormat": ("log_format", _one_of("text", "json")),
     "handlers": ("handlers", _handlers),
     "alerts": ("alerts", _object),
     "metricsAddress": ("metrics_address", _listen_address),
@@ -861,8 +875,9 @@ def load_config(path: str) -> tuple[Optional[Config], list[Problem]]:
         # Under Sentinel a failover may promote a replica: act only on what one holds.
         values["min_replicas_to_act"] = 1 if sentinels is not None else 0
 
-    if "zone_check" in values:
-        values["zone_check"] = _enum(values["zone_check"])
+    for enum in ("zone_check", "log_level", "log_format"):
+        if enum in values:
+            values[enum] = _enum(values[enum])
     if "container_labels" in values:
         values["container_labels"] = _enum(values["container_labels"]) == "on"
     values["service_description_path"], values["service_description_display"] = _service_location(

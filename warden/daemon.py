@@ -30,6 +30,7 @@ from warden.manager.manager import Manager
 from warden.manager.scaler import Scaler
 from warden.model import Change
 from warden.registrar.registrar import Registrar
+from warden.runtime import logs
 from warden.runtime.central import ACL_DOC, Central, version_problem
 from warden.runtime.metadata import CONFIG_KEYS, ENV_KEYS, resolve_identity
 from warden.runtime.supervisor import Component, HandlerPart, LeaderPart, Step, Supervisor, ThreadPart
@@ -159,6 +160,7 @@ def load(config_arg: Optional[str]) -> tuple[Config, ServiceCatalog, list[Proble
     the config's warnings and the problems found in the service files."""
     config, config_problems = load_config(resolve_config_path(config_arg))
     config = require(config, config_problems)
+    logs.SETTINGS.use_config(config.log_level, config.log_format)
     catalog = catalog_for(config.service_description_path, config.service_description_display, config.region)
     _, problems = catalog.load()
     # The config's warnings too (an unknown key is often a misspelt one), so a daemon
@@ -304,16 +306,30 @@ def build(command: str, parts: Parts) -> Supervisor:
     return Supervisor(components)
 
 
-#: config keys a SIGHUP applies without a restart (lower case)
-LIVE_KEYS = frozenset({"labelfrontends", "labelloadbalancers"})
+#: config keys a SIGHUP applies without a restart (lower case); ``alerts`` too where
+#: the alerts handler runs
+LIVE_KEYS = frozenset({"labelfrontends", "labelloadbalancers", "loglevel", "logformat"})
 
 
-def reload_on_hangup(supervisor: Supervisor, config: Config, in_force: Any) -> None:
+@dataclass
+class Settings:
+    """What SIGHUP compares a config file with: the settings read at start (for the
+    keys that need a restart) and the ones last applied (for the live keys), each as
+    :func:`warden.config.read_settings` reads them (the file, and WARDEN_<KEY> over it)."""
+
+    started: Any
+    applied: Any
+    #: the live keys of this process (:data:`LIVE_KEYS`, and ``alerts`` where it alerts)
+    live: frozenset = LIVE_KEYS
+
+
+def reload_on_hangup(supervisor: Supervisor, config: Config, settings: Settings) -> None:
     """SIGHUP: the service files are read again (the same rules as after a change), and
-    the config file too: of the keys that changed since start (``in_force``: the
-    settings then, :func:`warden.config.read_settings`), the label patterns are applied
-    at once and the others are named, as they take effect at the next restart; a
-    config file that no longer loads is reported and the configuration in force stays."""
+    the config file too: of the live keys that changed since they were last applied,
+    each is applied at once (the log level and format here; the label patterns and the
+    alerts by :data:`warden.signals.settings_reloaded`); the other keys that changed
+    since start are named, as they take effect at the next restart; a config file that
+    no longer loads is reported and the configuration in force stays."""
     sources = [c for c in supervisor.components if isinstance(c, ServiceWatcher)] + [
         c.thread for c in supervisor.components if isinstance(c, ThreadPart) and isinstance(c.thread, SourcePoller)]
     for source in sources:
@@ -324,21 +340,25 @@ def reload_on_hangup(supervisor: Supervisor, config: Config, in_force: Any) -> N
         logger.error("SIGHUP: %s; the configuration in force stays",
                      "; ".join(str(p) for p in errors) or f"{config.display_path} does not load")
         return
-    # The settings as load_config read them (the file, and WARDEN_<KEY> over it).
-    changed = changed_keys(in_force, read_settings(config.path)[0] or jsonfile.KeyedObject([]))
-    live = [key for key in changed if key.lower() in LIVE_KEYS]
-    later = [key for key in changed if key.lower() not in LIVE_KEYS]
+    now = read_settings(config.path)[0] or jsonfile.KeyedObject([])
+    live = [key for key in changed_keys(settings.applied, now) if key.lower() in settings.live]
+    later = [key for key in changed_keys(settings.started, now) if key.lower() not in settings.live]
+    settings.applied = now
     if live:
+        kept = logs.SETTINGS.use_config(fresh.log_level, fresh.log_format)
         logger.info("SIGHUP: applied %s", ", ".join(live))
+        for name in kept:
+            logger.warning("SIGHUP: log%s stays %s, as --log-%s gave it", name.title(),
+                           logs.SETTINGS.current[name], name)
         signals.send(signals.settings_reloaded, supervisor, config=fresh, keys=live)
     if later:
         logger.warning("SIGHUP: %s changed %s: they take effect at the next restart",
                        config.display_path, ", ".join(later))
-    if not changed:
+    if not live and not later:
         logger.info("SIGHUP: %s unchanged", config.display_path)
 
 
-def serve(supervisor: Supervisor, config: Config) -> int:
+def serve(supervisor: Supervisor, config: Config, handlers: Any = ()) -> int:
     """Start everything (and ``/metrics`` when ``metricsAddress`` is set), wait for
     SIGTERM or SIGINT, stop it all under ``stopTimeoutSeconds``; 0. The first signal
     asks for a clean stop; a second exits at once. SIGHUP reads the files again (see
@@ -346,7 +366,9 @@ def serve(supervisor: Supervisor, config: Config) -> int:
     stop, hangup, wake = threading.Event(), threading.Event(), threading.Event()
     # What SIGHUP compares with: the settings read at start (with no file, the
     # environment's alone).
-    in_force = read_settings(config.path)[0] or jsonfile.KeyedObject([])
+    started = read_settings(config.path)[0] or jsonfile.KeyedObject([])
+    alerting = any(handler.name == "alerts" for handler in handlers)
+    settings = Settings(started, started, LIVE_KEYS | {"alerts"} if alerting else LIVE_KEYS)
     telemetry = None
     if config.metrics_address:
         try:
@@ -383,7 +405,7 @@ def serve(supervisor: Supervisor, config: Config) -> int:
             if hangup.is_set() and not stop.is_set():
                 hangup.clear()
                 try:
-                    reload_on_hangup(supervisor, config, in_force)
+                    reload_on_hangup(supervisor, config, settings)
                 except Exception:  # noqa: BLE001 - a reload never ends the process
                     logger.exception("SIGHUP: reload failed; the configuration in force stays")
     finally:

@@ -89,7 +89,8 @@ settings_reloaded = _signals.signal(
     "settings-reloaded",
     doc="""SIGHUP read a config file that loads, and some keys that can change live
     changed. Sender: the daemon. kw: ``config`` (the config as read again),
-    ``keys`` (the live keys that changed: ``labelFrontends``, ``labelLoadBalancers``).""",
+    ``keys`` (the live keys that changed, as the file spells them: ``labelFrontends``,
+    ``labelLoadBalancers``, ``logLevel``, ``logFormat``, ``alerts``).""",
 )
 
 label_service_proposed = _signals.signal(

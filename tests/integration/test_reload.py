@@ -71,3 +71,30 @@ def test_sighup_applies_new_label_patterns_without_a_restart(redx, containers, w
     assert "SIGHUP: applied labelFrontends" in w.log()
     line = next(x for x in w.log().splitlines() if "take effect at the next restart" in x)
     assert "leaseSeconds" in line and "labelFrontends" not in line, line
+
+
+def test_sighup_applies_alerts_and_the_log_format_live(managers, central, webhook):
+    """``alerts`` and ``logFormat`` change without a restart; ``logLevel`` given by
+    ``--log-level`` (as the test processes are started) stays, and the log says so."""
+    from warden.control import encode
+
+    m = managers("i-hup-alerts", managerSleepTimeSeconds=600,
+                 alerts={"webhookUrl": webhook.url, "events": ["leadership"]})
+    eventually(lambda: any(a["event"] == "leadership-gained" for a in webhook.bodies), 10, what="first alert")
+
+    settings = json.loads(m.config_path.read_text())
+    m.config_path.write_text(json.dumps(dict(settings, alerts={"webhookUrl": webhook.url, "events": ["drain"]},
+                                             logFormat="json", logLevel="error")))
+    m.process.send_signal(signal.SIGHUP)
+    eventually(lambda: '"msg": "SIGHUP: applied alerts, logFormat, logLevel"' in m.log(), 10,
+               what="the reload applied the alerts and the log settings")
+    assert '"msg": "SIGHUP: logLevel stays debug, as --log-level gave it"' in m.log()
+    assert "take effect at the next restart" not in m.log()
+
+    central.set("warden:drain:i-hup-alerts", json.dumps({"reason": "spot interruption", "lifecycle": None}))
+    central.publish("warden:drain", encode("drain", "i-hup-alerts", "", 0, None))
+    eventually(lambda: any(a["event"] == "host-draining" for a in webhook.bodies), 10,
+               what="a drain alert, an event the reloaded alerts ask for")
+    assert m.stop() == 0
+    assert not [a for a in webhook.bodies if a["event"] == "leadership-lost"], \
+        "leadership alerts went on after SIGHUP took them out"

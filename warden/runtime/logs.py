@@ -9,15 +9,92 @@ what was held back.
 
 from __future__ import annotations
 
+import json
 import logging
+import sys
 import threading
 import time
+from datetime import datetime, timezone
 from typing import Any, Optional
 
 #: seconds after a logged failure in which its repeats are counted, not logged
 QUIET_SECONDS = 60.0
 #: what a JSON log line carries of a record's ``extra`` fields, where they apply
 STRUCTURED_FIELDS = ("service", "container", "change", "epoch")
+
+#: what --log-level, WARDEN_LOG_LEVEL and ``logLevel`` accept (in any case)
+LEVELS = ("debug", "info", "warning", "error")
+#: what --log-format, WARDEN_LOG_FORMAT and ``logFormat`` accept (in any case)
+FORMATS = ("text", "json")
+#: the level and format when nothing names them
+DEFAULTS = {"level": "info", "format": "text"}
+
+
+def _rfc3339(seconds: float) -> str:
+    """Unix seconds as RFC 3339 UTC with milliseconds: ``2026-12-03T10:15:02.123Z``."""
+    stamp = datetime.fromtimestamp(seconds, timezone.utc)
+    return stamp.strftime("%Y-%m-%dT%H:%M:%S.") + f"{stamp.microsecond // 1000:03d}Z"
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object a line, for log shippers."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {"ts": _rfc3339(record.created), "level": record.levelname.lower(),
+                 "logger": record.name, "msg": record.getMessage()}
+        # The fields a log search filters on, where the line has them.
+        for name in STRUCTURED_FIELDS:
+            value = getattr(record, name, None)
+            if value is not None:
+                entry[name] = value
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+class LogSettings:
+    """The process's log level and format. The command line (``--log-level``,
+    ``--log-format``) wins; where it is silent, the config's ``logLevel`` /
+    ``logFormat`` (the file, or ``WARDEN_LOG_LEVEL`` / ``WARDEN_LOG_FORMAT`` over it)
+    apply, at start and again at each SIGHUP."""
+
+    def __init__(self) -> None:
+        self.current = dict(DEFAULTS)
+        #: what the command line set: a config's value does not change these
+        self.given: dict[str, str] = {}
+
+    def start(self, level: Optional[str], fmt: Optional[str], *, given: dict[str, str]) -> None:
+        """Logging as the command line and the environment name it, before any config
+        is read."""
+        self.given = dict(given)
+        self._apply({"level": level or DEFAULTS["level"], "format": fmt or DEFAULTS["format"]})
+
+    def use_config(self, level: Optional[str], fmt: Optional[str]) -> list[str]:
+        """The config's values where the command line gave none (a value the config
+        lacks is the default); the names (``level``, ``format``) whose config value the
+        command line overrode."""
+        named = {"level": level, "format": fmt}
+        kept = [name for name, value in named.items() if value and self.given.get(name, value) != value]
+        self._apply({name: self.given.get(name) or value or DEFAULTS[name] for name, value in named.items()})
+        return kept
+
+    def _apply(self, settings: dict[str, str]) -> None:
+        root = logging.getLogger()
+        if settings == self.current and root.handlers:
+            return
+        self.current = settings
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(JsonFormatter() if settings["format"] == "json" else
+                             logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        root.handlers[:] = [handler]
+        root.setLevel(getattr(logging, settings["level"].upper()))
+        # Library chatter (urllib3 retries, botocore credentials) is not Warden's news.
+        for noisy in ("urllib3", "botocore", "boto3", "watchdog", "redis"):
+            logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+
+
+#: this process's logging
+SETTINGS = LogSettings()
 
 
 class Throttle:
