@@ -14,7 +14,7 @@ from typing import Any, Optional
 from warden import signals
 from warden.config import Config
 from warden.errors import ConfigError
-from warden.model import Change, Container, DesiredState, LoadBalancerTarget, Route
+from warden.model import Change, Container, ContainerTarget, DesiredState, LoadBalancerTarget, Route
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +76,10 @@ class Handler:
     def on_enrolment_changed(self, sender: Any, *, target: LoadBalancerTarget, enrolled: bool,
                              **kw: Any) -> None:
         """This instance should join or leave a load balancer or target group."""
+
+    def on_container_target_changed(self, sender: Any, *, target: ContainerTarget, registered: bool,
+                                    **kw: Any) -> None:
+        """A container should join or leave its service's target group."""
 
     def on_services_changed(self, sender: Any, *, services: tuple, retired: DesiredState,
                             **kw: Any) -> None:

@@ -22,7 +22,8 @@ from warden import signals
 from warden.config import Config
 from warden.handlers import Handler
 from warden.manager.drain import ENROLMENT_PREFIX
-from warden.model import Change, DesiredState, LoadBalancerTarget
+from warden.handlers.members import Members
+from warden.model import Change, ContainerTarget, DesiredState, LoadBalancerTarget
 from warden.runtime import aws
 from warden.runtime.threads import Backoff, StoppableThread
 
@@ -75,6 +76,15 @@ class ElbHandler(Handler):
         self.central: Any = None
         #: (count, monotonic time) last written there
         self._recorded: tuple[int, float] = (-1, 0.0)
+        #: containers as targets of their own (``targetMode: "container"``)
+        self.members = Members(config.instance_id or "", self.client, self._lock, lambda: self.central)
+        #: a draining host's host-mode target groups it left, until they stop draining
+        self.host_leaving: set[LoadBalancerTarget] = set()
+        #: when a draining host stops waiting for its targets to leave ``draining``
+        #: (monotonic), once it left them all
+        self.leave_deadline: Optional[float] = None
+        self._leave_started = self._classic_until = 0.0
+        self._waiting_said = False
 
     # -- AWS -----------------------------------------------------------------
 
@@ -123,6 +133,15 @@ class ElbHandler(Handler):
     def use_central(self, client: Any) -> None:
         self.central = client
 
+    def register(self, telemetry: Any) -> None:
+        telemetry.counter_source("warden_target_refusals",
+                                 'Containers and target groups refused for targetMode "container" '
+                                 "(a port not published, a group absent or of a wrong type)",
+                                 lambda: self.members.refused)
+        telemetry.gauge_source("warden_container_targets",
+                               'Targets this host holds or is joining in targetMode "container" groups',
+                               lambda: float(self.members.count()))
+
     def record_enrolment(self, force: bool = False) -> None:
         """Keep ``warden:enrolment:<instanceId>``: the targets this host is in or is
         joining. Written when the count changes, renewed a third of its life before it
@@ -130,7 +149,9 @@ class ElbHandler(Handler):
         if self.central is None or not self.instance_id:
             return
         with self._lock:
-            count = len({t for t, on in self.held.items() if on} | {t for t, on in self.wanted.items() if on})
+            count = len({t for t, on in self.held.items() if on} | {t for t, on in self.wanted.items() if on}
+                        | self.host_leaving)
+        count += self.members.count()
         life = max(60, int(3 * self.config.registrar_sleep_time_seconds))
         last, at = self._recorded
         if not force and count == last and time.monotonic() - at < life / 3:
@@ -154,14 +175,17 @@ class ElbHandler(Handler):
                              enrolled: bool, **kw: Any) -> None:
         self._want({target: enrolled and not self.draining}, recheck=False)
 
+    def on_container_target_changed(self, sender: Any, *, target: ContainerTarget, registered: bool,
+                                    **kw: Any) -> None:
+        self.members.want(target, registered)
+
     def on_host_draining(self, sender: Any, *, reason: str, **kw: Any) -> None:
         """Leave every load balancer and target group now; join none again."""
         with self._lock:
             self.draining = True
             targets = {t: False for t in self.wanted}
+        self.members.leave_all()
         self._want(targets, recheck=True)
-        if not targets:
-            self.tell_drained()
 
     def tell_drained(self) -> None:
         """Say, once, that this draining host is enrolled nowhere any more."""
@@ -179,11 +203,19 @@ class ElbHandler(Handler):
                  wait: bool = True, **kw: Any) -> list[Change]:
         if not wait:
             # The daemon's sweep: read AWS again on the handler's own thread.
+            self.members.want_all(dict(desired.members))
             self._want({t: on and not self.draining for t, on in desired.targets.items()},
                        recheck=True)
             self.record_enrolment()
             return []
         changes = []
+        if desired.members:
+            self.members.want_all(dict(desired.members))
+            for arn in self.members.pending():
+                for change in self.members.settle(arn, apply=apply):
+                    changes.append(change)
+                    if apply:
+                        self._made(change)
         for target, enrolled in sorted(desired.targets.items()):
             if not self.instance_id:
                 raise RuntimeError("instanceId is unknown: cannot check load-balancer enrolment")
@@ -221,11 +253,75 @@ class ElbHandler(Handler):
         if known != wanted:
             self.set_enrolled(target, wanted)
             self._made(self._change(target, wanted))
+            if not wanted and self.draining and target.kind == "targetgroup":
+                with self._lock:
+                    self.host_leaving.add(target)
         with self._lock:
             # Only record success for what was wanted when the call began; a change
             # that came in meanwhile stays pending.
             if self.wanted.get(target) == wanted:
                 self.held[target] = wanted
+
+
+    #: seconds between looks at the targets a draining host left
+    drain_poll_seconds = 2.0
+    #: seconds past the longest deregistration delay a draining host still waits
+    drain_margin_seconds = 5.0
+
+    def left(self) -> bool:
+        """A draining host that deregistered everywhere: have the load balancers let go
+        of it? ELBv2 targets once no longer ``draining`` (DescribeTargetHealth); classic
+        ELBs after their connection-draining timeout; at most the longest delay (and a
+        margin) after the last deregistration."""
+        now = time.monotonic()
+        if self.leave_deadline is None:
+            classic = self._classic_draining()
+            self._leave_started, self._classic_until = now, now + classic
+            self.leave_deadline = now + max(classic, self._longest_delay()) + self.drain_margin_seconds
+        draining = self.members.still_draining()
+        for target in sorted(self.host_leaving):
+            if self._host_draining(target):
+                draining.setdefault(target.name, set()).add((self.instance_id or "", target.port))
+            else:
+                with self._lock:
+                    self.host_leaving.discard(target)
+        waiting = sum(len(keys) for keys in draining.values())
+        if not waiting and now >= self._classic_until:
+            return True
+        if now >= self.leave_deadline:
+            logger.warning("drain: %d target(s) still draining after %.0fs (the deregistration delay); "
+                           "going on", waiting, now - self._leave_started)
+            return True
+        if not self._waiting_said:
+            self._waiting_said = True
+            logger.info("drain: waiting for %d target(s) to leave draining (up to %.0fs)",
+                        waiting, self.leave_deadline - now)
+        return False
+
+    def _longest_delay(self) -> float:
+        """The longest deregistration delay of the ELBv2 groups this host left."""
+        return max([self.members.longest_delay()] + [self.members.delay_of(t.name) for t in self.host_leaving])
+
+    def _classic_draining(self) -> float:
+        """The longest connection-draining timeout of the classic ELBs this host left."""
+        longest = 0.0
+        for target in [t for t in self.wanted if t.kind == "elb"]:
+            try:
+                attributes = self.client("elb").describe_load_balancer_attributes(
+                    LoadBalancerName=target.name)["LoadBalancerAttributes"]
+            except botocore.exceptions.ClientError as error:
+                logger.debug("cannot read the attributes of %s: %s", target.name, error)
+                continue
+            draining = attributes.get("ConnectionDraining") or {}
+            if draining.get("Enabled"):
+                longest = max(longest, float(draining.get("Timeout") or 0))
+        return longest
+
+    def _host_draining(self, target: LoadBalancerTarget) -> bool:
+        reply = self.client("elbv2").describe_target_health(TargetGroupArn=target.name)
+        return any(d["Target"]["Id"] == self.instance_id and d["Target"].get("Port", target.port) == target.port
+                   and (d.get("TargetHealth") or {}).get("State") == "draining"
+                   for d in reply.get("TargetHealthDescriptions") or [])
 
 
 class _EnrolmentWorker(StoppableThread):
@@ -250,11 +346,24 @@ class _EnrolmentWorker(StoppableThread):
         while not self.stopping:
             with handler._lock:
                 while not self.stopping and not any(
-                        handler.held.get(t) != on for t, on in handler.wanted.items()):
+                        handler.held.get(t) != on for t, on in handler.wanted.items()) and not any(
+                        g.dirty for g in handler.members.groups.values()) and not (
+                        handler.draining and not handler._drained_told):
                     handler._lock.wait(1.0)
             if self.stopping:
                 break
             failed: Optional[Exception] = None
+            for arn in handler.members.pending():
+                if self.stopping:
+                    break
+                try:
+                    for change in handler.members.settle(arn):
+                        handler._made(change)
+                except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError,
+                        IndexError, KeyError) as error:
+                    failed = error
+                    logger.warning("target group call for %s failed: %s", arn, error)
+                    signals.send(signals.aws_call_failed, handler, **aws.failure("elbv2", error))
             for target in handler.pending():
                 if self.stopping:
                     break
@@ -267,8 +376,16 @@ class _EnrolmentWorker(StoppableThread):
                     signals.send(signals.aws_call_failed, handler,
                                  **aws.failure("elb" if target.kind == "elb" else "elbv2", error))
             handler.record_enrolment()
-            if failed is None and handler.draining and not handler.pending():
-                handler.tell_drained()
+            if failed is None and handler.draining and not handler.pending() and not handler.members.pending():
+                try:
+                    if handler.left():
+                        handler.tell_drained()
+                    else:
+                        self.stop_event.wait(handler.drain_poll_seconds)
+                except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError,
+                        IndexError, KeyError) as error:
+                    failed = error
+                    logger.warning("cannot read whether this host's targets still drain: %s", error)
             if failed is None:
                 self.backoff.reset()
             else:

@@ -16,11 +16,11 @@ from fnmatch import fnmatchcase
 from typing import Any, Callable, Iterable, Mapping, Optional
 
 from warden.model import Container
-from warden.services import Service, parse_port, parse_readiness
+from warden.services import Service, parse_port, parse_readiness, parse_target_mode
 
 #: labels (after the prefix) that make ``service`` a definition, not only an assignment
 DEFINING = ("frontend", "port", "backend", "network", "published-port", "readiness",
-            "load-balancer", "target-group", "target-port")
+            "load-balancer", "target-group", "target-port", "target-mode")
 
 #: a frontend a label may name: a host name (dot-separated labels of letters, digits
 #: and inner ``-``, an optional ``:port``), then an optional path with no wildcard
@@ -98,6 +98,12 @@ def service_from_labels(container: Container, prefix: str) -> tuple[Optional[Ser
     target_group = labels.get(prefix + "target-group", "").strip()
     if target_group and not target_group.startswith("arn:"):
         return None, LabelProblem(who, prefix + "target-group", f"{target_group!r} is not an ARN")
+    if prefix + "target-mode" in labels:
+        fields["target_mode"], problem_text = parse_target_mode(labels[prefix + "target-mode"])
+        if problem_text or (fields["target_mode"] == "container" and not target_group):
+            return None, LabelProblem(who, prefix + "target-mode",
+                                      f"{labels[prefix + 'target-mode']!r} must be host, or container "
+                                      f"with {prefix}target-group")
     return Service(
         name=name.strip(), port=port or 0,
         backend_name=labels.get(prefix + "backend", "").strip() or name.strip(),

@@ -122,6 +122,41 @@ class LoadBalancerTarget:
         return f"targetgroup:{self.name} {instance_id}:{self.port}"
 
 
+@dataclass(frozen=True, order=True)
+class ContainerTarget:
+    """One container as a target of its service's target group (``targetMode:
+    "container"``). Which address AWS is given depends on the group's target type,
+    which only the ELB handler reads: :meth:`aws_target`."""
+
+    group: str  # target group ARN
+    container_id: str
+    #: the container's own address on the service's network ("" when it has none)
+    ip: str
+    #: the service's port, inside the container
+    port: int
+    #: the host port published for ``port`` (0: not published)
+    host_port: int = 0
+    service: str = field(compare=False, default="")
+
+    def aws_target(self, target_type: str, instance_id: str) -> tuple[Optional[tuple[str, int]], str]:
+        """``(Id, Port)`` in a group of ``target_type`` (``instance``: this instance on
+        the host port; ``ip``: the container's own address and port), or ``(None, why
+        not)``."""
+        if target_type == "instance":
+            if not self.host_port:
+                return None, (f"port {self.port} is not published on the host, and target group "
+                              f"{self.group} takes instances (instanceId:hostPort)")
+            if not instance_id:
+                return None, "this host's instanceId is unknown (set instanceId or WARDEN_INSTANCE_ID)"
+            return (instance_id, self.host_port), ""
+        if target_type == "ip":
+            if not self.ip:
+                return None, "the container has no address on the service's network"
+            return (self.ip, self.port), ""
+        return None, (f"target group {self.group} takes targets of type {target_type!r}; "
+                      f"targetMode \"container\" needs an instance or ip group")
+
+
 @dataclass(frozen=True)
 class Change:
     """One change that a sweep or an event makes, printed as SPEC's change line."""
@@ -145,6 +180,9 @@ class DesiredState:
     targets: Mapping[LoadBalancerTarget, bool]
     #: which addresses Warden owns (may add and remove) in each backend
     ownership: "Ownership"
+    #: target group -> the containers here that should be its targets, for every group
+    #: a service in force names with ``targetMode: "container"``
+    members: Mapping[str, frozenset[ContainerTarget]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from typing import Any, Callable, Mapping, Optional, Protocol
 
 from warden import jsonfile
 from warden.jsonfile import KeyedObject, Problem, any_case, in_range, is_int, unknown_key
-from warden.model import Attachment, Container, LoadBalancerTarget
+from warden.model import Attachment, Container, ContainerTarget, LoadBalancerTarget
 from warden.policy import MAX_TASKS, STEPS_RULE, Policy, is_task_count, valid_steps
 
 logger = logging.getLogger(__name__)
@@ -106,6 +106,10 @@ class Service:
     published_port: bool = False
     target_group_arn: str = ""
     target_port: int = 80
+    #: ``"host"``: the instance is one target of ``targetGroupArn`` (on ``targetPort``)
+    #: while a container of the service is routed here; ``"container"``: each routed
+    #: container is a target of its own
+    target_mode: str = "host"
     cluster: str = ""
     readiness: Readiness = Readiness()
     #: ``"any"``: a container labelled with this service's name joins it whatever its
@@ -137,9 +141,24 @@ class Service:
         found = []
         if self.load_balancer_name:
             found.append(LoadBalancerTarget("elb", self.load_balancer_name))
-        if self.target_group_arn:
+        if self.target_group_arn and self.target_mode == "host":
             found.append(LoadBalancerTarget("targetgroup", self.target_group_arn, self.target_port))
         return tuple(found)
+
+    @property
+    def member_group(self) -> str:
+        """The target group each routed container joins (``targetMode: "container"``),
+        or ``""``."""
+        return self.target_group_arn if self.target_mode == "container" else ""
+
+    def member_of(self, container: Container) -> Optional[ContainerTarget]:
+        """``container`` as a target of :attr:`member_group`: its own address and
+        ``port``, and the host port published for ``port`` (0 when none)."""
+        if not self.member_group:
+            return None
+        ip, _ = self.own_address_of(container)
+        return ContainerTarget(self.member_group, container.id, ip or "", self.port,
+                               container.host_port(self.port) or 0, self.name)
 
     def claims(self, container: Container, service_label: str = SERVICE_LABEL) -> bool:
         """Does ``container`` belong to this service? ``containerName`` as a substring
@@ -232,6 +251,12 @@ def _object(value: Any) -> tuple[Any, Optional[str]]:
 _PATH_SAFE = "/%:@!$&'()*+,;=?~"
 
 
+def parse_target_mode(value: Any) -> tuple[Any, Optional[str]]:
+    if isinstance(value, str) and value.strip().lower() in ("host", "container"):
+        return value.strip().lower(), None
+    return None, 'must be "host" or "container"'
+
+
 def _label_members(value: Any) -> tuple[Any, Optional[str]]:
     if isinstance(value, str) and value.lower() in ("any", "matching"):
         return value.lower(), None
@@ -265,6 +290,7 @@ _FIELDS: dict[str, tuple[str, Callable[[Any], tuple[Any, Optional[str]]]]] = {
     "publishedport": ("published_port", _bool),
     "targetgrouparn": ("target_group_arn", _string),
     "targetport": ("target_port", parse_port),
+    "targetmode": ("target_mode", parse_target_mode),
     "cluster": ("cluster", _string),
     "readiness": ("readiness", parse_readiness),
     "labelmembers": ("label_members", _label_members),
@@ -276,7 +302,7 @@ _FIELDS: dict[str, tuple[str, Callable[[Any], tuple[Any, Optional[str]]]]] = {
 #: the service keys as the README spells them (for "did you mean")
 SERVICE_KEYS = ("name", "backendName", "containerName", "loadBalancerName", "loadBalancerUrl", "port",
                 "site", "taskName", "taskVersion", "network", "publishedPort", "targetGroupArn",
-                "targetPort", "cluster", "readiness", "labelMembers", "metric", "scaling", "runTask")
+                "targetPort", "targetMode", "cluster", "readiness", "labelMembers", "metric", "scaling", "runTask")
 
 #: settings each built-in metric type needs (a plugin checks its own when read)
 METRIC_SETTINGS = {
@@ -362,6 +388,9 @@ def _cross_checks(file: str, where: str, obj: KeyedObject, values: dict[str, Any
         problems.append(Problem(file, where + obj.spelled("targetgrouparn"),
                                 "must be a target group ARN "
                                 "(arn:aws:elasticloadbalancing:REGION:ACCOUNT:targetgroup/NAME/ID)"))
+    if values.get("target_mode") == "container" and not arn:
+        problems.append(Problem(file, where + obj.spelled("targetmode"),
+                                '"container" needs a targetGroupArn: each container is a target of that group'))
     name = values.get("container_name")
     if name and len(name) < SHORTEST_CONTAINER_NAME:
         problems.append(Problem(file, where + obj.spelled("containername"),

@@ -48,6 +48,14 @@ enrolment_changed = _signals.signal(
     kw: ``target`` (:class:`~warden.model.LoadBalancerTarget`), ``enrolled`` (bool).""",
 )
 
+container_target_changed = _signals.signal(
+    "container-target-changed",
+    doc="""A container should (``registered=True``) or should no longer be a target of
+    its service's target group (``targetMode: "container"``): registered once routed
+    (ready), deregistered at its ``kill``/``stop``. Sender: the Registrar.
+    kw: ``target`` (:class:`~warden.model.ContainerTarget`), ``registered`` (bool).""",
+)
+
 enrolment_drained = _signals.signal(
     "enrolment-drained",
     doc="""This host, draining, is enrolled in no load balancer or target group any

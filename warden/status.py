@@ -32,6 +32,7 @@ def collect(config: Config, services: tuple[Service, ...]) -> dict:
     servers = _redx_servers(config, services, errors)
     containers = _containers(services, config, listed)
     enrolled = _enrolment(config, services, errors)
+    members = _container_targets(config, services, errors)
     tasks = _tasks(config, services, errors)
     for service in services:
         report["services"].append({
@@ -46,7 +47,8 @@ def collect(config: Config, services: tuple[Service, ...]) -> dict:
                          else bool(service.frontend) and not servers[service.backend_name]),
             "containers": containers.get(service.name),
             "loadBalancers": [{"target": t.change_text(config.instance_id or "?"),
-                               "enrolled": enrolled.get(t)} for t in service.targets],
+                               "enrolled": enrolled.get(t)} for t in service.targets]
+            + members.get(service.member_group, []),
             "tasks": tasks.get(service.name, {"desired": None, "running": None}),
         })
     report["leader"], report["draining"] = _leader(config, errors)
@@ -170,6 +172,50 @@ def _enrolment(config: Config, services: tuple[Service, ...], errors: list) -> d
     return found
 
 
+def _container_targets(config: Config, services: tuple[Service, ...], errors: list) -> dict:
+    """Each ``targetMode: "container"`` group's targets that are this host's (this
+    instance's in an instance group, those this host recorded in an ip group), with
+    their state: ``{"target", "enrolled", "state"}`` entries by group ARN."""
+    groups = sorted({s.member_group for s in services if s.member_group})
+    if not groups:
+        return {}
+    from warden.handlers.elb import AWS_CLIENT_CONFIG
+    from warden.handlers.members import TARGETS_PREFIX, change_text
+    from warden.runtime import aws
+
+    recorded: set[str] = set()
+    if config.instance_id:
+        try:
+            client = config.service_management_redis.client(socket_timeout=2, socket_connect_timeout=2,
+                                                            decode_responses=True)
+            recorded = set(client.smembers(TARGETS_PREFIX + config.instance_id))
+            client.close()
+        except Exception as error:  # noqa: BLE001
+            errors.append(f"ip targets of this host: central Redis {config.service_management_redis.display}: "
+                          f"{error}")
+    elbv2 = aws.client("elbv2", config.region, AWS_CLIENT_CONFIG)
+    found: dict[str, list] = {}
+    for arn in groups:
+        try:
+            described = elbv2.describe_target_groups(TargetGroupArns=[arn])["TargetGroups"]
+            kind = (described[0].get("TargetType") if described else None) or "instance"
+            health = elbv2.describe_target_health(TargetGroupArn=arn)["TargetHealthDescriptions"]
+        except Exception as error:  # noqa: BLE001
+            errors.append(f"targetgroup:{arn}: {error}")
+            continue
+        entries = []
+        for description in health:
+            key = (str(description["Target"]["Id"]), int(description["Target"].get("Port") or 0))
+            mine = (key[0] == config.instance_id if kind == "instance"
+                    else f"{arn} {key[0]}:{key[1]}" in recorded)
+            if mine:
+                state = (description.get("TargetHealth") or {}).get("State", "initial")
+                entries.append({"target": change_text(arn, key), "enrolled": state != "draining",
+                                "state": state})
+        found[arn] = sorted(entries, key=lambda e: e["target"])
+    return found
+
+
 def _tasks(config: Config, services: tuple[Service, ...], errors: list) -> dict:
     scaled = [s for s in services if s.metric and s.task_name]
     if not scaled:
@@ -240,7 +286,9 @@ def render_text(report: dict) -> str:
              "TASKS (desired/running)")]
     for s in report["services"]:
         routes = s["routes"]
-        lbs = ", ".join(f"{lb['target'].split(' ')[0]}={_cell(lb['enrolled'])}" for lb in s["loadBalancers"]) or "-"
+        lbs = ", ".join(f"{lb['target']}={lb['state']}" if "state" in lb
+                        else f"{lb['target'].split(' ')[0]}={_cell(lb['enrolled'])}"
+                        for lb in s["loadBalancers"]) or "-"
         tasks = s["tasks"]
         task_text = "-" if tasks["desired"] is None and tasks["running"] is None \
             else f"{_cell(tasks['desired'])}/{_cell(tasks['running'])}"

@@ -118,3 +118,41 @@ def test_a_container_that_defines_a_service_by_labels_is_refused_once_without_a_
     open_policy = ServicesInForce((), "warden.", LabelPolicy(frontends=("*.example.com",)))
     assert open_policy.relabel([labelled], lambda s: None) == []
     assert [s.name for s in open_policy.combined()] == ["shop"]
+
+
+GROUP = "arn:aws:elasticloadbalancing:us-east-1:123456789012:targetgroup/shop/0123456789abcdef"
+SHOP = Service(name="shop", port=8080, backend_name="shop", container_name="shop", target_group_arn=GROUP,
+               target_mode="container", load_balancer_name="shop-elb")
+
+
+def test_each_routed_container_of_a_container_mode_service_is_a_target_until_its_kill():
+    from warden.model import ContainerTarget, PublishedPort
+
+    view = HostView("10.0.0.5", "warden.service")
+    one = container(2, image="shop", ports=(PublishedPort(8080, "tcp", 32768),))
+    two = container(3, image="shop")
+    view.apply(ContainerEvent("start", one.id, 1.0), one)
+    first = view.update(one.id, (SHOP,), (), ready)
+    target = ContainerTarget(GROUP, one.id, "172.17.0.2", 8080, 32768, "shop")
+    assert first.register == (target,)
+    # The classic ELB still enrols the instance; the target group is not a host-mode one.
+    assert first.enrol == (LoadBalancerTarget("elb", "shop-elb"),)
+    view.apply(ContainerEvent("start", two.id, 1.5), two)
+    assert view.update(two.id, (SHOP,), (), ready).register == (ContainerTarget(GROUP, two.id, "172.17.0.3", 8080),)
+    assert view.desired((SHOP,), Ownership((), "10.0.0.5")).members == {
+        GROUP: frozenset({target, ContainerTarget(GROUP, two.id, "172.17.0.3", 8080)})}
+    assert view.desired((SHOP,), Ownership((), "10.0.0.5")).targets == {LoadBalancerTarget("elb", "shop-elb"): True}
+
+    view.apply(ContainerEvent("kill", one.id, 2.0, stopping=True), None)
+    assert view.update(one.id, (SHOP,), (), ready).deregister == (target,), "deregistered at the kill"
+    view.apply(ContainerEvent("die", one.id, 2.1), None)
+    assert view.update(one.id, (SHOP,), (), ready) == Diff()
+
+    # An instance group takes instanceId:hostPort; an ip group the container's own address.
+    assert target.aws_target("instance", "i-0abc") == (("i-0abc", 32768), "")
+    assert target.aws_target("ip", "i-0abc") == (("172.17.0.2", 8080), "")
+    unpublished = ContainerTarget(GROUP, two.id, "172.17.0.3", 8080)
+    key, why = unpublished.aws_target("instance", "i-0abc")
+    assert key is None and "port 8080 is not published" in why
+    key, why = target.aws_target("lambda", "i-0abc")
+    assert key is None and "needs an instance or ip group" in why

@@ -176,6 +176,9 @@ class LifecycleCompleter(StoppableThread):
 
     #: seconds between looks at what the enrolling process holds
     look_seconds = 0.5
+    #: seconds between RecordLifecycleActionHeartbeat calls while the host still leaves
+    #: its load balancers (a third of the shortest heartbeat timeout a hook may have)
+    heartbeat_seconds = 10.0
 
     def __init__(self, config: Config, elb_here: bool, central: Optional[Central] = None) -> None:
         super().__init__("warden-lifecycle")
@@ -241,13 +244,44 @@ class LifecycleCompleter(StoppableThread):
                         "(the process that runs the elb handler)", self.lifecycle["LifecycleHookName"], held)
         return held == 0
 
+    def heartbeat(self, lifecycle: dict) -> None:
+        """One RecordLifecycleActionHeartbeat: the hook waits on (raises botocore's errors)."""
+        params = {"LifecycleHookName": lifecycle["LifecycleHookName"],
+                  "AutoScalingGroupName": lifecycle.get("AutoScalingGroupName") or ""}
+        if lifecycle.get("LifecycleActionToken"):
+            params["LifecycleActionToken"] = lifecycle["LifecycleActionToken"]
+        else:
+            params["InstanceId"] = self.config.instance_id
+        aws.client("autoscaling", self.config.region, _CLIENT_CONFIG).record_lifecycle_action_heartbeat(**params)
+
     def run(self) -> None:
+        beat_at: Optional[float] = None
         while not self.stopping and not self._ready():
+            if self.lifecycle is not None:
+                now = time.monotonic()
+                beat_at = beat_at if beat_at is not None else now + self.heartbeat_seconds
+                if now >= beat_at:
+                    beat_at = now + self.heartbeat_seconds
+                    self._beat(self.lifecycle)
             self.wake.wait(self.look_seconds if self.lifecycle is not None else 1.0)
             self.wake.clear()
         if self.stopping or self.lifecycle is None:
             return
         self._complete_until_done(self.lifecycle)
+
+    def _beat(self, lifecycle: dict) -> None:
+        """A heartbeat while the host still leaves its load balancers; a failed one is
+        logged (the next comes a period later)."""
+        try:
+            self.heartbeat(lifecycle)
+        except Exception as error:  # noqa: BLE001 - a missed heartbeat is retried at the next
+            logger.warning("cannot send a heartbeat for lifecycle action %s: %s",
+                           lifecycle["LifecycleHookName"], error)
+            signals.send(signals.aws_call_failed, self,
+                         **aws.failure("autoscaling", error, "RecordLifecycleActionHeartbeat"))
+            return
+        logger.info("lifecycle action %s: heartbeat sent; this host still leaves its load balancers",
+                    lifecycle["LifecycleHookName"])
 
     def _complete_until_done(self, lifecycle: dict) -> None:
         backoff = Backoff(self.backoff_initial, self.backoff_cap)

@@ -294,6 +294,10 @@ class Registrar(StoppableThread):
         for route in diff.added:
             signals.send(signals.route_added, self, route=route, container=container, event_time=event_time)
         self._send_enrolment(diff.enrol, diff.leave)
+        for target in diff.deregister:
+            signals.send(signals.container_target_changed, self, target=target, registered=False)
+        for target in diff.register:
+            signals.send(signals.container_target_changed, self, target=target, registered=True)
         self._update_routed()
 
     def _send_enrolment(self, enrol: tuple[LoadBalancerTarget, ...], leave: tuple[LoadBalancerTarget, ...]) -> None:

@@ -19,7 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, Collection, Iterable, Optional
 
-from warden.model import Container, ContainerEvent, DesiredState, LoadBalancerTarget, Ownership, Route
+from warden.model import (Container, ContainerEvent, ContainerTarget, DesiredState, LoadBalancerTarget, Ownership,
+                          Route)
 from warden.services import Service
 
 #: has this container shown it is ready for this service? ``(ready, why not)``; the
@@ -46,6 +47,9 @@ class Diff:
     leave: tuple[LoadBalancerTarget, ...] = ()
     #: the services that gave a container no route, and why
     unrouted: tuple[Unrouted, ...] = field(default=(), compare=False)
+    #: containers to register as targets of their service's group, and to deregister
+    register: tuple[ContainerTarget, ...] = ()
+    deregister: tuple[ContainerTarget, ...] = ()
 
 
 class HostView:
@@ -64,6 +68,8 @@ class HostView:
         self.routes: dict[str, frozenset[Route]] = {}
         #: load-balancer targets this instance was last told to be enrolled in
         self.enrolled: set[LoadBalancerTarget] = set()
+        #: each routed container's targets (``targetMode: "container"``)
+        self.members: dict[str, frozenset[ContainerTarget]] = {}
         #: container id -> Docker's time for its start event, while it may still wait
         #: for its probe (so the route's latency counts from the start)
         self.started_at: dict[str, float] = {}
@@ -130,7 +136,21 @@ class HostView:
         removed = tuple(r for r in sorted(old - new) if not self._provided(r, container_id))
         added = tuple(r for r in sorted(new - old) if not self._provided(r, container_id))
         enrol, leave = self.enrolment(services)
-        return Diff(removed, added, enrol, leave, tuple(unrouted))
+        before = self.members.pop(container_id, frozenset())
+        after = self._members_of(container, new, services) if container is not None else frozenset()
+        if after:
+            self.members[container_id] = after
+        return Diff(removed, added, enrol, leave, tuple(unrouted),
+                    register=tuple(sorted(after - before)), deregister=tuple(sorted(before - after)))
+
+    @staticmethod
+    def _members_of(container: Container, routes: frozenset[Route],
+                    services: Iterable[Service]) -> frozenset[ContainerTarget]:
+        """The targets ``container`` is, through the routed services that make each
+        container a target of their group."""
+        routed = {r.service for r in routes}
+        found = (s.member_of(container) for s in services if s.name in routed and s.member_group)
+        return frozenset(t for t in found if t is not None)
 
     def _provided(self, route: Route, besides: str) -> bool:
         """Another container here provides the same server."""
@@ -165,13 +185,16 @@ class HostView:
     def route_all(self, services: tuple[Service, ...], refused: Collection[str], ready: Ready) -> list[Unrouted]:
         """Recompute every container's routes (after a listing), with no diff: a sweep
         compares the stores with :meth:`desired` instead."""
-        routes, unrouted = {}, []
+        routes, members, unrouted = {}, {}, []
         for container in self.containers.values():
             found, why = self.routes_for(container, services, refused, ready)
             unrouted.extend(why)
             if found:
                 routes[container.id] = found
-        self.routes = routes
+                targets = self._members_of(container, found, services)
+                if targets:
+                    members[container.id] = targets
+        self.routes, self.members = routes, members
         return unrouted
 
     def desired(self, services: tuple[Service, ...], ownership: Ownership) -> DesiredState:
@@ -186,6 +209,9 @@ class HostView:
             backends={name: frozenset(addrs) for name, addrs in backends.items()},
             targets={t: t in wanted for s in services for t in s.targets},
             ownership=ownership,
+            members={group: frozenset(t for targets in self.members.values() for t in targets
+                                      if t.group == group)
+                     for group in {s.member_group for s in services if s.member_group}},
         )
 
     def routed_backends(self) -> frozenset[str]:
