@@ -186,16 +186,17 @@ class Members:
             return
         self.recorded |= {m.decode() if isinstance(m, bytes) else str(m) for m in found}
 
-    def health(self, group: Group) -> dict[Key, str]:
-        """This host's targets in ``group`` and their state, from DescribeTargetHealth."""
-        if group.target_type == "ip":
+    def health(self, group: Group, every: bool = False) -> dict[Key, str]:
+        """This host's targets in ``group`` (``every``: all its targets) and their
+        state, from DescribeTargetHealth."""
+        if group.target_type == "ip" and not every:
             self._recall()
         reply = self.client("elbv2").describe_target_health(TargetGroupArn=group.arn)
         states = {}
         for description in reply.get("TargetHealthDescriptions") or []:
             target = description.get("Target") or {}
             key = (str(target.get("Id", "")), int(target.get("Port") or 0))
-            if self.owned(group, key):
+            if every or self.owned(group, key):
                 states[key] = (description.get("TargetHealth") or {}).get("State", "initial")
         return states
 
@@ -296,7 +297,8 @@ class Members:
         for arn, group in list(self.groups.items()):
             if not group.leaving or group.problem:
                 continue
-            states = self.health(group)
+            # What this host deregistered, which it no longer records as its own.
+            states = self.health(group, every=True)
             draining = {k for k in group.leaving if states.get(k) == "draining"}
             with self.lock:
                 group.leaving = draining

@@ -224,3 +224,71 @@ def test_two_processes_complete_the_lifecycle_action_only_after_leaving_label_de
     eventually(lambda: not load_balancer.enrolled(), 10, what="deregistered")
     eventually(lambda: aws_proxy.made("CompleteLifecycleAction"), 20, what="the lifecycle action completed")
     assert min(at for at, _, _ in aws_proxy.made("CompleteLifecycleAction")) > left
+
+
+def lifecycle_event(events, instance_id: str) -> None:
+    events.emit("EC2 Instance-terminate Lifecycle Action", "aws.autoscaling",
+                {"EC2InstanceId": instance_id, "LifecycleHookName": "drain-hook",
+                 "AutoScalingGroupName": "web-asg", "LifecycleActionToken": str(uuid.uuid4()),
+                 "LifecycleTransition": "autoscaling:EC2_INSTANCE_TERMINATING"})
+
+
+def test_the_lifecycle_action_waits_until_the_target_left_draining_with_heartbeats_meanwhile(
+        events, cloud, aws_proxy, central, central_server, redx, containers, warden):
+    """The lifecycle action was completed as soon as DeregisterTargets returned, while
+    the load balancer still drained connections to the host (for the group's
+    deregistration delay): the instance could terminate under live connections. The
+    proxy reports the target ``draining`` for 14 s after its deregistration."""
+    aws_proxy.drain_seconds = 14
+    aws_proxy.plan["CompleteLifecycleAction"] = ["empty-result"]
+    aws_proxy.plan["RecordLifecycleActionHeartbeat"] = ["empty-result"] * 5
+    services = [{"name": "web", "containerName": f"wt-{RUN}-web", "port": 8080, "loadBalancerUrl": "web.example.com",
+                 "targetGroupArn": cloud.target_group, "targetPort": 8080}]
+    w = warden(services, **host_settings(central_server, handlers=["redx", "elb"], awsEventsQueueUrl=events.queue_url))
+    w.env.update(WARDEN_INSTANCE_ID=cloud.instance_id, WARDEN_REGION="us-east-1", AWS_ENDPOINT_URL=aws_proxy.url)
+    w.start("run")
+    containers.run("web")
+    eventually(lambda: cloud.in_group() == {(cloud.instance_id, 8080)}, 10, what="in the target group")
+    eventually(lambda: leader(central) == cloud.instance_id, 10, what="this host leads")
+    lifecycle_event(events, cloud.instance_id)
+    eventually(lambda: aws_proxy.made("DeregisterTargets"), 20, what="deregistered")
+    left = aws_proxy.made("DeregisterTargets")[0][0]
+    eventually(lambda: aws_proxy.made("CompleteLifecycleAction"), 40, what="the lifecycle action completed")
+    completed = aws_proxy.made("CompleteLifecycleAction")[0][0]
+    assert completed - left >= 13.5, f"completed {completed - left:.1f}s after the deregistration, while draining"
+    beats = [at for at, _, _ in aws_proxy.made("RecordLifecycleActionHeartbeat")]
+    assert beats and all(left < at < completed for at in beats), "no heartbeat while the target drained"
+    assert "drain: waiting for 1 target(s) to leave draining" in w.log()
+
+
+def test_a_drain_waits_no_longer_than_the_groups_deregistration_delay(
+        events, aws, aws_proxy, central, central_server, redx, containers, warden):
+    """Container targets of an ip group that never leave ``draining`` (as the proxy
+    tells it): the host goes on after the group's deregistration delay (3 s here) and
+    a margin, and says so."""
+    from conftest import ip_of
+
+    image = aws.ec2.describe_images()["Images"][0]["ImageId"]
+    instance = aws.ec2.run_instances(ImageId=image, MinCount=1, MaxCount=1)["Instances"][0]
+    group = aws.elbv2.create_target_group(Name=f"ip-{uuid.uuid4().hex[:8]}", Protocol="HTTP", Port=80,
+                                          VpcId=instance["VpcId"], TargetType="ip")["TargetGroups"][0]["TargetGroupArn"]
+    aws.elbv2.modify_target_group_attributes(TargetGroupArn=group, Attributes=[
+        {"Key": "deregistration_delay.timeout_seconds", "Value": "3"}])
+    aws_proxy.drain_seconds = 600
+    aws_proxy.plan["CompleteLifecycleAction"] = ["empty-result"]
+    services = [{"name": "shop", "containerName": f"wt-{RUN}-shop", "port": 8080, "targetGroupArn": group,
+                 "targetMode": "container"}]
+    w = warden(services, **host_settings(central_server, handlers=["elb"], awsEventsQueueUrl=events.queue_url))
+    w.env.update(WARDEN_INSTANCE_ID=instance["InstanceId"], WARDEN_REGION="us-east-1", AWS_ENDPOINT_URL=aws_proxy.url)
+    w.start("run")
+    shop = containers.run("shop")
+    target = f"{group} {ip_of(shop)}:8080"
+    eventually(lambda: f"+ targetgroup:{target}" in w.log(), 10, what="the container registered")
+    eventually(lambda: leader(central) == instance["InstanceId"], 10, what="this host leads")
+    lifecycle_event(events, instance["InstanceId"])
+    eventually(lambda: f"- targetgroup:{target}" in w.log(), 20, what="deregistered")
+    left = aws_proxy.made("DeregisterTargets")[0][0]
+    eventually(lambda: aws_proxy.made("CompleteLifecycleAction"), 30, what="the lifecycle action completed")
+    waited = aws_proxy.made("CompleteLifecycleAction")[0][0] - left
+    assert 3 <= waited < 15, f"completed {waited:.1f}s after the deregistration"
+    assert "drain: 1 target(s) still draining after" in w.log()

@@ -135,6 +135,12 @@ class AwsProxy:
         self.mode = "pass"
         #: requests answered with a fault
         self.faults = 0
+        #: seconds a target deregistered through the proxy is reported ``draining`` by
+        #: DescribeTargetHealth (moto drops it at once, as if its group's deregistration
+        #: delay were 0); 0: as moto answers
+        self.drain_seconds = 0.0
+        #: (group ARN, Id, Port, monotonic time it stops draining)
+        self.draining: list[tuple[str, str, str, float]] = []
         #: set at teardown, so a stalled request ends at once
         self.release = threading.Event()
         #: "hold": the request waits here until ``unhold`` is set, then passes
@@ -149,6 +155,42 @@ class AwsProxy:
         from urllib.parse import parse_qs
 
         return (parse_qs(body.decode(errors="replace")).get("Action") or [""])[0]
+
+    def note_deregistered(self, body: bytes) -> None:
+        """A DeregisterTargets passed: its targets drain for ``drain_seconds``."""
+        from urllib.parse import parse_qs
+
+        form = parse_qs(body.decode(errors="replace"))
+        arn, n = form["TargetGroupArn"][0], 1
+        until = time.monotonic() + self.drain_seconds
+        while f"Targets.member.{n}.Id" in form:
+            self.draining.append((arn, form[f"Targets.member.{n}.Id"][0],
+                                  (form.get(f"Targets.member.{n}.Port") or [""])[0], until))
+            n += 1
+
+    def with_draining(self, body: bytes, answer: bytes) -> bytes:
+        """moto's DescribeTargetHealth answer, with the targets still draining added."""
+        from urllib.parse import parse_qs
+
+        arn = (parse_qs(body.decode(errors="replace")).get("TargetGroupArn") or [""])[0]
+        now = time.monotonic()
+        members = "".join(
+            f"<member><Target><Id>{i}</Id><Port>{p}</Port></Target><HealthCheckPort>traffic-port"
+            f"</HealthCheckPort><TargetHealth><State>draining</State><Reason>Target.DeregistrationInProgress"
+            f"</Reason></TargetHealth></member>"
+            for group, i, p, until in self.draining if group == arn and until > now)
+        if not members:
+            return answer
+        text = answer.decode()
+        if "<TargetHealthDescriptions/>" in text:
+            text = text.replace("<TargetHealthDescriptions/>", f"<TargetHealthDescriptions>{members}</TargetHealthDescriptions>")
+        elif "</TargetHealthDescriptions>" in text:
+            text = text.replace("</TargetHealthDescriptions>", f"{members}</TargetHealthDescriptions>")
+        else:
+            text = text.replace("<DescribeTargetHealthResult>",
+                                f"<DescribeTargetHealthResult><TargetHealthDescriptions>{members}"
+                                f"</TargetHealthDescriptions>", 1)
+        return text.encode()
 
     def made(self, operation: str) -> list[tuple[float, str, bytes]]:
         return [c for c in list(self.calls) if c[1] == operation]
@@ -197,7 +239,12 @@ class AwsProxy:
                              if k.lower() not in ("host", "content-length")})
                 try:
                     with urllib.request.urlopen(request, timeout=30) as response:
-                        self._reply(response.status, response.read(), response.headers.get("Content-Type"))
+                        answer = response.read()
+                        if proxy.drain_seconds and operation == "DeregisterTargets":
+                            proxy.note_deregistered(body)
+                        if proxy.draining and operation == "DescribeTargetHealth":
+                            answer = proxy.with_draining(body, answer)
+                        self._reply(response.status, answer, response.headers.get("Content-Type"))
                 except urllib.error.HTTPError as error:
                     self._reply(error.code, error.read(), error.headers.get("Content-Type"))
 
