@@ -156,3 +156,21 @@ def test_each_routed_container_of_a_container_mode_service_is_a_target_until_its
     assert key is None and "port 8080 is not published" in why
     key, why = target.aws_target("lambda", "i-0abc")
     assert key is None and "needs an instance or ip group" in why
+
+
+def test_target_mode_is_host_or_container_and_container_needs_a_group():
+    import json
+
+    from warden.jsonfile import loads
+    from warden.services import parse_service
+
+    def problems(**fields: object) -> list[str]:
+        _, found = parse_service("services.json", "", loads(json.dumps({"name": "shop", "port": 8080, **fields})))
+        return [str(p) for p in found if not p.warning]
+
+    assert problems(targetMode="pod") == ['services.json: targetMode: must be "host" or "container"']
+    assert problems(targetMode="container") == [
+        'services.json: targetMode: "container" needs a targetGroupArn: each container is a target of that group']
+    service, _ = parse_service("services.json", "", loads(json.dumps(
+        {"name": "shop", "port": 8080, "targetGroupArn": GROUP, "targetMode": "Container"})))
+    assert service is not None and service.member_group == GROUP and service.targets == ()
