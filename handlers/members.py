@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Optional
 
@@ -34,6 +35,9 @@ BATCH = 100
 #: cannot be read (ELBv2's default deregistration delay)
 DEFAULT_DELAY = 300.0
 
+#: seconds past a group's deregistration delay after which a deregistered target is
+#: forgotten without asking AWS
+FORGET_AFTER = 60.0
 #: the target group attribute that bounds how long a deregistered target drains
 DELAY_KEY = "deregistration_delay.timeout_seconds"
 
@@ -56,8 +60,14 @@ class Group:
     wanted: set[ContainerTarget] = field(default_factory=set)
     #: this host's targets in it as AWS last said (None: read again before acting)
     held: Optional[set[Key]] = None
-    #: targets deregistered and not yet seen out of ``draining``
-    leaving: set[Key] = field(default_factory=set)
+    #: targets deregistered and not yet seen out of ``draining``, with the monotonic
+    #: time past which they cannot be draining any more (the delay after the call, and
+    #: a minute: a drain's own deadline comes first and says what still drains)
+    leaving: dict[Key, float] = field(default_factory=dict)
+
+    def prune(self, now: float) -> None:
+        """Forget what has left ``draining`` by now whatever AWS says."""
+        self.leaving = {k: until for k, until in self.leaving.items() if until > now}
     #: True while what is wanted may differ from what is held
     dirty: bool = True
 
@@ -135,7 +145,10 @@ class Members:
 
     def count(self) -> int:
         """Targets this host holds or is joining, over every group."""
+        now = time.monotonic()
         with self.lock:
+            for group in self.groups.values():
+                group.prune(now)
             return sum(max(len(g.held or ()), len(g.wanted)) + len(g.leaving) for g in self.groups.values())
 
     # -- reading AWS -------------------------------------------------------------------
@@ -234,7 +247,8 @@ class Members:
             states = self.health(group)
             held = {k for k, state in states.items() if state != "draining"}
             with self.lock:
-                group.leaving |= {k for k, state in states.items() if state == "draining"}
+                until = time.monotonic() + group.delay + FORGET_AFTER
+                group.leaving.update({k: until for k, state in states.items() if state == "draining"})
         return group, wanted, sorted(keys - held), sorted(held - keys)
 
     def settle(self, arn: str, apply: bool = True) -> list[Change]:
@@ -256,7 +270,10 @@ class Members:
                 elbv2.register_targets(TargetGroupArn=arn, Targets=[
                     {"Id": i, "Port": p} for i, p in register[start:start + BATCH]])
         with self.lock:
-            group.leaving = (group.leaving | set(deregister)) - set(register)
+            until = time.monotonic() + group.delay + FORGET_AFTER
+            group.leaving.update({k: until for k in deregister})
+            for key in register:
+                group.leaving.pop(key, None)
             group.held = self.wanted_keys(group, wanted) if not group.problem else set()
             # What came in meanwhile stays pending.
             if group.wanted == wanted:
@@ -299,9 +316,9 @@ class Members:
                 continue
             # What this host deregistered, which it no longer records as its own.
             states = self.health(group, every=True)
-            draining = {k for k in group.leaving if states.get(k) == "draining"}
             with self.lock:
-                group.leaving = draining
+                group.leaving = {k: until for k, until in group.leaving.items() if states.get(k) == "draining"}
+                draining = set(group.leaving)
             if draining:
                 found[arn] = draining
         return found
@@ -328,7 +345,10 @@ class Members:
 
     def view(self) -> list[dict]:
         """Each group and this host's targets in it, for ``warden status``."""
+        now = time.monotonic()
         with self.lock:
+            for group in self.groups.values():
+                group.prune(now)
             return [{"targetGroupArn": arn, "targetType": g.target_type, "problem": g.problem,
                      "targets": sorted(f"{i}:{p}" for i, p in (g.held or ())),
                      "draining": sorted(f"{i}:{p}" for i, p in g.leaving)}
