@@ -70,6 +70,9 @@ class ElbHandler(Handler):
         self._complained: set[LoadBalancerTarget] = set()
         #: True once this host drains: it leaves every target and joins none again
         self.draining = False
+        #: True while it rests at a rebalance recommendation: it leaves every target
+        #: and joins them again when the rest is over
+        self.resting = False
         self._drained_told = False
         #: the central Redis, where this host's enrolment count is kept for the other
         #: Warden process on the host (its lifecycle completer)
@@ -173,7 +176,30 @@ class ElbHandler(Handler):
 
     def on_enrolment_changed(self, sender: Any, *, target: LoadBalancerTarget,
                              enrolled: bool, **kw: Any) -> None:
-        self._want({target: enrolled and not self.draining}, recheck=False)
+        self._want({target: enrolled and not self.away}, recheck=False)
+
+    @property
+    def away(self) -> bool:
+        """Draining or resting: in no load balancer."""
+        return self.draining or self.resting
+
+    def on_host_resting(self, sender: Any, *, reason: str, seconds: float, **kw: Any) -> None:
+        """A rebalance recommendation: leave every load balancer and target group for a
+        while (:meth:`on_host_rejoining` ends it); routes and leadership stay."""
+        with self._lock:
+            self.resting = True
+            targets = {t: False for t in self.wanted}
+        self.members.leave_all()
+        self._want(targets, recheck=True)
+
+    def on_host_rejoining(self, sender: Any, *, reason: str, **kw: Any) -> None:
+        """The rest is over: join again what the routes here call for (a sweep asks)."""
+        with self._lock:
+            if self.draining or not self.resting:
+                return
+            self.resting = False
+        self.members.leave_all(away=False)
+        signals.send(signals.sweep_requested, self, reason=reason)
 
     def on_container_target_changed(self, sender: Any, *, target: ContainerTarget, registered: bool,
                                     **kw: Any) -> None:
@@ -204,7 +230,7 @@ class ElbHandler(Handler):
         if not wait:
             # The daemon's sweep: read AWS again on the handler's own thread.
             self.members.want_all(dict(desired.members))
-            self._want({t: on and not self.draining for t, on in desired.targets.items()},
+            self._want({t: on and not self.away for t, on in desired.targets.items()},
                        recheck=True)
             self.record_enrolment()
             return []

@@ -93,8 +93,9 @@ class Members:
         #: containers refused as targets (a port not published, a wrong group type)
         self.refused = 0
         self._said: set[tuple[str, str]] = set()
-        #: True once this host drains: every group is left and none joined again
-        self.draining = False
+        #: True while this host is away (it drains, or rests at a rebalance
+        #: recommendation): every group is left and none joined
+        self.away = False
         #: target group -> its deregistration delay, read once
         self._delays: dict[str, float] = {}
 
@@ -110,7 +111,7 @@ class Members:
         """One container joins or leaves its group (the Registrar's event path)."""
         with self.lock:
             group = self._group(target.group)
-            if registered and not self.draining:
+            if registered and not self.away:
                 group.wanted.add(target)
             else:
                 group.wanted.discard(target)
@@ -123,17 +124,20 @@ class Members:
         with self.lock:
             for arn in set(members) | set(self.groups):
                 group = self._group(arn)
-                group.wanted = set() if self.draining else set(members.get(arn, ()))
+                group.wanted = set() if self.away else set(members.get(arn, ()))
                 group.held = None
                 group.dirty = True
                 if group.problem:
                     group.target_type, group.problem = None, ""  # it may exist by now
             self.lock.notify_all()
 
-    def leave_all(self) -> None:
-        """This host drains: every group is left."""
+    def leave_all(self, away: bool = True) -> None:
+        """This host drains or rests: every group is left (``away=False``: it may join
+        again, at the next :meth:`want_all`)."""
         with self.lock:
-            self.draining = True
+            self.away = away
+            if not away:
+                return
             for group in self.groups.values():
                 group.wanted = set()
                 group.dirty = True

@@ -272,6 +272,10 @@ class Config:
     alerts: Optional[dict] = None
     #: seconds between reads of an ``s3://`` or ``ssm:`` service source
     service_source_poll_seconds: float = 30.0
+    #: leave the load balancers at a spot rebalance recommendation for this host
+    rebalance_drain: bool = False
+    #: and join them again after this many seconds, if no interruption came
+    rebalance_drain_seconds: float = 600.0
     #: ``host:port`` for Prometheus ``/metrics`` and ``/healthz``, or None
     metrics_address: Optional[str] = None
     #: an SQS queue fed by EventBridge rules, or None
@@ -342,6 +346,10 @@ DAY = 86400
 def _enum(value: Any) -> Any:
     """An enum value as Warden compares it: keys match in any case, and so do these."""
     return value.lower() if isinstance(value, str) else value
+
+
+def _boolean(value: Any) -> Optional[str]:
+    return None if isinstance(value, bool) else "must be true or false"
 
 
 def _on_off(value: Any) -> Optional[str]:
@@ -522,6 +530,8 @@ _SPELLED: dict[str, tuple[str, Callable[[Any], Optional[str]]]] = {
     "minReplicasToAct": ("min_replicas_to_act", _replicas),
     "stopTimeoutSeconds": ("stop_timeout_seconds", _seconds(1, 3600)),
     "serviceSourcePollSeconds": ("service_source_poll_seconds", _seconds(1, DAY)),
+    "rebalanceDrain": ("rebalance_drain", _boolean),
+    "rebalanceDrainSeconds": ("rebalance_drain_seconds", _seconds(1, DAY)),
 }
 #: the same by lower-case key (keys match in any case)
 _KEYS = {key.lower(): entry for key, entry in _SPELLED.items()}

@@ -246,6 +246,22 @@ host_draining = _signals.signal(
 )
 
 
+host_resting = _signals.signal(
+    "host-resting",
+    doc="""A spot rebalance recommendation names this host and ``rebalanceDrain`` is on:
+    leave the load balancers early, for ``seconds``, but keep the leadership and the
+    routes: an interruption may follow, or not. Sender: the drain watcher.
+    kw: ``reason``, ``seconds``.""",
+)
+
+host_rejoining = _signals.signal(
+    "host-rejoining",
+    doc="""No interruption came within ``rebalanceDrainSeconds`` of a rebalance
+    recommendation: join the load balancers again. Sender: the drain watcher. kw:
+    ``reason``.""",
+)
+
+
 def every_signal() -> dict[str, Signal]:
     """Every signal above, by name."""
     return dict(_signals)

@@ -292,3 +292,34 @@ def test_a_drain_waits_no_longer_than_the_groups_deregistration_delay(
     waited = aws_proxy.made("CompleteLifecycleAction")[0][0] - left
     assert 3 <= waited < 15, f"completed {waited:.1f}s after the deregistration"
     assert "drain: 1 target(s) still draining after" in w.log()
+
+
+@pytest.mark.parametrize("opted_in", [True, False])
+def test_a_rebalance_recommendation_leaves_the_load_balancers_for_a_while_when_opted_in(
+        opted_in, events, load_balancer, central, central_server, redx, containers, warden):
+    """``rebalanceDrain``: the host leaves its load balancers at once, keeps its routes
+    and its leadership, and joins again ``rebalanceDrainSeconds`` later when no
+    interruption came. Without it, the recommendation changes nothing."""
+    services = [{"name": "web", "containerName": f"wt-{RUN}-web", "port": 8080,
+                 "loadBalancerUrl": "web.example.com", "loadBalancerName": load_balancer.name}]
+    w = warden(services, **host_settings(central_server, handlers=["redx", "elb"], awsEventsQueueUrl=events.queue_url,
+                                         rebalanceDrain=opted_in, rebalanceDrainSeconds=4))
+    w.env.update(WARDEN_INSTANCE_ID=load_balancer.instance, WARDEN_REGION="us-east-1")
+    w.start("run")
+    containers.run("web")
+    eventually(load_balancer.enrolled, 10, what="enrolled with its first container")
+    eventually(lambda: leader(central) == load_balancer.instance, 10, what="this host leads")
+    epoch = central.hget("service-manager", "epoch")
+    events.emit("EC2 Instance Rebalance Recommendation", "aws.ec2", {"instance-id": load_balancer.instance})
+    eventually(lambda: central.get(f"warden:rebalance:{load_balancer.instance}"), 10, what="relayed by the leader")
+    if not opted_in:
+        time.sleep(3)
+        assert load_balancer.enrolled(), "left the load balancer without rebalanceDrain"
+        return
+    eventually(lambda: not load_balancer.enrolled(), 10, what="left the load balancer early")
+    left = time.monotonic()
+    assert redx.hlen("backend:web") == 1, "the routes stay"
+    assert central.hget("service-manager", "epoch") == epoch, "the leadership stays"
+    eventually(load_balancer.enrolled, 15, what="joined again when no interruption came")
+    assert time.monotonic() - left >= 3, "joined again before rebalanceDrainSeconds"
+    assert "joining the load balancers again" in w.log()

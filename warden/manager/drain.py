@@ -36,6 +36,9 @@ logger = logging.getLogger("warden.drain")
 DRAIN_PREFIX = "warden:drain:"
 #: ``warden:draining:<instanceId>``: why the host drains, for ``warden status``
 DRAINING_PREFIX = "warden:draining:"
+#: ``warden:rebalance:<instanceId>``: JSON ``{"reason", "at"}``, set by the leader at a
+#: spot rebalance recommendation for that host
+REBALANCE_PREFIX = "warden:rebalance:"
 #: how long a drain request and its record live, in seconds
 DRAIN_SECONDS = 3600
 #: ``warden:enrolment:<instanceId>``: how many load balancers and target groups the
@@ -73,9 +76,12 @@ class DrainRelay:
         self.receivers.disconnect()
 
     def _on_aws_event(self, sender: Any, *, event: Any, **kw: Any) -> Optional[bool]:
-        if event.kind not in ("spot-interruption", "terminate-lifecycle") or not event.instance_id:
+        if event.kind not in ("spot-interruption", "terminate-lifecycle", "rebalance-recommendation") \
+                or not event.instance_id:
             return None
         target = event.instance_id
+        if event.kind == "rebalance-recommendation":
+            return self._relay_rebalance(target, event)
         lifecycle = None
         if event.kind == "terminate-lifecycle":
             lifecycle = {k: event.detail.get(k) for k in
@@ -87,6 +93,21 @@ class DrainRelay:
             logger.warning("cannot record the drain of %s (%s); the event stays queued", target, error)
             return False
         logger.warning("%s for %s: asking it to drain", event.detail_type, target)
+        self.manager.publish("drain", self.manager.current_epoch(), instance_id=target)
+        return True
+
+
+    def _relay_rebalance(self, target: str, event: Any) -> bool:
+        """A rebalance recommendation: the host decides (its ``rebalanceDrain``) whether
+        to leave its load balancers for a while; the key says which recommendation."""
+        record = json.dumps({"reason": event.detail_type, "at": event.id or round(time.time(), 3)})
+        try:
+            self.manager.redis.set(REBALANCE_PREFIX + target, record, ex=DRAIN_SECONDS)
+        except redis.RedisError as error:
+            logger.warning("cannot record the rebalance recommendation for %s (%s); the event stays queued",
+                           target, error)
+            return False
+        logger.info("%s for %s: telling it", event.detail_type, target)
         self.manager.publish("drain", self.manager.current_epoch(), instance_id=target)
         return True
 
@@ -113,6 +134,12 @@ class DrainWatcher(StoppableThread):
         self.receivers = signals.Receivers((signals.control_received, self._on_control),
                                            (signals.control_subscription, self._on_subscription))
         self._reachable = True
+        #: ``rebalanceDrain``: act on rebalance recommendations, for this many seconds
+        self.rebalance_seconds = config.rebalance_drain_seconds if config.rebalance_drain else None
+        self.rebalance_key = REBALANCE_PREFIX + self.instance_id
+        #: the recommendation acted on last (the key's value), and when its rest ends
+        self.rested_for: Optional[str] = None
+        self.resting_until: Optional[float] = None
 
     def _on_control(self, sender: Any, *, message: Any, **kw: Any) -> None:
         if message.type == "drain" and message.instance_id == self.instance_id:
@@ -152,10 +179,39 @@ class DrainWatcher(StoppableThread):
         signals.send(signals.host_draining, self, reason=reason, lifecycle=lifecycle)
         return True
 
+    def check_rebalance(self) -> None:
+        """A new rebalance recommendation for this host (with ``rebalanceDrain``): leave
+        the load balancers for ``rebalanceDrainSeconds``; once they are over, join again."""
+        if self.rebalance_seconds is None:
+            return
+        now = time.monotonic()
+        if self.resting_until is not None and now >= self.resting_until:
+            self.resting_until = None
+            logger.warning("no interruption %.0fs after the rebalance recommendation: joining the "
+                           "load balancers again", self.rebalance_seconds)
+            signals.send(signals.host_rejoining, self, reason="rebalance recommendation over")
+        try:
+            raw = self.redis.get(self.rebalance_key)
+        except redis.RedisError:
+            return  # check() said so
+        raw = raw.decode(errors="replace") if isinstance(raw, bytes) else raw
+        if raw is None or raw == self.rested_for:
+            return
+        self.rested_for = raw
+        self.resting_until = now + self.rebalance_seconds
+        logger.warning("%s: leaving the load balancers for %.0fs (rebalanceDrain)", self.rebalance_key,
+                       self.rebalance_seconds)
+        signals.send(signals.host_resting, self, reason="EC2 Instance Rebalance Recommendation",
+                     seconds=self.rebalance_seconds)
+
     def run(self) -> None:
         while not self.stopping and not self.check():
+            self.check_rebalance()
             # Unsubscribed, a drain message cannot be heard: look every heartbeat period.
-            self.wake.wait(self.interval if self.hearing.is_set() else self.unheard_interval)
+            wait = self.interval if self.hearing.is_set() else self.unheard_interval
+            if self.resting_until is not None:
+                wait = max(0.05, min(wait, self.resting_until - time.monotonic()))
+            self.wake.wait(wait)
             self.wake.clear()
 
 

@@ -32,6 +32,7 @@ KINDS = {
     "CloudWatch Alarm State Change": "alarm-state",
     "EC2 Spot Instance Interruption Warning": "spot-interruption",
     "EC2 Instance-terminate Lifecycle Action": "terminate-lifecycle",
+    "EC2 Instance Rebalance Recommendation": "rebalance-recommendation",
 }
 _CLIENT_CONFIG = botocore.config.Config(connect_timeout=3, read_timeout=25,
                                         retries={"mode": "standard", "max_attempts": 3})
