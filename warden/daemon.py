@@ -50,15 +50,20 @@ def registrar_parts(config: Config, catalog: ServiceCatalog, handlers: list[Hand
                     docker_source: DockerSource, central: Optional[Central] = None) -> list[Component]:
     """``warden registrar``'s components, in start order: the handlers, the Docker
     events reader, the Registrar's worker (its first sweep waits for the events stream
-    to open, so a container started meanwhile is never missed) and the Redx watcher."""
+    to open, so a container started meanwhile is never missed) and, with the redx
+    handler, the Redx watcher."""
     registrar = Registrar(config, docker_source, catalog)
     reader = DockerEventReader(docker_source, registrar.inbox)
-    redx_watcher = RedxWatcher(config, lambda: kept_keys(registrar.services, registrar.routed_backends))
+    # Only the redx handler writes the Redx Redis: without it there is nothing to watch
+    # (a host whose load balancers reach the containers directly may have no Redx).
+    redx_watcher = (RedxWatcher(config, lambda: kept_keys(registrar.services, registrar.routed_backends))
+                    if any(h.name == "redx" for h in handlers) else None)
     prober = registrar.prober
 
     def checks(telemetry: Any) -> None:
         telemetry.dependency("docker", reader.connected.is_set)
-        telemetry.dependency("redx-redis", lambda: redx_watcher.reachable)
+        if redx_watcher is not None:
+            telemetry.dependency("redx-redis", lambda: redx_watcher.reachable)
         telemetry.watch_sweeps(config.registrar_sleep_time_seconds)
         telemetry.reconnect_source("docker-events", lambda: reader.reconnects)
         telemetry.counter_source("warden_label_problems",
@@ -81,7 +86,7 @@ def registrar_parts(config: Config, catalog: ServiceCatalog, handlers: list[Hand
             ThreadPart(reader, "registrar"),
             ThreadPart(registrar, "registrar", before=lambda: registrar.wait_before_first_sweep(reader.connected),
                        checks=checks),
-            ThreadPart(redx_watcher, "registrar"),
+            *([ThreadPart(redx_watcher, "registrar")] if redx_watcher is not None else []),
             Step("registrar", on_start=started)]
 
 

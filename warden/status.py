@@ -95,6 +95,8 @@ def _subnets() -> tuple:
 def _redx_servers(config: Config, services: tuple[Service, ...], errors: list) -> dict:
     from warden.handlers.redx import backend_key, is_server
 
+    if "redx" not in config.handlers:
+        return {}  # no routes kept here: each service's routes are unknown (null)
     try:
         client = config.nginx_redis.client(decode_responses=True, socket_timeout=2,
                                            socket_connect_timeout=2)

@@ -136,3 +136,22 @@ def test_a_group_that_does_not_exist_and_an_unpublished_port_are_refused_once_an
     assert log.count(f"target group {missing} does not exist") == 1, "refused at every sweep, not once"
     assert len(aws_proxy.made("DescribeTargetGroups")) >= 3, "the missing group is read again at each sweep"
     assert aws_proxy.made("RegisterTargets") == []
+
+
+def test_a_host_without_redx_is_ready_and_sweeps_only_on_its_period(groups, redx, containers, warden):
+    """Targets with no Redx at all (the ALB reaches the containers): the Redx watcher ran
+    whatever the handlers, so /readyz said the Redx Redis was down for ever, and keys no
+    handler writes were "lost" every 3 s, each time asking for a sweep."""
+    from conftest import free_port, http_get
+
+    metrics = free_port()
+    w = warden([shop(groups.ip)], instanceId=groups.instance_id, handlers=["elb"],
+               nginxRedisAddress=f"127.0.0.1:{free_port()}", metricsAddress=f"127.0.0.1:{metrics}").start()
+    shop_container = containers.run("shop")
+    eventually(lambda: (ip_of(shop_container), 8080) in groups.held(groups.ip), 10, what="registered")
+    time.sleep(7)
+    status, body = http_get(f"http://127.0.0.1:{metrics}/readyz")
+    assert status == 200, body
+    assert "Redx Redis" not in w.log(), [line for line in w.log().splitlines() if "Redx Redis" in line][:3]
+    report = json.loads(w.command("status", "--json").stdout)
+    assert not [e for e in report["errors"] if "Redx" in e], report["errors"]
