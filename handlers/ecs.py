@@ -121,7 +121,7 @@ class EcsHandler(Handler):
                 return None
             try:
                 return getattr(self.mutating_client(), operation)(**params)
-            except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as error:
+            except aws.ERRORS as error:
                 if attempt == MUTATING_ATTEMPTS or not _retryable(error):
                     raise
                 logger.info("%s failed (%s); once more, fenced again", operation, error)
@@ -208,7 +208,7 @@ class EcsHandler(Handler):
                 started, refused = self.start_tasks(service, target - running, epoch, fence)
             elif target < running:
                 stopped, refused = self.stop_tasks(service, tasks, running - target, target, epoch, fence)
-        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as error:
+        except aws.ERRORS as error:
             self.repeats.failed(f"ecs:{service.name}", logging.WARNING, "scaling %s: ECS call failed: %s",
                                 service.name, error, extra={"service": service.name})
             signals.send(signals.aws_call_failed, self, **aws.failure("ecs", error))

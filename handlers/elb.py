@@ -385,8 +385,7 @@ class _EnrolmentWorker(StoppableThread):
                 try:
                     for change in handler.members.settle(arn):
                         handler._made(change)
-                except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError,
-                        IndexError, KeyError) as error:
+                except Exception as error:  # noqa: BLE001 - botocore's, and one it cannot parse: retry
                     failed = error
                     logger.warning("target group call for %s failed: %s", arn, error)
                     signals.send(signals.aws_call_failed, handler, **aws.failure("elbv2", error))
@@ -395,8 +394,7 @@ class _EnrolmentWorker(StoppableThread):
                     break
                 try:
                     handler.settle(target)
-                except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError,
-                        IndexError, KeyError) as error:
+                except Exception as error:  # noqa: BLE001 - botocore's, and one it cannot parse: retry
                     failed = error
                     logger.warning("load-balancer call for %s failed: %s", target.name, error)
                     signals.send(signals.aws_call_failed, handler,
@@ -408,8 +406,7 @@ class _EnrolmentWorker(StoppableThread):
                         handler.tell_drained()
                     else:
                         self.stop_event.wait(handler.drain_poll_seconds)
-                except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError,
-                        IndexError, KeyError) as error:
+                except Exception as error:  # noqa: BLE001 - botocore's, and one it cannot parse: retry
                     failed = error
                     logger.warning("cannot read whether this host's targets still drain: %s", error)
             if failed is None:

@@ -155,3 +155,28 @@ def test_a_host_without_redx_is_ready_and_sweeps_only_on_its_period(groups, redx
     assert "Redx Redis" not in w.log(), [line for line in w.log().splitlines() if "Redx Redis" in line][:3]
     report = json.loads(w.command("status", "--json").stdout)
     assert not [e for e in report["errors"] if "Redx" in e], report["errors"]
+
+
+def test_a_throttled_registration_is_retried_with_backoff_until_it_lands(groups, aws_proxy, redx, containers, warden):
+    # botocore tries each call 3 times: the first round fails whole, the second passes.
+    aws_proxy.plan["RegisterTargets"] = ["throttle"] * 4
+    w = warden([shop(groups.ip)], instanceId=groups.instance_id)
+    w.env["AWS_ENDPOINT_URL"] = aws_proxy.url
+    w.start()
+    one = containers.run("shop")
+    eventually(lambda: (ip_of(one), 8080) in groups.held(groups.ip), 20, what="registered after the throttling")
+    assert len(aws_proxy.made("RegisterTargets")) == 5
+    assert w.log().count(f"target group call for {groups.ip} failed") == 1, "one failed round, said once"
+
+
+def test_a_garbled_answer_does_not_end_the_load_balancer_worker(groups, aws_proxy, redx, containers, warden):
+    """An answer botocore cannot parse (a proxy's error page) raised ResponseParserError,
+    which is not a BotoCoreError: the handler's worker thread died of it, and nothing
+    was registered or deregistered again until a restart."""
+    aws_proxy.plan["RegisterTargets"] = ["garbled"]
+    w = warden([shop(groups.ip)], instanceId=groups.instance_id)
+    w.env["AWS_ENDPOINT_URL"] = aws_proxy.url
+    w.start()
+    one = containers.run("shop")
+    eventually(lambda: (ip_of(one), 8080) in groups.held(groups.ip), 20, what="registered after the garbled answer")
+    assert "Exception in thread" not in w.log()

@@ -131,7 +131,8 @@ class AwsProxy:
         #: "empty-result": the query protocol's empty success, a stand-in for an operation
         #: moto lacks (CompleteLifecycleAction); an operation whose list is used up passes
         self.plan: dict[str, list[str]] = {}
-        #: what every request gets, whatever the plan: "pass", "throttle", "503", "stall"
+        #: what every request gets, whatever the plan: "pass", "throttle", "garbled" (a
+        #: body in the wrong protocol), "503", "stall"
         self.mode = "pass"
         #: requests answered with a fault
         self.faults = 0
@@ -213,8 +214,15 @@ class AwsProxy:
                 mode = proxy.mode if proxy.mode != "pass" else mode
                 if mode not in ("pass", "hold"):
                     proxy.faults += 1
-                if mode == "throttle":
+                if mode == "throttle" and self.headers.get("X-Amz-Target"):
                     return self._reply(400, b'{"__type": "ThrottlingException", "message": "Rate exceeded"}')
+                if mode == "throttle":  # the query protocol's (ELB, ELBv2, Auto Scaling)
+                    return self._reply(400, b"<ErrorResponse><Error><Type>Sender</Type><Code>Throttling"
+                                            b"</Code><Message>Rate exceeded</Message></Error><RequestId>"
+                                            b"warden-test</RequestId></ErrorResponse>", "text/xml")
+                if mode == "garbled":  # an answer in no protocol the client speaks
+                    return self._reply(400, b"<html><body>Bad Gateway</body></html>" if self.headers.get(
+                        "X-Amz-Target") else b'{"__type": "ThrottlingException"}')
                 if mode == "stall":
                     proxy.release.wait(30)
                     mode = "503"

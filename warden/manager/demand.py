@@ -80,7 +80,7 @@ def _number(value: Any, what: str) -> float:
 def _aws_call(what: str, call: Callable[[], Any]) -> Any:
     try:
         return call()
-    except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as error:
+    except aws.ERRORS as error:
         raise MetricError(f"{what}: {error}") from None
 
 

@@ -19,9 +19,16 @@ from typing import Any, Optional
 
 import boto3
 import botocore.config
+import botocore.exceptions
+import botocore.parsers
 
 #: the environment variable naming the file the IAM actions are appended to
 CALL_LOG = "WARDEN_AWS_CALL_LOG"
+
+#: what a failed AWS call raises: botocore's own errors, AWS's answers, and an answer
+#: botocore cannot parse (a proxy's error page), which is neither
+ERRORS = (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError,
+          botocore.parsers.ResponseParserError)
 #: IAM's prefix where it is not boto3's name for the service
 _IAM_PREFIX = {"elb": "elasticloadbalancing", "elbv2": "elasticloadbalancing"}
 #: IAM's action where it is not the operation's name (S3 authorizes HEAD as a read, and

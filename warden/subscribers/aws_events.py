@@ -92,7 +92,7 @@ class AwsEventsConsumer(ConnectionLoop):
     backoff_initial = 1.0
     backoff_cap = 30.0
     what = "AWS events queue"
-    lost = (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError)
+    lost = aws.ERRORS
     #: seconds before a message whose effect was not stored is delivered again
     retry_seconds = 2
 

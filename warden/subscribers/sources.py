@@ -81,7 +81,7 @@ class S3Source:
                     found[f"s3://{self.bucket}/{item['Key']}"] = self._text(item["Key"], str(item.get("ETag", "")))
             self._cache = {k: v for k, v in self._cache.items() if f"s3://{self.bucket}/{k}" in found}
             return found
-        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as error:
+        except aws.ERRORS as error:
             raise SourceError(str(error)) from None
 
 
@@ -101,7 +101,7 @@ class SsmSource:
             pages = self._client.get_paginator("get_parameters_by_path").paginate(
                 Path=self.path, Recursive=True, WithDecryption=True)
             return {f"ssm:{p['Name']}": p["Value"] for page in pages for p in page.get("Parameters", [])}
-        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as error:
+        except aws.ERRORS as error:
             raise SourceError(str(error)) from None
 
 

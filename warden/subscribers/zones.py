@@ -71,7 +71,7 @@ class ZoneChecker(StoppableThread):
             if self._client is None:
                 self._client = aws.client("ec2", self.region, _CLIENT_CONFIG)
             reply = self._client.describe_availability_zones(AllAvailabilityZones=False)
-        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as error:
+        except aws.ERRORS as error:
             self.failures += 1
             logger.warning("zone lookup failed (%s); keeping the last known answer", error)
             return
