@@ -323,3 +323,27 @@ def test_a_rebalance_recommendation_leaves_the_load_balancers_for_a_while_when_o
     eventually(load_balancer.enrolled, 15, what="joined again when no interruption came")
     assert time.monotonic() - left >= 3, "joined again before rebalanceDrainSeconds"
     assert "joining the load balancers again" in w.log()
+
+
+def test_a_classic_elb_is_left_for_its_connection_draining_timeout_before_the_lifecycle_action(
+        events, load_balancer, aws, aws_proxy, central, central_server, redx, containers, warden):
+    """A classic ELB says nothing of draining: the host waits its connection-draining
+    timeout (4 s here) after deregistering, then completes the lifecycle action."""
+    aws.elb.modify_load_balancer_attributes(LoadBalancerName=load_balancer.name, LoadBalancerAttributes={
+        "ConnectionDraining": {"Enabled": True, "Timeout": 4}})
+    aws_proxy.plan["CompleteLifecycleAction"] = ["empty-result"]
+    aws_proxy.plan["RecordLifecycleActionHeartbeat"] = ["empty-result"] * 5
+    services = [{"name": "web", "containerName": f"wt-{RUN}-web", "port": 8080,
+                 "loadBalancerUrl": "web.example.com", "loadBalancerName": load_balancer.name}]
+    w = warden(services, **host_settings(central_server, handlers=["redx", "elb"], awsEventsQueueUrl=events.queue_url))
+    w.env.update(WARDEN_INSTANCE_ID=load_balancer.instance, WARDEN_REGION="us-east-1", AWS_ENDPOINT_URL=aws_proxy.url)
+    w.start("run")
+    containers.run("web")
+    eventually(load_balancer.enrolled, 10, what="enrolled")
+    eventually(lambda: leader(central) == load_balancer.instance, 10, what="this host leads")
+    lifecycle_event(events, load_balancer.instance)
+    eventually(lambda: aws_proxy.made("DeregisterInstancesFromLoadBalancer"), 20, what="deregistered")
+    left = aws_proxy.made("DeregisterInstancesFromLoadBalancer")[0][0]
+    eventually(lambda: aws_proxy.made("CompleteLifecycleAction"), 30, what="the lifecycle action completed")
+    waited = aws_proxy.made("CompleteLifecycleAction")[0][0] - left
+    assert 3.5 <= waited < 12, f"completed {waited:.1f}s after the deregistration"
