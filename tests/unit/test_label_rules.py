@@ -113,3 +113,14 @@ def test_a_store_is_asked_only_about_a_definition_not_yet_in_force():
     asked.clear()
     again = label_services([a, b], [], PREFIX, OPEN, objection, standing=found.services)
     assert asked == ["b"] and [s.name for s in again.services] == ["a"]
+
+
+def test_a_label_makes_each_container_a_target_only_with_a_target_group():
+    group = "arn:aws:elasticloadbalancing:us-east-1:123456789012:targetgroup/shop/0123456789abcdef"
+    service, found = service_from_labels(container(1, "shop", "shop.example.com", target_group=group,
+                                                   target_mode="container"), PREFIX)
+    assert found is None and service is not None and service.member_group == group and service.targets == ()
+    assert "must be host, or container with warden.target-group" in problem(
+        container(1, "shop", "shop.example.com", target_mode="container"))
+    assert "must be host, or container" in problem(
+        container(1, "shop", "shop.example.com", target_group=group, target_mode="pod"))
