@@ -90,6 +90,8 @@ FILLED = {"REGION": "us-east-1", "ACCOUNT_ID": "123456789012", "LOAD_BALANCERS":
           "SERVICE_BUCKET": "ops-bucket", "SERVICE_PARAMETERS": "/warden/services/*"}
 #: actions whose calls AWS does not scope to a resource: only they may name ``*``
 UNSCOPED = {"elasticloadbalancing:DescribeLoadBalancers", "elasticloadbalancing:DescribeTargetHealth",
+            "elasticloadbalancing:DescribeTargetGroups", "elasticloadbalancing:DescribeTargetGroupAttributes",
+            "elasticloadbalancing:DescribeLoadBalancerAttributes",
             "ec2:DescribeAvailabilityZones", "ec2:DescribeInstances", "cloudwatch:GetMetricStatistics",
             "elasticbeanstalk:DescribeEnvironments"}
 

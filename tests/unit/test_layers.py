@@ -1,4 +1,4 @@
-"""The package reads like the README's diagram, one floor above another: no module
+"""The package reads like the diagram in docs/internals.md, one floor above another: no module
 imports from a floor above its own, and the Registrar and the Manager never import
 each other (what both speak is on the ground floor)."""
 
