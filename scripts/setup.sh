@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs and starts what Warden's tests and demo need on a Debian machine, as root:
-# Debian's docker.io, redis-server, redis-sentinel and busybox-static, debootstrap (the base of
+# Debian's docker.io, redis-server, redis-sentinel, haproxy and busybox-static, debootstrap (the base of
 # the container image the tests build), systemd (systemd-analyze checks the unit) and prometheus
 # (promtool lints /metrics and tests the alert rules), a Python
 # venv in .venv with Warden and its test extras, a running dockerd, and the offline test image.
@@ -17,6 +17,7 @@ need=()
 if ! $only_venv; then
 command -v dockerd >/dev/null || need+=(docker.io)
 command -v redis-server >/dev/null || need+=(redis-server)
+command -v haproxy >/dev/null || need+=(haproxy)
 # the central Redis's failover tests run three Sentinels
 command -v redis-sentinel >/dev/null || need+=(redis-sentinel)
 [ -x /bin/busybox ] || need+=(busybox-static)

@@ -270,6 +270,8 @@ class Config:
     log_format: Optional[str] = None
     #: alert settings (``webhookUrl``, ``events``), or None
     alerts: Optional[dict] = None
+    #: the haproxy handler's settings (``runtimeApi``, ``map``), or None
+    haproxy: Optional[dict] = None
     #: seconds between reads of an ``s3://`` or ``ssm:`` service source
     service_source_poll_seconds: float = 30.0
     #: leave the load balancers at a spot rebalance recommendation for this host
@@ -419,6 +421,18 @@ def _object(value: Any) -> Optional[str]:
     return None if isinstance(value, dict) else "must be an object"
 
 
+def _haproxy(value: Any) -> Optional[str]:
+    rule = ('must be an object: {"runtimeApi": "/run/haproxy/admin.sock" or "host:port", '
+            '"map": "/etc/haproxy/warden.map"}')
+    if not isinstance(value, dict):
+        return rule
+    settings = {str(k).lower(): v for k, v in value.items()}
+    unknown = sorted(set(settings) - {"runtimeapi", "map"})
+    if unknown or not all(isinstance(settings.get(k, "x"), str) and settings.get(k, "x") for k in ("runtimeapi", "map")):
+        return rule
+    return None
+
+
 #: the shortest control secret, in bytes: HMAC-SHA256 keys shorter than this are guessable
 MIN_SECRET_BYTES = 16
 
@@ -524,6 +538,7 @@ _SPELLED: dict[str, tuple[str, Callable[[Any], Optional[str]]]] = {
     "logFormat": ("log_format", _one_of("text", "json")),
     "handlers": ("handlers", _handlers),
     "alerts": ("alerts", _object),
+    "haproxy": ("haproxy", _haproxy),
     "metricsAddress": ("metrics_address", _listen_address),
     "awsEventsQueueUrl": ("aws_events_queue_url", _optional_str),
     "controlSecret": ("control_secrets", _secrets),

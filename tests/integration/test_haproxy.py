@@ -1,0 +1,89 @@
+"""The haproxy handler through a real HAProxy (Debian's 2.6): servers added and
+enabled through the runtime API when a container is ready, held in ``maint`` at its
+kill and deleted after it died, frontends as entries of Warden's map only while their
+backend has a server, foreign servers and entries left alone, and everything put back
+after HAProxy restarts from its file config."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from conftest import RUN, eventually, ip_of
+
+MAINT = 0x01
+
+
+def web(**fields) -> dict:
+    return {"name": "web", "containerName": f"wt-{RUN}-web", "port": 8080, "loadBalancerUrl": "web.example.com",
+            **fields}
+
+
+def start(warden, haproxy, services, **config):
+    return warden(services, handlers=["haproxy"], haproxy=haproxy.settings, **config).start()
+
+
+def test_a_ready_container_is_served_through_haproxy_held_at_its_kill_and_deleted_after_it_died(
+        haproxy, redx, containers, warden):
+    w = start(warden, haproxy, [web()])
+    assert haproxy.get("web.example.com") == (503, "fallback"), "no server: the fallback answers"
+    one = containers.run("web")
+    address = f"{ip_of(one)}:8080"
+    eventually(lambda: haproxy.get("web.example.com")[0] == 200, 10, what="served through HAProxy")
+    assert haproxy.entries() == {"web.example.com/": "web"}
+    assert haproxy.servers("web") == {address: 0}
+    assert f"+ haproxy:web {address}" in w.log() and "+ haproxy-map:web.example.com/ web" in w.log()
+
+    one.stop(timeout=3)  # SIGTERM first: the test image's PID 1 ignores it until the kill
+    eventually(lambda: haproxy.servers("web").get(address, MAINT) & MAINT, 5, what="maint at the stop")
+    assert haproxy.entries() == {}, "the entry goes with the last server taking requests"
+    assert haproxy.get("web.example.com") == (503, "fallback")
+    eventually(lambda: address not in haproxy.servers("web"), 10, what="deleted after it died")
+
+
+def test_the_sweep_leaves_foreign_servers_and_entries_alone_and_restores_after_a_restart(
+        haproxy, redx, containers, warden):
+    haproxy.command("add server web/static 127.0.0.1:1")
+    haproxy.command(f"add map {haproxy.map} other.example.com/ api")
+    w = start(warden, haproxy, [web(), web(name="api", containerName=f"wt-{RUN}-api",
+                                           loadBalancerUrl="api.example.com")], registrarSleepTimeSeconds=1)
+    one = containers.run("web")
+    address = f"{ip_of(one)}:8080"
+    eventually(lambda: haproxy.get("web.example.com")[0] == 200, 10, what="served")
+    time.sleep(2.5)  # sweeps
+    assert "127.0.0.1:1" in haproxy.servers("web"), "a server Warden did not add was removed"
+    assert haproxy.entries().get("other.example.com/") == "api", "an entry Warden did not write was removed"
+    assert "api.example.com/" not in haproxy.entries(), "an entry over a backend with no server of Warden's"
+
+    haproxy.restart()  # from its file config: none of Warden's servers, an empty map
+    eventually(lambda: haproxy.servers("web").get(address) == 0, 10, what="the server put back")
+    eventually(lambda: haproxy.get("web.example.com")[0] == 200, 10, what="served again")
+    assert "HAProxy restarted" in w.log()
+
+
+def test_a_backend_haproxy_lacks_is_said_once_and_the_other_services_go_on(haproxy, redx, containers, warden):
+    w = start(warden, haproxy, [web(), web(name="blog", containerName=f"wt-{RUN}-blog", backendName="blog",
+                                            loadBalancerUrl="blog.example.com")], registrarSleepTimeSeconds=1)
+    containers.run("blog")
+    containers.run("web")
+    eventually(lambda: haproxy.get("web.example.com")[0] == 200, 10, what="web served")
+    eventually(lambda: "HAProxy has no backend 'blog'" in w.log(), 10, what="the missing backend named")
+    time.sleep(2.5)
+    assert w.log().count("HAProxy has no backend 'blog'") == 1, "said at every sweep"
+
+
+def test_a_runtime_api_that_does_not_answer_makes_warden_unready_and_it_catches_up(
+        haproxy, redx, containers, warden):
+    from conftest import free_port, http_get
+
+    metrics = free_port()
+    w = start(warden, haproxy, [web()], metricsAddress=f"127.0.0.1:{metrics}", registrarSleepTimeSeconds=1)
+    eventually(lambda: http_get(f"http://127.0.0.1:{metrics}/readyz")[0] == 200, 10, what="ready")
+    haproxy.stop()
+    one = containers.run("web")
+    eventually(lambda: http_get(f"http://127.0.0.1:{metrics}/readyz")[0] == 503, 10, what="unready")
+    assert json.loads(http_get(f"http://127.0.0.1:{metrics}/readyz")[1])["dependencies"]["haproxy"] is False
+    haproxy.start()
+    eventually(lambda: haproxy.servers("web").get(f"{ip_of(one)}:8080") == 0, 15, what="caught up")
+    eventually(lambda: http_get(f"http://127.0.0.1:{metrics}/readyz")[0] == 200, 10, what="ready again")
+    assert w.log().count("does not answer") == 1, "said once"
