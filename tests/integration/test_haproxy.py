@@ -87,3 +87,65 @@ def test_a_runtime_api_that_does_not_answer_makes_warden_unready_and_it_catches_
     eventually(lambda: haproxy.servers("web").get(f"{ip_of(one)}:8080") == 0, 15, what="caught up")
     eventually(lambda: http_get(f"http://127.0.0.1:{metrics}/readyz")[0] == 200, 10, what="ready again")
     assert w.log().count("does not answer") == 1, "said once"
+
+
+class Load:
+    """Requests through HAProxy every 20 ms on a thread of its own; counts failures."""
+
+    def __init__(self, haproxy, host: str) -> None:
+        import threading
+
+        self.haproxy, self.host = haproxy, host
+        self.ok = self.failed = 0
+        self.failures: list[str] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.run, name="load")
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            try:
+                status, body = self.haproxy.get(self.host)
+            except OSError as error:
+                status, body = 0, str(error)
+            if status == 200:
+                self.ok += 1
+            else:
+                self.failed += 1
+                self.failures.append(f"{status} {body[:60]}")
+            self.stop.wait(0.02)
+
+    def __enter__(self) -> "Load":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join()
+
+
+def test_five_rolling_deploys_through_haproxy_fail_no_request(haproxy, redx, containers, warden):
+    """Each deploy: a new container, served once ready; then the old one stopped with
+    SIGTERM (its PID 1 ignores it: Docker kills it 2 s later). Maint at the stop takes
+    it out before it dies, so no request fails."""
+    start(warden, haproxy, [web()])
+    old = containers.run("web")
+    eventually(lambda: haproxy.get("web.example.com")[0] == 200, 10, what="served")
+    with Load(haproxy, "web.example.com") as load:
+        for _ in range(5):
+            new = containers.run("web")
+            address = f"{ip_of(new)}:8080"
+            eventually(lambda: haproxy.servers("web").get(address) == 0, 10, what="the new one enabled")
+            old.stop(timeout=2)
+            old = new
+    assert load.ok > 100 and load.failed == 0, (load.ok, load.failures[:5])
+
+
+def test_a_kill_beside_a_healthy_replica_fails_at_most_one_request(haproxy, redx, containers, warden):
+    start(warden, haproxy, [web()])
+    keep, doomed = containers.run("web"), containers.run("web")
+    eventually(lambda: len([s for s in haproxy.servers("web").values() if s == 0]) == 2, 10, what="both served")
+    with Load(haproxy, "web.example.com") as load:
+        time.sleep(1)
+        doomed.kill()
+        time.sleep(2)
+    assert load.ok > 50 and load.failed <= 1, (load.ok, load.failures[:5])
