@@ -12,7 +12,7 @@ import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 BENCHMARKS = ["route_latency.py", "sweep_cost.py", "failover.py", "scaling_reaction.py",
-              "rss.py", "manager_load.py", "fleet.py"]
+              "rss.py", "manager_load.py", "fleet.py", "target_latency.py", "proxy_latency.py"]
 
 
 def main() -> int:

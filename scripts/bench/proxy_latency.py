@@ -1,0 +1,116 @@
+"""First request served through each proxy Warden feeds, as a ratio to the container's
+own readiness.
+
+Run by hand (after scripts/setup.sh): .venv/bin/python scripts/bench/proxy_latency.py
+For HAProxy (Debian's, started here on loopback with the README's haproxy.cfg) it runs
+`warden registrar` with the haproxy handler, then starts containers one at a time
+(TRIALS, default 10) whose server answers from 0.3 s after the start, and takes for each:
+- ready: Docker's start event to the first 200 from the container's own address
+  (asked every 5 ms: the best any proxy can do);
+- served: the same to the first 200 through HAProxy (asked every 5 ms).
+It prints p50/p95 of both and of served / ready.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import docker
+
+IMAGE = "warden-test:latest"
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.join(ROOT, "scripts"))
+sys.path.insert(0, os.path.join(ROOT, "tests"))
+from local_services import serving, start_redis  # noqa: E402
+from support.haproxy import Haproxy  # noqa: E402
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
+
+
+def first_200(host: str, port: int, header: str, deadline: float) -> float:
+    """Wall time of the first 200 from ``host:port`` (``Host: header``)."""
+    while time.time() < deadline:
+        try:
+            conn = http.client.HTTPConnection(host, port, timeout=1)
+            conn.request("GET", "/", headers={"Host": header})
+            status = conn.getresponse().status
+            conn.close()
+            if status == 200:
+                return time.time()
+        except OSError:
+            pass
+        time.sleep(0.005)
+    raise SystemExit(f"no 200 from {host}:{port} within the deadline")
+
+
+def main() -> int:
+    trials = int(os.environ.get("TRIALS", "10"))
+    if shutil.which("haproxy") is None:
+        raise SystemExit("haproxy is not installed: run scripts/setup.sh")
+    client = docker.from_env()
+    server, port = start_redis()
+    folder = Path(tempfile.mkdtemp())
+    proxy = Haproxy(folder).start()
+    prefix = f"bench-{uuid.uuid4().hex[:6]}"
+    (folder / "services.json").write_text(json.dumps([{"name": "web", "containerName": prefix, "port": 8080,
+                                                       "loadBalancerUrl": "web.example.com"}]))
+    (folder / "config.json").write_text(json.dumps({
+        "nginxRedisAddress": f"127.0.0.1:{port}", "serviceManagementRedisAddress": f"127.0.0.1:{port}",
+        "handlers": ["haproxy"], "haproxy": proxy.settings, "registrarSleepTimeSeconds": 600}))
+    warden = subprocess.Popen([sys.executable, "-m", "warden", "--config", str(folder / "config.json"),
+                               "--log-level", "warning", "registrar"], cwd=ROOT)
+    time.sleep(3)
+    events = client.api.events(decode=True, filters={"type": "container", "event": ["start"]})
+    starts: dict[str, float] = {}
+    threading.Thread(target=lambda: [starts.setdefault(e["id"], e["timeNano"] / 1e9) for e in events],
+                     daemon=True).start()
+    ready, served = [], []
+    try:
+        for _ in range(trials):
+            container = client.containers.run(IMAGE, serving(8080, after=0.3), name=f"{prefix}-{uuid.uuid4().hex[:6]}",
+                                              detach=True, stop_signal="SIGKILL")
+            container.reload()
+            ip = container.attrs["NetworkSettings"]["Networks"]["bridge"]["IPAddress"]
+            results: dict[str, float] = {}
+            deadline = time.time() + 20
+            own = threading.Thread(target=lambda: results.setdefault("ready", first_200(ip, 8080, ip, deadline)))
+            own.start()
+            results["served"] = first_200("127.0.0.1", proxy.port, "web.example.com", deadline)
+            own.join()
+            while container.id not in starts:
+                time.sleep(0.01)
+            ready.append(results["ready"] - starts[container.id])
+            served.append(results["served"] - starts[container.id])
+            container.remove(force=True)
+            time.sleep(1)
+    finally:
+        warden.terminate()
+        warden.wait(30)
+        proxy.stop()
+        server.terminate()
+        for c in client.containers.list(all=True, filters={"name": prefix}):
+            c.remove(force=True)
+    ratios = [s / r for s, r in zip(served, ready)]
+    print(f"\nFirst request served, Docker's start event -> first 200 (ms), {trials} containers answering "
+          f"0.3 s after their start, {os.cpu_count()} cores")
+    print(f"{'proxy':<10} {'ready p50':>10} {'served p50':>11} {'served p95':>11} {'ratio p50':>10} {'ratio p95':>10}")
+    print(f"{'haproxy':<10} {percentile(ready, 0.5) * 1000:>10.1f} {percentile(served, 0.5) * 1000:>11.1f} "
+          f"{percentile(served, 0.95) * 1000:>11.1f} {percentile(ratios, 0.5):>10.3f} {percentile(ratios, 0.95):>10.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
