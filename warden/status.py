@@ -96,6 +96,8 @@ def _redx_servers(config: Config, services: tuple[Service, ...], errors: list) -
     from warden.handlers.redx import backend_key, is_server
 
     if "redx" not in config.handlers:
+        if "haproxy" in config.handlers:
+            return _haproxy_servers(config, services, errors)
         return {}  # no routes kept here: each service's routes are unknown (null)
     try:
         client = config.nginx_redis.client(decode_responses=True, socket_timeout=2,
@@ -172,6 +174,24 @@ def _enrolment(config: Config, services: tuple[Service, ...], errors: list) -> d
         except Exception as error:  # noqa: BLE001
             errors.append(f"{target.change_text(config.instance_id)}: {error}")
     return found
+
+
+def _haproxy_servers(config: Config, services: tuple[Service, ...], errors: list) -> dict:
+    """Each backend's servers that take requests, as HAProxy's runtime API says."""
+    from warden.handlers.haproxy import RuntimeApi, RuntimeApiError
+
+    settings = {k.lower(): v for k, v in (config.haproxy or {}).items()}
+    api = RuntimeApi(str(settings.get("runtimeapi") or "/run/haproxy/admin.sock"))
+    try:
+        servers = api.servers()
+    except RuntimeApiError as error:
+        errors.append(str(error))
+        return {}
+    found: dict[str, list] = {s.backend_name: [] for s in services}
+    for server in servers:
+        if server.backend in found and server.taking:
+            found[server.backend].append(server.address)
+    return {name: sorted(addresses) for name, addresses in found.items()}
 
 
 def _container_targets(config: Config, services: tuple[Service, ...], errors: list) -> dict:

@@ -33,6 +33,8 @@ def test_a_ready_container_is_served_through_haproxy_held_at_its_kill_and_delete
     assert haproxy.entries() == {"web.example.com/": "web"}
     assert haproxy.servers("web") == {address: 0}
     assert f"+ haproxy:web {address}" in w.log() and "+ haproxy-map:web.example.com/ web" in w.log()
+    [service] = json.loads(w.command("status", "--json", check=True).stdout)["services"]
+    assert service["routes"] == [address], "warden status reads the routes from HAProxy"
 
     one.stop(timeout=3)  # SIGTERM first: the test image's PID 1 ignores it until the kill
     eventually(lambda: haproxy.servers("web").get(address, MAINT) & MAINT, 5, what="maint at the stop")
@@ -83,6 +85,8 @@ def test_a_runtime_api_that_does_not_answer_makes_warden_unready_and_it_catches_
     one = containers.run("web")
     eventually(lambda: http_get(f"http://127.0.0.1:{metrics}/readyz")[0] == 503, 10, what="unready")
     assert json.loads(http_get(f"http://127.0.0.1:{metrics}/readyz")[1])["dependencies"]["haproxy"] is False
+    report = json.loads(w.command("status", "--json").stdout)
+    assert any(f"HAProxy runtime API {haproxy.socket} does not answer" in e for e in report["errors"]), report
     haproxy.start()
     eventually(lambda: haproxy.servers("web").get(f"{ip_of(one)}:8080") == 0, 15, what="caught up")
     eventually(lambda: http_get(f"http://127.0.0.1:{metrics}/readyz")[0] == 200, 10, what="ready again")
