@@ -1,0 +1,124 @@
+"""One contract for every proxy Warden feeds, run against each: Redx (its Redis, as
+Redx reads it) and HAProxy (its runtime API, and requests through it). A container is
+routed once it answers, and not before; it leaves at its stop, before it dies; a
+frontend exists only while its backend has a server; the sweep leaves what Warden did
+not write; the proxy's store restarting empty is put back without a restart of Warden.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Optional
+
+import pytest
+
+from conftest import RUN, eventually, ip_of
+
+LATE = "sh -c 'sleep 1.5; httpd -p 8080 -h /www; exec sleep 600'"
+
+
+class Redx:
+    """Routes as Redx reads them from its Redis."""
+
+    name = "redx"
+
+    def __init__(self, redx, redx_server) -> None:
+        self.redis, self.server = redx, redx_server
+
+    def settings(self) -> dict:
+        return {"handlers": ["redx"]}
+
+    def routes(self, backend: str) -> set[str]:
+        return {a for a in self.redis.hkeys(f"backend:{backend}") if not a.startswith("_")}
+
+    def frontend(self, frontend: str) -> Optional[str]:
+        return self.redis.get(f"frontend:{frontend}")
+
+    def write_foreign_frontend(self, frontend: str, backend: str) -> None:
+        self.redis.set(f"frontend:{frontend}", backend)
+
+    def restart_empty(self) -> None:
+        self.redis.flushdb()
+        self.server.restart()
+
+
+class Haproxy:
+    """Routes as HAProxy holds them: servers taking requests, and Warden's map."""
+
+    name = "haproxy"
+
+    def __init__(self, haproxy) -> None:
+        self.proxy = haproxy
+
+    def settings(self) -> dict:
+        return {"handlers": ["haproxy"], "haproxy": self.proxy.settings}
+
+    def routes(self, backend: str) -> set[str]:
+        return {a for a, state in self.proxy.servers(backend).items() if state == 0}
+
+    def frontend(self, frontend: str) -> Optional[str]:
+        from warden.handlers.haproxy import map_key
+
+        return self.proxy.entries().get(map_key(frontend))
+
+    def write_foreign_frontend(self, frontend: str, backend: str) -> None:
+        from warden.handlers.haproxy import map_key
+
+        self.proxy.command(f"add map {self.proxy.map} {map_key(frontend)} {backend}")
+
+    def restart_empty(self) -> None:
+        self.proxy.restart()
+
+
+@pytest.fixture(params=["redx", "haproxy"])
+def proxy(request) -> Any:
+    if request.param == "redx":
+        return Redx(request.getfixturevalue("redx"), request.getfixturevalue("redx_server"))
+    request.getfixturevalue("redx")  # emptied: Warden's Redis, even when Redx is not fed
+    return Haproxy(request.getfixturevalue("haproxy"))
+
+
+WEB = {"name": "web", "containerName": f"wt-{RUN}-web", "port": 8080, "loadBalancerUrl": "web.example.com"}
+
+
+def test_routed_once_it_answers_and_not_before(proxy, containers, warden):
+    warden([WEB], **proxy.settings()).start()
+    late = containers.run("web", command=LATE)
+    address = f"{ip_of(late)}:8080"
+    time.sleep(0.8)
+    assert address not in proxy.routes("web"), "routed before it answered"
+    assert proxy.frontend("web.example.com") is None, "a frontend over a backend with no server"
+    eventually(lambda: address in proxy.routes("web"), 10, what="routed once it answers")
+    assert proxy.frontend("web.example.com") == "web"
+
+
+def test_it_leaves_at_its_stop_before_it_dies_and_the_frontend_goes_with_the_last(proxy, containers, warden):
+    warden([WEB], **proxy.settings()).start()
+    one = containers.run("web")
+    address = f"{ip_of(one)}:8080"
+    eventually(lambda: address in proxy.routes("web"), 10, what="routed")
+    one.kill(signal="SIGTERM")  # as `docker stop` begins; its PID 1 ignores it and runs on
+    eventually(lambda: address not in proxy.routes("web"), 2, what="unrouted at the SIGTERM")
+    one.reload()
+    assert one.status == "running", "the test meant to see it leave before it died"
+    assert proxy.frontend("web.example.com") is None
+
+
+def test_the_sweep_leaves_what_warden_did_not_write(proxy, containers, warden):
+    proxy.write_foreign_frontend("other.example.com", "api")
+    warden([WEB], registrarSleepTimeSeconds=1, **proxy.settings()).start()
+    one = containers.run("web")
+    eventually(lambda: f"{ip_of(one)}:8080" in proxy.routes("web"), 10, what="routed")
+    time.sleep(2.5)  # two sweeps
+    assert proxy.frontend("other.example.com") == "api"
+
+
+def test_a_store_restarted_empty_is_put_back_without_restarting_warden(proxy, containers, warden):
+    w = warden([WEB], **proxy.settings()).start()
+    one = containers.run("web")
+    address = f"{ip_of(one)}:8080"
+    eventually(lambda: address in proxy.routes("web"), 10, what="routed")
+    proxy.restart_empty()
+    eventually(lambda: address in proxy.routes("web") and proxy.frontend("web.example.com") == "web", 15,
+               what="put back")
+    assert w.process.poll() is None
