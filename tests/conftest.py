@@ -6,7 +6,7 @@ tests that need it fail with a message naming it; they never skip.
 
 The parts live in ``tests/support/``, one module each: ``common`` (waiting, ports, a
 webhook receiver), ``redis``, ``docker``, ``aws`` (moto and its proxy), ``processes``
-(``warden`` processes, managers), ``faults`` (the TCP proxy) and ``haproxy``. This file makes their
+(``warden`` processes, managers), ``faults`` (the TCP proxy), ``haproxy`` and ``traefik``. This file makes their
 fixtures the tests' and re-exports their helpers (``from conftest import eventually``);
 the unit tier (``tests/unit/``) uses none of them; the tests that do live in
 ``tests/integration/``.
@@ -37,6 +37,7 @@ from support.processes import (  # noqa: F401 - re-exported: the tests' fixtures
 from support.faults import (  # noqa: F401 - re-exported: the tests' fixtures and helpers
     TcpProxy, tcp_proxy)
 from support.haproxy import Haproxy, haproxy  # noqa: F401 - re-exported: the tests' fixtures
+from support.traefik import Traefik, traefik  # noqa: F401 - re-exported: the tests' fixtures
 
 #: the IAM action of every AWS call Warden's own clients make during the run, in this
 #: process and the ``warden`` processes it starts (warden/runtime/aws.py appends them), for

@@ -272,6 +272,8 @@ class Config:
     alerts: Optional[dict] = None
     #: the haproxy handler's settings (``runtimeApi``, ``map``), or None
     haproxy: Optional[dict] = None
+    #: the traefik handler's settings (``redisAddress``, ``rootKey``, ``entryPoints``), or None
+    traefik: Optional[dict] = None
     #: seconds between reads of an ``s3://`` or ``ssm:`` service source
     service_source_poll_seconds: float = 30.0
     #: leave the load balancers at a spot rebalance recommendation for this host
@@ -421,6 +423,22 @@ def _object(value: Any) -> Optional[str]:
     return None if isinstance(value, dict) else "must be an object"
 
 
+def _traefik(value: Any) -> Optional[str]:
+    rule = ('must be an object: {"redisAddress": "127.0.0.1:6379" or a redis:// URL, "rootKey": "traefik", '
+            '"entryPoints": ["web"]}')
+    if not isinstance(value, dict):
+        return rule
+    settings = {str(k).lower(): v for k, v in value.items()}
+    if set(settings) - {"redisaddress", "rootkey", "entrypoints"}:
+        return rule
+    if not all(isinstance(settings.get(k, "x"), str) and settings.get(k, "x") for k in ("redisaddress", "rootkey")):
+        return rule
+    points = settings.get("entrypoints", ["web"])
+    if not isinstance(points, list) or not points or not all(isinstance(p, str) and p for p in points):
+        return rule
+    return None
+
+
 def _haproxy(value: Any) -> Optional[str]:
     rule = ('must be an object: {"runtimeApi": "/run/haproxy/admin.sock" or "host:port", '
             '"map": "/etc/haproxy/warden.map"}')
@@ -539,6 +557,7 @@ _SPELLED: dict[str, tuple[str, Callable[[Any], Optional[str]]]] = {
     "handlers": ("handlers", _handlers),
     "alerts": ("alerts", _object),
     "haproxy": ("haproxy", _haproxy),
+    "traefik": ("traefik", _traefik),
     "metricsAddress": ("metrics_address", _listen_address),
     "awsEventsQueueUrl": ("aws_events_queue_url", _optional_str),
     "controlSecret": ("control_secrets", _secrets),

@@ -1,5 +1,5 @@
 """One contract for every proxy Warden feeds, run against each: Redx (its Redis, as
-Redx reads it) and HAProxy (its runtime API, and requests through it). A container is
+Redx reads it), HAProxy (its runtime API) and Traefik (the Redis its provider reads). A container is
 routed once it answers, and not before; it leaves at its stop, before it dies; a
 frontend exists only while its backend has a server; the sweep leaves what Warden did
 not write; the proxy's store restarting empty is put back without a restart of Warden.
@@ -70,12 +70,44 @@ class Haproxy:
         self.proxy.restart()
 
 
-@pytest.fixture(params=["redx", "haproxy"])
+class Traefik:
+    """Routes as Traefik's Redis provider reads them."""
+
+    name = "traefik"
+
+    def __init__(self, traefik) -> None:
+        self.proxy = traefik
+        self.store = traefik.redis_server.client()
+
+    def settings(self) -> dict:
+        return {"handlers": ["traefik"], "traefik": self.proxy.settings}
+
+    def routes(self, backend: str) -> set[str]:
+        keys = self.store.keys(f"traefik/http/services/{backend}/loadBalancer/servers/*/url")
+        return {u.split("://", 1)[1] for u in self.store.mget(keys)} if keys else set()
+
+    def frontend(self, frontend: str) -> Optional[str]:
+        from warden.handlers.traefik import router_name
+
+        return self.store.get(f"traefik/http/routers/{router_name(frontend)}/service")
+
+    def write_foreign_frontend(self, frontend: str, backend: str) -> None:
+        from warden.handlers.traefik import router_name
+
+        self.store.set(f"traefik/http/routers/{router_name(frontend)}/service", backend)
+
+    def restart_empty(self) -> None:
+        self.proxy.redis_server.restart()  # nothing persisted: it comes back empty
+
+
+@pytest.fixture(params=["redx", "haproxy", "traefik"])
 def proxy(request) -> Any:
     if request.param == "redx":
         return Redx(request.getfixturevalue("redx"), request.getfixturevalue("redx_server"))
     request.getfixturevalue("redx")  # emptied: Warden's Redis, even when Redx is not fed
-    return Haproxy(request.getfixturevalue("haproxy"))
+    if request.param == "haproxy":
+        return Haproxy(request.getfixturevalue("haproxy"))
+    return Traefik(request.getfixturevalue("traefik"))
 
 
 WEB = {"name": "web", "containerName": f"wt-{RUN}-web", "port": 8080, "loadBalancerUrl": "web.example.com"}

@@ -1,0 +1,271 @@
+"""The Traefik handler: this host's routes in the Redis that Traefik's Redis provider
+reads.
+
+Config: ``"traefik": {"redisAddress": "127.0.0.1:6379" (or a redis:// URL), "rootKey":
+"traefik", "entryPoints": ["web"]}``.
+
+- A backend is ``<rootKey>/http/services/<backend>/loadBalancer/servers/<n>/url``
+  entries (``http://ip:port``); each frontend (``loadBalancerUrl`` and ``site``) is the
+  router ``<rootKey>/http/routers/warden-<frontend>`` with its ``rule`` (``Host(...)``,
+  and ``PathPrefix(...)`` with a site), ``service`` and ``entryPoints/<i>``.
+- A backend's servers and its routers are written together in one MULTI, and a router
+  exists only while its backend has a server: Traefik never holds a router over an
+  empty service (it would answer 503 instead of falling through).
+- Warden changes only the servers it owns (this host's container addresses, as the
+  Redx handler judges them) and routers named ``warden-...``; other servers in the list
+  stay, renumbered.
+- Traefik's Redis provider sees changes only through keyspace notifications: without
+  ``notify-keyspace-events`` (``KEA``) it takes none. Warden reads the setting at start
+  and says what is missing.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any, Optional
+
+import redis
+
+from warden import signals
+from warden.config import Config
+from warden.handlers import Handler
+from warden.model import Change, DesiredState, Ownership, Route
+from warden.runtime.threads import StoppableThread
+
+logger = logging.getLogger(__name__)
+
+
+def router_name(frontend: str) -> str:
+    """Warden's router for a frontend: ``warden-`` and the frontend in letters, digits
+    and ``-``."""
+    return "warden-" + re.sub(r"[^A-Za-z0-9-]", "-", frontend.lower()).strip("-")
+
+
+def rule(frontend: str) -> str:
+    """Traefik's rule for ``host`` or ``host/path``."""
+    host, slash, path = frontend.partition("/")
+    text = f"Host(`{host.lower()}`)"
+    return text + (f" && PathPrefix(`/{path}`)" if slash and path else "")
+
+
+def address_of(url: str) -> str:
+    """``http://ip:port`` -> ``ip:port``."""
+    return url.split("://", 1)[-1].rstrip("/")
+
+
+class TraefikHandler(Handler):
+    """Keeps Traefik's Redis provider keys in step with this host's routes."""
+
+    name = "traefik"
+    roles = frozenset({"registrar"})
+
+    def __init__(self, config: Config, client: Optional[redis.Redis] = None) -> None:
+        super().__init__(config)
+        settings = {k.lower(): v for k, v in (config.traefik or {}).items()}
+        address = str(settings.get("redisaddress") or "127.0.0.1:6379")
+        self.display = address.split("@")[-1]
+        self.root = str(settings.get("rootkey") or "traefik").strip("/")
+        self.entry_points = tuple(str(e) for e in settings.get("entrypoints") or ("web",))
+        if client is None:
+            if "://" in address:
+                client = redis.Redis.from_url(address, decode_responses=True, socket_timeout=2,
+                                              socket_connect_timeout=2)
+            else:
+                host, _, port = address.rpartition(":")
+                client = redis.Redis(host=host or "127.0.0.1", port=int(port), decode_responses=True,
+                                     socket_timeout=2, socket_connect_timeout=2)
+        self.redis = client
+        #: backend -> the frontends of its services
+        self.frontends_of: dict[str, tuple[str, ...]] = {}
+        #: backend -> this host's addresses in it
+        self.addresses: dict[str, set[str]] = {}
+        #: the rule of which addresses are Warden's, from the last sweep
+        self.ownership: Optional[Ownership] = None
+        self.errors = 0
+        self._said: set[str] = set()
+        #: True once Warden wrote its keeper key: its absence then means a flushed or
+        #: restarted Redis
+        self.written = False
+        self._watcher = _Watcher(self)
+
+    # -- keys ------------------------------------------------------------------------
+
+    def servers_prefix(self, backend: str) -> str:
+        return f"{self.root}/http/services/{backend}/loadBalancer/servers/"
+
+    def router_prefix(self, frontend: str) -> str:
+        return f"{self.root}/http/routers/{router_name(frontend)}/"
+
+    #: a key that keeps Warden's part of the tree from ever being empty: Traefik skips an
+    #: empty configuration from a provider and keeps serving the previous one, so the
+    #: last router's removal would never take effect
+    def keeper(self) -> str:
+        return f"{self.root}/http/middlewares/warden-keeper/headers/customRequestHeaders/X-Warden"
+
+    def start(self) -> None:
+        self.check_notifications()
+        self._watcher.start()
+
+    def threads(self) -> list[Any]:
+        return [self._watcher]
+
+    def stop(self) -> None:
+        self._watcher.stop()
+
+    def register(self, telemetry: Any) -> None:
+        telemetry.counter_source("warden_traefik_errors", "Writes Traefik's Redis refused or did not answer",
+                                 lambda: self.errors)
+
+    def check_notifications(self) -> Optional[str]:
+        """What Traefik's Redis lacks for Traefik to see changes, said once; None when
+        nothing (or when the setting cannot be read)."""
+        try:
+            value = str(self.redis.config_get("notify-keyspace-events").get("notify-keyspace-events", ""))
+        except redis.RedisError as error:
+            logger.debug("cannot read notify-keyspace-events of %s: %s", self.display, error)
+            return None
+        if "K" in value and ("A" in value or {"g", "$"} <= set(value)):
+            return None
+        problem = (f"Traefik's Redis {self.display} has notify-keyspace-events {value!r}: Traefik's Redis "
+                   f"provider sees changes only through keyspace notifications; set it to KEA "
+                   f"(redis-cli config set notify-keyspace-events KEA, or notify-keyspace-events KEA in "
+                   f"redis.conf)")
+        logger.error("%s", problem)
+        return problem
+
+    # -- writing ---------------------------------------------------------------------
+
+    def write_backend(self, backend: str, apply: bool = True) -> list[Change]:
+        """Rewrite one backend's servers (Warden's as wanted, others kept) and its
+        routers (present only with a server), in one MULTI; the changes."""
+        prefix = self.servers_prefix(backend)
+        keys = sorted(self.redis.scan_iter(match=prefix + "*/url", count=500))
+        urls = self.redis.mget(keys) if keys else []
+        held = [address_of(u) for u in urls if u]
+        ownership = self.ownership
+        wanted = self.addresses.get(backend, set())
+        # Before the first sweep there is no ownership rule yet: every other server stays.
+        foreign = [a for a in held if a not in wanted and not (ownership is not None and ownership.owns(backend, a))]
+        servers = sorted(set(foreign) | wanted)
+        changes = [Change("+", f"traefik:{backend} {a}") for a in sorted(wanted - set(held))]
+        changes += [Change("-", f"traefik:{backend} {a}") for a in sorted(set(held) - set(servers))]
+        routers = self.frontends_of.get(backend, ())
+        router_changes = []
+        for frontend in routers:
+            present = bool(self.redis.exists(self.router_prefix(frontend) + "rule"))
+            if servers and not present:
+                router_changes.append(Change("+", f"traefik-router:{router_name(frontend)} {backend}"))
+            elif not servers and present:
+                router_changes.append(Change("-", f"traefik-router:{router_name(frontend)} {backend}"))
+        changes += router_changes
+        if not apply or not changes:
+            return changes
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.set(self.keeper(), "1")
+        if keys:
+            pipe.delete(*keys)
+        for n, address in enumerate(servers):
+            pipe.set(f"{prefix}{n}/url", f"http://{address}")
+        for frontend in routers:
+            router = self.router_prefix(frontend)
+            if servers:
+                pipe.set(router + "rule", rule(frontend))
+                pipe.set(router + "service", backend)
+                for i, entry_point in enumerate(self.entry_points):
+                    pipe.set(f"{router}entryPoints/{i}", entry_point)
+            else:
+                old = list(self.redis.scan_iter(match=router + "*", count=100))
+                if old:
+                    pipe.delete(*old)
+        pipe.execute()
+        self.written = True
+        for change in changes:
+            self._made(change)
+        return changes
+
+    def _made(self, change: Change) -> None:
+        logger.info("%s", change, extra={"change": str(change)})
+        signals.send(signals.change_made, self, change=change, service=None, container_id="")
+
+    def _failed(self, what: str, error: Exception) -> None:
+        self.errors += 1
+        key = f"{what}:{type(error).__name__}"
+        if key not in self._said:
+            self._said.add(key)
+            logger.error("cannot write %s to Traefik's Redis %s (%s); the next sweep will", what, self.display,
+                         error)
+
+    # -- hooks -------------------------------------------------------------------------
+
+    def on_route_added(self, sender: Any, *, route: Route, **kw: Any) -> None:
+        self.addresses.setdefault(route.backend, set()).add(route.address)
+        self._write(route.backend)
+
+    def on_route_removed(self, sender: Any, *, route: Route, **kw: Any) -> None:
+        self.addresses.get(route.backend, set()).discard(route.address)
+        self._write(route.backend)
+
+    def _write(self, backend: str) -> None:
+        try:
+            self.write_backend(backend)
+        except redis.RedisError as error:
+            self._failed(f"backend {backend}", error)
+
+    def on_sweep(self, sender: Any, *, desired: DesiredState, apply: bool = True, **kw: Any) -> list[Change]:
+        frontends_of: dict[str, list[str]] = {}
+        for frontend, backend in sorted(desired.frontends.items()):
+            frontends_of.setdefault(backend, []).append(frontend)
+        self.frontends_of = {backend: tuple(keys) for backend, keys in frontends_of.items()}
+        self.ownership = desired.ownership
+        if apply:
+            self.addresses = {backend: set(addresses) for backend, addresses in desired.backends.items()}
+        changes: list[Change] = []
+        for backend in sorted(set(desired.backends) | set(self.frontends_of)):
+            try:
+                if apply:
+                    changes += self.write_backend(backend)
+                else:
+                    saved = self.addresses
+                    self.addresses = {b: set(a) for b, a in desired.backends.items()}
+                    try:
+                        changes += self.write_backend(backend, apply=False)
+                    finally:
+                        self.addresses = saved
+            except redis.RedisError as error:
+                self._failed(f"backend {backend}", error)
+        if apply and changes:
+            self._said.clear()
+        return changes
+
+
+class _Watcher(StoppableThread):
+    """Once a second: is Warden's keeper key still in Traefik's Redis? A flushed or
+    restarted Redis (its keys are not persisted) lost the routes: a sweep puts them
+    back; one that did not answer and answers again too."""
+
+    #: seconds between looks
+    interval = 1.0
+
+    def __init__(self, handler: TraefikHandler) -> None:
+        super().__init__("warden-traefik-watch")
+        self.handler = handler
+        self.reachable = True
+
+    def run(self) -> None:
+        handler = self.handler
+        while not self.stop_event.wait(self.interval):
+            try:
+                lost = handler.written and not handler.redis.exists(handler.keeper())
+            except redis.RedisError:
+                self.reachable = False
+                continue
+            reason = ""
+            if not self.reachable:
+                self.reachable, reason = True, "Traefik's Redis answers again"
+            elif lost:
+                reason = "Traefik's Redis lost Warden's keys"
+            if reason:
+                logger.warning("%s: sweeping", reason)
+                handler.written = False
+                signals.send(signals.sweep_requested, handler, reason=reason)

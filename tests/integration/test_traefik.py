@@ -1,0 +1,65 @@
+"""The traefik handler through a real Traefik (its Redis provider): a ready container
+is served, a router exists only while its backend has a server, a stop takes it out
+while it still runs, other servers in the list stay, and a Redis without keyspace
+notifications is named."""
+
+from __future__ import annotations
+
+import json
+
+from conftest import RUN, eventually, ip_of
+
+
+def web(**fields) -> dict:
+    return {"name": "web", "containerName": f"wt-{RUN}-web", "port": 8080, "loadBalancerUrl": "web.example.com",
+            **fields}
+
+
+def test_a_ready_container_is_served_through_traefik_and_leaves_at_its_stop(traefik, redx, containers, warden):
+    w = warden([web()], handlers=["traefik"], traefik=traefik.settings).start()
+    assert traefik.get("web.example.com")[0] == 404, "no router: Traefik's own 404"
+    one = containers.run("web")
+    address = f"{ip_of(one)}:8080"
+    eventually(lambda: traefik.get("web.example.com")[0] == 200, 10, what="served through Traefik")
+    store = traefik.redis_server.client()
+    assert store.get("traefik/http/services/web/loadBalancer/servers/0/url") == f"http://{address}"
+    assert store.get("traefik/http/routers/warden-web-example-com/rule") == "Host(`web.example.com`)"
+    assert f"+ traefik:web {address}" in w.log()
+    one.kill(signal="SIGTERM")  # as `docker stop` begins; its PID 1 runs on
+    eventually(lambda: traefik.get("web.example.com")[0] == 404, 5, what="out at the SIGTERM")
+    assert store.keys("traefik/http/routers/*") == [], "a router over an empty service"
+
+
+def test_other_servers_in_the_list_stay(traefik, redx, containers, warden):
+    store = traefik.redis_server.client()
+    store.set("traefik/http/services/web/loadBalancer/servers/0/url", "http://10.99.0.1:80")
+    warden([web()], handlers=["traefik"], traefik=traefik.settings, registrarSleepTimeSeconds=1).start()
+    one = containers.run("web")
+    eventually(lambda: f"http://{ip_of(one)}:8080" in store.mget(store.keys("traefik/http/services/web/*")), 10,
+               what="written")
+    import time
+
+    time.sleep(2.5)
+    assert "http://10.99.0.1:80" in store.mget(store.keys("traefik/http/services/web/*")), "a foreign server went"
+
+
+def test_a_redis_without_keyspace_notifications_is_named(traefik, redx, warden):
+    traefik.redis_server.client().config_set("notify-keyspace-events", "")
+    w = warden([web()], handlers=["traefik"], traefik=traefik.settings).start()
+    assert "has notify-keyspace-events '': Traefik's Redis provider sees changes only through keyspace " \
+           "notifications; set it to KEA" in w.log()
+
+
+def test_the_last_router_removed_takes_effect(traefik, redx, containers, warden):
+    """Traefik skips a provider's empty configuration and keeps serving the one before:
+    with nothing of Warden's left in its Redis, the last router stayed for ever. A
+    key of Warden's keeps the tree from being empty."""
+    warden([web()], handlers=["traefik"], traefik=traefik.settings).start()
+    for _ in range(2):
+        one = containers.run("web")
+        eventually(lambda: traefik.get("web.example.com")[0] == 200, 10, what="served")
+        one.kill()
+        eventually(lambda: traefik.get("web.example.com")[0] == 404, 5, what="gone with the last server")
+    store = traefik.redis_server.client()
+    assert json.loads(json.dumps(store.keys("traefik/*"))) == [
+        "traefik/http/middlewares/warden-keeper/headers/customRequestHeaders/X-Warden"]
