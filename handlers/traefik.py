@@ -14,6 +14,10 @@ Config: ``"traefik": {"redisAddress": "127.0.0.1:6379" (or a redis:// URL), "roo
 - Warden changes only the servers it owns (this host's container addresses, as the
   Redx handler judges them) and routers named ``warden-...``; other servers in the list
   stay, renumbered.
+- Every router uses the retry middleware ``warden-retry`` and every service the servers
+  transport ``warden`` (1 s connect timeout): a request Traefik sends to a container
+  killed a moment before is retried on another server. These keys stay when no route
+  does (Traefik skips an empty configuration, which kept the last router for ever).
 - Traefik's Redis provider sees changes only through keyspace notifications: without
   ``notify-keyspace-events`` (``KEA``) it takes none. Warden reads the setting at start
   and says what is missing.
@@ -97,11 +101,18 @@ class TraefikHandler(Handler):
     def router_prefix(self, frontend: str) -> str:
         return f"{self.root}/http/routers/{router_name(frontend)}/"
 
-    #: a key that keeps Warden's part of the tree from ever being empty: Traefik skips an
-    #: empty configuration from a provider and keeps serving the previous one, so the
-    #: last router's removal would never take effect
     def keeper(self) -> str:
-        return f"{self.root}/http/middlewares/warden-keeper/headers/customRequestHeaders/X-Warden"
+        """A key of Warden's that stays when no route does: Traefik skips a provider's
+        empty configuration and keeps serving the previous one, so without it the last
+        router's removal would never take effect. Its absence means a flushed Redis."""
+        return f"{self.root}/http/middlewares/warden-retry/retry/attempts"
+
+    def shared_keys(self) -> dict[str, str]:
+        """What every router and service of Warden's uses: a retry on another server
+        when one fails to connect (a container killed a moment ago), and connects that
+        give up after 1 s (a killed container's address no longer answers at all)."""
+        return {self.keeper(): "2",
+                f"{self.root}/http/serversTransports/warden/forwardingTimeouts/dialTimeout": "1s"}
 
     def start(self) -> None:
         self.check_notifications()
@@ -162,11 +173,16 @@ class TraefikHandler(Handler):
         if not apply or not changes:
             return changes
         pipe = self.redis.pipeline(transaction=True)
-        pipe.set(self.keeper(), "1")
+        for key, value in self.shared_keys().items():
+            pipe.set(key, value)
         if keys:
             pipe.delete(*keys)
         for n, address in enumerate(servers):
             pipe.set(f"{prefix}{n}/url", f"http://{address}")
+        if servers:
+            pipe.set(f"{self.root}/http/services/{backend}/loadBalancer/serversTransport", "warden")
+        else:
+            pipe.delete(f"{self.root}/http/services/{backend}/loadBalancer/serversTransport")
         for frontend in routers:
             router = self.router_prefix(frontend)
             if servers:
@@ -174,6 +190,7 @@ class TraefikHandler(Handler):
                 pipe.set(router + "service", backend)
                 for i, entry_point in enumerate(self.entry_points):
                     pipe.set(f"{router}entryPoints/{i}", entry_point)
+                pipe.set(f"{router}middlewares/0", "warden-retry")
             else:
                 old = list(self.redis.scan_iter(match=router + "*", count=100))
                 if old:

@@ -110,6 +110,19 @@ def proxy(request) -> Any:
     return Traefik(request.getfixturevalue("traefik"))
 
 
+@pytest.fixture(params=["haproxy", "traefik"])
+def served(request) -> Any:
+    """A proxy requests can go through (Redx needs nginx, which is not run here)."""
+    request.getfixturevalue("redx")
+    if request.param == "haproxy":
+        found: Any = Haproxy(request.getfixturevalue("haproxy"))
+        found.settle = 0.0
+    else:
+        found = Traefik(request.getfixturevalue("traefik"))
+        found.settle = 0.5  # Traefik applies what its provider read a moment later
+    return found
+
+
 WEB = {"name": "web", "containerName": f"wt-{RUN}-web", "port": 8080, "loadBalancerUrl": "web.example.com"}
 
 
@@ -154,3 +167,67 @@ def test_a_store_restarted_empty_is_put_back_without_restarting_warden(proxy, co
     eventually(lambda: address in proxy.routes("web") and proxy.frontend("web.example.com") == "web", 15,
                what="put back")
     assert w.process.poll() is None
+
+
+class Load:
+    """Requests through a proxy every 20 ms on a thread of its own; counts failures."""
+
+    def __init__(self, proxy, host: str) -> None:
+        import threading
+
+        self.proxy, self.host = proxy, host
+        self.ok = self.failed = 0
+        self.failures: list[str] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.run, name="load")
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            try:
+                status, body = self.proxy.get(self.host)
+            except OSError as error:
+                status, body = 0, str(error)
+            if status == 200:
+                self.ok += 1
+            else:
+                self.failed += 1
+                self.failures.append(f"{status} {body[:60]}")
+            self.stop.wait(0.02)
+
+    def __enter__(self) -> "Load":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join()
+
+
+def test_five_rolling_deploys_fail_no_request(served, redx, containers, warden):
+    """Each deploy: a new container, served once ready; then the old one stopped with
+    SIGTERM (its PID 1 ignores it: Docker kills it 2 s later). Taken out at the stop,
+    before it dies, so no request fails."""
+    warden([WEB], **served.settings()).start()
+    old = containers.run("web")
+    eventually(lambda: served.proxy.get("web.example.com")[0] == 200, 10, what="served")
+    with Load(served.proxy, "web.example.com") as load:
+        for _ in range(5):
+            new = containers.run("web")
+            address = f"{ip_of(new)}:8080"
+            eventually(lambda: address in served.routes("web"), 10, what="the new one routed")
+            time.sleep(served.settle)
+            old.stop(timeout=2)
+            old = new
+    assert load.ok > 100 and load.failed == 0, (load.ok, load.failures[:5])
+
+
+def test_a_kill_beside_a_healthy_replica_fails_at_most_one_request(served, redx, containers, warden):
+    warden([WEB], **served.settings()).start()
+    keep, doomed = containers.run("web"), containers.run("web")
+    eventually(lambda: len(served.routes("web")) == 2, 10, what="both routed")
+    time.sleep(served.settle)
+    with Load(served.proxy, "web.example.com") as load:
+        time.sleep(1)
+        doomed.kill()
+        time.sleep(2)
+    assert load.ok > 50 and load.failed <= 1, (load.ok, load.failures[:5])
