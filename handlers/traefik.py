@@ -125,6 +125,7 @@ class TraefikHandler(Handler):
         self._watcher.stop()
 
     def register(self, telemetry: Any) -> None:
+        telemetry.dependency("traefik-redis", lambda: self._watcher.reachable)
         telemetry.counter_source("warden_traefik_errors", "Writes Traefik's Redis refused or did not answer",
                                  lambda: self.errors)
 

@@ -98,6 +98,8 @@ def _redx_servers(config: Config, services: tuple[Service, ...], errors: list) -
     if "redx" not in config.handlers:
         if "haproxy" in config.handlers:
             return _haproxy_servers(config, services, errors)
+        if "traefik" in config.handlers:
+            return _traefik_servers(config, services, errors)
         return {}  # no routes kept here: each service's routes are unknown (null)
     try:
         client = config.nginx_redis.client(decode_responses=True, socket_timeout=2,
@@ -192,6 +194,24 @@ def _haproxy_servers(config: Config, services: tuple[Service, ...], errors: list
         if server.backend in found and server.taking:
             found[server.backend].append(server.address)
     return {name: sorted(addresses) for name, addresses in found.items()}
+
+
+def _traefik_servers(config: Config, services: tuple[Service, ...], errors: list) -> dict:
+    """Each backend's servers as Traefik's Redis provider holds them."""
+    from warden.handlers.traefik import TraefikHandler, address_of
+
+    handler = TraefikHandler(config)
+    found: dict[str, list] = {}
+    try:
+        for name in sorted({s.backend_name for s in services}):
+            keys = list(handler.redis.scan_iter(match=handler.servers_prefix(name) + "*/url", count=500))
+            found[name] = sorted(address_of(u) for u in (handler.redis.mget(keys) if keys else []) if u)
+    except Exception as error:  # noqa: BLE001 - status reports, never fails
+        errors.append(f"Traefik's Redis {handler.display}: {error}")
+        return {}
+    finally:
+        handler.redis.close()
+    return found
 
 
 def _container_targets(config: Config, services: tuple[Service, ...], errors: list) -> dict:

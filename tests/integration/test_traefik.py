@@ -25,6 +25,8 @@ def test_a_ready_container_is_served_through_traefik_and_leaves_at_its_stop(trae
     assert store.get("traefik/http/services/web/loadBalancer/servers/0/url") == f"http://{address}"
     assert store.get("traefik/http/routers/warden-web-example-com/rule") == "Host(`web.example.com`)"
     assert f"+ traefik:web {address}" in w.log()
+    [service] = json.loads(w.command("status", "--json", check=True).stdout)["services"]
+    assert service["routes"] == [address], "warden status reads the routes from Traefik's Redis"
     one.kill(signal="SIGTERM")  # as `docker stop` begins; its PID 1 runs on
     eventually(lambda: traefik.get("web.example.com")[0] == 404, 5, what="out at the SIGTERM")
     assert store.keys("traefik/http/routers/*") == [], "a router over an empty service"
@@ -64,3 +66,25 @@ def test_the_last_router_removed_takes_effect(traefik, redx, containers, warden)
     assert sorted(store.keys("traefik/*")) == [
         "traefik/http/middlewares/warden-retry/retry/attempts",
         "traefik/http/serversTransports/warden/forwardingTimeouts/dialTimeout"], "only Warden's shared keys left"
+
+
+def test_a_traefik_redis_that_does_not_answer_makes_warden_unready_and_is_caught_up(traefik, redx, containers,
+                                                                                   warden):
+    from conftest import free_port, http_get
+
+    metrics = free_port()
+    w = warden([web()], handlers=["traefik"], traefik=traefik.settings, metricsAddress=f"127.0.0.1:{metrics}")
+    w.start()
+    one = containers.run("web")
+    eventually(lambda: traefik.get("web.example.com")[0] == 200, 10, what="served")
+    traefik.redis_server.stop()
+    eventually(lambda: http_get(f"http://127.0.0.1:{metrics}/readyz")[0] == 503, 10, what="unready")
+    assert json.loads(http_get(f"http://127.0.0.1:{metrics}/readyz")[1])["dependencies"]["traefik-redis"] is False
+    report = json.loads(w.command("status", "--json").stdout)
+    assert any("Traefik's Redis 127.0.0.1:" in e for e in report["errors"]), report["errors"]
+    traefik.redis_server.start()  # empty: nothing is persisted (Traefik serves its last configuration)
+    store = traefik.redis_server.client()
+    eventually(lambda: store.get("traefik/http/services/web/loadBalancer/servers/0/url") == f"http://{ip_of(one)}:8080",
+               15, what="written again")
+    eventually(lambda: http_get(f"http://127.0.0.1:{metrics}/readyz")[0] == 200, 10, what="ready again")
+    assert f"{ip_of(one)}:8080" in json.loads(w.command("status", "--json").stdout)["services"][0]["routes"]
