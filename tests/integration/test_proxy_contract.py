@@ -232,3 +232,16 @@ def test_a_kill_beside_a_healthy_replica_fails_at_most_one_request(served, redx,
         doomed.kill()
         time.sleep(2)
     assert load.ok > 50 and load.failed <= 1, (load.ok, load.failures[:5])
+
+
+def test_three_slow_starters_join_a_live_service_and_no_request_fails(served, redx, containers, warden):
+    """Each slow starter answers 1.5 s after its start: none is routed before it does."""
+    warden([WEB], **served.settings()).start()
+    containers.run("web")
+    eventually(lambda: served.proxy.get("web.example.com")[0] == 200, 10, what="served")
+    time.sleep(served.settle)
+    with Load(served.proxy, "web.example.com") as load:
+        slow = [containers.run("web", command=LATE) for _ in range(3)]
+        eventually(lambda: {f"{ip_of(c)}:8080" for c in slow} <= served.routes("web"), 15, what="all three routed")
+        time.sleep(1)
+    assert load.ok > 50 and load.failed == 0, (load.ok, load.failures[:5])
