@@ -31,6 +31,36 @@ def http_get(url: str) -> tuple[int, str]:
         return error.code, error.read().decode()
 
 
+def through_proxy(port: int, host: str, path: str = "/") -> tuple[int, str]:
+    """One request to a proxy on loopback ``port`` with ``Host: host``: its status and
+    body (status 0 when it does not answer)."""
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        conn.request("GET", path, headers={"Host": host})
+        response = conn.getresponse()
+        return response.status, response.read().decode(errors="replace")
+    except OSError as error:
+        return 0, str(error)
+    finally:
+        conn.close()
+
+
+def end_process(process: Any) -> None:
+    """SIGTERM, then SIGKILL after 10 s; nothing when it already ended."""
+    import subprocess
+
+    if process is None or process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(5)
+
+
 def free_port() -> int:
     """A free TCP port on loopback."""
     with socket.socket() as sock:

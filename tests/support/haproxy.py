@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from support.common import eventually, free_port
+from support.common import end_process, eventually, free_port, through_proxy
 
 #: the backends haproxy.cfg declares for the tests' services
 BACKENDS = ("web", "api", "shop")
@@ -74,12 +74,7 @@ class Haproxy:
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
             self.process.send_signal(signal.SIGCONT)
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
+        end_process(self.process)
 
     def restart(self) -> None:
         self.stop()
@@ -116,15 +111,7 @@ class Haproxy:
 
     def get(self, host: str, path: str = "/") -> tuple[int, str]:
         """One request through HAProxy, ``Host: host``."""
-        import http.client
-
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
-        try:
-            conn.request("GET", path, headers={"Host": host})
-            response = conn.getresponse()
-            return response.status, response.read().decode(errors="replace")
-        finally:
-            conn.close()
+        return through_proxy(self.port, host, path)
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ sees changes only through them), an entry point ``web`` on a loopback port, and
 
 from __future__ import annotations
 
-import http.client
 import os
 import shutil
 import subprocess
@@ -15,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from support.common import eventually, free_port
+from support.common import end_process, eventually, free_port, through_proxy
 from support.redis import RedisServer
 
 
@@ -55,25 +54,11 @@ class Traefik:
         return self
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
+        end_process(self.process)
 
     def get(self, host: str, path: str = "/") -> tuple[int, str]:
         """One request through Traefik, ``Host: host`` (status 0 when it does not answer)."""
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
-        try:
-            conn.request("GET", path, headers={"Host": host})
-            response = conn.getresponse()
-            return response.status, response.read().decode(errors="replace")
-        except OSError as error:
-            return 0, str(error)
-        finally:
-            conn.close()
+        return through_proxy(self.port, host, path)
 
 
 @pytest.fixture
