@@ -32,7 +32,7 @@ import queue
 import re
 import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Optional
 
 from warden import signals
@@ -174,7 +174,9 @@ class HaproxyHandler(Handler):
         self.api = RuntimeApi(str(settings.get("runtimeapi") or "/run/haproxy/admin.sock"))
         self.map_path = str(settings.get("map") or "/etc/haproxy/warden.map")
         self.inbox: "queue.Queue[Any]" = queue.Queue()
-        #: backend -> the frontends (map keys) of its services
+        #: Warden's backend -> HAProxy's, where a service names one (``haproxyBackend``)
+        self.backends: dict[str, str] = {}
+        #: HAProxy backend -> the frontends (map keys) of its services
         self.frontends_of: dict[str, tuple[str, ...]] = {}
         #: container id -> the servers it provides: (backend, name)
         self.servers_of: dict[str, set[tuple[str, str]]] = {}
@@ -205,25 +207,37 @@ class HaproxyHandler(Handler):
         telemetry.counter_source("warden_haproxy_errors",
                                  "HAProxy runtime API commands refused or unanswered", lambda: self.errors)
 
+    def proxy_backend(self, backend: str) -> str:
+        """The HAProxy backend of Warden's backend ``backend`` (a service's
+        ``haproxyBackend``, else its ``backendName``)."""
+        return self.backends.get(backend, backend)
+
+    def _learn(self, services: Any) -> None:
+        self.backends = {s.backend_name: s.haproxy_backend for s in services if s.haproxy_backend}
+
     def on_route_added(self, sender: Any, *, route: Route, **kw: Any) -> None:
-        self.inbox.put(_Route("+", route))
+        self.inbox.put(_Route("+", replace(route, backend=self.proxy_backend(route.backend))))
 
     def on_route_removed(self, sender: Any, *, route: Route, **kw: Any) -> None:
-        self.inbox.put(_Route("-", route))
+        self.inbox.put(_Route("-", replace(route, backend=self.proxy_backend(route.backend))))
 
     def on_container_changed(self, sender: Any, *, action: str, container_id: str, **kw: Any) -> None:
         if action in ("die", "destroy", "oom"):
             self.inbox.put(_Gone(container_id))
 
     def on_services_changed(self, sender: Any, *, services: tuple = (), **kw: Any) -> None:
+        self._learn(services)
         frontends_of: dict[str, list[str]] = {}
         for service in services:
             if service.frontend:
-                frontends_of.setdefault(service.backend_name, []).append(map_key(service.frontend))
+                frontends_of.setdefault(self.proxy_backend(service.backend_name), []).append(map_key(service.frontend))
         self.frontends_of = {backend: tuple(keys) for backend, keys in frontends_of.items()}
 
     def on_sweep(self, sender: Any, *, desired: DesiredState, apply: bool = True, wait: bool = True,
-                 **kw: Any) -> list[Change]:
+                 services: Any = None, **kw: Any) -> list[Change]:
+        if services is not None:
+            self._learn(services)
+        desired = self.in_proxy_names(desired)
         self._frontends_from(desired)
         if not wait:
             self.inbox.put(_Sweep(desired))
@@ -233,6 +247,17 @@ class HaproxyHandler(Handler):
         except RuntimeApiError as error:
             logger.error("%s; routes wait for it", error)
             return []
+
+    def in_proxy_names(self, desired: DesiredState) -> DesiredState:
+        """``desired`` with HAProxy's backend names (several of Warden's may share one)."""
+        if not self.backends:
+            return desired
+        backends: dict[str, frozenset[str]] = {}
+        for backend, addresses in desired.backends.items():
+            name = self.proxy_backend(backend)
+            backends[name] = backends.get(name, frozenset()) | addresses
+        return replace(desired, backends=backends,
+                       frontends={f: self.proxy_backend(b) for f, b in desired.frontends.items()})
 
     def _frontends_from(self, desired: DesiredState) -> None:
         frontends_of: dict[str, list[str]] = {}
@@ -276,12 +301,6 @@ class HaproxyHandler(Handler):
             return True
         logger.debug("HAProxy keeps %s/%s for now: %s", backend, name, answer)
         return False
-
-    def show_entries(self) -> None:
-        """Each frontend of ``backend`` in the map while it has a server taking
-        requests, and none while it has none (only the services' own keys)."""
-        for backend, keys in sorted(self.frontends_of.items()):
-            self.set_entries(backend, keys)
 
     def set_entries(self, backend: str, keys: tuple[str, ...]) -> None:
         wanted = bool(self.taking.get(backend))

@@ -106,6 +106,8 @@ class Service:
     published_port: bool = False
     target_group_arn: str = ""
     target_port: int = 80
+    #: the HAProxy backend of its servers (the haproxy handler); "": ``backend_name``
+    haproxy_backend: str = ""
     #: ``"host"``: the instance is one target of ``targetGroupArn`` (on ``targetPort``)
     #: while a container of the service is routed here; ``"container"``: each routed
     #: container is a target of its own
@@ -291,6 +293,7 @@ _FIELDS: dict[str, tuple[str, Callable[[Any], tuple[Any, Optional[str]]]]] = {
     "targetgrouparn": ("target_group_arn", _string),
     "targetport": ("target_port", parse_port),
     "targetmode": ("target_mode", parse_target_mode),
+    "haproxybackend": ("haproxy_backend", _string),
     "cluster": ("cluster", _string),
     "readiness": ("readiness", parse_readiness),
     "labelmembers": ("label_members", _label_members),
@@ -302,7 +305,7 @@ _FIELDS: dict[str, tuple[str, Callable[[Any], tuple[Any, Optional[str]]]]] = {
 #: the service keys as the README spells them (for "did you mean")
 SERVICE_KEYS = ("name", "backendName", "containerName", "loadBalancerName", "loadBalancerUrl", "port",
                 "site", "taskName", "taskVersion", "network", "publishedPort", "targetGroupArn",
-                "targetPort", "targetMode", "cluster", "readiness", "labelMembers", "metric", "scaling", "runTask")
+                "targetPort", "targetMode", "haproxyBackend", "cluster", "readiness", "labelMembers", "metric", "scaling", "runTask")
 
 #: settings each built-in metric type needs (a plugin checks its own when read)
 METRIC_SETTINGS = {

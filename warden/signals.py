@@ -75,7 +75,7 @@ sweep = _signals.signal(
     doc="""Reconcile the real stores with the desired state. Sender: the Registrar.
     kw: ``desired`` (DesiredState), ``apply`` (False for a dry run), ``wait`` (True
     when the caller needs the changes now; otherwise a handler may do slow work in
-    its own thread). Receivers return the list of :class:`~warden.model.Change` they
+    its own thread), ``services`` (the services in force). Receivers return the list of :class:`~warden.model.Change` they
     made (or would make).""",
 )
 

@@ -91,3 +91,13 @@ def test_a_runtime_api_that_does_not_answer_makes_warden_unready_and_it_catches_
     eventually(lambda: haproxy.servers("web").get(f"{ip_of(one)}:8080") == 0, 15, what="caught up")
     eventually(lambda: http_get(f"http://127.0.0.1:{metrics}/readyz")[0] == 200, 10, what="ready again")
     assert w.log().count("does not answer") == 1, "said once"
+
+
+def test_a_service_names_its_haproxy_backend(haproxy, redx, containers, warden):
+    """``haproxyBackend``: the servers go to that backend of haproxy.cfg, whatever the
+    service's backendName (here one haproxy.cfg does not declare)."""
+    start(warden, haproxy, [web(backendName="web-v2", haproxyBackend="shop")])
+    one = containers.run("web")
+    eventually(lambda: haproxy.get("web.example.com")[0] == 200, 10, what="served through backend shop")
+    assert haproxy.servers("shop") == {f"{ip_of(one)}:8080": 0}
+    assert haproxy.entries() == {"web.example.com/": "shop"}

@@ -356,7 +356,8 @@ class Registrar(StoppableThread):
         if apply:
             self.view.enrolled = {t for t, on in desired.targets.items() if on}
         changes: list[Change] = []
-        for _, result in signals.send(signals.sweep, self, desired=desired, apply=apply, wait=wait):
+        for _, result in signals.send(signals.sweep, self, desired=desired, apply=apply, wait=wait,
+                                      services=self.services):
             changes.extend(result or [])
         self.sweeps += 1
         self.last_sweep_changes = changes
