@@ -149,7 +149,7 @@ def test_a_host_without_redx_is_ready_and_sweeps_only_on_its_period(groups, redx
                nginxRedisAddress=f"127.0.0.1:{free_port()}", metricsAddress=f"127.0.0.1:{metrics}").start()
     shop_container = containers.run("shop")
     eventually(lambda: (ip_of(shop_container), 8080) in groups.held(groups.ip), 10, what="registered")
-    time.sleep(7)
+    time.sleep(4)  # lost keys were said (and swept) every 3 s
     status, body = http_get(f"http://127.0.0.1:{metrics}/readyz")
     assert status == 200, body
     assert "Redx Redis" not in w.log(), [line for line in w.log().splitlines() if "Redx Redis" in line][:3]

@@ -210,14 +210,21 @@ def test_five_rolling_deploys_fail_no_request(served, redx, containers, warden):
     warden([WEB], **served.settings()).start()
     old = containers.run("web")
     eventually(lambda: served.proxy.get("web.example.com")[0] == 200, 10, what="served")
+    import threading
+
+    stopping = []
     with Load(served.proxy, "web.example.com") as load:
         for _ in range(5):
             new = containers.run("web")
             address = f"{ip_of(new)}:8080"
             eventually(lambda: address in served.routes("web"), 10, what="the new one routed")
             time.sleep(served.settle)
-            old.stop(timeout=2)
+            # `docker stop` waits out the 2 s before the kill: the next deploy goes on meanwhile.
+            stopping.append(threading.Thread(target=old.stop, kwargs={"timeout": 2}))
+            stopping[-1].start()
             old = new
+        for thread in stopping:
+            thread.join()
     assert load.ok > 100 and load.failed == 0, (load.ok, load.failures[:5])
 
 
