@@ -57,6 +57,12 @@ class RuntimeApiError(Exception):
     """HAProxy refused a command, or did not answer."""
 
 
+def missing_map(path: str) -> RuntimeApiError:
+    """The error for a map haproxy.cfg does not use (one text: it is said once)."""
+    return RuntimeApiError(f"HAProxy has not loaded the map {path}: haproxy.cfg must use it "
+                           f"(map_beg({path})); frontends wait, servers go on")
+
+
 def missing_backend(backend: str) -> RuntimeApiError:
     """The error for a backend haproxy.cfg does not declare (one text: it is said once)."""
     return RuntimeApiError(f"HAProxy has no backend {backend!r}: declare it in haproxy.cfg "
@@ -135,9 +141,8 @@ class RuntimeApi:
         """The map's entries, key -> value (``show map``); raises when HAProxy has no
         such map loaded."""
         answer = self(f"show map {path}")
-        if "Unknown map identifier" in answer or "not found" in answer.lower():
-            raise RuntimeApiError(f"HAProxy has not loaded the map {path}: haproxy.cfg must use it "
-                                  f"(map_beg({path}))")
+        if "Unknown map identifier" in answer:
+            raise missing_map(path)
         entries = {}
         for line in answer.splitlines():
             parts = line.split()
@@ -267,10 +272,11 @@ class HaproxyHandler(Handler):
 
     # -- the worker's work -------------------------------------------------------------
 
-    def command(self, text: str, ok: tuple[str, ...] = ("",)) -> str:
-        """One command; an answer that is not one of ``ok`` (by its start) is refused."""
+    def command(self, text: str, ok: tuple[str, ...] = ()) -> str:
+        """One command: an empty answer is success, and so is one that starts with one of
+        ``ok``; any other is a refusal."""
         answer = self.api(text).strip()
-        if not any(answer.startswith(o) for o in ok):
+        if answer and not any(answer.startswith(o) for o in ok):
             raise RuntimeApiError(f"HAProxy refused {text!r}: {answer.splitlines()[0] if answer else '(empty)'}")
         return answer
 
@@ -302,16 +308,23 @@ class HaproxyHandler(Handler):
         logger.debug("HAProxy keeps %s/%s for now: %s", backend, name, answer)
         return False
 
+    def map_command(self, text: str) -> None:
+        answer = self.api(text).strip()
+        if "Unknown map identifier" in answer:
+            raise missing_map(self.map_path)
+        if answer:
+            raise RuntimeApiError(f"HAProxy refused {text!r}: {answer.splitlines()[0]}")
+
     def set_entries(self, backend: str, keys: tuple[str, ...]) -> None:
         wanted = bool(self.taking.get(backend))
         for key in keys:
             held = self.entries.get(key)
             if wanted and held is None:
-                self.command(f"add map {self.map_path} {key} {backend}")
+                self.map_command(f"add map {self.map_path} {key} {backend}")
                 self.entries[key] = backend
                 self._made(Change("+", f"haproxy-map:{key} {backend}"))
             elif not wanted and held == backend:
-                self.command(f"del map {self.map_path} {key}")
+                self.map_command(f"del map {self.map_path} {key}")
                 del self.entries[key]
                 self._made(Change("-", f"haproxy-map:{key} {backend}"))
             elif held is not None and held != backend and wanted:
@@ -336,7 +349,15 @@ class HaproxyHandler(Handler):
         """Compare HAProxy's servers and map with ``desired``; with ``apply``, change
         Warden's servers and the services' entries to match. The changes."""
         servers = self.api.servers()
-        self.entries = self.api.map_entries(self.map_path)
+        try:
+            self.entries = self.api.map_entries(self.map_path)
+            mapped = True
+        except RuntimeApiError as error:
+            if "does not answer" in str(error):
+                raise
+            self.repeats.failed(str(error), logging.ERROR, "%s", error)
+            self.errors += 1
+            mapped = False
         ours: dict[str, dict[str, Server]] = {}
         others_taking: set[str] = set()
         for server in servers:
@@ -377,7 +398,7 @@ class HaproxyHandler(Handler):
                 if apply:
                     self.hold_server(backend, address)
                     self.delete_server(backend, server.name)
-        for backend, keys in sorted(self.frontends_of.items()):
+        for backend, keys in sorted(self.frontends_of.items() if mapped else ()):
             wanted = bool(desired.backends.get(backend)) or backend in others_taking
             for key in keys:
                 held = self.entries.get(key)

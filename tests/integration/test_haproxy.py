@@ -101,3 +101,19 @@ def test_a_service_names_its_haproxy_backend(haproxy, redx, containers, warden):
     eventually(lambda: haproxy.get("web.example.com")[0] == 200, 10, what="served through backend shop")
     assert haproxy.servers("shop") == {f"{ip_of(one)}:8080": 0}
     assert haproxy.entries() == {"web.example.com/": "shop"}
+
+
+def test_a_map_haproxy_did_not_load_is_named_and_the_servers_go_on(haproxy, redx, containers, warden):
+    """Warden pointed at a map file haproxy.cfg does not use: the servers are still
+    added, also by a sweep (whose ``show map`` error used to end it before the servers),
+    and the map is named once as one HAProxy has not loaded."""
+    settings = dict(haproxy.settings, map=str(haproxy.folder / "other.map"))
+    w = warden([web()], handlers=["haproxy"], haproxy=settings, registrarSleepTimeSeconds=1).start()
+    one = containers.run("web")
+    eventually(lambda: haproxy.servers("web").get(f"{ip_of(one)}:8080") == 0, 10, what="the server added")
+    eventually(lambda: f"HAProxy has not loaded the map {settings['map']}" in w.log(), 10, what="the map named")
+    time.sleep(2.5)  # sweeps
+    assert w.log().count("HAProxy has not loaded the map") == 1, "said at every sweep"
+    haproxy.restart()  # its servers gone: only a sweep puts them back
+    eventually(lambda: haproxy.servers("web").get(f"{ip_of(one)}:8080") == 0, 10,
+               what="the server put back by a sweep, the map notwithstanding")
