@@ -24,6 +24,12 @@ def serving(*ports: int, after: float = 0) -> str:
     return f"sh -c '{wait}{starts}exec sleep 600'"
 
 
+def percentile(values: list[float], q: float) -> float:
+    """The ``q`` quantile of ``values`` (nearest rank), as the benchmarks report them."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
+
+
 def free_port() -> int:
     """A free TCP port on loopback."""
     with socket.socket() as sock:

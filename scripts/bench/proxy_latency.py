@@ -33,15 +33,10 @@ IMAGE = "warden-test:latest"
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
 sys.path.insert(0, os.path.join(ROOT, "tests"))
-from local_services import serving, start_redis  # noqa: E402
+from local_services import percentile, serving, start_redis  # noqa: E402
 from support.haproxy import Haproxy  # noqa: E402
 from support.redis import RedisServer  # noqa: E402
 from support.traefik import Traefik  # noqa: E402
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
 
 
 def first_200(host: str, port: int, header: str, deadline: float) -> float:

@@ -26,12 +26,7 @@ import redis
 IMAGE = "warden-test:latest"
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
-from local_services import HTTPD_8080, start_redis  # noqa: E402
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
+from local_services import HTTPD_8080, percentile, start_redis  # noqa: E402
 
 
 class Watch:
