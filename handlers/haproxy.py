@@ -272,12 +272,11 @@ class HaproxyHandler(Handler):
 
     # -- the worker's work -------------------------------------------------------------
 
-    def command(self, text: str, ok: tuple[str, ...] = ()) -> str:
-        """One command: an empty answer is success, and so is one that starts with one of
-        ``ok``; any other is a refusal."""
+    def command(self, text: str) -> str:
+        """One command whose success is an empty answer; any other is a refusal."""
         answer = self.api(text).strip()
-        if answer and not any(answer.startswith(o) for o in ok):
-            raise RuntimeApiError(f"HAProxy refused {text!r}: {answer.splitlines()[0] if answer else '(empty)'}")
+        if answer:
+            raise RuntimeApiError(f"HAProxy refused {text!r}: {answer.splitlines()[0]}")
         return answer
 
     def add_server(self, backend: str, address: str) -> None:
