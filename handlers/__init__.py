@@ -37,19 +37,28 @@ class Handler:
     #: the commands it works under: ``registrar``, ``manager``
     roles = frozenset({"registrar", "manager"})
 
+    #: the handler's own long-running threads, each with ``start()`` and a ``stop()``
+    #: that asks without waiting; the default :meth:`start`, :meth:`stop` and
+    #: :meth:`threads` start, stop and list them
+    workers: tuple = ()
+
     def __init__(self, config: Config) -> None:
         self.config = config
 
     def start(self) -> None:
-        """Start any thread of the handler's own."""
+        """Start the handler's :attr:`workers`."""
+        for worker in self.workers:
+            worker.start()
 
     def stop(self) -> None:
         """Ask the handler's threads to stop, without waiting: the daemon joins
         :meth:`threads` under the process's one stop deadline. Called once at shutdown."""
+        for worker in self.workers:
+            worker.stop()
 
     def threads(self) -> list[Any]:
         """The handler's own long-running threads, watched by ``/livez``."""
-        return []
+        return list(self.workers)
 
     def register(self, telemetry: Any) -> None:
         """Offer counters of the handler's own to ``/metrics``

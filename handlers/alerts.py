@@ -110,19 +110,10 @@ class AlertsHandler(Handler):
         #: events that may repeat, let through once per quiet period
         self._quiet = Throttle(self.quiet_seconds)
         self._sender = _Sender(self)
+        # Alerts queued before the stop are sent first.
+        self.workers = (self._sender,)
         if not self.settings.url:
             logger.warning("alerts handler enabled without alerts.webhookUrl: alerts are logged only")
-
-    def start(self) -> None:
-        self._sender.start()
-
-    def threads(self) -> list[Any]:
-        return [self._sender]
-
-    def stop(self) -> None:
-        # Alerts queued before the stop are sent first; the daemon joins the sender
-        # under the process's stop deadline.
-        self._sender.stop()
 
     def register(self, telemetry: Any) -> None:
         telemetry.counter_source("warden_alerts_sent", "Alerts the webhook accepted", lambda: self.sent)

@@ -67,6 +67,7 @@ class ElbHandler(Handler):
         #: target -> enrolled as AWS last said (absent: read it again)
         self.held: dict[LoadBalancerTarget, bool] = {}
         self._worker = _EnrolmentWorker(self)
+        self.workers = (self._worker,)
         self._complained: set[LoadBalancerTarget] = set()
         #: True once this host drains: it leaves every target and joins none again
         self.draining = False
@@ -122,16 +123,6 @@ class ElbHandler(Handler):
         signals.send(signals.change_made, self, change=change, service=None, container_id="")
 
     # -- hooks -----------------------------------------------------------------
-
-    def start(self) -> None:
-        self._worker.start()
-
-    def threads(self) -> list[Any]:
-        return [self._worker]
-
-    def stop(self) -> None:
-        # The daemon joins the worker under the process's stop deadline.
-        self._worker.stop()
 
     def use_central(self, client: Any) -> None:
         self.central = client

@@ -193,19 +193,11 @@ class HaproxyHandler(Handler):
         self.errors = 0
         self.repeats = Repeats(logger)
         self._worker = _Worker(self)
+        self.workers = (self._worker,)
         #: HAProxy's process id as last seen: another one means it restarted
         self.pid: Optional[str] = None
 
     # -- hooks (the Registrar's thread: queue only) ------------------------------------
-
-    def start(self) -> None:
-        self._worker.start()
-
-    def threads(self) -> list[Any]:
-        return [self._worker]
-
-    def stop(self) -> None:
-        self._worker.stop()
 
     def register(self, telemetry: Any) -> None:
         telemetry.dependency("haproxy", lambda: self.reachable)

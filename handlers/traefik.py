@@ -92,6 +92,7 @@ class TraefikHandler(Handler):
         #: restarted Redis
         self.written = False
         self._watcher = _Watcher(self)
+        self.workers = (self._watcher,)
 
     # -- keys ------------------------------------------------------------------------
 
@@ -116,13 +117,7 @@ class TraefikHandler(Handler):
 
     def start(self) -> None:
         self.check_notifications()
-        self._watcher.start()
-
-    def threads(self) -> list[Any]:
-        return [self._watcher]
-
-    def stop(self) -> None:
-        self._watcher.stop()
+        super().start()
 
     def register(self, telemetry: Any) -> None:
         telemetry.dependency("traefik-redis", lambda: self._watcher.reachable)
