@@ -197,8 +197,6 @@ class AwsProxy:
         return [c for c in list(self.calls) if c[1] == operation]
 
     def handler(self) -> type:
-        from http.server import BaseHTTPRequestHandler
-
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):

@@ -1,9 +1,12 @@
 """What every part of the harness shares: the run id, free ports, waiting for a condition, a small HTTP server and a webhook receiver."""
 
 from __future__ import annotations
+import atexit
 import contextlib
 import json
+import shutil
 import socket
+import tempfile
 import threading
 import time
 import urllib.error
@@ -20,6 +23,18 @@ ROOT = Path(__file__).resolve().parent.parent.parent
 
 
 RUN = uuid.uuid4().hex[:8]
+
+
+#: the one folder of this run that every scratch folder of the harness sits in (a Redis
+#: server's data, a socket proxy's socket), removed when the run ends: hundreds of runs
+#: must not leave thousands of folders behind
+SCRATCH = Path(tempfile.mkdtemp(prefix=f"warden-tests-{RUN}-"))
+atexit.register(shutil.rmtree, SCRATCH, ignore_errors=True)
+
+
+def scratch(prefix: str) -> str:
+    """A new folder under this run's scratch folder."""
+    return tempfile.mkdtemp(prefix=prefix, dir=SCRATCH)
 
 
 def http_get(url: str) -> tuple[int, str]:

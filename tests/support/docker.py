@@ -6,12 +6,11 @@ import json
 import os
 import socket
 import subprocess
-import tempfile
 import threading
 from typing import Any, Optional
 import pytest
 
-from support.common import ROOT, RUN
+from support.common import ROOT, RUN, scratch
 from support.faults import _drop
 
 
@@ -111,7 +110,7 @@ class DockerProxy:
 
     def __init__(self) -> None:
         # A short path: a UNIX socket's path holds at most 107 bytes.
-        self.path = os.path.join(tempfile.mkdtemp(prefix="warden-dp-"), "docker.sock")
+        self.path = os.path.join(scratch("dp-"), "docker.sock")
         self.url = f"unix://{self.path}"
         self.plan: dict[str, list[str]] = {"listing": []}
         #: (kind, what was answered) of each request the plan named

@@ -3,12 +3,11 @@
 from __future__ import annotations
 import shutil
 import subprocess
-import tempfile
 from pathlib import Path
 from typing import Any, Optional
 import pytest
 
-from support.common import eventually, free_port
+from support.common import eventually, free_port, scratch
 
 
 class TlsFiles:
@@ -69,9 +68,7 @@ class RedisServer:
         self.password = next((options[i + 1] for i, o in enumerate(options[:-1]) if o == "--requirepass"), None)
         self.process: Optional[subprocess.Popen] = None
         #: its own folder: a test that SAVEs gets the data back after a restart
-        import tempfile
-
-        self.dir = tempfile.mkdtemp(prefix=f"warden-test-{name}-")
+        self.dir = scratch(f"{name}-")
 
     def start(self) -> None:
         binary = shutil.which("redis-server")
@@ -156,8 +153,6 @@ class SentinelCentral:
 
     def __init__(self, password: Optional[str] = None, sentinel_password: Optional[str] = None,
                  tls: Optional[TlsFiles] = None) -> None:
-        import tempfile
-
         #: with ``password``: the servers' default user needs it (replicas log in with
         #: it too), and with ``sentinel_password`` the Sentinels need theirs; with
         #: ``tls`` every connection (clients, replication, Sentinels) is TLS only
@@ -167,7 +162,7 @@ class SentinelCentral:
         self.servers = [first, RedisServer("central-b", *self.auth, tls=tls)]
         self.sentinel_ports = [free_port() for _ in range(3)]
         self.sentinels: list[subprocess.Popen] = []
-        self.dir = tempfile.mkdtemp(prefix="warden-test-sentinel-")
+        self.dir = scratch("sentinel-")
 
     def start(self) -> None:
         binary = shutil.which("redis-sentinel")
