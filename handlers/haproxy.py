@@ -38,7 +38,7 @@ from typing import Any, Optional
 from warden import signals
 from warden.config import Config
 from warden.handlers import Handler
-from warden.model import Change, DesiredState, Route
+from warden.model import Change, DesiredState, Route, frontends_by_backend
 from warden.runtime.logs import Repeats
 from warden.runtime.threads import Backoff, StoppableThread
 
@@ -224,18 +224,15 @@ class HaproxyHandler(Handler):
 
     def on_services_changed(self, sender: Any, *, services: tuple = (), **kw: Any) -> None:
         self._learn(services)
-        frontends_of: dict[str, list[str]] = {}
-        for service in services:
-            if service.frontend:
-                frontends_of.setdefault(self.proxy_backend(service.backend_name), []).append(map_key(service.frontend))
-        self.frontends_of = {backend: tuple(keys) for backend, keys in frontends_of.items()}
+        self.frontends_of = frontends_by_backend((map_key(s.frontend), self.proxy_backend(s.backend_name))
+                                                 for s in services if s.frontend)
 
     def on_sweep(self, sender: Any, *, desired: DesiredState, apply: bool = True, wait: bool = True,
                  services: Any = None, **kw: Any) -> list[Change]:
         if services is not None:
             self._learn(services)
         desired = self.in_proxy_names(desired)
-        self._frontends_from(desired)
+        self.frontends_of = frontends_by_backend((map_key(f), b) for f, b in sorted(desired.frontends.items()))
         if not wait:
             self.inbox.put(_Sweep(desired))
             return []
@@ -255,12 +252,6 @@ class HaproxyHandler(Handler):
             backends[name] = backends.get(name, frozenset()) | addresses
         return replace(desired, backends=backends,
                        frontends={f: self.proxy_backend(b) for f, b in desired.frontends.items()})
-
-    def _frontends_from(self, desired: DesiredState) -> None:
-        frontends_of: dict[str, list[str]] = {}
-        for frontend, backend in sorted(desired.frontends.items()):
-            frontends_of.setdefault(backend, []).append(map_key(frontend))
-        self.frontends_of = {backend: tuple(keys) for backend, keys in frontends_of.items()}
 
     # -- the worker's work -------------------------------------------------------------
 

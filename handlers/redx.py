@@ -23,7 +23,7 @@ import redis
 from warden import signals
 from warden.config import Config
 from warden.handlers import Handler
-from warden.model import Change, DesiredState, Ownership, Route
+from warden.model import Change, DesiredState, Ownership, Route, frontends_by_backend
 from warden.services import Service
 
 logger = logging.getLogger(__name__)
@@ -179,11 +179,7 @@ class RedxHandler(Handler):
         and an old frontend key goes if it still names the old backend. What the Redx
         Redis does not take now is retried at every sweep until it does. The new
         services' frontends are written with their first server from now on."""
-        frontends_of: dict[str, list[str]] = {}
-        for service in services:
-            if service.frontend:
-                frontends_of.setdefault(service.backend_name, []).append(service.frontend)
-        self.frontends_of = {backend: tuple(keys) for backend, keys in frontends_of.items()}
+        self.frontends_of = frontends_by_backend((s.frontend, s.backend_name) for s in services if s.frontend)
         for backend in retired.backends:
             self.retiring_backends[backend] = retired.ownership
         self.retiring_frontends.update(retired.frontends)
@@ -279,10 +275,7 @@ class RedxHandler(Handler):
 
     def on_sweep(self, sender: Any, *, desired: DesiredState, apply: bool = True,
                  **kw: Any) -> list[Change]:
-        frontends_of: dict[str, list[str]] = {}
-        for key, backend in sorted(desired.frontends.items()):
-            frontends_of.setdefault(backend, []).append(key)
-        self.frontends_of = {backend: tuple(keys) for backend, keys in frontends_of.items()}
+        self.frontends_of = frontends_by_backend(sorted(desired.frontends.items()))
         try:
             if apply:
                 # A retired backend or frontend that is wanted again is no longer retired.

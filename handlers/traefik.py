@@ -34,7 +34,7 @@ import redis
 from warden import signals
 from warden.config import Config
 from warden.handlers import Handler
-from warden.model import Change, DesiredState, Ownership, Route
+from warden.model import Change, DesiredState, Ownership, Route, frontends_by_backend
 from warden.runtime.threads import StoppableThread
 
 logger = logging.getLogger(__name__)
@@ -226,10 +226,7 @@ class TraefikHandler(Handler):
             self._failed(f"backend {backend}", error)
 
     def on_sweep(self, sender: Any, *, desired: DesiredState, apply: bool = True, **kw: Any) -> list[Change]:
-        frontends_of: dict[str, list[str]] = {}
-        for frontend, backend in sorted(desired.frontends.items()):
-            frontends_of.setdefault(backend, []).append(frontend)
-        self.frontends_of = {backend: tuple(keys) for backend, keys in frontends_of.items()}
+        self.frontends_of = frontends_by_backend(sorted(desired.frontends.items()))
         self.ownership = desired.ownership
         if apply:
             self.addresses = {backend: set(addresses) for backend, addresses in desired.backends.items()}

@@ -423,32 +423,35 @@ def _object(value: Any) -> Optional[str]:
     return None if isinstance(value, dict) else "must be an object"
 
 
-def _traefik(value: Any) -> Optional[str]:
-    rule = ('must be an object: {"redisAddress": "127.0.0.1:6379" or a redis:// URL, "rootKey": "traefik", '
-            '"entryPoints": ["web"]}')
+def _settings_object(value: Any, strings: tuple[str, ...], lists: tuple[str, ...] = ()) -> bool:
+    """Whether ``value`` is an object of no keys but these (in any case), each of
+    ``strings`` it holds a non-empty string and each of ``lists`` a non-empty list of them."""
     if not isinstance(value, dict):
-        return rule
+        return False
     settings = {str(k).lower(): v for k, v in value.items()}
-    if set(settings) - {"redisaddress", "rootkey", "entrypoints"}:
-        return rule
-    if not all(isinstance(settings.get(k, "x"), str) and settings.get(k, "x") for k in ("redisaddress", "rootkey")):
-        return rule
-    points = settings.get("entrypoints", ["web"])
-    if not isinstance(points, list) or not points or not all(isinstance(p, str) and p for p in points):
-        return rule
-    return None
+    if set(settings) - {k.lower() for k in strings + lists}:
+        return False
+
+    def text(v: Any) -> bool:
+        return isinstance(v, str) and bool(v)
+
+    held = lambda keys: [settings[k.lower()] for k in keys if k.lower() in settings]  # noqa: E731
+    return (all(text(v) for v in held(strings))
+            and all(isinstance(v, list) and v and all(text(p) for p in v) for v in held(lists)))
+
+
+def _traefik(value: Any) -> Optional[str]:
+    if _settings_object(value, ("redisAddress", "rootKey"), ("entryPoints",)):
+        return None
+    return ('must be an object: {"redisAddress": "127.0.0.1:6379" or a redis:// URL, "rootKey": "traefik", '
+            '"entryPoints": ["web"]}')
 
 
 def _haproxy(value: Any) -> Optional[str]:
-    rule = ('must be an object: {"runtimeApi": "/run/haproxy/admin.sock" or "host:port", '
+    if _settings_object(value, ("runtimeApi", "map")):
+        return None
+    return ('must be an object: {"runtimeApi": "/run/haproxy/admin.sock" or "host:port", '
             '"map": "/etc/haproxy/warden.map"}')
-    if not isinstance(value, dict):
-        return rule
-    settings = {str(k).lower(): v for k, v in value.items()}
-    unknown = sorted(set(settings) - {"runtimeapi", "map"})
-    if unknown or not all(isinstance(settings.get(k, "x"), str) and settings.get(k, "x") for k in ("runtimeapi", "map")):
-        return rule
-    return None
 
 
 #: the shortest control secret, in bytes: HMAC-SHA256 keys shorter than this are guessable

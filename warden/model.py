@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass, field, replace
-from typing import Mapping, Optional
+from typing import Iterable, Mapping, Optional
 
 
 @dataclass(frozen=True)
@@ -183,6 +183,16 @@ class DesiredState:
     #: target group -> the containers here that should be its targets, for every group
     #: a service in force names with ``targetMode: "container"``
     members: Mapping[str, frozenset[ContainerTarget]] = field(default_factory=dict)
+
+
+def frontends_by_backend(pairs: Iterable[tuple[str, str]]) -> dict[str, tuple[str, ...]]:
+    """backend -> its frontends in the order of ``pairs`` (``(frontend, backend)`` each):
+    what a proxy's handler puts in place with a backend's first server and takes away
+    with its last."""
+    grouped: dict[str, list[str]] = {}
+    for frontend, backend in pairs:
+        grouped.setdefault(backend, []).append(frontend)
+    return {backend: tuple(frontends) for backend, frontends in grouped.items()}
 
 
 @dataclass(frozen=True)
