@@ -58,14 +58,12 @@ def address_of(url: str) -> str:
     return url.split("://", 1)[-1].rstrip("/")
 
 
-class TraefikHandler(Handler):
-    """Keeps Traefik's Redis provider keys in step with this host's routes."""
-
-    name = "traefik"
-    roles = frozenset({"registrar"})
+class TraefikStore:
+    """Traefik's Redis provider as Warden reaches it (the client, the root key, the
+    entry points) and where each of Warden's keys sits there: what the handler writes
+    and ``warden status`` reads."""
 
     def __init__(self, config: Config, client: Optional[redis.Redis] = None) -> None:
-        super().__init__(config)
         settings = {k.lower(): v for k, v in (config.traefik or {}).items()}
         address = str(settings.get("redisaddress") or "127.0.0.1:6379")
         self.display = address.split("@")[-1]
@@ -80,27 +78,18 @@ class TraefikHandler(Handler):
                 client = redis.Redis(host=host or "127.0.0.1", port=int(port), decode_responses=True,
                                      socket_timeout=2, socket_connect_timeout=2)
         self.redis = client
-        #: backend -> the frontends of its services
-        self.frontends_of: dict[str, tuple[str, ...]] = {}
-        #: backend -> this host's addresses in it
-        self.addresses: dict[str, set[str]] = {}
-        #: the rule of which addresses are Warden's, from the last sweep
-        self.ownership: Optional[Ownership] = None
-        self.errors = 0
-        self._said: set[str] = set()
-        #: True once Warden wrote its keeper key: its absence then means a flushed or
-        #: restarted Redis
-        self.written = False
-        self._watcher = _Watcher(self)
-        self.workers = (self._watcher,)
-
-    # -- keys ------------------------------------------------------------------------
 
     def servers_prefix(self, backend: str) -> str:
         return f"{self.root}/http/services/{backend}/loadBalancer/servers/"
 
     def router_prefix(self, frontend: str) -> str:
         return f"{self.root}/http/routers/{router_name(frontend)}/"
+
+    def servers(self, backend: str) -> tuple[list[str], list[str]]:
+        """A backend's server keys and the addresses they hold."""
+        keys = sorted(self.redis.scan_iter(match=self.servers_prefix(backend) + "*/url", count=500))
+        urls = self.redis.mget(keys) if keys else []
+        return keys, [address_of(u) for u in urls if u]
 
     def keeper(self) -> str:
         """A key of Warden's that stays when no route does: Traefik skips a provider's
@@ -115,6 +104,30 @@ class TraefikHandler(Handler):
         return {self.keeper(): "2",
                 f"{self.root}/http/serversTransports/warden/forwardingTimeouts/dialTimeout": "1s"}
 
+
+class TraefikHandler(Handler):
+    """Keeps Traefik's Redis provider keys in step with this host's routes."""
+
+    name = "traefik"
+    roles = frozenset({"registrar"})
+
+    def __init__(self, config: Config, client: Optional[redis.Redis] = None) -> None:
+        super().__init__(config)
+        self.store = TraefikStore(config, client)
+        #: backend -> the frontends of its services
+        self.frontends_of: dict[str, tuple[str, ...]] = {}
+        #: backend -> this host's addresses in it
+        self.addresses: dict[str, set[str]] = {}
+        #: the rule of which addresses are Warden's, from the last sweep
+        self.ownership: Optional[Ownership] = None
+        self.errors = 0
+        self._said: set[str] = set()
+        #: True once Warden wrote its keeper key: its absence then means a flushed or
+        #: restarted Redis
+        self.written = False
+        self._watcher = _Watcher(self)
+        self.workers = (self._watcher,)
+
     def start(self) -> None:
         self.check_notifications()
         super().start()
@@ -128,13 +141,13 @@ class TraefikHandler(Handler):
         """What Traefik's Redis lacks for Traefik to see changes, said once; None when
         nothing (or when the setting cannot be read)."""
         try:
-            value = str(self.redis.config_get("notify-keyspace-events").get("notify-keyspace-events", ""))
+            value = str(self.store.redis.config_get("notify-keyspace-events").get("notify-keyspace-events", ""))
         except redis.RedisError as error:
-            logger.debug("cannot read notify-keyspace-events of %s: %s", self.display, error)
+            logger.debug("cannot read notify-keyspace-events of %s: %s", self.store.display, error)
             return None
         if "K" in value and ("A" in value or {"g", "$"} <= set(value)):
             return None
-        problem = (f"Traefik's Redis {self.display} has notify-keyspace-events {value!r}: Traefik's Redis "
+        problem = (f"Traefik's Redis {self.store.display} has notify-keyspace-events {value!r}: Traefik's Redis "
                    f"provider sees changes only through keyspace notifications; set it to KEA "
                    f"(redis-cli config set notify-keyspace-events KEA, or notify-keyspace-events KEA in "
                    f"redis.conf)")
@@ -146,10 +159,8 @@ class TraefikHandler(Handler):
     def write_backend(self, backend: str, apply: bool = True) -> list[Change]:
         """Rewrite one backend's servers (Warden's as wanted, others kept) and its
         routers (present only with a server), in one MULTI; the changes."""
-        prefix = self.servers_prefix(backend)
-        keys = sorted(self.redis.scan_iter(match=prefix + "*/url", count=500))
-        urls = self.redis.mget(keys) if keys else []
-        held = [address_of(u) for u in urls if u]
+        prefix = self.store.servers_prefix(backend)
+        keys, held = self.store.servers(backend)
         ownership = self.ownership
         wanted = self.addresses.get(backend, set())
         # Before the first sweep there is no ownership rule yet: every other server stays.
@@ -160,7 +171,7 @@ class TraefikHandler(Handler):
         routers = self.frontends_of.get(backend, ())
         router_changes = []
         for frontend in routers:
-            present = bool(self.redis.exists(self.router_prefix(frontend) + "rule"))
+            present = bool(self.store.redis.exists(self.store.router_prefix(frontend) + "rule"))
             if servers and not present:
                 router_changes.append(Change("+", f"traefik-router:{router_name(frontend)} {backend}"))
             elif not servers and present:
@@ -168,27 +179,27 @@ class TraefikHandler(Handler):
         changes += router_changes
         if not apply or not changes:
             return changes
-        pipe = self.redis.pipeline(transaction=True)
-        for key, value in self.shared_keys().items():
+        pipe = self.store.redis.pipeline(transaction=True)
+        for key, value in self.store.shared_keys().items():
             pipe.set(key, value)
         if keys:
             pipe.delete(*keys)
         for n, address in enumerate(servers):
             pipe.set(f"{prefix}{n}/url", f"http://{address}")
         if servers:
-            pipe.set(f"{self.root}/http/services/{backend}/loadBalancer/serversTransport", "warden")
+            pipe.set(f"{self.store.root}/http/services/{backend}/loadBalancer/serversTransport", "warden")
         else:
-            pipe.delete(f"{self.root}/http/services/{backend}/loadBalancer/serversTransport")
+            pipe.delete(f"{self.store.root}/http/services/{backend}/loadBalancer/serversTransport")
         for frontend in routers:
-            router = self.router_prefix(frontend)
+            router = self.store.router_prefix(frontend)
             if servers:
                 pipe.set(router + "rule", rule(frontend))
                 pipe.set(router + "service", backend)
-                for i, entry_point in enumerate(self.entry_points):
+                for i, entry_point in enumerate(self.store.entry_points):
                     pipe.set(f"{router}entryPoints/{i}", entry_point)
                 pipe.set(f"{router}middlewares/0", "warden-retry")
             else:
-                old = list(self.redis.scan_iter(match=router + "*", count=100))
+                old = list(self.store.redis.scan_iter(match=router + "*", count=100))
                 if old:
                     pipe.delete(*old)
         pipe.execute()
@@ -206,7 +217,7 @@ class TraefikHandler(Handler):
         key = f"{what}:{type(error).__name__}"
         if key not in self._said:
             self._said.add(key)
-            logger.error("cannot write %s to Traefik's Redis %s (%s); the next sweep will", what, self.display,
+            logger.error("cannot write %s to Traefik's Redis %s (%s); the next sweep will", what, self.store.display,
                          error)
 
     # -- hooks -------------------------------------------------------------------------
@@ -266,7 +277,7 @@ class _Watcher(StoppableThread):
         handler = self.handler
         while not self.stop_event.wait(self.interval):
             try:
-                lost = handler.written and not handler.redis.exists(handler.keeper())
+                lost = handler.written and not handler.store.redis.exists(handler.store.keeper())
             except redis.RedisError:
                 self.reachable = False
                 continue

@@ -198,19 +198,18 @@ def _haproxy_servers(config: Config, services: tuple[Service, ...], errors: list
 
 def _traefik_servers(config: Config, services: tuple[Service, ...], errors: list) -> dict:
     """Each backend's servers as Traefik's Redis provider holds them."""
-    from warden.handlers.traefik import TraefikHandler, address_of
+    from warden.handlers.traefik import TraefikStore
 
-    handler = TraefikHandler(config)
+    store = TraefikStore(config)
     found: dict[str, list] = {}
     try:
         for name in sorted({s.backend_name for s in services}):
-            keys = list(handler.redis.scan_iter(match=handler.servers_prefix(name) + "*/url", count=500))
-            found[name] = sorted(address_of(u) for u in (handler.redis.mget(keys) if keys else []) if u)
+            found[name] = sorted(store.servers(name)[1])
     except Exception as error:  # noqa: BLE001 - status reports, never fails
-        errors.append(f"Traefik's Redis {handler.display}: {error}")
+        errors.append(f"Traefik's Redis {store.display}: {error}")
         return {}
     finally:
-        handler.redis.close()
+        store.redis.close()
     return found
 
 
