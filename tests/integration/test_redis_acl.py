@@ -208,6 +208,7 @@ def test_sentinel_with_tls_passwords_and_the_documented_user_elects_scales_and_f
 
     tls = TlsFiles(tmp_path / "tls")
     group_central = SentinelCentral(password=ADMIN, sentinel_password="sentinel-password-0123", tls=tls)
+    group: list = []
     try:
         group_central.start()
         for server in group_central.servers:
@@ -236,4 +237,10 @@ def test_sentinel_with_tls_passwords_and_the_documented_user_elects_scales_and_f
         for m in group:
             assert denied(m.log()) == []
     finally:
+        # The managers stop first: against a central Redis already gone each would
+        # spend its stop deadline on the hand-back.
+        for m in group:
+            m.ask_to_stop()
+        for m in group:
+            m.stop()
         group_central.stop()

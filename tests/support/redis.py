@@ -3,6 +3,7 @@
 from __future__ import annotations
 import shutil
 import subprocess
+import uuid
 from pathlib import Path
 from typing import Any, Optional
 import pytest
@@ -78,7 +79,9 @@ class RedisServer:
                  else ["--port", str(self.port)])
         self.process = subprocess.Popen(
             [binary, *ports, "--bind", "127.0.0.1", "--save", "", "--dir", self.dir,
-             "--appendonly", "no", "--protected-mode", "no", *self.options],
+             "--appendonly", "no", "--protected-mode", "no",
+             # A replica's full sync starts at once (Redis waits 5 s for more replicas).
+             "--repl-diskless-sync-delay", "0", *self.options],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         import redis
 
@@ -173,8 +176,15 @@ class SentinelCentral:
         second.options = ["--replicaof", "127.0.0.1", str(first.port), *self.auth]
         second.start()
         self.wait_replicated()
+        # Each Sentinel is told its own id, its peers and the replica, as a Sentinel
+        # writes them in its own file once it has met them: it would otherwise take
+        # them from hello messages and INFO over several seconds.
+        ids = {port: uuid.uuid4().hex + uuid.uuid4().hex[:8] for port in self.sentinel_ports}
         for port in self.sentinel_ports:
             conf = Path(self.dir) / f"sentinel-{port}.conf"
+            known = f"sentinel myid {ids[port]}\n" + f"sentinel known-replica {self.master} 127.0.0.1 {second.port}\n"
+            known += "".join(f"sentinel known-sentinel {self.master} 127.0.0.1 {peer} {ids[peer]}\n"
+                             for peer in self.sentinel_ports if peer != port)
             auth = f"sentinel auth-pass {self.master} {self.password}\n" if self.password else ""
             if self.sentinel_password:
                 auth += f"requirepass {self.sentinel_password}\n"
@@ -187,7 +197,7 @@ class SentinelCentral:
             conf.write_text(f"bind 127.0.0.1\nprotected-mode no\ndir {self.dir}\n"
                             f"sentinel monitor {self.master} 127.0.0.1 {first.port} 2\n"
                             f"sentinel down-after-milliseconds {self.master} 1000\n"
-                            f"sentinel failover-timeout {self.master} 4000\n{auth}")
+                            f"sentinel failover-timeout {self.master} 4000\n{auth}{known}")
             self.sentinels.append(subprocess.Popen([binary, str(conf)], stdout=subprocess.DEVNULL,
                                                    stderr=subprocess.DEVNULL))
 
