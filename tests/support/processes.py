@@ -36,6 +36,8 @@ class Warden:
             self.write_services("services.json", services)
         self.env = dict(os.environ, **AWS_ENV)
         self.process: Optional[subprocess.Popen] = None
+        #: SIGTERM sent to this process (a second one would make it exit at once)
+        self.stopping = False
         self.log_path = folder / "warden.log"
 
     def write_services(self, name: str, services: Any) -> Path:
@@ -71,18 +73,24 @@ class Warden:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
+    def ask_to_stop(self) -> None:
+        """SIGTERM, once, without waiting: a test's processes stop side by side."""
+        if self.process is not None and not self.stopping:
+            self.process.send_signal(signal.SIGTERM)
+            self.stopping = True
+
     def stop(self) -> int:
         """SIGTERM, then the exit code."""
         if self.process is None:
             return 0
-        self.process.send_signal(signal.SIGTERM)
+        self.ask_to_stop()
         try:
             code = self.process.wait(30)
         except subprocess.TimeoutExpired:
             self.process.kill()
             code = self.process.wait(10)
         self.log_file.close()
-        self.process = None
+        self.process, self.stopping = None, False
         return code
 
 
@@ -99,12 +107,14 @@ def warden(tmp_path: Path, redx_server: RedisServer, moto: str) -> Any:
         return instance
 
     yield make
+    running = {id(i) for i in made if i.process is not None}
     for instance in made:
-        running = instance.process is not None
+        instance.ask_to_stop()
+    for instance in made:
         code = instance.stop()
         # Shown by pytest when the test failed.
         print(f"--- log of {instance.folder.name} ---\n{instance.log()[-6000:]}")
-        if running:
+        if id(instance) in running:
             assert code == 0, f"warden exited {code}:\n{instance.log()[-3000:]}"
 
 
@@ -134,6 +144,8 @@ def managers(tmp_path: Path, central_server: RedisServer, redx_server: RedisServ
                 instance.process.send_signal(signal.SIGCONT)
             except ProcessLookupError:
                 pass
+        instance.ask_to_stop()
+    for instance in made:
         instance.stop()
         # Shown by pytest when the test failed.
         print(f"--- log of {instance.folder.name} ---\n{instance.log()[-6000:]}")
