@@ -48,6 +48,8 @@ logger = logging.getLogger(__name__)
 PREFIX = "warden-"
 #: seconds one runtime API command may take
 TIMEOUT = 2.0
+#: the first HAProxy whose runtime API adds servers (``add server``)
+MIN_VERSION = (2, 4)
 #: bits of ``srv_admin_state`` that keep a server from taking requests (forced and
 #: inherited maintenance, and draining)
 _NOT_TAKING = 0x01 | 0x02 | 0x04 | 0x20 | 0x08 | 0x10
@@ -67,6 +69,24 @@ def missing_backend(backend: str) -> RuntimeApiError:
     """The error for a backend haproxy.cfg does not declare (one text: it is said once)."""
     return RuntimeApiError(f"HAProxy has no backend {backend!r}: declare it in haproxy.cfg "
                            f"(backend {backend}); its routes wait")
+
+
+def version_of(info: str) -> Optional[tuple[int, int]]:
+    """HAProxy's major and minor version from ``show info`` (``Version: 2.6.12-1``)."""
+    for line in info.splitlines():
+        if line.startswith("Version:"):
+            found = re.match(r"\s*(\d+)\.(\d+)", line.split(":", 1)[1])
+            return (int(found.group(1)), int(found.group(2))) if found else None
+    return None
+
+
+def too_old(info: str, address: str) -> Optional[RuntimeApiError]:
+    """The error for an HAProxy older than :data:`MIN_VERSION`, or None."""
+    version = version_of(info)
+    if version is None or version >= MIN_VERSION:
+        return None
+    return RuntimeApiError(f"HAProxy {version[0]}.{version[1]} at {address} cannot add servers at run time "
+                           f"(add server came in 2.4); routes wait for a newer HAProxy")
 
 
 def server_name(address: str) -> str:
@@ -196,11 +216,13 @@ class HaproxyHandler(Handler):
         self.workers = (self._worker,)
         #: HAProxy's process id as last seen: another one means it restarted
         self.pid: Optional[str] = None
+        #: why this HAProxy cannot take Warden's routes at all (too old), or None
+        self.refusal: Optional[RuntimeApiError] = None
 
     # -- hooks (the Registrar's thread: queue only) ------------------------------------
 
     def register(self, telemetry: Any) -> None:
-        telemetry.dependency("haproxy", lambda: self.reachable)
+        telemetry.dependency("haproxy", lambda: self.reachable and self.refusal is None)
         telemetry.counter_source("warden_haproxy_errors",
                                  "HAProxy runtime API commands refused or unanswered", lambda: self.errors)
 
@@ -409,9 +431,11 @@ class HaproxyHandler(Handler):
     def restarted(self) -> bool:
         """Has HAProxy restarted (another process id) since the last look?"""
         pid = None
-        for line in self.api("show info").splitlines():
+        info = self.api("show info")
+        for line in info.splitlines():
             if line.startswith("Pid:"):
                 pid = line.split(":", 1)[1].strip()
+        self.refusal = too_old(info, self.api.address)
         before, self.pid = self.pid, pid
         return before is not None and pid != before
 
@@ -447,6 +471,8 @@ class _Worker(StoppableThread):
                     if handler.restarted():
                         logger.warning("HAProxy restarted: sweeping")
                         signals.send(signals.sweep_requested, handler, reason="HAProxy restarted")
+                if handler.refusal is not None and item is not None:
+                    raise handler.refusal
                 if isinstance(item, _Route):
                     handler.apply_route(item.op, item.route)
                 elif isinstance(item, _Gone):

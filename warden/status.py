@@ -180,11 +180,14 @@ def _enrolment(config: Config, services: tuple[Service, ...], errors: list) -> d
 
 def _haproxy_servers(config: Config, services: tuple[Service, ...], errors: list) -> dict:
     """Each backend's servers that take requests, as HAProxy's runtime API says."""
-    from warden.handlers.haproxy import RuntimeApi, RuntimeApiError
+    from warden.handlers.haproxy import RuntimeApi, RuntimeApiError, too_old
 
     settings = {k.lower(): v for k, v in (config.haproxy or {}).items()}
     api = RuntimeApi(str(settings.get("runtimeapi") or "/run/haproxy/admin.sock"))
     try:
+        refusal = too_old(api("show info"), api.address)
+        if refusal is not None:
+            raise refusal
         servers = api.servers()
     except RuntimeApiError as error:
         errors.append(str(error))
