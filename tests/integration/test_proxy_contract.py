@@ -27,7 +27,7 @@ def health_check(*test: str) -> dict:
 #: Docker's health check, which asks its server
 STARTERS = {"late": {"command": LATE},
             "health-checked": {"command": LATE,
-                               "healthcheck": health_check("wget", "-q", "-O", "/dev/null", "http://127.0.0.1:8080/")}}
+                               "healthcheck": health_check("busybox", "wget", "-q", "-O", "/dev/null", "http://127.0.0.1:8080/")}}
 
 
 class Redx:
