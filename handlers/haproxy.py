@@ -261,7 +261,10 @@ class HaproxyHandler(Handler):
         try:
             return self.reconcile(desired, apply)
         except RuntimeApiError as error:
-            logger.error("%s; routes wait for it", error)
+            if error is self.refusal:
+                self.repeats.failed(str(error), logging.ERROR, "%s", error)  # said once, as by the worker
+            else:
+                logger.error("%s; routes wait for it", error)
             return []
 
     def in_proxy_names(self, desired: DesiredState) -> DesiredState:
@@ -352,6 +355,8 @@ class HaproxyHandler(Handler):
     def reconcile(self, desired: DesiredState, apply: bool = True) -> list[Change]:
         """Compare HAProxy's servers and map with ``desired``; with ``apply``, change
         Warden's servers and the services' entries to match. The changes."""
+        if apply and self.refusal is not None:
+            raise self.refusal
         servers = self.api.servers()
         try:
             self.entries = self.api.map_entries(self.map_path)
