@@ -73,10 +73,12 @@ def label_view(config: Config, services: tuple[Service, ...], listed: list) -> A
 
         ownership = Ownership(subnets, config.host_address, published)
 
-        def objection(service: Service) -> Optional[tuple[str, str]]:
+        def redx_objection(service: Service) -> Optional[tuple[str, str]]:
             answer = foreign_keys(client, config.nginx_redis.display, service,
                                   ownership.with_service(service.backend_name, service.published_port))
             return (config.label_prefix + answer[0], answer[1]) if answer else None
+
+        objection = redx_objection
 
     return label_services(listed, services, config.label_prefix, LabelPolicy.of(config), objection)
 
