@@ -194,11 +194,12 @@ def _haproxy_servers(config: Config, services: tuple[Service, ...], errors: list
     except RuntimeApiError as error:
         errors.append(str(error))
         return {}
-    found: dict[str, list] = {s.backend_name: [] for s in services}
+    taking: dict[str, list] = {}
     for server in servers:
-        if server.backend in found and server.taking:
-            found[server.backend].append(server.address)
-    return {name: sorted(addresses) for name, addresses in found.items()}
+        if server.taking:
+            taking.setdefault(server.backend, []).append(server.address)
+    # A service's servers are in the HAProxy backend its haproxyBackend names.
+    return {s.backend_name: sorted(taking.get(s.haproxy_backend or s.backend_name, [])) for s in services}
 
 
 def _traefik_servers(config: Config, services: tuple[Service, ...], errors: list) -> dict:

@@ -96,11 +96,13 @@ def test_a_runtime_api_that_does_not_answer_makes_warden_unready_and_it_catches_
 def test_a_service_names_its_haproxy_backend(haproxy, redx, containers, warden):
     """``haproxyBackend``: the servers go to that backend of haproxy.cfg, whatever the
     service's backendName (here one haproxy.cfg does not declare)."""
-    start(warden, haproxy, [web(backendName="web-v2", haproxyBackend="shop")])
+    w = start(warden, haproxy, [web(backendName="web-v2", haproxyBackend="shop")])
     one = containers.run("web")
     eventually(lambda: haproxy.get("web.example.com")[0] == 200, 10, what="served through backend shop")
     assert haproxy.servers("shop") == {f"{ip_of(one)}:8080": 0}
     assert haproxy.entries() == {"web.example.com/": "shop"}
+    [service] = json.loads(w.command("status", "--json", check=True).stdout)["services"]
+    assert service["routes"] == [f"{ip_of(one)}:8080"], "warden status reads them from the backend it names"
 
 
 def test_a_map_haproxy_did_not_load_is_named_and_the_servers_go_on(haproxy, redx, containers, warden):
