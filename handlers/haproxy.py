@@ -281,8 +281,11 @@ class HaproxyHandler(Handler):
     # -- the worker's work -------------------------------------------------------------
 
     def command(self, text: str) -> str:
-        """One command whose success is an empty answer; any other is a refusal."""
+        """One command whose success is an empty answer; any other is a refusal (a map
+        command on a map HAProxy did not load: :func:`missing_map`)."""
         answer = self.api(text).strip()
+        if "Unknown map identifier" in answer:
+            raise missing_map(self.map_path)
         if answer:
             raise RuntimeApiError(f"HAProxy refused {text!r}: {answer.splitlines()[0]}")
         return answer
@@ -315,23 +318,16 @@ class HaproxyHandler(Handler):
         logger.debug("HAProxy keeps %s/%s for now: %s", backend, name, answer)
         return False
 
-    def map_command(self, text: str) -> None:
-        answer = self.api(text).strip()
-        if "Unknown map identifier" in answer:
-            raise missing_map(self.map_path)
-        if answer:
-            raise RuntimeApiError(f"HAProxy refused {text!r}: {answer.splitlines()[0]}")
-
     def set_entries(self, backend: str, keys: tuple[str, ...]) -> None:
         wanted = bool(self.taking.get(backend))
         for key in keys:
             held = self.entries.get(key)
             if wanted and held is None:
-                self.map_command(f"add map {self.map_path} {key} {backend}")
+                self.command(f"add map {self.map_path} {key} {backend}")
                 self.entries[key] = backend
                 self._made(Change("+", f"haproxy-map:{key} {backend}"))
             elif not wanted and held == backend:
-                self.map_command(f"del map {self.map_path} {key}")
+                self.command(f"del map {self.map_path} {key}")
                 del self.entries[key]
                 self._made(Change("-", f"haproxy-map:{key} {backend}"))
             elif held is not None and held != backend and wanted:
