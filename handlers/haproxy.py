@@ -89,6 +89,20 @@ def too_old(info: str, address: str) -> Optional[RuntimeApiError]:
                            f"(add server came in 2.4); routes wait for a newer HAProxy")
 
 
+#: what ends a runtime-API word or command, or escapes one: whitespace, ``;`` (the
+#: command separator), ``\``, quotes, ``#`` and control characters
+_SEPARATORS = re.compile(r"[\s;\\'\"#\x00-\x1f\x7f]")
+
+
+def argument(text: str) -> str:
+    """``text`` as one runtime-API argument, or :class:`RuntimeApiError` (nothing sent)
+    when it is empty or holds a separator: a name can never become a command."""
+    if not text or _SEPARATORS.search(text):
+        raise RuntimeApiError(f"refused to send {text!r} to HAProxy: a runtime API argument holds no "
+                              f"space, ';', '\\', quote, '#' or control character")
+    return text
+
+
 def server_name(address: str) -> str:
     """Warden's name for the server at ``address`` (``ip:port`` or ``[v6]:port``)."""
     return PREFIX + re.sub(r"[^A-Za-z0-9_.-]", "-", address.replace("[", "").replace("]", "")).replace(":", "-")
@@ -144,6 +158,11 @@ class RuntimeApi:
             raise RuntimeApiError(f"HAProxy runtime API {self.address} does not answer: {error}") from None
         return b"".join(chunks).decode(errors="replace")
 
+    def send(self, verb: str, *args: str) -> str:
+        """One command built from a fixed ``verb`` and ``args``, each checked by
+        :func:`argument`: no argument can end the command or start another."""
+        return self(" ".join((verb,) + tuple(argument(a) for a in args)))
+
     def servers(self) -> list[Server]:
         """Every server of every backend (``show servers state``)."""
         found = []
@@ -160,7 +179,7 @@ class RuntimeApi:
     def map_entries(self, path: str) -> dict[str, str]:
         """The map's entries, key -> value (``show map``); raises when HAProxy has no
         such map loaded."""
-        answer = self(f"show map {path}")
+        answer = self.send("show map", path)
         if "Unknown map identifier" in answer:
             raise missing_map(path)
         entries = {}
@@ -280,31 +299,31 @@ class HaproxyHandler(Handler):
 
     # -- the worker's work -------------------------------------------------------------
 
-    def command(self, text: str) -> str:
+    def command(self, verb: str, *args: str) -> str:
         """One command whose success is an empty answer; any other is a refusal (a map
         command on a map HAProxy did not load: :func:`missing_map`)."""
-        answer = self.api(text).strip()
+        answer = self.api.send(verb, *args).strip()
         if "Unknown map identifier" in answer:
             raise missing_map(self.map_path)
         if answer:
-            raise RuntimeApiError(f"HAProxy refused {text!r}: {answer.splitlines()[0]}")
+            raise RuntimeApiError(f"HAProxy refused {' '.join((verb,) + args)!r}: {answer.splitlines()[0]}")
         return answer
 
     def add_server(self, backend: str, address: str) -> None:
         name = server_name(address)
-        answer = self.api(f"add server {backend}/{name} {address}").strip()
+        answer = self.api.send("add server", f"{backend}/{name}", address).strip()
         if answer.startswith("No such backend"):
             raise missing_backend(backend)
         if not (answer.startswith("New server registered") or "Already exists" in answer):
             raise RuntimeApiError(f"HAProxy refused server {backend}/{name}: {answer.splitlines()[0] if answer else ''}")
-        self.command(f"enable server {backend}/{name}")
+        self.command("enable server", f"{backend}/{name}")
         self.taking.setdefault(backend, set()).add(name)
         self._made(Change("+", f"haproxy:{backend} {address}"))
 
     def hold_server(self, backend: str, address: str) -> None:
         """No new request reaches it; what is in flight finishes."""
         name = server_name(address)
-        answer = self.api(f"set server {backend}/{name} state maint").strip()
+        answer = self.api.send("set server", f"{backend}/{name}", "state", "maint").strip()
         if answer and not answer.startswith("No such server"):
             raise RuntimeApiError(f"HAProxy refused maint for {backend}/{name}: {answer.splitlines()[0]}")
         self.taking.get(backend, set()).discard(name)
@@ -312,7 +331,7 @@ class HaproxyHandler(Handler):
 
     def delete_server(self, backend: str, name: str) -> bool:
         """Delete a server in ``maint``; False while connections remain (a later sweep)."""
-        answer = self.api(f"del server {backend}/{name}").strip()
+        answer = self.api.send("del server", f"{backend}/{name}").strip()
         if answer.startswith("Server deleted") or answer.startswith("No such server"):
             return True
         logger.debug("HAProxy keeps %s/%s for now: %s", backend, name, answer)
@@ -323,11 +342,11 @@ class HaproxyHandler(Handler):
         for key in keys:
             held = self.entries.get(key)
             if wanted and held is None:
-                self.command(f"add map {self.map_path} {key} {backend}")
+                self.command("add map", self.map_path, key, backend)
                 self.entries[key] = backend
                 self._made(Change("+", f"haproxy-map:{key} {backend}"))
             elif not wanted and held == backend:
-                self.command(f"del map {self.map_path} {key}")
+                self.command("del map", self.map_path, key)
                 del self.entries[key]
                 self._made(Change("-", f"haproxy-map:{key} {backend}"))
             elif held is not None and held != backend and wanted:
@@ -416,7 +435,7 @@ class HaproxyHandler(Handler):
         return changes
 
     def _enable(self, backend: str, address: str) -> None:
-        self.command(f"enable server {backend}/{server_name(address)}")
+        self.command("enable server", f"{backend}/{server_name(address)}")
         self.taking.setdefault(backend, set()).add(server_name(address))
         self._made(Change("+", f"haproxy:{backend} {address}"))
 

@@ -35,6 +35,7 @@ from warden import signals
 from warden.config import Config
 from warden.handlers import Handler
 from warden.model import Change, DesiredState, Ownership, Route, frontends_by_backend
+from warden.names import UnsafeName, frontend_parts, name_problem
 from warden.runtime.threads import StoppableThread
 
 logger = logging.getLogger(__name__)
@@ -47,10 +48,12 @@ def router_name(frontend: str) -> str:
 
 
 def rule(frontend: str) -> str:
-    """Traefik's rule for ``host`` or ``host/path``."""
-    host, slash, path = frontend.partition("/")
+    """Traefik's rule for ``host`` or ``host/path``, built from the parts the frontend
+    grammar admits (no backtick, parenthesis, ``|`` or ``&`` can reach it);
+    :class:`~warden.names.UnsafeName` for a frontend outside it."""
+    host, path = frontend_parts(frontend)
     text = f"Host(`{host.lower()}`)"
-    return text + (f" && PathPrefix(`/{path}`)" if slash and path else "")
+    return text + (f" && PathPrefix(`{path}`)" if len(path) > 1 else "")
 
 
 def address_of(url: str) -> str:
@@ -159,6 +162,14 @@ class TraefikHandler(Handler):
     def write_backend(self, backend: str, apply: bool = True) -> list[Change]:
         """Rewrite one backend's servers (Warden's as wanted, others kept) and its
         routers (present only with a server), in one MULTI; the changes."""
+        if name_problem(backend):
+            raise UnsafeName(f"backend {name_problem(backend)}")
+        rules = {}
+        for frontend in self.frontends_of.get(backend, ()):
+            try:
+                rules[frontend] = rule(frontend)
+            except UnsafeName as error:
+                self._failed(f"router of {frontend!r}", error)
         prefix = self.store.servers_prefix(backend)
         keys, held = self.store.servers(backend)
         ownership = self.ownership
@@ -168,7 +179,7 @@ class TraefikHandler(Handler):
         servers = sorted(set(foreign) | wanted)
         changes = [Change("+", f"traefik:{backend} {a}") for a in sorted(wanted - set(held))]
         changes += [Change("-", f"traefik:{backend} {a}") for a in sorted(set(held) - set(servers))]
-        routers = self.frontends_of.get(backend, ())
+        routers = tuple(rules)
         router_changes = []
         for frontend in routers:
             present = bool(self.store.redis.exists(self.store.router_prefix(frontend) + "rule"))
@@ -193,7 +204,7 @@ class TraefikHandler(Handler):
         for frontend in routers:
             router = self.store.router_prefix(frontend)
             if servers:
-                pipe.set(router + "rule", rule(frontend))
+                pipe.set(router + "rule", rules[frontend])
                 pipe.set(router + "service", backend)
                 for i, entry_point in enumerate(self.store.entry_points):
                     pipe.set(f"{router}entryPoints/{i}", entry_point)
@@ -217,8 +228,11 @@ class TraefikHandler(Handler):
         key = f"{what}:{type(error).__name__}"
         if key not in self._said:
             self._said.add(key)
-            logger.error("cannot write %s to Traefik's Redis %s (%s); the next sweep will", what, self.store.display,
-                         error)
+            if isinstance(error, UnsafeName):
+                logger.error("refused to write %s to Traefik's Redis %s: %s", what, self.store.display, error)
+            else:
+                logger.error("cannot write %s to Traefik's Redis %s (%s); the next sweep will", what,
+                             self.store.display, error)
 
     # -- hooks -------------------------------------------------------------------------
 
@@ -233,7 +247,7 @@ class TraefikHandler(Handler):
     def _write(self, backend: str) -> None:
         try:
             self.write_backend(backend)
-        except redis.RedisError as error:
+        except (redis.RedisError, UnsafeName) as error:
             self._failed(f"backend {backend}", error)
 
     def on_sweep(self, sender: Any, *, desired: DesiredState, apply: bool = True, **kw: Any) -> list[Change]:
@@ -253,7 +267,7 @@ class TraefikHandler(Handler):
                         changes += self.write_backend(backend, apply=False)
                     finally:
                         self.addresses = saved
-            except redis.RedisError as error:
+            except (redis.RedisError, UnsafeName) as error:
                 self._failed(f"backend {backend}", error)
         if apply and changes:
             self._said.clear()

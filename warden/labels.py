@@ -10,30 +10,17 @@ labels; the Manager scales file-defined services only.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from typing import Any, Callable, Iterable, Mapping, Optional
 
 from warden.model import Container
+from warden.names import frontend_parts, frontend_problem, name_problem
 from warden.services import Service, parse_port, parse_readiness, parse_target_mode
 
 #: labels (after the prefix) that make ``service`` a definition, not only an assignment
 DEFINING = ("frontend", "port", "backend", "network", "published-port", "readiness",
             "load-balancer", "target-group", "target-port", "target-mode")
-
-#: a frontend a label may name: a host name (dot-separated labels of letters, digits
-#: and inner ``-``, an optional ``:port``), then an optional path with no wildcard
-_HOST = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*(?::[0-9]{1,5})?"
-_FRONTEND = re.compile(rf"({_HOST})(/[^\s*?\[\]]*)?")
-#: a service or backend name a label may give: it reaches Redis keys, logs, metrics and
-#: alerts, where a chat format would read ``<!channel>``, ``<url|text>`` or
-#: ``[text](url)`` as a mention or a link
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
-_NAME_RULE = "must be a name of 1 to 128 letters, digits, '.', '_', ':' or '-'"
-_FRONTEND_RULE = ("a host name (letters, digits, '-' and '.', an optional :port), then an "
-                  "optional /path/ with no wildcard and no '.' or '..' part")
-
 
 @dataclass(frozen=True)
 class LabelProblem:
@@ -65,22 +52,21 @@ def service_from_labels(container: Container, prefix: str) -> tuple[Optional[Ser
     if not name.strip():
         return None, LabelProblem(who, prefix + "service", "is empty")
     for label, value in (("service", name), ("backend", labels.get(prefix + "backend"))):
-        if value is not None and value.strip() and not _NAME.fullmatch(value.strip()):
-            return None, LabelProblem(who, prefix + label, f"{value.strip()!r} {_NAME_RULE}")
+        problem_text = value is not None and value.strip() and name_problem(value.strip())
+        if problem_text:
+            return None, LabelProblem(who, prefix + label, problem_text)
     for required in ("frontend", "port"):
         if prefix + required not in labels:
             return None, LabelProblem(who, prefix + required, "is required to define a service by labels")
     frontend = labels[prefix + "frontend"].strip()
-    match = _FRONTEND.fullmatch(frontend)
-    if "://" in frontend:
-        return None, LabelProblem(who, prefix + "frontend",
-                                  f"{frontend!r} must be host or host/path/ (no scheme)")
-    if not match or {".", ".."} & set((match.group(2) or "").split("/")):
-        return None, LabelProblem(who, prefix + "frontend", f"{frontend!r} must be {_FRONTEND_RULE}")
+    problem_text = frontend_problem(frontend)
+    if problem_text:
+        return None, LabelProblem(who, prefix + "frontend", problem_text)
+    host, path = frontend_parts(frontend)
     port, problem = _port(labels[prefix + "port"], prefix + "port", who)
     if problem:
         return None, problem
-    fields: dict = {"load_balancer_url": match.group(1), "site": match.group(2) or ""}
+    fields: dict = {"load_balancer_url": host, "site": path}
     if prefix + "target-port" in labels:
         fields["target_port"], problem = _port(labels[prefix + "target-port"], prefix + "target-port", who)
         if problem:

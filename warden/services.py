@@ -20,6 +20,7 @@ from typing import Any, Callable, Mapping, Optional, Protocol
 
 from warden import jsonfile
 from warden.jsonfile import KeyedObject, Problem, any_case, in_range, is_int, unknown_key
+from warden.names import UnsafeName, frontend_parts, frontend_problem, name_problem
 from warden.model import Attachment, Container, ContainerTarget, LoadBalancerTarget
 from warden.policy import MAX_TASKS, STEPS_RULE, Policy, is_task_count, valid_steps
 
@@ -383,6 +384,23 @@ SHORTEST_CONTAINER_NAME = 3
 def _cross_checks(file: str, where: str, obj: KeyedObject, values: dict[str, Any]) -> list[Problem]:
     """What the fields say together, or what a well-formed value cannot mean."""
     problems = []
+    # One grammar for every name that reaches another program's language (see
+    # warden.names), whether the service came from a file, S3, SSM or labels.
+    for attr, lower, spelled in (("name", "name", "name"), ("backend_name", "backendname", "backendName"),
+                                 ("haproxy_backend", "haproxybackend", "haproxyBackend")):
+        value = values.get(attr)
+        if value and name_problem(value):
+            problems.append(Problem(file, where + obj.spelling.get(lower, spelled), name_problem(value)))
+    if values.get("load_balancer_url"):
+        frontend = values["load_balancer_url"] + values.get("site", "")
+        problem = frontend_problem(frontend)
+        if problem:
+            try:
+                frontend_parts(values["load_balancer_url"])
+                lower, spelled = "site", "site"
+            except UnsafeName:
+                lower, spelled = "loadbalancerurl", "loadBalancerUrl"
+            problems.append(Problem(file, where + obj.spelling.get(lower, spelled), problem))
     if values.get("metric") is not None and not values.get("task_name"):
         problems.append(Problem(file, where + obj.spelling.get("taskname", "taskName"),
                                 "is required with a metric: it names the task definition the leader runs"))

@@ -119,3 +119,20 @@ def test_a_map_haproxy_did_not_load_is_named_and_the_servers_go_on(haproxy, redx
     haproxy.restart()  # its servers gone: only a sweep puts them back
     eventually(lambda: haproxy.servers("web").get(f"{ip_of(one)}:8080") == 0, 10,
                what="the server put back by a sweep, the map notwithstanding")
+
+
+def test_a_label_path_cannot_become_a_runtime_api_command(haproxy, redx, containers, warden):
+    """``;`` separates runtime-API commands: a label path ``.../x;show`` with backend
+    ``shop`` sent ``add map ... shop.example.com/api/x`` and then ``show shop``."""
+    w = start(warden, haproxy, [web()], registrarSleepTimeSeconds=0.5, labelFrontends=["shop.example.com/api/*"])
+    mine = containers.run("web")
+    thief = containers.run("thief", labels={"warden.service": f"thief-{RUN}", "warden.port": "8080",
+                                            "warden.backend": "shop", "warden.frontend": "shop.example.com/api/x;show"})
+    eventually(lambda: haproxy.get("web.example.com")[0] == 200, 10, what="the file's service served")
+    eventually(lambda: w.log().count("sweep (periodic)") >= 2, 5, what="sweeps")
+    assert haproxy.servers("shop") == {}, "the thief's container became a server"
+    assert haproxy.entries() == {"web.example.com/": "web"}
+    status = w.command("status", check=True).stdout
+    assert f"not routed: container {thief.name}" in status
+    assert f"container {thief.name} ({thief.short_id}): label warden.frontend: frontend " in w.log()
+    assert ip_of(mine)

@@ -88,3 +88,28 @@ def test_a_traefik_redis_that_does_not_answer_makes_warden_unready_and_is_caught
                15, what="written again")
     eventually(lambda: http_get(f"http://127.0.0.1:{metrics}/readyz")[0] == 200, 10, what="ready again")
     assert f"{ip_of(one)}:8080" in json.loads(w.command("status", "--json").stdout)["services"][0]["routes"]
+
+
+def test_a_label_path_cannot_become_rule_syntax_and_take_another_host(traefik, redx, containers, warden):
+    """A path with a backtick, parentheses and ``||`` that a ``labelFrontends`` pattern
+    matches by its ``*``: pasted into ``PathPrefix(...)`` it made a longer, higher
+    priority rule that took all of a file-defined service's host."""
+    pay = web(name="pay", containerName=f"wt-{RUN}-pay", loadBalancerUrl="pay.example.com")
+    w = warden([pay], handlers=["traefik"], traefik=traefik.settings, registrarSleepTimeSeconds=0.5,
+               labelFrontends=["shop.example.com/api/*"]).start()
+    shop = {"warden.service": f"shop-{RUN}", "warden.port": "8080"}
+    good = containers.run("shop", labels={**shop, "warden.frontend": "shop.example.com/api/ok"})
+    thief = containers.run("thief", labels={"warden.service": f"thief-{RUN}", "warden.port": "8080",
+                                            "warden.frontend": "shop.example.com/api/x`)||Host(`pay.example.com"})
+    # The container's own server answers 404 for /api/ok, with a body other than Traefik's.
+    eventually(lambda: traefik.get("shop.example.com", "/api/ok")[1] not in ("404 page not found\n", ""), 10,
+               what="the legitimate one served")
+    eventually(lambda: w.log().count("sweep (periodic)") >= 2, 5, what="sweeps")
+    assert traefik.get("pay.example.com")[0] == 404, "pay has no container: the thief's rule took its host"
+    store = traefik.redis_server.client()
+    rules = [store.get(k) for k in store.keys("traefik/http/routers/*/rule")]
+    assert rules == ["Host(`shop.example.com`) && PathPrefix(`/api/ok`)"]
+    status = w.command("status", check=True).stdout
+    assert f"not routed: container {thief.name}" in status
+    assert f"container {thief.name} ({thief.short_id}): label warden.frontend: frontend " in w.log()
+    assert ip_of(good)

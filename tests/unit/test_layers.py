@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[2]
 #: floors, lowest first; a module's floor is the first whose prefix names it
 FLOORS = (
     # "warden" itself: the package's __init__ (its version)
-    ("ground", ("warden", "warden.errors", "warden.jsonfile", "warden.model", "warden.signals", "warden.control",
+    ("ground", ("warden", "warden.errors", "warden.jsonfile", "warden.model", "warden.names", "warden.signals", "warden.control",
                 "warden.config", "warden.services", "warden.labels", "warden.policy")),
     ("runtime", ("warden.runtime",)),
     ("subscribers", ("warden.subscribers",)),
