@@ -16,11 +16,10 @@ from typing import Any, Callable, Iterable, Mapping, Optional
 
 from warden.model import Container
 from warden.names import frontend_parts, frontend_problem, name_problem
-from warden.services import Service, parse_port, parse_readiness, parse_target_mode
+from warden.services import DEFINING_LABELS, Service, parse_port, parse_readiness, parse_target_mode
 
 #: labels (after the prefix) that make ``service`` a definition, not only an assignment
-DEFINING = ("frontend", "port", "backend", "network", "published-port", "readiness",
-            "load-balancer", "target-group", "target-port", "target-mode")
+DEFINING = DEFINING_LABELS
 
 @dataclass(frozen=True)
 class LabelProblem:
@@ -97,6 +96,8 @@ def service_from_labels(container: Container, prefix: str) -> tuple[Optional[Ser
         published_port=published == "true",
         load_balancer_name=labels.get(prefix + "load-balancer", "").strip(),
         target_group_arn=target_group, label_members="any",
+        definition=tuple(sorted((prefix + key, labels[prefix + key].strip())
+                                for key in DEFINING if prefix + key in labels)),
         source=f"labels of container {who}", **fields), None
 
 

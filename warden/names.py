@@ -61,6 +61,6 @@ def frontend_problem(frontend: str) -> Optional[str]:
         return f"frontend {frontend!r} must be host or host/path/ (no scheme)"
     try:
         frontend_parts(frontend)
-    except UnsafeName as error:
-        return str(error)
+    except UnsafeName:
+        return f"{frontend!r} {FRONTEND_RULE}"
     return None

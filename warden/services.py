@@ -28,6 +28,9 @@ logger = logging.getLogger(__name__)
 
 #: the label that ties a container to one service by name
 SERVICE_LABEL = "warden.service"
+#: labels (after the prefix) that make ``service`` a definition, not only an assignment
+DEFINING_LABELS = ("frontend", "port", "backend", "network", "published-port", "readiness",
+                   "load-balancer", "target-group", "target-port", "target-mode")
 
 
 @dataclass(frozen=True)
@@ -119,6 +122,10 @@ class Service:
     #: image or name; ``"matching"`` (the default): the label only picks this service
     #: among those whose ``containerName`` the container matches
     label_members: str = "matching"
+    #: a label-defined service's defining labels (prefixed, values stripped), as the
+    #: container that defined it carries them: another container joins it only by
+    #: carrying the same
+    definition: tuple[tuple[str, str], ...] = field(default=(), compare=False)
     metric: Optional[MetricSpec] = field(default=None, compare=False)
     scaling: Optional[Policy] = field(default=None, compare=False)
     run_task: Optional[RunTask] = field(default=None, compare=False)
@@ -167,14 +174,22 @@ class Service:
         """Does ``container`` belong to this service? ``containerName`` as a substring
         of the image reference or the container's name; a ``service_label`` (by default
         ``warden.service``) narrows, never widens: it keeps only the service it names
-        among those that match. A service with ``labelMembers: "any"`` (a label-defined
-        one, or a file's that opts in) takes a container by the label alone."""
+        among those that match. A file's service with ``labelMembers: "any"`` takes a
+        container by the label alone; a label-defined one only a container that defines
+        it the same way (the same defining labels)."""
         label = container.labels.get(service_label)
         matches = bool(self.container_name) and (self.container_name in container.image
                                                  or self.container_name in container.name)
         if label is None:
             return matches
-        return label == self.name and (matches or self.label_members == "any")
+        if label != self.name:
+            return False
+        if self.definition:
+            prefix = service_label[:-len("service")]
+            carried = tuple(sorted((prefix + k, container.labels[prefix + k].strip())
+                                   for k in DEFINING_LABELS if prefix + k in container.labels))
+            return carried == self.definition
+        return matches or self.label_members == "any"
 
     def address_of(self, container: Container, host_address: str) -> tuple[Optional[str], str]:
         """The ``ip:port`` to route to ``container``, or ``(None, why not)``."""

@@ -134,5 +134,5 @@ def test_a_label_path_cannot_become_a_runtime_api_command(haproxy, redx, contain
     assert haproxy.entries() == {"web.example.com/": "web"}
     status = w.command("status", check=True).stdout
     assert f"not routed: container {thief.name}" in status
-    assert f"container {thief.name} ({thief.short_id}): label warden.frontend: frontend " in w.log()
+    assert f"container {thief.name} ({thief.short_id}): label warden.frontend: 'shop.example.com/api/x" in w.log()
     assert ip_of(mine)

@@ -149,12 +149,12 @@ def test_a_label_definition_that_changes_hands_routes_every_container_of_it_at_o
                what="B routed once its definition stands")
     assert redx.get("frontend:roll.example.com") == f"roll-{RUN}"
 
+    # A container carrying only warden.service=Y does not join Y (issue 35, defect 3).
     member = containers.run("member", labels={"warden.service": f"late-{RUN}"})
     definer = containers.run("definer", labels=labels(f"late-{RUN}", "late.example.com"))
-    eventually(lambda: set(redx.hgetall(f"backend:late-{RUN}")) == {f"{ip_of(member)}:8080",
-                                                                      f"{ip_of(definer)}:8080"}, 5,
-               what="the member routed once its service is defined")
-    assert w.log().count("sweep (periodic)") == 0
+    eventually(lambda: set(redx.hgetall(f"backend:late-{RUN}")) == {f"{ip_of(definer)}:8080"}, 5,
+               what="the definer routed at once")
+    assert w.log().count("sweep (periodic)") == 0 and ip_of(member)
 
 
 def test_a_label_alone_never_joins_a_file_defined_service(redx, containers, warden):
@@ -301,3 +301,19 @@ def test_a_label_names_only_the_load_balancers_the_operator_allows(redx, contain
     eventually(lambda: w.log().count("sweep (periodic)") >= 2, 5, what="sweeps")
     assert not cloud.in_elb()
     assert redx.hgetall(f"backend:elb-{RUN}") == {} and redx.hgetall(f"backend:tg-{RUN}") == {}
+
+
+def test_one_label_alone_does_not_join_a_label_defined_service(redx, containers, warden):
+    """A container with only ``warden.service=<name>`` took a share of a label-defined
+    service's traffic: such services took any container that named them."""
+    w = warden([], registrarSleepTimeSeconds=0.5, **ALLOWED).start()
+    first = containers.run("a", labels=labels(f"shop-{RUN}", "shop.example.com"))
+    backend = f"backend:shop-{RUN}"
+    eventually(lambda: f"{ip_of(first)}:8080" in redx.hgetall(backend), 5, what="the defining one routed")
+    joiner = containers.run("j", labels={"warden.service": f"shop-{RUN}"})
+    same = containers.run("a", labels=labels(f"shop-{RUN}", "shop.example.com"))
+    eventually(lambda: f"{ip_of(same)}:8080" in redx.hgetall(backend), 5, what="one defining it alike routed")
+    eventually(lambda: w.log().count("sweep (periodic)") >= 2, 5, what="sweeps")
+    assert set(redx.hgetall(backend)) == {f"{ip_of(first)}:8080", f"{ip_of(same)}:8080"}, \
+        "the container with the service label alone joined"
+    assert ip_of(joiner)

@@ -111,5 +111,5 @@ def test_a_label_path_cannot_become_rule_syntax_and_take_another_host(traefik, r
     assert rules == ["Host(`shop.example.com`) && PathPrefix(`/api/ok`)"]
     status = w.command("status", check=True).stdout
     assert f"not routed: container {thief.name}" in status
-    assert f"container {thief.name} ({thief.short_id}): label warden.frontend: frontend " in w.log()
+    assert f"container {thief.name} ({thief.short_id}): label warden.frontend: 'shop.example.com/api/x" in w.log()
     assert ip_of(good)
