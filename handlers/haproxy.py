@@ -416,12 +416,26 @@ class HaproxyHandler(Handler):
             taking = {server_name(a) for a in addresses}
             if apply:
                 self.taking[backend] = taking | ({"(file)"} if backend in others_taking else set())
-        for backend in sorted(set(ours) - set(desired.backends)):
+        # A backend no service in force names, that held Warden's servers: a retired
+        # service's (while Warden ran or before it started). Its servers go, and so do
+        # the map entries naming it once nothing else in it takes requests: Warden
+        # wrote them, as it writes an entry only over a server of its own.
+        retired = sorted(set(ours) - set(desired.backends))
+        for backend in retired:
             for address, server in sorted(ours[backend].items()):
                 changes.append(Change("-", f"haproxy:{backend} {address}"))
                 if apply:
                     self.hold_server(backend, address)
                     self.delete_server(backend, server.name)
+        emptied = {b for b in retired if b not in others_taking}
+        wanted_keys = {k for keys in self.frontends_of.values() for k in keys}
+        for key, backend in sorted(self.entries.items() if mapped else ()):
+            if backend in emptied and key not in wanted_keys:
+                changes.append(Change("-", f"haproxy-map:{key} {backend}"))
+                if apply:
+                    self.command("del map", self.map_path, key)
+                    del self.entries[key]
+                    self._made(Change("-", f"haproxy-map:{key} {backend}"))
         for backend, keys in sorted(self.frontends_of.items() if mapped else ()):
             wanted = bool(desired.backends.get(backend)) or backend in others_taking
             for key in keys:

@@ -34,34 +34,47 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 """
 
-#: KEYS: the backend, then its frontends. ARGV: the address, the backend name.
-#: Adds the server, then sets each frontend that is missing. Returns the frontends set.
+#: KEYS: the backend, its record key, then each frontend followed by its record key.
+#: ARGV: the address, the backend name. Adds the server and records the backend, then
+#: sets each frontend that is missing and records each that names this backend.
+#: Returns the frontends set.
 _ADD_SERVER = """
 redis.call('HSET', KEYS[1], ARGV[1], '0')
+redis.call('SET', KEYS[2], '1')
 local set = {}
-for i = 2, #KEYS do
+for i = 3, #KEYS, 2 do
   if redis.call('SET', KEYS[i], ARGV[2], 'NX') then table.insert(set, KEYS[i]) end
+  if redis.call('GET', KEYS[i]) == ARGV[2] then redis.call('SET', KEYS[i + 1], ARGV[2]) end
 end
 return set
 """
 
-#: KEYS: the backend, then its frontends. ARGV: the address, the backend name.
-#: Removes the server; when no server is left (``_`` fields are config, not servers),
-#: removes each frontend that still names this backend. Returns the frontends removed.
+#: KEYS and ARGV as for _ADD_SERVER. Removes the server; when no server is left (``_``
+#: fields are config, not servers), removes each frontend that still names this
+#: backend, and its record. Returns the frontends removed.
 _REMOVE_SERVER = """
 redis.call('HDEL', KEYS[1], ARGV[1])
 for _, field in ipairs(redis.call('HKEYS', KEYS[1])) do
   if string.sub(field, 1, 1) ~= '_' then return {} end
 end
 local gone = {}
-for i = 2, #KEYS do
+for i = 3, #KEYS, 2 do
   if redis.call('GET', KEYS[i]) == ARGV[2] then
-    redis.call('DEL', KEYS[i])
+    redis.call('DEL', KEYS[i], KEYS[i + 1])
     table.insert(gone, KEYS[i])
   end
 end
 return gone
 """
+
+#: Warden's ownership record in the Redx Redis (Redx reads only ``frontend:`` and
+#: ``backend:`` keys): ``warden:redx:backend:<name>`` for each backend Warden has written
+#: servers into, and ``warden:redx:frontend:<key>`` (the backend it names) for each
+#: frontend key it wrote. A sweep retires from it what services no longer in force
+#: left, after a restart as while running.
+RECORD_BACKEND = "warden:redx:backend:"
+RECORD_FRONTEND = "warden:redx:frontend:"
+
 
 #: the score Redx starts every server with
 SCORE = "0"
@@ -161,10 +174,12 @@ class RedxHandler(Handler):
 
     def _write_route(self, op: str, route: Route) -> None:
         key = backend_key(route.backend)
-        frontends = [frontend_key(f) for f in self.frontends_of.get(route.backend, ())]
         script = self._add_server if op == "+" else self._remove_server
         try:
-            touched = script(keys=[key, *frontends], args=[route.address, route.backend])
+            touched = script(keys=[key, RECORD_BACKEND + route.backend,
+                                   *(k for f in self.frontends_of.get(route.backend, ())
+                                     for k in (frontend_key(f), RECORD_FRONTEND + f))],
+                             args=[route.address, route.backend])
         except redis.RedisError as error:
             logger.warning("cannot write %s %s %s (%s); the next sweep will",
                            op, key, route.address, error)
@@ -223,6 +238,9 @@ class RedxHandler(Handler):
         for name in backends:
             pipe.hgetall(backend_key(name))
         replies = pipe.execute(raise_on_error=False)
+        recorded_backends, recorded_frontends = self.record()
+        #: Warden's record brought up to date: written after the changes, in the same MULTI
+        records: list[tuple[str, str, str]] = []
         changes: list[Change] = []
         writes: list[tuple[str, str, str]] = []
         removals: list[tuple[Change, tuple[str, str, str]]] = []
@@ -245,6 +263,8 @@ class RedxHandler(Handler):
                     removals.append((Change("-", f"{backend_key(name)} {address}"),
                                      ("hdel", backend_key(name), address)))
             servers_after[name] = len(({a for a in held if is_server(a)} | wanted) - gone)
+            if wanted and name not in recorded_backends:
+                records.append(("set", RECORD_BACKEND + name, "1"))
         for key, held in zip(frontends, replies[:len(frontends)]):
             if isinstance(held, Exception):
                 self._key_error(frontend_key(key), held)
@@ -259,14 +279,57 @@ class RedxHandler(Handler):
                                    key, held, backend)
                 changes.append(Change("+", f"{frontend_key(key)} {backend}"))
                 writes.append(("set", frontend_key(key), backend))
+            if servers and recorded_frontends.get(key) != backend:
+                records.append(("set", RECORD_FRONTEND + key, backend))
             elif not servers and held == backend:
                 # No server behind it: Redx would answer 500; without the key it falls back.
                 removals.append((Change("-", f"{frontend_key(key)} {backend}"),
                                  ("unset", frontend_key(key), backend)))
+        self._plan_strays(desired, recorded_backends, recorded_frontends, removals, records)
         for change, write in removals:
             changes.append(change)
             writes.append(write)
-        return changes, writes
+        # The record's writes come last and make no change line of their own.
+        return changes, writes + records
+
+    def record(self) -> tuple[set[str], dict[str, str]]:
+        """Warden's record: the backends it wrote servers into, and the frontend keys it
+        wrote with the backend each named."""
+        backends = {k[len(RECORD_BACKEND):] for k in self.redis.scan_iter(match=RECORD_BACKEND + "*", count=1000)}
+        keys = sorted(self.redis.scan_iter(match=RECORD_FRONTEND + "*", count=1000))
+        values = self.redis.mget(keys) if keys else []
+        return backends, {k[len(RECORD_FRONTEND):]: v for k, v in zip(keys, values) if v is not None}
+
+    def _plan_strays(self, desired: DesiredState, recorded_backends: set, recorded_frontends: dict,
+                     removals: list, records: list) -> None:
+        """What Warden's record says it wrote for services no longer in force: its
+        addresses leave those backends, and a recorded frontend no service in force
+        has goes if it still names its backend (foreign servers and keys stay)."""
+        backends = sorted(set(recorded_backends) - set(desired.backends))
+        frontends = sorted(set(recorded_frontends) - set(desired.frontends))
+        if not backends and not frontends:
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        for name in backends:
+            pipe.hgetall(backend_key(name))
+        for key in frontends:
+            pipe.get(frontend_key(key))
+        replies = pipe.execute(raise_on_error=False)
+        for name, held in zip(backends, replies[:len(backends)]):
+            if isinstance(held, Exception):
+                self._key_error(backend_key(name), held)
+                continue
+            for address in sorted(a for a in held if is_server(a) and desired.ownership.owns(name, a)):
+                removals.append((Change("-", f"{backend_key(name)} {address}"), ("hdel", backend_key(name), address)))
+            records.append(("del", RECORD_BACKEND + name, ""))
+        for key, held in zip(frontends, replies[len(backends):]):
+            if isinstance(held, Exception):
+                self._key_error(frontend_key(key), held)
+                continue
+            backend = recorded_frontends[key]
+            if held == backend:
+                removals.append((Change("-", f"{frontend_key(key)} {backend}"), ("unset", frontend_key(key), backend)))
+            records.append(("del", RECORD_FRONTEND + key, ""))
 
     def _key_error(self, key: str, error: Exception) -> None:
         logger.error("%s cannot be reconciled (%s); its service is skipped, the others go on",
@@ -305,6 +368,8 @@ class RedxHandler(Handler):
                     pipe.hset(key, value, SCORE)
                 elif op == "hdel":
                     pipe.hdel(key, value)
+                elif op == "del":
+                    pipe.delete(key)
                 else:
                     self._delete_if_names(keys=[key], args=[value], client=pipe)
             replies = pipe.execute(raise_on_error=False)

@@ -94,6 +94,17 @@ class TraefikStore:
         urls = self.redis.mget(keys) if keys else []
         return keys, [address_of(u) for u in urls if u]
 
+    def record(self) -> str:
+        """Warden's ownership record in the same Redis, outside the root key (Traefik
+        reads nothing there): the set of backends Warden has written servers into, so
+        a sweep after a restart knows what a retired service left."""
+        return f"warden:traefik:{self.root}:backends"
+
+    def router_record(self) -> str:
+        """The set of the routers Warden wrote (a ``warden-`` name alone does not prove
+        it: an operator may have written one)."""
+        return f"warden:traefik:{self.root}:routers"
+
     def keeper(self) -> str:
         """A key of Warden's that stays when no route does: Traefik skips a provider's
         empty configuration and keeps serving the previous one, so without it the last
@@ -204,6 +215,7 @@ class TraefikHandler(Handler):
         for frontend in routers:
             router = self.store.router_prefix(frontend)
             if servers:
+                pipe.sadd(self.store.router_record(), router_name(frontend))
                 pipe.set(router + "rule", rules[frontend])
                 pipe.set(router + "service", backend)
                 for i, entry_point in enumerate(self.store.entry_points):
@@ -213,10 +225,48 @@ class TraefikHandler(Handler):
                 old = list(self.store.redis.scan_iter(match=router + "*", count=100))
                 if old:
                     pipe.delete(*old)
+                pipe.srem(self.store.router_record(), router_name(frontend))
+        if wanted:
+            pipe.sadd(self.store.record(), backend)
         pipe.execute()
         self.written = True
         for change in changes:
             self._made(change)
+        return changes
+
+    def retire_strays(self, desired: DesiredState, apply: bool = True) -> list[Change]:
+        """What the store holds of Warden's for services no longer in force, from the
+        store itself (after a restart as while running): the routers of its record
+        that no frontend in force has, and Warden's servers in the backends of its
+        record that no service in force names. Foreign servers and routers stay."""
+        wanted_routers = {router_name(f) for f in desired.frontends}
+        changes: list[Change] = []
+        stray_routers = sorted(set(self.store.redis.smembers(self.store.router_record())) - wanted_routers)
+        pipe = self.store.redis.pipeline(transaction=True)
+        for name in stray_routers:
+            prefix = f"{self.store.root}/http/routers/{name}/"
+            backend = self.store.redis.get(prefix + "service") or "?"
+            changes.append(Change("-", f"traefik-router:{name} {backend}"))
+            keys = list(self.store.redis.scan_iter(match=prefix + "*", count=100))
+            if keys:
+                pipe.delete(*keys)
+            pipe.srem(self.store.router_record(), name)
+        wanted_backends = set(desired.backends) | set(self.frontends_of)
+        for backend in sorted(set(self.store.redis.smembers(self.store.record())) - wanted_backends):
+            keys, held = self.store.servers(backend)
+            kept = [a for a in held if not desired.ownership.owns(backend, a)]
+            changes += [Change("-", f"traefik:{backend} {a}") for a in sorted(set(held) - set(kept))]
+            if keys:
+                pipe.delete(*keys)
+            for n, address in enumerate(kept):
+                pipe.set(f"{self.store.servers_prefix(backend)}{n}/url", f"http://{address}")
+            if not kept:
+                pipe.delete(f"{self.store.root}/http/services/{backend}/loadBalancer/serversTransport")
+            pipe.srem(self.store.record(), backend)
+        if apply:
+            pipe.execute()
+            for change in changes:
+                self._made(change)
         return changes
 
     def _made(self, change: Change) -> None:
@@ -269,6 +319,10 @@ class TraefikHandler(Handler):
                         self.addresses = saved
             except (redis.RedisError, UnsafeName) as error:
                 self._failed(f"backend {backend}", error)
+        try:
+            changes += self.retire_strays(desired, apply)
+        except redis.RedisError as error:
+            self._failed("retired services", error)
         if apply and changes:
             self._said.clear()
         return changes

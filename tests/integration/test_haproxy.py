@@ -136,3 +136,24 @@ def test_a_label_path_cannot_become_a_runtime_api_command(haproxy, redx, contain
     assert f"not routed: container {thief.name}" in status
     assert f"container {thief.name} ({thief.short_id}): label warden.frontend: 'shop.example.com/api/x" in w.log()
     assert ip_of(mine)
+
+
+def test_a_removed_service_is_retired_and_its_host_falls_back(haproxy, redx, containers, warden):
+    """The retired service's map entry stayed and named a backend with no server: 503
+    from that backend, never the ``default_backend``."""
+    api = web(name="api", containerName=f"wt-{RUN}-api", loadBalancerUrl="api.example.com")
+    shop = web(name="shop", containerName=f"wt-{RUN}-shop", loadBalancerUrl="shop.example.com")
+    w = start(warden, haproxy, [web(), api, shop])
+    one, two, three = containers.run("web"), containers.run("api"), containers.run("shop")
+    for host in ("web", "api", "shop"):
+        eventually(lambda: haproxy.get(f"{host}.example.com")[0] == 200, 10, what=f"{host} served")
+    w.write_services("services.json", [web(), shop])
+    eventually(lambda: haproxy.get("api.example.com") == (503, "fallback"), 10, what="api falls back")
+    assert "api.example.com/" not in haproxy.entries() and haproxy.servers("api") == {}
+    w.stop()
+    w.write_services("services.json", [web()])
+    w.start()
+    eventually(lambda: haproxy.get("shop.example.com") == (503, "fallback"), 10, what="shop retired at start")
+    assert haproxy.entries() == {"web.example.com/": "web"}
+    assert haproxy.get("web.example.com")[0] == 200
+    assert ip_of(one) and ip_of(two) and ip_of(three)

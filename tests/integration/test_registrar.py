@@ -472,3 +472,24 @@ def test_a_broken_service_file_is_loaded_and_counted_once_per_change(redx, warde
     eventually(lambda: "sweep (services changed)" in w.log(), 5, what="the reload's sweep")
     assert metric(port, "warden_service_file_errors_total") == 1
     assert w.log().count("broken.json: -: invalid JSON") == 1
+
+
+def test_a_service_removed_while_warden_was_down_is_retired_at_the_first_sweep(redx, containers, warden):
+    """Retirements lived in memory: a service removed while Warden was down kept its
+    Redx keys for ever, as sweeps looked only at services in force. Warden's record in
+    the Redx Redis says what it wrote; foreign entries stay."""
+    api = {"name": "api", "containerName": f"wt-{RUN}-api", "port": 8080, "loadBalancerUrl": "api.example.com"}
+    web = {"name": "web", "containerName": f"wt-{RUN}-web", "port": 8080, "loadBalancerUrl": "web.example.com"}
+    w = warden([web, api]).start()
+    one, two = containers.run("web"), containers.run("api")
+    eventually(lambda: redx.hgetall("backend:api") == {f"{ip_of(two)}:8080": "0"}, 5, what="api routed")
+    redx.hset("backend:api", "10.99.0.1:80", "0")  # a static server an operator added
+    redx.set("frontend:static.example.com", "api")  # and a frontend of theirs
+    w.stop()
+    w.write_services("services.json", [web])
+    w.start()
+    assert redx.hgetall("backend:api") == {"10.99.0.1:80": "0"}, "Warden's address of a retired service stayed"
+    assert redx.get("frontend:api.example.com") is None
+    assert redx.get("frontend:static.example.com") == "api", "a key Warden did not write went"
+    assert redx.hgetall("backend:web") == {f"{ip_of(one)}:8080": "0"}
+    assert "- backend:api " in w.log() and "- frontend:api.example.com api" in w.log()

@@ -113,3 +113,26 @@ def test_a_label_path_cannot_become_rule_syntax_and_take_another_host(traefik, r
     assert f"not routed: container {thief.name}" in status
     assert f"container {thief.name} ({thief.short_id}): label warden.frontend: 'shop.example.com/api/x" in w.log()
     assert ip_of(good)
+
+
+def test_a_removed_service_is_retired_while_warden_runs_and_after_a_restart(traefik, redx, containers, warden):
+    """Removing a service from the files left its router and servers in Traefik's Redis,
+    routing to addresses that may be reused; one removed while Warden was down too."""
+    api = web(name="api", containerName=f"wt-{RUN}-api", loadBalancerUrl="api.example.com")
+    shop = web(name="shop", containerName=f"wt-{RUN}-shop", loadBalancerUrl="shop.example.com")
+    w = warden([web(), api, shop], handlers=["traefik"], traefik=traefik.settings).start()
+    one, two, three = containers.run("web"), containers.run("api"), containers.run("shop")
+    for host in ("web", "api", "shop"):
+        eventually(lambda: traefik.get(f"{host}.example.com")[0] == 200, 10, what=f"{host} served")
+    store = traefik.redis_server.client()
+    w.write_services("services.json", [web(), shop])
+    eventually(lambda: traefik.get("api.example.com")[0] == 404, 10, what="api retired while Warden runs")
+    assert store.keys("traefik/http/services/api/*") == [], "the retired service's servers stayed"
+    w.stop()
+    w.write_services("services.json", [web()])
+    w.start()
+    eventually(lambda: traefik.get("shop.example.com")[0] == 404, 10, what="shop retired at the first sweep")
+    assert store.keys("traefik/http/services/shop/*") == []
+    assert sorted(store.keys("traefik/http/routers/*/rule")) == ["traefik/http/routers/warden-web-example-com/rule"]
+    assert traefik.get("web.example.com")[0] == 200, "the service in force is still served"
+    assert ip_of(one) and ip_of(two) and ip_of(three)
