@@ -194,6 +194,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     needs_identity = any(s.targets for s in catalog.services)
     report = collect(resolve_identity(config, ("instance_id",) if needs_identity else ()),
                      catalog.services)
+    if catalog.source_problem:
+        report["sourceProblem"] = catalog.source_problem + " (a running Warden keeps its services in force)"
     print(render_json(report) if args.json else render_text(report))
     if args.check:
         reasons = unhealthy(report)

@@ -54,10 +54,14 @@ def sign(message: dict, secret: str) -> dict:
 
 
 def encode(kind: str, instance_id: str, az: str, epoch: int, secret: Optional[str],
-           now: Optional[float] = None) -> str:
-    """A message ready to publish on ``warden:<kind>``."""
+           now: Optional[float] = None, db: Optional[int] = None) -> str:
+    """A message ready to publish on ``warden:<kind>``; ``db``, the central Redis
+    database of the sender's cluster, binds it (and its signature) to that cluster:
+    pub/sub channels are shared by every database of a Redis server."""
     message: dict[str, Any] = {"type": kind, "instanceId": instance_id, "az": az or "",
                                "epoch": int(epoch), "ts": round(now if now is not None else time.time(), 3)}
+    if db is not None:
+        message["db"] = int(db)
     if secret:
         message = sign(message, secret)
     return json.dumps(message, separators=(",", ":"))
@@ -73,12 +77,15 @@ class ControlCodec:
     """Parses and checks received messages on every channel, ``warden:metric``
     included, counting the rejected ones by reason (a short snake_case word)."""
 
-    def __init__(self, secrets: Any, max_skew_seconds: float) -> None:
+    def __init__(self, secrets: Any, max_skew_seconds: float, db: Optional[int] = None) -> None:
         #: every secret that verifies (one string, a sequence, or none)
         self.secrets: tuple[str, ...] = ((secrets,) if isinstance(secrets, str) else tuple(secrets or ()))
         #: the signing secret, or "" when messages are not signed
         self.secret = self.secrets[0] if self.secrets else ""
         self.max_skew = max_skew_seconds
+        #: this cluster's central Redis database: a message naming another is another
+        #: cluster's (None: not checked)
+        self.db = db
         self.rejected: Counter[str] = Counter()
         self.accepted = 0
         self._highest_epoch = 0
@@ -166,6 +173,7 @@ class ControlCodec:
             raise Rejected("bad_epoch")
         when = _timestamp(ts)
         self._verify(data, now, ts_required=True)
+        self._check_cluster(data)
         if self.secret:
             with self._lock:
                 if kind == "heartbeat" and epoch < self._highest_epoch:
@@ -173,6 +181,18 @@ class ControlCodec:
                 if kind == "heartbeat":
                     self._highest_epoch = max(self._highest_epoch, epoch)
         return ControlMessage(kind, instance_id, az, epoch, when)
+
+    def _check_cluster(self, data: dict) -> None:
+        """A message of another cluster (another database on the same Redis server) is
+        refused. A signed one must name its cluster; an unsigned one without ``db``
+        (a Warden of before it was bound) is taken."""
+        if self.db is None:
+            return
+        db = data.get("db")
+        if db is None and not self.secret:
+            return
+        if not isinstance(db, int) or isinstance(db, bool) or db != self.db:
+            raise Rejected("other_cluster")
 
     def _decode_metric(self, services: frozenset[str], payload: Any, now: float) -> Optional[str]:
         text = self._text(payload)
@@ -183,10 +203,17 @@ class ControlCodec:
                 data = None
             if not isinstance(data, dict):
                 return text.strip() if text.strip() in services else None
+            if data.get("type") != "metric":
+                return None
         else:
             data = self._json(text)
-        self._verify(data, now, ts_required=False)
-        name = data.get("service") if data.get("type") == "metric" else None
+            # A signed message of another type (a heartbeat) is no nudge, and a signed
+            # nudge needs a fresh time: without one it would replay for ever.
+            if data.get("type") != "metric":
+                raise Rejected("wrong_type")
+        self._verify(data, now, ts_required=True)
+        self._check_cluster(data)
+        name = data.get("service")
         return name if isinstance(name, str) and name in services else None
 
 

@@ -98,7 +98,7 @@ def manager_parts(config: Config, catalog: ServiceCatalog, handlers: list[Handle
     an events queue the drain relay and the consumer. At shutdown the Manager hands
     leadership back before anything else stops."""
     zones = ZoneChecker(config.zone_check, config.region)
-    codec = ControlCodec(config.control_secrets, config.lease_seconds)
+    codec = ControlCodec(config.control_secrets, config.lease_seconds, config.service_management_redis.db)
     manager = Manager(config, central, zones)
     scaler = Scaler(config, manager.leadership, catalog, MetricContext(central.commands, config.region), codec)
     # The one pub/sub connection: control channels, warden:metric, and this instance's
@@ -145,7 +145,8 @@ def drain_parts(config: Config, handlers: list[Handler], subscribe: bool, centra
                           LifecycleCompleter(config, elb_here=elb_here, central=central)]
     if subscribe:
         threads.append(ControlSubscriber(
-            central.subscriber_client, ControlCodec(config.control_secrets, config.lease_seconds),
+            central.subscriber_client,
+            ControlCodec(config.control_secrets, config.lease_seconds, config.service_management_redis.db),
             channels=("warden:drain",)))
     if config.on_ec2:  # metadata answered when the identity was resolved
         threads.append(MetadataNotices())
@@ -286,6 +287,9 @@ def _service_source(config: Config, catalog: ServiceCatalog) -> Component:
         telemetry.counter_source("warden_service_file_errors",
                                  "Errors found in the service files (a broken file counts at each load)",
                                  lambda: catalog.errors)
+        # A missing or emptied source keeps the services in force: unready, and why.
+        telemetry.dependency("service-source", lambda: catalog.source_problem is None,
+                             why=lambda: catalog.source_problem or "")
 
     return ThreadPart(poller, "services", checks=checks)
 

@@ -621,6 +621,9 @@ class ServiceCatalog:
         self._lock = threading.Lock()
         #: errors found by every load so far (a broken file counts at each load)
         self.errors = 0
+        #: why the last load kept the services in force whatever the source said (the
+        #: source is missing, or an S3 prefix or SSM path lists nothing), or None
+        self.source_problem: Optional[str] = None
 
     def _files(self) -> list[str]:
         if os.path.isdir(self.path):
@@ -651,6 +654,7 @@ class ServiceCatalog:
             return self._services, problems
 
     def _load(self) -> list[Problem]:
+        self.source_problem = None
         if self.reader is not None:
             try:
                 documents = self.reader.read()
@@ -659,16 +663,25 @@ class ServiceCatalog:
                                                    f"{len(self._services)} services in force")]
             if documents is None:
                 return self._not_found()
+            if not documents:
+                # An emptied prefix or path is not an order: a document holding [] is.
+                return self._kept("lists no service document", "a document holding [] retires them")
             return self._take(sorted(documents), lambda name: parse_text(documents[name], name))
         if not os.path.exists(self.path):
             return self._not_found()
         return self._take(self._files(), lambda file: parse_file(file, self._display_of(file)))
 
     def _not_found(self) -> list[Problem]:
+        return self._kept("not found", "[] in the file retires them")
+
+    def _kept(self, what: str, how_to_retire: str) -> list[Problem]:
+        """The source says nothing usable: the services in force stay, and it is said."""
+        self.source_problem = f"{self.display}: {what}"
         if not self._good:
-            return [Problem(self.display, "-", "not found")]
-        return [Problem(self.display, "-", f"not found; keeping the {len(self._services)} "
-                                           f"services in force ([] in the file retires them)")]
+            return [Problem(self.display, "-", what)]
+        self.source_problem += f"; keeping the {len(self._services)} services in force"
+        return [Problem(self.display, "-", f"{what}; keeping the {len(self._services)} "
+                                           f"services in force ({how_to_retire})")]
 
     def _take(self, files: list[str],
               parse: Callable[[str], tuple[Optional[list[Service]], list[Problem]]]) -> list[Problem]:

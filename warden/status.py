@@ -362,6 +362,8 @@ def render_text(report: dict) -> str:
                      f"epoch {leader['epoch'] if leader['epoch'] is not None else '- (Perl/Go record)'}")
     lines.append(f"this host: {report['instanceId'] or '?'} in {report['zone'] or '?'}"
                  + (f", DRAINING ({report['draining']})" if report.get("draining") else ""))
+    if report.get("sourceProblem"):
+        lines.append(f"service source: {report['sourceProblem']}")
     for problem in report.get("labelProblems") or ():
         lines.append(f"not routed: {problem}")
     for error in report["errors"]:

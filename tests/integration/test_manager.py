@@ -497,3 +497,25 @@ def test_a_control_secret_rotates_without_dropping_a_message(central, managers):
     time.sleep(2)  # four heartbeats, signed with the leader's first secret, reach the other
     for m in group:
         assert "ignored a message" not in m.log(), m.log()[-2000:]
+
+
+def test_two_clusters_on_one_redis_server_do_not_hear_each_other(central, managers, central_server):
+    """Pub/sub ignores the database number: a cluster on database 12 with the same
+    controlSecret and a higher epoch made every heartbeat of database 11's leader an
+    ``old_epoch`` replay for its followers."""
+    secret = "s3cret-s3cret-s3cret"
+    ours = [managers(f"i-a{n}", controlSecret=secret) for n in range(2)]
+    chief = eventually(lambda: leader(central), 10, what="our leader")
+    theirs_db = redis_lib.Redis(port=central_server.port, db=12)
+    theirs_db.flushdb()
+    theirs_db.set("warden:epoch", 10 ** 12)
+    theirs = [managers(f"i-b{n}", controlSecret=secret, serviceManagementRedisDatabaseNumber=12) for n in range(2)]
+    eventually(lambda: theirs_db.hget("service-manager", "id"), 10, what="their leader")
+    time.sleep(2)
+    follower = next(m for m in ours if m.env["WARDEN_INSTANCE_ID"] != chief)
+    assert "old_epoch" not in follower.log(), "another cluster's epoch made our leader's heartbeats replays"
+    assert follower.log().count("WARNING warden.subscribers.channels: ignored a message on warden:heartbeat: "
+                                "other_cluster") == 1, "said once"
+    assert leader(central) == chief and theirs
+    theirs_db.flushdb()
+    theirs_db.close()

@@ -562,3 +562,34 @@ def test_sigterm_hands_leadership_back_first_and_exits_within_the_stop_deadline(
     assert code == 0
     assert took < 2 + 1.0, f"exited {took:.2f} s after SIGTERM, past the 2 s deadline"
     assert "not stopped within stopTimeoutSeconds (2 s): warden-scaler" in m.log()
+
+
+def test_a_signed_metric_nudge_needs_its_type_and_a_fresh_time(ecs, central, managers, central_server):
+    """A signed ``warden:metric`` message needed no time, so it replayed for ever, and a
+    signed message of another type (a heartbeat) was taken as a nudge for every service."""
+    import redis as redis_lib
+
+    from warden.control import sign
+
+    secret = "s3cret-s3cret-s3cret"
+    central.set("demand:web", "0")
+    group = [managers(f"i-{n}", services=[web_service(ecs)], managerSleepTimeSeconds=600, handlers=["ecs"],
+                      controlSecret=secret) for n in range(2)]
+    eventually(lambda: count_tasks(ecs) == 1, 15, what="the pass on gaining leadership")
+    pub = redis_lib.Redis(port=central_server.port)
+    central.set("demand:web", "12")
+    pub.publish("warden:metric", json.dumps(sign({"type": "metric", "service": "web"}, secret)))
+    pub.publish("warden:metric", json.dumps(sign({"type": "heartbeat", "instanceId": "i-x", "az": "", "epoch": 0,
+                                                  "ts": time.time(), "db": 11}, secret)))
+    pub.publish("warden:metric", json.dumps(sign({"type": "metric", "service": "web", "ts": time.time() - 60,
+                                                  "db": 11}, secret)))
+    eventually(lambda: sum(m.log().count("ignored a message on warden:metric") for m in group) >= 6, 5,
+               what="the three refused by both")
+    time.sleep(1)
+    assert count_tasks(ecs) == 1, "a nudge without a fresh time, or of another type, started a pass"
+    log = "".join(m.log() for m in group)
+    assert "warden:metric: bad_ts" in log and "warden:metric: wrong_type" in log and "warden:metric: stale_ts" in log
+    pub.publish("warden:metric", json.dumps(sign({"type": "metric", "service": "web", "ts": time.time(),
+                                                  "db": 11}, secret)))
+    eventually(lambda: count_tasks(ecs) == 3, 5, what="a fresh signed nudge scales")
+    pub.close()

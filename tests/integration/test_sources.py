@@ -66,3 +66,43 @@ def test_an_ssm_path_gives_the_services_and_a_missing_source_keeps_them(aws, war
     result = missing.command("validate")
     assert result.returncode == 2 and "s3://no-such-bucket-for-warden/services.json: -: " in result.stdout, \
         result.stdout + result.stderr
+
+
+def test_an_emptied_prefix_or_path_keeps_the_services_and_says_so(aws, warden, redx, containers):
+    """An empty listing was read as "no services" after one poll and retired every
+    service (a missing single object correctly kept them). A document holding [] is
+    how an operator says "none"."""
+    from conftest import free_port, http_get
+
+    bucket = f"warden-empty-{RUN}".lower()
+    aws.s3.create_bucket(Bucket=bucket)
+    aws.s3.put_object(Bucket=bucket, Key="services/web.json", Body=web("web").encode())
+    metrics = free_port()
+    w = warden(None, serviceDescriptionFilename=f"s3://{bucket}/services/", serviceSourcePollSeconds=1,
+               handlers=["redx"], metricsAddress=f"127.0.0.1:{metrics}").start("registrar")
+    one = containers.run("web")
+    eventually(lambda: f"{ip_of(one)}:8080" in redx.hgetall("backend:web"), 10, what="routed from S3")
+    aws.s3.delete_object(Bucket=bucket, Key="services/web.json")
+    eventually(lambda: "lists no service document; keeping the 1 services in force" in w.log(), 10,
+               what="the empty listing named")
+    time.sleep(2.5)  # polls and sweeps
+    assert redx.hgetall("backend:web") == {f"{ip_of(one)}:8080": "0"}, "an empty listing retired the service"
+    assert redx.get("frontend:web.example.com") == "web"
+    status, body = http_get(f"http://127.0.0.1:{metrics}/readyz")
+    assert status == 503 and "lists no service document" in body, body
+    assert f"service source: s3://{bucket}/services/: lists no service document" in w.command("status").stdout
+    aws.s3.put_object(Bucket=bucket, Key="services/none.json", Body=b"[]")
+    eventually(lambda: redx.hgetall("backend:web") == {}, 10, what="[] retires them")
+    eventually(lambda: http_get(f"http://127.0.0.1:{metrics}/readyz")[0] == 200, 5, what="ready again")
+
+    path = f"/warden-empty-{RUN}/services"
+    aws.ssm.put_parameter(Name=f"{path}/web", Value=web("web"), Type="String")
+    w.stop()
+    w2 = warden(None, serviceDescriptionFilename=f"ssm:{path}", serviceSourcePollSeconds=1,
+                handlers=["redx"]).start("registrar")
+    eventually(lambda: f"{ip_of(one)}:8080" in redx.hgetall("backend:web"), 10, what="routed from SSM")
+    aws.ssm.delete_parameter(Name=f"{path}/web")
+    eventually(lambda: "lists no service document; keeping the 1 services in force" in w2.log(), 10,
+               what="the emptied path named")
+    time.sleep(2.5)
+    assert redx.hgetall("backend:web") == {f"{ip_of(one)}:8080": "0"}, "an emptied path retired the service"

@@ -216,7 +216,8 @@ class Manager(StoppableThread):
 
     def publish(self, kind: str, epoch: Optional[int] = None, instance_id: Optional[str] = None) -> None:
         """Publish a nudge on ``warden:<kind>``; a lost message only delays."""
-        payload = encode(kind, instance_id or self.me, self.zone, epoch or 0, self.secret)
+        payload = encode(kind, instance_id or self.me, self.zone, epoch or 0, self.secret,
+                         db=self.config.service_management_redis.db)
         try:
             self.redis.publish(f"warden:{kind}", payload)
         except redis.RedisError as error:

@@ -86,6 +86,8 @@ class ControlSubscriber(ConnectionLoop):
         self.channels = channels
         #: channel -> callback for channels that are not control channels
         self.extra = dict(extra or {})
+        #: (channel, reason) already logged: another cluster's messages are said once
+        self._said: set[tuple[str, str]] = set()
 
     def _dispatch(self, channel: str, data: Any) -> None:
         try:
@@ -96,7 +98,15 @@ class ControlSubscriber(ConnectionLoop):
                 return
             message = self.codec.decode(channel, data)
         except Rejected as reason:
-            logger.warning("ignored a message on %s: %s", channel, reason)
+            # Another cluster on the same Redis server speaks every second: said once.
+            once = str(reason) == "other_cluster"
+            if once and (channel, "other_cluster") in self._said:
+                logger.debug("ignored a message on %s: %s", channel, reason)
+            else:
+                self._said.add((channel, str(reason)))
+                logger.warning("ignored a message on %s: %s%s", channel, reason,
+                               " (a message of another cluster: a Warden on another database of this "
+                               "Redis server; said once)" if once else "")
             signals.send(signals.control_rejected, self, channel=channel, reason=str(reason))
             return
         signals.send(signals.control_received, self, message=message)
