@@ -240,3 +240,25 @@ def test_a_probe_try_that_raises_counts_as_a_failed_try():
         prober.stop()
         listener.close()
     assert ready == []
+
+
+#: a server on port 8080 that answers every connection with one header byte every 0.8 s,
+#: for ever (busybox nc runs the script for each connection)
+TRICKLE = ("sh -c 'echo \"while true; do printf H; sleep 0.8; done\" > /tmp/t.sh; "
+           "exec busybox nc -ll -p 8080 -e sh /tmp/t.sh'")
+
+
+def test_trickling_servers_cannot_stall_another_services_probes(redx, containers, warden):
+    """An HTTP probe's timeout was per socket operation, and 4 workers probed: four
+    containers sending one header byte every 0.8 s held every worker for ever, and no
+    container that did not listen at its first glance was routed again."""
+    slow = service("slow", readiness={"http": "/"})
+    web = service("web", readiness={"http": "/"})
+    w = warden([slow, web]).start()
+    tricklers = [containers.run("slow", command=TRICKLE) for _ in range(5)]
+    time.sleep(1.5)  # every trickler's probe under way
+    late = containers.run("web", command=LATE)
+    eventually(lambda: f"{ip_of(late)}:8080" in redx.hgetall("backend:web"), 10,
+               what="a late listener routed beside trickling servers")
+    assert redx.hgetall("backend:slow") == {}, "a server that never finishes its status line was routed"
+    assert all(ip_of(t) for t in tricklers) and w

@@ -9,6 +9,12 @@ most about 3% later than it answers; when it succeeds the prober calls ``on_read
 queues the container for another look). A container that has not answered after
 ``report_after`` seconds is logged once and counted, and probing goes on.
 
+Each try has one deadline (connect, request and answer together) and reads at most
+the answer's status line, so a server that trickles its answer holds a try no longer
+than that. A probe whose last try took half its deadline or more is tried on a slow
+lane of its own (one worker): however many containers trickle, the other workers stay
+free for every other container.
+
 Probes only ever go to addresses that Docker reports for containers on this host.
 """
 
@@ -16,7 +22,6 @@ from __future__ import annotations
 
 import errno
 import heapq
-import http.client
 import itertools
 import logging
 import select
@@ -76,22 +81,53 @@ class Probe:
             return None
 
     def attempt(self, timeout: float) -> bool:
-        """One try: True when the container answers as required."""
+        """One try, within one deadline ``timeout`` seconds away (connect, request and
+        answer together: a server that trickles its answer a byte at a time cannot hold
+        a try longer): True when the container answers as required."""
+        deadline = time.monotonic() + timeout
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
         try:
-            if not self.path:
-                with socket.create_connection((self.host, self.port), timeout=timeout):
+            with socket.socket(family, socket.SOCK_STREAM) as sock:
+                sock.settimeout(timeout)
+                sock.connect((self.host, self.port))
+                if not self.path:
                     return True
-            connection = http.client.HTTPConnection(self.host, self.port, timeout=timeout)
-            try:
-                connection.request("GET", self.path, headers={"User-Agent": "warden-readiness"})
-                return connection.getresponse().status < 500
-            finally:
-                connection.close()
-        except (OSError, http.client.HTTPException):
+                where = f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+                sock.settimeout(max(0.001, deadline - time.monotonic()))
+                sock.sendall(f"GET {self.path} HTTP/1.0\r\nHost: {where}\r\nUser-Agent: warden-readiness\r\n"
+                             f"Connection: close\r\n\r\n".encode())
+                return _status(sock, deadline) < 500
+        except OSError:
             return False
         except Exception as error:  # noqa: BLE001 - a try that raises is a failed try, never a lost probe
             logger.debug("%s: try failed: %r", self, error)
             return False
+
+
+#: the most of an answer a probe reads: its status line is all it needs
+STATUS_LINE_BYTES = 1024
+
+
+def _status(sock: socket.socket, deadline: float) -> int:
+    """The status code of the answer on ``sock``, read by ``deadline`` from at most
+    :data:`STATUS_LINE_BYTES`; 599 (a failed try) when there is none by then."""
+    received = b""
+    while b"\r\n" not in received and len(received) < STATUS_LINE_BYTES:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return 599
+        sock.settimeout(left)
+        try:
+            chunk = sock.recv(STATUS_LINE_BYTES - len(received))
+        except socket.timeout:
+            return 599
+        if not chunk:
+            break
+        received += chunk
+    parts = received.split(b"\r\n", 1)[0].split()
+    if len(parts) >= 2 and parts[0].startswith(b"HTTP/") and parts[1].isdigit() and len(parts[1]) == 3:
+        return int(parts[1])
+    return 599
 
 
 def probe_for(service: "Service", container: "Container") -> tuple[Optional[Probe], str]:
@@ -115,6 +151,9 @@ class _Pending:
     reported: bool = False
     #: the order number of its one live entry in the due heap
     entry: int = -1
+    #: its last try took half its deadline or more (a server that trickles, or an
+    #: address that does not answer): it is tried on the slow lane only
+    slow: bool = False
 
 
 class ReadinessProber:
@@ -133,14 +172,18 @@ class ReadinessProber:
     attempt_timeout = 1.0
     #: threads that run probe attempts
     workers = 4
+    #: of those, the ones that try only the slow probes: however many containers make
+    #: every try last its whole deadline, the other workers stay free for the rest
+    slow_workers = 1
 
     def __init__(self, on_ready: Callable[[Probe], None], report_after: float = 30.0) -> None:
         self.on_ready = on_ready
         self.report_after = report_after
         self._ready: set[Probe] = set()
         self._pending: dict[Probe, _Pending] = {}
-        #: (due, order, probe): the next attempt of each pending probe not being tried
-        self._due: list[tuple[float, int, Probe]] = []
+        #: slow or not -> (due, order, probe): the next attempt of each pending probe
+        #: not being tried, one heap a lane
+        self._due: dict[bool, list[tuple[float, int, Probe]]] = {False: [], True: []}
         self._order = itertools.count()
         self._lock = threading.Condition()
         self._threads: list[StoppableThread] = []
@@ -216,7 +259,7 @@ class ReadinessProber:
         with self._lock:
             self._stopping = True
             self._pending.clear()
-            self._due.clear()
+            self._due = {False: [], True: []}
             threads, self._threads = self._threads, []
             self._lock.notify_all()
         for thread in threads:
@@ -228,15 +271,17 @@ class ReadinessProber:
 
     def _schedule(self, probe: Probe, delay: float) -> None:
         entry = next(self._order)
-        self._pending[probe].entry = entry
-        heapq.heappush(self._due, (time.monotonic() + delay, entry, probe))
-        self._lock.notify()
+        state = self._pending[probe]
+        state.entry = entry
+        heapq.heappush(self._due[state.slow], (time.monotonic() + delay, entry, probe))
+        self._lock.notify_all()
 
     def _start_workers(self) -> None:
         if self._threads or self._stopping:
             return
         for number in range(self.workers):
-            thread = _Worker(f"warden-readiness-{number + 1}", self)
+            slow = number >= self.workers - self.slow_workers
+            thread = _Worker(f"warden-readiness-{number + 1}{'-slow' if slow else ''}", self, slow)
             self._threads.append(thread)
             thread.start()
 
@@ -244,15 +289,16 @@ class ReadinessProber:
         """Block until a probe is due; None when the worker should end."""
         with self._lock:
             while not worker.stopping and not self._stopping:
-                if self._due:
-                    due, entry, probe = self._due[0]
+                due_heap = self._due[worker.slow]
+                if due_heap:
+                    due, entry, probe = due_heap[0]
                     state = self._pending.get(probe)
                     if state is None or state.entry != entry:
-                        heapq.heappop(self._due)  # forgotten, or scheduled again, meanwhile
+                        heapq.heappop(due_heap)  # forgotten, or scheduled again, meanwhile
                         continue
                     wait = due - time.monotonic()
                     if wait <= 0:
-                        heapq.heappop(self._due)
+                        heapq.heappop(due_heap)
                         return probe
                     self._lock.wait(wait)
                 else:
@@ -260,12 +306,15 @@ class ReadinessProber:
             return None
 
     def _attempt(self, probe: Probe) -> None:
+        began = time.monotonic()
         answered = probe.attempt(self.attempt_timeout)
+        took = time.monotonic() - began
         with self._lock:
             state = self._pending.get(probe)
             if state is None:
                 return  # forgotten while it was being tried
             state.attempts += 1
+            state.slow = took >= self.attempt_timeout / 2
             self._lock.notify_all()
             waited = time.monotonic() - state.started
             if answered:
@@ -289,9 +338,11 @@ class ReadinessProber:
 class _Worker(StoppableThread):
     """One of the prober's threads: takes the next due probe and tries it."""
 
-    def __init__(self, name: str, prober: ReadinessProber) -> None:
+    def __init__(self, name: str, prober: ReadinessProber, slow: bool = False) -> None:
         super().__init__(name)
         self.prober = prober
+        #: True: it tries only the probes whose last try was slow
+        self.slow = slow
 
     def on_stop(self) -> None:
         with self.prober._lock:
