@@ -168,3 +168,32 @@ def test_a_failing_listing_at_start_up_is_retried_and_never_ends_the_registrar(
     after = containers.run("late")
     eventually(lambda: f"{ip_of(after)}:8080" in redx.hgetall("backend:web"), 5, what="a later container routed")
     assert "sweep (start-up) failed" in w.log() or "sweep (start-up) skipped" in w.log()
+
+
+def test_half_sent_requests_to_the_metrics_server_never_starve_the_daemon(redx, containers, warden):
+    """The metrics and health server had no timeout and no connection cap: 129
+    half-sent requests under ``ulimit -n 128`` took every descriptor, and then the
+    daemon's own connections (Docker, Redis) failed."""
+    import resource
+    import socket
+
+    from conftest import free_port, http_get
+
+    metrics = free_port()
+    w = warden([web_service()], metricsAddress=f"127.0.0.1:{metrics}").start()
+    resource.prlimit(w.process.pid, resource.RLIMIT_NOFILE, (128, 128))
+    held = []
+    try:
+        for _ in range(129):
+            conn = socket.create_connection(("127.0.0.1", metrics), timeout=2)
+            conn.sendall(b"GET /metrics HTTP/1.1\r\nHost: warden\r\n")  # never finished
+            held.append(conn)
+        one = containers.run("web")
+        eventually(lambda: f"{ip_of(one)}:8080" in redx.hgetall("backend:web"), 10,
+                   what="a new container routed while the half-sent requests are held")
+        eventually(lambda: http_get(f"http://127.0.0.1:{metrics}/livez")[0] == 200, 15,
+                   what="the health server answers again")
+        assert "Too many open files" not in w.log()
+    finally:
+        for conn in held:
+            conn.close()

@@ -187,6 +187,31 @@ class Telemetry:
         telemetry = self
 
         class Handler(BaseHTTPRequestHandler):
+            #: seconds one read or write may wait
+            timeout = _Server.io_seconds
+
+            def setup(self) -> None:
+                super().setup()
+                # One deadline for the whole connection: a client that sends a byte
+                # now and then is cut off, whatever each read waited.
+                self._deadline = threading.Timer(_Server.connection_seconds, self._expire)
+                self._deadline.daemon = True
+                self._deadline.start()
+                self.rfile = _Capped(self.rfile, _Server.request_bytes)  # type: ignore[assignment]
+
+            def _expire(self) -> None:
+                try:
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+            def finish(self) -> None:
+                self._deadline.cancel()
+                try:
+                    super().finish()
+                except OSError:
+                    pass
+
             def answer(self) -> tuple[int, str, bytes]:
                 path = self.path.split("?")[0]
                 if path == "/metrics":
@@ -219,7 +244,7 @@ class Telemetry:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        server_class = _Ipv6Server if ":" in self.address[0] else ThreadingHTTPServer
+        server_class = _Ipv6Server if ":" in self.address[0] else _Server
         self._server = server_class(self.address, Handler)
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, name="warden-metrics",
@@ -297,7 +322,77 @@ class _ReadAtScrape:
         yield up
 
 
-class _Ipv6Server(ThreadingHTTPServer):
+class _Capped:
+    """A request's input, cut off after ``limit`` bytes (the request line and headers of
+    a GET need far fewer): the rest reads as the end of the request."""
+
+    def __init__(self, raw: Any, limit: int) -> None:
+        self.raw = raw
+        self.left = limit
+
+    def readline(self, size: int = -1) -> bytes:
+        if self.left <= 0:
+            return b""
+        line = self.raw.readline(self.left if size < 0 else min(size, self.left))
+        self.left -= len(line)
+        return line
+
+    def read(self, size: int = -1) -> bytes:
+        if self.left <= 0:
+            return b""
+        data = self.raw.read(self.left if size < 0 else min(size, self.left))
+        self.left -= len(data)
+        return data
+
+    def close(self) -> None:
+        self.raw.close()
+
+
+class _Server(ThreadingHTTPServer):
+    """The metrics and health server, bounded so a client can never starve the
+    daemon: at most :attr:`max_connections` at a time (a connection past them is closed
+    at once, so its descriptor is freed), each within :attr:`connection_seconds` and
+    :attr:`request_bytes`."""
+
+    #: connections served at once; the rest are closed as they come
+    max_connections = 16
+    #: seconds one connection may last, request and answer together
+    connection_seconds = 5.0
+    #: seconds one read or write may wait
+    io_seconds = 2.0
+    #: bytes of request (line and headers) read at most
+    request_bytes = 16 * 1024
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self._active = 0
+        self._count = threading.Lock()
+        #: connections closed at once, as :attr:`max_connections` were being served
+        self.turned_away = 0
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._count:
+            if self._active >= self.max_connections:
+                self.turned_away += 1
+                self.shutdown_request(request)
+                return
+            self._active += 1
+        try:
+            super().process_request(request, client_address)
+        except Exception:
+            with self._count:
+                self._active -= 1
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            with self._count:
+                self._active -= 1
+
+
+class _Ipv6Server(_Server):
     """``metricsAddress`` with an IPv6 host (``[::1]:9723``)."""
 
     address_family = socket.AF_INET6
