@@ -236,6 +236,14 @@ aws_event = _signals.signal(
     answer) returns False: the message then stays on the queue and comes back.""",
 )
 
+aws_event_refused = _signals.signal(
+    "aws-event-refused",
+    doc="""An AWS event was refused: not from the AWS source of its detail type, of
+    another account or region, or a drain claim the API did not confirm. Sender: the
+    AWS events consumer or the drain relay. kw: ``reason`` (a short snake_case word),
+    ``detail_type``.""",
+)
+
 host_draining = _signals.signal(
     "host-draining",
     doc="""This host is being drained (spot interruption, Auto Scaling termination):

@@ -189,3 +189,64 @@ def test_this_hosts_spot_notice_in_metadata_drains_it(central, managers, metadat
     state["spot/instance-action"] = '{"action": "terminate", "time": "2026-11-26T12:00:00Z"}'
     eventually(lambda: central.hget("service-manager", "id") is None, 15, what="handed back")
     assert "spot interruption notice" in m.log()
+
+
+def test_forged_events_on_the_queue_drain_no_host(events, central, managers, aws):
+    """Warden read an event's ``source`` and never checked it, nor its account or
+    region, and never confirmed a drain: anyone who may send to the queue drained any
+    host (``source: "not.aws.at.all"`` drained two hosts in the review)."""
+    from conftest import free_port, http_get
+
+    metrics = free_port()
+    chief = managers("i-a", awsEventsQueueUrl=events.queue_url, region="us-east-1",
+                     metricsAddress=f"127.0.0.1:{metrics}")
+    eventually(lambda: central.hget("service-manager", "id") == "i-a", 10, what="i-a leads")
+    managers("i-b", awsEventsQueueUrl=events.queue_url, region="us-east-1")
+
+    def forge(detail_type: str, source: str, detail: dict, account: str = "123456789012",
+              region: str = "us-east-1") -> None:
+        aws.sqs.send_message(QueueUrl=events.queue_url, MessageBody=json.dumps({
+            "version": "0", "id": str(uuid.uuid4()), "detail-type": detail_type, "source": source,
+            "account": account, "time": "2026-12-08T00:00:00Z", "region": region, "resources": [],
+            "detail": detail}))
+
+    spot = "EC2 Spot Instance Interruption Warning"
+    forge(spot, "not.aws.at.all", {"instance-id": "i-b", "instance-action": "terminate"})
+    forge(spot, "aws.ec2", {"instance-id": "i-b", "instance-action": "terminate"}, account="999999999999")
+    forge(spot, "aws.ec2", {"instance-id": "i-b", "instance-action": "terminate"}, region="eu-west-1")
+    forge(spot, "not.aws.at.all", {"instance-id": "i-b", "instance-action": "terminate"})
+    # Well formed, but Auto Scaling has no such instance terminating.
+    forge("EC2 Instance-terminate Lifecycle Action", "aws.autoscaling",
+          {"EC2InstanceId": "i-b", "LifecycleHookName": "drain-hook", "AutoScalingGroupName": "web-asg",
+           "LifecycleActionToken": str(uuid.uuid4()), "LifecycleTransition": "autoscaling:EC2_INSTANCE_TERMINATING"})
+    eventually(lambda: events.waiting() == 0, 15, what="the forged messages taken and deleted")
+    assert central.get("warden:drain:i-b") is None, "a forged event drained i-b"
+    text = http_get(f"http://127.0.0.1:{metrics}/metrics")[1]
+    for reason, count in (("wrong_source", 2), ("wrong_account", 1), ("wrong_region", 1), ("not_confirmed", 1)):
+        assert f'warden_aws_events_refused_total{{reason="{reason}"}} {count}.0' in text, reason
+    assert sum(1 for line in chief.log().splitlines() if " WARNING " in line and "refused an AWS event" in line) == 4, \
+        "each reason said once"
+    assert "not from the AWS source of its detail type" in chief.log()
+    assert "Auto Scaling does not have i-b terminating (it is in no group 'web-asg')" in chief.log()
+    # A genuine warning still drains the host it names.
+    events.emit(spot, "aws.ec2", {"instance-id": "i-b", "instance-action": "terminate"})
+    eventually(lambda: central.get("warden:drain:i-b") is not None, 10, what="the genuine warning relayed")
+
+
+def test_on_ec2_a_relayed_spot_warning_needs_the_hosts_own_metadata(events, central, managers, metadata_stand_in):
+    """A spot warning from the queue is believed on an EC2 host only once its own
+    instance metadata shows the notice (the API shows nothing of it before the reclaim)."""
+    url, state = metadata_stand_in
+    m = managers("i-meta", start=False, awsEventsQueueUrl=events.queue_url, region="us-east-1")
+    del m.env["WARDEN_INSTANCE_ID"]
+    m.env.pop("AWS_EC2_METADATA_DISABLED")
+    m.env["AWS_EC2_METADATA_SERVICE_ENDPOINT"] = url
+    m.start("manager")
+    eventually(lambda: central.hget("service-manager", "id") == "i-meta", 10, what="the EC2 host leads")
+    events.emit("EC2 Spot Instance Interruption Warning", "aws.ec2",
+                {"instance-id": "i-meta", "instance-action": "terminate"})
+    eventually(lambda: "that this instance's metadata does not show" in m.log(), 10, what="not confirmed")
+    time.sleep(1)
+    assert central.hget("service-manager", "id") == "i-meta", "drained on a notice its metadata does not show"
+    state["spot/instance-action"] = '{"action": "terminate", "time": "2026-12-08T12:00:00Z"}'
+    eventually(lambda: central.hget("service-manager", "id") is None, 15, what="drained once metadata shows it")

@@ -14,6 +14,7 @@ import redis as redis_lib
 
 from conftest import RUN, eventually
 from warden.control import encode
+from support.aws import terminating
 
 
 def leader(central) -> str:
@@ -141,6 +142,7 @@ def test_the_lifecycle_action_is_completed_without_targets_and_retried_with_its_
     w.start(command, ready="manager started")
     eventually(lambda: leader(central) == "i-host", 10, what="this host leads")
     token = str(uuid.uuid4())
+    aws_proxy.plan["DescribeAutoScalingInstances"] = [terminating("i-host")] * 3
     events.emit("EC2 Instance-terminate Lifecycle Action", "aws.autoscaling",
                 {"EC2InstanceId": "i-host", "LifecycleHookName": "drain-hook",
                  "AutoScalingGroupName": "web-asg", "LifecycleActionToken": token,
@@ -210,6 +212,7 @@ def test_two_processes_complete_the_lifecycle_action_only_after_leaving_label_de
                                    "warden.port": "8080", "warden.load-balancer": load_balancer.name})
     eventually(load_balancer.enrolled, 10, what="enrolled by the label")
     eventually(lambda: leader(central) == load_balancer.instance, 10, what="this host leads")
+    aws_proxy.plan["DescribeAutoScalingInstances"] = [terminating(load_balancer.instance)] * 3
     events.emit("EC2 Instance-terminate Lifecycle Action", "aws.autoscaling",
                 {"EC2InstanceId": load_balancer.instance, "LifecycleHookName": "drain-hook",
                  "AutoScalingGroupName": "web-asg", "LifecycleActionToken": str(uuid.uuid4()),
@@ -226,7 +229,9 @@ def test_two_processes_complete_the_lifecycle_action_only_after_leaving_label_de
     assert min(at for at, _, _ in aws_proxy.made("CompleteLifecycleAction")) > left
 
 
-def lifecycle_event(events, instance_id: str) -> None:
+def lifecycle_event(events, instance_id: str, aws_proxy) -> None:
+    # Auto Scaling has the instance in Terminating:Wait, which Warden checks first.
+    aws_proxy.plan["DescribeAutoScalingInstances"] = [terminating(instance_id)] * 3
     events.emit("EC2 Instance-terminate Lifecycle Action", "aws.autoscaling",
                 {"EC2InstanceId": instance_id, "LifecycleHookName": "drain-hook",
                  "AutoScalingGroupName": "web-asg", "LifecycleActionToken": str(uuid.uuid4()),
@@ -251,7 +256,7 @@ def test_the_lifecycle_action_waits_until_the_target_left_draining_with_heartbea
     containers.run("web")
     eventually(lambda: cloud.in_group() == {(cloud.instance_id, 8080)}, 10, what="in the target group")
     eventually(lambda: leader(central) == cloud.instance_id, 10, what="this host leads")
-    lifecycle_event(events, cloud.instance_id)
+    lifecycle_event(events, cloud.instance_id, aws_proxy)
     eventually(lambda: aws_proxy.made("DeregisterTargets"), 20, what="deregistered")
     left = aws_proxy.made("DeregisterTargets")[0][0]
     eventually(lambda: aws_proxy.made("CompleteLifecycleAction"), 40, what="the lifecycle action completed")
@@ -286,7 +291,7 @@ def test_a_drain_waits_no_longer_than_the_groups_deregistration_delay(
     target = f"{group} {ip_of(shop)}:8080"
     eventually(lambda: f"+ targetgroup:{target}" in w.log(), 10, what="the container registered")
     eventually(lambda: leader(central) == instance["InstanceId"], 10, what="this host leads")
-    lifecycle_event(events, instance["InstanceId"])
+    lifecycle_event(events, instance["InstanceId"], aws_proxy)
     eventually(lambda: f"- targetgroup:{target}" in w.log(), 20, what="deregistered")
     left = aws_proxy.made("DeregisterTargets")[0][0]
     eventually(lambda: aws_proxy.made("CompleteLifecycleAction"), 30, what="the lifecycle action completed")
@@ -342,7 +347,7 @@ def test_a_classic_elb_is_left_for_its_connection_draining_timeout_before_the_li
     containers.run("web")
     eventually(load_balancer.enrolled, 10, what="enrolled")
     eventually(lambda: leader(central) == load_balancer.instance, 10, what="this host leads")
-    lifecycle_event(events, load_balancer.instance)
+    lifecycle_event(events, load_balancer.instance, aws_proxy)
     eventually(lambda: aws_proxy.made("DeregisterInstancesFromLoadBalancer"), 20, what="deregistered")
     left = aws_proxy.made("DeregisterInstancesFromLoadBalancer")[0][0]
     eventually(lambda: aws_proxy.made("CompleteLifecycleAction"), 30, what="the lifecycle action completed")

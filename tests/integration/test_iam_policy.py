@@ -93,7 +93,7 @@ UNSCOPED = {"elasticloadbalancing:DescribeLoadBalancers", "elasticloadbalancing:
             "elasticloadbalancing:DescribeTargetGroups", "elasticloadbalancing:DescribeTargetGroupAttributes",
             "elasticloadbalancing:DescribeLoadBalancerAttributes",
             "ec2:DescribeAvailabilityZones", "ec2:DescribeInstances", "cloudwatch:GetMetricStatistics",
-            "elasticbeanstalk:DescribeEnvironments"}
+            "elasticbeanstalk:DescribeEnvironments", "autoscaling:DescribeAutoScalingInstances", "sts:GetCallerIdentity"}
 
 
 def test_the_policy_is_scoped_wherever_aws_allows_it():

@@ -65,7 +65,11 @@ def events(aws: Any) -> Any:
     rule = f"rule-{name}"
     aws.events.put_rule(Name=rule, EventPattern=json.dumps(
         {"source": ["aws.ecs", "aws.cloudwatch", "aws.ec2", "aws.autoscaling"]}))
-    aws.events.put_targets(Rule=rule, Targets=[{"Id": "warden", "Arn": arn}])
+    # The whole event as the target's input (EventBridge's <aws.events.event.json>) is
+    # what a plain target gets on AWS; moto's plain target drops the envelope's
+    # "account", which Warden checks.
+    aws.events.put_targets(Rule=rule, Targets=[{"Id": "warden", "Arn": arn, "InputTransformer": {
+        "InputPathsMap": {}, "InputTemplate": "<aws.events.event.json>"}}])
 
     class Events:
         queue_url = url
@@ -116,6 +120,17 @@ def ecs(aws: Any) -> Any:
     return Ecs()
 
 
+def terminating(instance_id: str, group: str = "web-asg") -> bytes:
+    """DescribeAutoScalingInstances as AWS answers it while a terminate lifecycle hook
+    holds ``instance_id`` (moto's instances never leave InService): a planned answer."""
+    return (f"<DescribeAutoScalingInstancesResponse><DescribeAutoScalingInstancesResult><AutoScalingInstances>"
+            f"<member><InstanceId>{instance_id}</InstanceId><AutoScalingGroupName>{group}</AutoScalingGroupName>"
+            f"<AvailabilityZone>us-east-1a</AvailabilityZone><LifecycleState>Terminating:Wait</LifecycleState>"
+            f"<HealthStatus>HEALTHY</HealthStatus><ProtectedFromScaleIn>false</ProtectedFromScaleIn>"
+            f"</member></AutoScalingInstances></DescribeAutoScalingInstancesResult><ResponseMetadata>"
+            f"<RequestId>warden-test</RequestId></ResponseMetadata></DescribeAutoScalingInstancesResponse>").encode()
+
+
 class AwsProxy:
     """An HTTP proxy of the tests' own in front of the moto server: it records each AWS
     operation it passes (by ``X-Amz-Target``, or the query protocol's ``Action``) with
@@ -127,10 +142,11 @@ class AwsProxy:
         #: (monotonic time, operation, request body) of every request
         self.calls: list[tuple[float, str, bytes]] = []
         #: operation -> what to answer, in order: "503", "stall" (then 503), "hold" (then
-        #: pass, once the test sets ``unhold``), "pass", or
+        #: pass, once the test sets ``unhold``), "pass", bytes (that answer, as AWS would
+        #: give it: :func:`terminating`), or
         #: "empty-result": the query protocol's empty success, a stand-in for an operation
         #: moto lacks (CompleteLifecycleAction); an operation whose list is used up passes
-        self.plan: dict[str, list[str]] = {}
+        self.plan: dict[str, list[Any]] = {}
         #: what every request gets, whatever the plan: "pass", "throttle", "garbled" (a
         #: body in the wrong protocol), "503", "stall"
         self.mode = "pass"
@@ -234,6 +250,8 @@ class AwsProxy:
                                             b"ServiceUnavailable</Code><Message>down</Message></Error>"
                                             b"<RequestId>warden-test</RequestId></ErrorResponse>",
                                        "text/xml")
+                if isinstance(mode, bytes):  # an answer the test wrote, as AWS gives it
+                    return self._reply(200, mode, "text/xml")
                 if mode == "empty-result":
                     return self._reply(200, (
                         f"<{operation}Response><{operation}Result/><ResponseMetadata><RequestId>"

@@ -32,6 +32,8 @@ from warden.runtime.threads import Backoff, StoppableThread
 # The name operators filter logs on, kept from before the module moved.
 logger = logging.getLogger("warden.drain")
 
+#: the detail type (and drain reason) of a spot interruption warning
+SPOT_WARNING = "EC2 Spot Instance Interruption Warning"
 #: ``warden:drain:<instanceId>``: JSON ``{"reason", "lifecycle"}``, set by the leader
 DRAIN_PREFIX = "warden:drain:"
 #: ``warden:draining:<instanceId>``: why the host drains, for ``warden status``
@@ -66,8 +68,11 @@ class DrainRelay:
     ``warden:drain``."""
 
     def __init__(self, manager: Any) -> None:
+        from warden.subscribers.aws_events import Refusals
+
         self.manager = manager
         self.receivers = signals.Receivers((signals.aws_event, self._on_aws_event))
+        self.refusals = Refusals()
 
     def start(self) -> None:
         self.receivers.connect()
@@ -86,6 +91,9 @@ class DrainRelay:
         if event.kind == "terminate-lifecycle":
             lifecycle = {k: event.detail.get(k) for k in
                          ("LifecycleHookName", "AutoScalingGroupName", "LifecycleActionToken")}
+            confirmed = self._confirm_lifecycle(target, lifecycle, event)
+            if confirmed is not True:
+                return confirmed
         try:
             request_drain(self.manager.redis, target, event.detail_type, lifecycle)
         except redis.RedisError as error:
@@ -96,6 +104,28 @@ class DrainRelay:
         self.manager.publish("drain", self.manager.current_epoch(), instance_id=target)
         return True
 
+
+    def _confirm_lifecycle(self, target: str, lifecycle: dict, event: Any) -> Optional[bool]:
+        """Does Auto Scaling have this instance terminating? DescribeAutoScalingInstances
+        shows an instance whose terminate action is under way in a ``Terminating``
+        state (``Terminating:Wait`` while a hook holds it), in the group the event
+        names. True: confirmed; None: refused (the message is deleted); False: the API
+        did not answer (the message comes back)."""
+        group = lifecycle.get("AutoScalingGroupName")
+        try:
+            found = aws.client("autoscaling", self.manager.config.region, _CLIENT_CONFIG).describe_auto_scaling_instances(
+                InstanceIds=[target]).get("AutoScalingInstances") or []
+        except aws.ERRORS as error:
+            logger.warning("cannot confirm the terminate action of %s with Auto Scaling (%s); the event stays "
+                           "queued", target, error)
+            return False
+        states = {i.get("AutoScalingGroupName"): str(i.get("LifecycleState") or "") for i in found}
+        if group not in states or not states[group].startswith("Terminating"):
+            said = f"in {group!r} it is {states[group]!r}" if group in states else f"it is in no group {group!r}"
+            self.refusals.refuse(self, event, "not_confirmed",
+                                 f"Auto Scaling does not have {target} terminating ({said})")
+            return None
+        return True
 
     def _relay_rebalance(self, target: str, event: Any) -> bool:
         """A rebalance recommendation: the host decides (its ``rebalanceDrain``) whether
@@ -140,6 +170,10 @@ class DrainWatcher(StoppableThread):
         #: the recommendation acted on last (the key's value), and when its rest ends
         self.rested_for: Optional[str] = None
         self.resting_until: Optional[float] = None
+        #: on EC2 this host's own instance metadata is the witness of a spot notice: a
+        #: relayed one is believed only once metadata shows it too
+        self.on_ec2 = config.on_ec2
+        self._unconfirmed_said = False
 
     def _on_control(self, sender: Any, *, message: Any, **kw: Any) -> None:
         if message.type == "drain" and message.instance_id == self.instance_id:
@@ -173,11 +207,24 @@ class DrainWatcher(StoppableThread):
         if not isinstance(details, dict):
             details = {}
         lifecycle = details.get("lifecycle") if isinstance(details.get("lifecycle"), dict) else None
-        self.drained = True
         reason = str(details.get("reason") or "drain requested")
+        if self.on_ec2 and reason == SPOT_WARNING and not self._metadata_shows_spot_notice():
+            if not self._unconfirmed_said:
+                self._unconfirmed_said = True
+                logger.warning("%s: a relayed spot interruption warning that this instance's metadata does not "
+                               "show (spot/instance-action); not draining unless it does", self.key)
+                signals.send(signals.aws_event_refused, self, reason="not_confirmed", detail_type=reason)
+            return False
+        self.drained = True
         logger.warning("%s: draining (%s)", self.key, reason)
         signals.send(signals.host_draining, self, reason=reason, lifecycle=lifecycle)
         return True
+
+    @staticmethod
+    def _metadata_shows_spot_notice() -> bool:
+        from warden.runtime.metadata import fetch_metadata
+
+        return bool((fetch_metadata(["spot/instance-action"]) or {}).get("spot/instance-action"))
 
     def check_rebalance(self) -> None:
         """A new rebalance recommendation for this host (with ``rebalanceDrain``): leave

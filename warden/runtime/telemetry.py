@@ -65,6 +65,10 @@ class Telemetry:
                                   ["service", "operation", "code"], registry=r)
         self.aws_events = Counter("warden_aws_events_total", "AWS events received, by kind", ["kind"],
                                   registry=r)
+        self.aws_events_refused = Counter(
+            "warden_aws_events_refused_total",
+            "AWS events refused, by reason (wrong_source, wrong_account, wrong_region, not_confirmed)",
+            ["reason"], registry=r)
         self.metric_failures = Counter("warden_metric_failures_total",
                                        "Demand metrics (or their steps) that could not be read, by service",
                                        ["service"], registry=r)
@@ -107,6 +111,8 @@ class Telemetry:
             (signals.change_made, self._on_change_made),
             (signals.aws_call_failed, self._on_aws_call_failed),
             (signals.aws_event, lambda sender, *, event, **kw: self.aws_events.labels(event.kind).inc()),
+            (signals.aws_event_refused,
+             lambda sender, *, reason, **kw: self.aws_events_refused.labels(reason).inc()),
             (signals.metric_failed, lambda sender, *, service, **kw: self.metric_failures.labels(service).inc()),
             (signals.scaling_failed, lambda sender, *, service, **kw: self.scaling_failures.labels(service).inc()),
             (signals.control_rejected, self._on_control_rejected),

@@ -34,6 +34,17 @@ KINDS = {
     "EC2 Instance-terminate Lifecycle Action": "terminate-lifecycle",
     "EC2 Instance Rebalance Recommendation": "rebalance-recommendation",
 }
+#: the AWS service each detail type comes from: an event is believed only from it (a
+#: PutEvents from anyone else cannot carry an ``aws.`` source; a message sent to the
+#: queue directly can, which is why the account and region are checked too, and a
+#: drain claim is confirmed where the API can tell)
+SOURCES = {
+    "ECS Task State Change": "aws.ecs",
+    "CloudWatch Alarm State Change": "aws.cloudwatch",
+    "EC2 Spot Instance Interruption Warning": "aws.ec2",
+    "EC2 Instance-terminate Lifecycle Action": "aws.autoscaling",
+    "EC2 Instance Rebalance Recommendation": "aws.ec2",
+}
 _CLIENT_CONFIG = botocore.config.Config(connect_timeout=3, read_timeout=25,
                                         retries={"mode": "standard", "max_attempts": 3})
 
@@ -47,6 +58,9 @@ class AwsEvent:
     source: str
     detail: Mapping[str, Any] = field(default_factory=dict)
     id: str = ""
+    #: the account and region the envelope says it comes from
+    account: str = ""
+    region: str = ""
 
     @property
     def instance_id(self) -> Optional[str]:
@@ -81,7 +95,40 @@ def parse_envelope(body: str) -> Optional[AwsEvent]:
     if kind is None:
         return None
     return AwsEvent(kind, data["detail-type"], str(data.get("source") or ""),
-                    data.get("detail") or {}, str(data.get("id") or ""))
+                    data.get("detail") or {}, str(data.get("id") or ""),
+                    str(data.get("account") or ""), str(data.get("region") or ""))
+
+
+def refusal(event: AwsEvent, account: str, region: Optional[str]) -> Optional[str]:
+    """Why ``event`` is not believed (a reason counted), or None: it must come from the
+    AWS source of its detail type, for this ``account`` and ``region``."""
+    if event.source != SOURCES.get(event.detail_type):
+        return "wrong_source"
+    if event.account != account:
+        return "wrong_account"
+    if region and event.region != region:
+        return "wrong_region"
+    return None
+
+
+class Refusals:
+    """Refused AWS events: counted by reason, logged once per reason."""
+
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = {}
+
+    def refuse(self, sender: Any, event: AwsEvent, reason: str, why: str) -> None:
+        first = reason not in self.counts
+        self.counts[reason] = self.counts.get(reason, 0) + 1
+        (logger.warning if first else logger.debug)(
+            "refused an AWS event %s (source %r, account %r, region %r): %s%s", event.detail_type, event.source,
+            event.account, event.region, why, "; further ones with this reason are counted only" if first else "")
+        signals.send(signals.aws_event_refused, sender, reason=reason, detail_type=event.detail_type)
+
+
+#: what each refusal reason means, for the log
+_WHY = {"wrong_source": "not from the AWS source of its detail type",
+        "wrong_account": "not of this account", "wrong_region": "not of this region"}
 
 
 class AwsEventsConsumer(ConnectionLoop):
@@ -105,6 +152,9 @@ class AwsEventsConsumer(ConnectionLoop):
         #: messages handled, and malformed ones
         self.handled = 0
         self.malformed = 0
+        #: this account (STS GetCallerIdentity, asked once): events of another are refused
+        self.account: Optional[str] = None
+        self.refusals = Refusals()
 
     def client(self) -> Any:
         if self._client is None:
@@ -113,6 +163,9 @@ class AwsEventsConsumer(ConnectionLoop):
 
     def poll(self) -> int:
         """One receive; returns the messages taken."""
+        if self.account is None:
+            # Known before any event is taken: an event is judged by it.
+            self.account = str(aws.client("sts", self.region, _CLIENT_CONFIG).get_caller_identity()["Account"])
         reply = self.client().receive_message(QueueUrl=self.queue_url, MaxNumberOfMessages=10,
                                               WaitTimeSeconds=self.wait_seconds)
         messages = reply.get("Messages") or []
@@ -123,6 +176,10 @@ class AwsEventsConsumer(ConnectionLoop):
                 self.malformed += 1
                 logger.warning("malformed message on the AWS events queue (%s); deleted", error)
                 signals.send(signals.control_rejected, self, channel="aws-events", reason="malformed_event")
+                event = None
+            reason = refusal(event, self.account, self.region) if event is not None else None
+            if event is not None and reason is not None:
+                self.refusals.refuse(self, event, reason, _WHY[reason])
                 event = None
             if event is not None:
                 logger.info("AWS event: %s", event.detail_type)
