@@ -4,7 +4,13 @@
 # the host's):
 #
 #   docker run -d --name warden --network host --restart unless-stopped \
+#     --group-add "$(stat -c %g /var/run/docker.sock)" --read-only --cap-drop ALL \
+#     --security-opt no-new-privileges \
 #     -v /var/run:/var/run -v /etc/warden:/etc/warden:ro redx-warden
+#
+# It runs as an unprivileged user (uid 10001) that reaches the Docker socket through
+# the socket's group, given at run time (its number differs from host to host); it
+# needs no capability and writes nothing to its file system.
 #
 # BASE is any Debian-based image with python3 (3.9 or newer) and its venv module.
 # Build with scripts/build-image.sh, which tags the image with Warden's version; with
@@ -43,5 +49,7 @@ STOPSIGNAL SIGTERM
 # /livez on metricsAddress (healthy when none is set): only a wedged Warden fails it.
 HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
     CMD ["python", "-m", "warden.runtime.health"]
+# No root: the Docker socket's group (--group-add) is all Warden needs of the host.
+USER 10001:10001
 ENTRYPOINT ["warden"]
 CMD ["run"]

@@ -144,3 +144,11 @@ def test_the_readme_quick_start_shows_the_files_the_tests_run():
         shipped = json.loads((ROOT / "deploy" / "quickstart" / name).read_text())
         assert shipped in blocks, f"deploy/quickstart/{name} is not shown as it is in the quick start"
     assert "file://deploy/ecs/task-definition.json" in section and "deploy/iam/warden-policy.json" in section
+
+
+def test_the_ecs_task_drops_every_capability_and_writes_no_file():
+    """The task definition ran Warden with Docker's default capabilities on a writable
+    root file system."""
+    [container] = json.loads((ECS / "task-definition.json").read_text())["containerDefinitions"]
+    assert container["readonlyRootFilesystem"] is True
+    assert container["linuxParameters"]["capabilities"]["drop"] == ["ALL"]

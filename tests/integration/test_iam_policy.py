@@ -85,7 +85,7 @@ def test_the_readme_iam_table_is_the_policy():
 #: the template's placeholders as a user fills them (``envsubst`` does the same)
 FILLED = {"REGION": "us-east-1", "ACCOUNT_ID": "123456789012", "LOAD_BALANCERS": "web-*",
           "TARGET_GROUPS": "web-*/*", "EVENTS_QUEUE": "warden-events", "AUTO_SCALING_GROUPS": "ecs-prod-*",
-          "CLUSTER": "prod", "TASK_ROLES": "app-*", "DEMAND_QUEUES": "jobs-*",
+          "CLUSTER": "prod", "TASK_FAMILIES": "web-*", "TASK_ROLES": "app-*", "DEMAND_QUEUES": "jobs-*",
           "STEPS_OBJECTS": "ops-bucket/warden/*", "SERVICE_OBJECTS": "ops-bucket/services/*",
           "SERVICE_BUCKET": "ops-bucket", "SERVICE_PARAMETERS": "/warden/services/*"}
 #: actions whose calls AWS does not scope to a resource: only they may name ``*``
@@ -121,3 +121,14 @@ def test_the_policy_is_a_document_iam_accepts(aws):
     if isinstance(document, str):
         document = json.loads(document)
     assert {s["Sid"] for s in document["Statement"]} == set(statements())
+
+
+def test_tasks_are_started_only_of_the_services_families_and_stopped_only_if_warden_started_them():
+    """``ecs:RunTask`` was allowed on every task definition and ``ecs:StopTask`` on every
+    task of the cluster: a host's role could run anything, and stop any task."""
+    document = json.loads(string.Template(POLICY.read_text()).substitute(FILLED))
+    by_action = {a: s for s in document["Statement"] for a in s["Action"]}
+    assert by_action["ecs:RunTask"]["Resource"] == "arn:aws:ecs:us-east-1:123456789012:task-definition/web-*:*"
+    stop = by_action["ecs:StopTask"]
+    assert stop["Resource"] == "arn:aws:ecs:us-east-1:123456789012:task/prod/*"
+    assert stop["Condition"]["Null"] == {"aws:ResourceTag/warden:service": "false"}

@@ -48,6 +48,14 @@ def test_the_image_says_its_version_and_runs_warden_by_default(image):
            "-s", "/opt/warden/share/doc/redx-warden/README.md")
 
 
+def test_the_image_runs_as_an_unprivileged_user(image):
+    """The image ran as root: anyone who took Warden over owned the host's Docker and the
+    container's file system."""
+    config = json.loads(docker("image", "inspect", "-f", "{{json .Config}}", image))
+    assert config.get("User", "") not in ("", "0", "root", "0:0"), config.get("User")
+    assert docker("run", "--rm", "--network", "none", "--entrypoint", "id", image, "-u") == "10001"
+
+
 def test_the_running_image_routes_a_service_container_and_stops_cleanly(
         image, tmp_path, redx, containers, central, central_server, redx_server, moto):
     metrics = free_port()
@@ -62,7 +70,13 @@ def test_the_running_image_routes_a_service_container_and_stops_cleanly(
     name = f"warden-image-{RUN}"
     environment = dict(AWS_ENV, AWS_ENDPOINT_URL=moto, WARDEN_INSTANCE_ID="i-image",
                        WARDEN_AVAILABILITY_ZONE="us-east-1a")
+    import os
+
+    # As the README runs it: the Docker socket's group, a read-only file system, no
+    # capability.
     docker("run", "-d", "--name", name, "--label", f"{LABEL}={RUN}", "--network", "host",
+           "--group-add", str(os.stat("/var/run/docker.sock").st_gid), "--read-only", "--cap-drop", "ALL",
+           "--security-opt", "no-new-privileges",
            "-v", "/var/run:/var/run",
            "-v", f"{setup.folder}:/etc/warden:ro",
            *[arg for key, value in environment.items() for arg in ("-e", f"{key}={value}")],
@@ -120,7 +134,13 @@ def test_the_quick_start_files_route_enrol_and_lead_from_an_empty_cluster(
                        WARDEN_NGINX_REDIS_ADDRESS=f"127.0.0.1:{redx_server.port}",
                        WARDEN_METRICS_ADDRESS=f"127.0.0.1:{metrics}")
     name = f"warden-quickstart-{RUN}"
+    import os
+
+    # As the README runs it: the Docker socket's group, a read-only file system, no
+    # capability.
     docker("run", "-d", "--name", name, "--label", f"{LABEL}={RUN}", "--network", "host",
+           "--group-add", str(os.stat("/var/run/docker.sock").st_gid), "--read-only", "--cap-drop", "ALL",
+           "--security-opt", "no-new-privileges",
            "-v", "/var/run:/var/run", "-v", f"{ROOT / 'deploy' / 'quickstart'}:/etc/warden:ro",
            *[arg for key, value in environment.items() for arg in ("-e", f"{key}={value}")], image)
 
