@@ -35,15 +35,17 @@ return 0
 """
 
 #: KEYS: the backend, its record key, then each frontend followed by its record key.
-#: ARGV: the address, the backend name. Adds the server and records the backend, then
-#: sets each frontend that is missing and records each that names this backend.
-#: Returns the frontends set.
+#: ARGV: the address, the backend name. Adds the server, sets each frontend that is
+#: missing, then records the backend and each frontend that names it. Returns the
+#: frontends set.
 _ADD_SERVER = """
 redis.call('HSET', KEYS[1], ARGV[1], '0')
-redis.call('SET', KEYS[2], '1')
 local set = {}
 for i = 3, #KEYS, 2 do
   if redis.call('SET', KEYS[i], ARGV[2], 'NX') then table.insert(set, KEYS[i]) end
+end
+redis.call('SET', KEYS[2], '1')
+for i = 3, #KEYS, 2 do
   if redis.call('GET', KEYS[i]) == ARGV[2] then redis.call('SET', KEYS[i + 1], ARGV[2]) end
 end
 return set
