@@ -122,7 +122,8 @@ def manager_parts(config: Config, catalog: ServiceCatalog, handlers: list[Handle
                               LeaderPart(manager, "manager"), ThreadPart(subscriber, "manager", checks=checks)]
     if config.aws_events_queue_url:
         leadership = manager.leadership
-        consumer = AwsEventsConsumer(config.aws_events_queue_url, config.region, lambda: leadership.acting)
+        consumer = AwsEventsConsumer(config.aws_events_queue_url, config.region, lambda: leadership.acting,
+                                     central.commands)
         relay = DrainRelay(manager)
         parts += [Step("manager", on_start=relay.start, on_stop=relay.stop), ThreadPart(consumer, "manager")]
     return parts + [Step("manager", on_start=started)]

@@ -299,6 +299,7 @@ def _tasks(config: Config, services: tuple[Service, ...], errors: list) -> dict:
 def _leader(config: Config, errors: list) -> tuple[Optional[dict], Optional[str]]:
     """The leader record, and why this host drains (None when it does not)."""
     from warden.manager.election import ElectionStore
+    from warden.subscribers.aws_events import REFUSED_KEY
 
     try:
         client = config.service_management_redis.client(socket_timeout=2, socket_connect_timeout=2,
@@ -307,16 +308,18 @@ def _leader(config: Config, errors: list) -> tuple[Optional[dict], Optional[str]
                              config.legacy_max_heartbeat_age_seconds, config.guard_time_seconds,
                              config.candidate_expiry_seconds).check(standing=False)
         draining = client.get(f"warden:draining:{config.instance_id}") if config.instance_id else None
+        refused = client.hgetall(REFUSED_KEY)
         client.close()
     except Exception as error:  # noqa: BLE001
         errors.append(f"central Redis {config.service_management_redis.display}: {error}")
         return None, None
+    counts = {reason: int(n) for reason, n in sorted(refused.items()) if str(n).isdigit()}
     if view.state == "none":
         return {"id": None, "state": "none", "zone": None, "heartbeatAgeSeconds": None,
-                "epoch": None, "legacy": False}, draining
+                "epoch": None, "legacy": False, "awsEventsRefused": counts}, draining
     return {"id": view.leader_id, "state": view.state, "zone": view.zone or None,
             "heartbeatAgeSeconds": None if view.age_ms < 0 else round(view.age_ms / 1000, 3),
-            "epoch": view.epoch, "legacy": view.legacy}, draining
+            "epoch": view.epoch, "legacy": view.legacy, "awsEventsRefused": counts}, draining
 
 
 def _cell(value: Any) -> str:
@@ -360,6 +363,9 @@ def render_text(report: dict) -> str:
         lines.append(f"\nleader: {leader['id']} ({leader['state']}), zone {leader['zone'] or '-'}, "
                      f"heartbeat {'?' if age is None else f'{age:.1f}s'} ago, "
                      f"epoch {leader['epoch'] if leader['epoch'] is not None else '- (Perl/Go record)'}")
+    refused = (leader or {}).get("awsEventsRefused") or {}
+    if refused:
+        lines.append("AWS events refused: " + ", ".join(f"{reason} {n}" for reason, n in refused.items()))
     lines.append(f"this host: {report['instanceId'] or '?'} in {report['zone'] or '?'}"
                  + (f", DRAINING ({report['draining']})" if report.get("draining") else ""))
     if report.get("sourceProblem"):

@@ -227,6 +227,8 @@ def test_forged_events_on_the_queue_drain_no_host(events, central, managers, aws
     assert sum(1 for line in chief.log().splitlines() if " WARNING " in line and "refused an AWS event" in line) == 4, \
         "each reason said once"
     assert "not from the AWS source of its detail type" in chief.log()
+    assert "AWS events refused: not_confirmed 1, wrong_account 1, wrong_region 1, wrong_source 2" in \
+        chief.command("status").stdout
     assert "Auto Scaling does not have i-b terminating (it is in no group 'web-asg')" in chief.log()
     # A genuine warning still drains the host it names.
     events.emit(spot, "aws.ec2", {"instance-id": "i-b", "instance-action": "terminate"})

@@ -72,7 +72,7 @@ class DrainRelay:
 
         self.manager = manager
         self.receivers = signals.Receivers((signals.aws_event, self._on_aws_event))
-        self.refusals = Refusals()
+        self.refusals = Refusals(manager.redis)
 
     def start(self) -> None:
         self.receivers.connect()

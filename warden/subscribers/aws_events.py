@@ -111,11 +111,19 @@ def refusal(event: AwsEvent, account: str, region: Optional[str]) -> Optional[st
     return None
 
 
-class Refusals:
-    """Refused AWS events: counted by reason, logged once per reason."""
+#: the central Redis hash where leaders count refused AWS events by reason, for
+#: ``warden status``
+REFUSED_KEY = "warden:aws-events:refused"
 
-    def __init__(self) -> None:
+
+class Refusals:
+    """Refused AWS events: counted by reason (here, in metrics, and in the central
+    Redis through ``central`` when given, for ``warden status``), logged once per
+    reason."""
+
+    def __init__(self, central: Any = None) -> None:
         self.counts: dict[str, int] = {}
+        self.central = central
 
     def refuse(self, sender: Any, event: AwsEvent, reason: str, why: str) -> None:
         first = reason not in self.counts
@@ -124,6 +132,11 @@ class Refusals:
             "refused an AWS event %s (source %r, account %r, region %r): %s%s", event.detail_type, event.source,
             event.account, event.region, why, "; further ones with this reason are counted only" if first else "")
         signals.send(signals.aws_event_refused, sender, reason=reason, detail_type=event.detail_type)
+        if self.central is not None:
+            try:
+                self.central.hincrby(REFUSED_KEY, reason, 1)
+            except Exception as error:  # noqa: BLE001 - the count for status is a courtesy; the metric holds it
+                logger.debug("cannot count the refusal in the central Redis: %s", error)
 
 
 #: what each refusal reason means, for the log
@@ -143,7 +156,8 @@ class AwsEventsConsumer(ConnectionLoop):
     #: seconds before a message whose effect was not stored is delivered again
     retry_seconds = 2
 
-    def __init__(self, queue_url: str, region: Optional[str], is_leader: Callable[[], bool]) -> None:
+    def __init__(self, queue_url: str, region: Optional[str], is_leader: Callable[[], bool],
+                 central: Any = None) -> None:
         super().__init__("warden-aws-events")
         self.queue_url = queue_url
         self.region = region
@@ -154,7 +168,7 @@ class AwsEventsConsumer(ConnectionLoop):
         self.malformed = 0
         #: this account (STS GetCallerIdentity, asked once): events of another are refused
         self.account: Optional[str] = None
-        self.refusals = Refusals()
+        self.refusals = Refusals(central)
 
     def client(self) -> Any:
         if self._client is None:
