@@ -234,12 +234,7 @@ class RedxHandler(Handler):
         every other key is reconciled."""
         frontends = sorted(desired.frontends)
         backends = sorted(desired.backends)
-        pipe = self.redis.pipeline(transaction=False)
-        for key in frontends:
-            pipe.get(frontend_key(key))
-        for name in backends:
-            pipe.hgetall(backend_key(name))
-        replies = pipe.execute(raise_on_error=False)
+        replies = self._read(frontends, backends)
         recorded_backends, recorded_frontends = self.record()
         #: Warden's record brought up to date: written after the changes, in the same MULTI
         records: list[tuple[str, str, str]] = []
@@ -294,6 +289,16 @@ class RedxHandler(Handler):
         # The record's writes come last and make no change line of their own.
         return changes, writes + records
 
+    def _read(self, frontends: list[str], backends: list[str]) -> list[Any]:
+        """The frontend keys' values, then the backend hashes, in one round trip (an
+        error in place of a key Redis refuses to read)."""
+        pipe = self.redis.pipeline(transaction=False)
+        for key in frontends:
+            pipe.get(frontend_key(key))
+        for name in backends:
+            pipe.hgetall(backend_key(name))
+        return pipe.execute(raise_on_error=False)
+
     def record(self) -> tuple[set[str], dict[str, str]]:
         """Warden's record: the backends it wrote servers into, and the frontend keys it
         wrote with the backend each named."""
@@ -311,20 +316,15 @@ class RedxHandler(Handler):
         frontends = sorted(set(recorded_frontends) - set(desired.frontends))
         if not backends and not frontends:
             return
-        pipe = self.redis.pipeline(transaction=False)
-        for name in backends:
-            pipe.hgetall(backend_key(name))
-        for key in frontends:
-            pipe.get(frontend_key(key))
-        replies = pipe.execute(raise_on_error=False)
-        for name, held in zip(backends, replies[:len(backends)]):
+        replies = self._read(frontends, backends)
+        for name, held in zip(backends, replies[len(frontends):]):
             if isinstance(held, Exception):
                 self._key_error(backend_key(name), held)
                 continue
             for address in sorted(a for a in held if is_server(a) and desired.ownership.owns(name, a)):
                 removals.append((Change("-", f"{backend_key(name)} {address}"), ("hdel", backend_key(name), address)))
             records.append(("del", RECORD_BACKEND + name, ""))
-        for key, held in zip(frontends, replies[len(backends):]):
+        for key, held in zip(frontends, replies[:len(frontends)]):
             if isinstance(held, Exception):
                 self._key_error(frontend_key(key), held)
                 continue

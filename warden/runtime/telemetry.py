@@ -336,19 +336,18 @@ class _Capped:
         self.raw = raw
         self.left = limit
 
-    def readline(self, size: int = -1) -> bytes:
+    def _take(self, read: Callable[[int], bytes], size: int) -> bytes:
         if self.left <= 0:
             return b""
-        line = self.raw.readline(self.left if size < 0 else min(size, self.left))
-        self.left -= len(line)
-        return line
-
-    def read(self, size: int = -1) -> bytes:
-        if self.left <= 0:
-            return b""
-        data = self.raw.read(self.left if size < 0 else min(size, self.left))
+        data = read(self.left if size < 0 else min(size, self.left))
         self.left -= len(data)
         return data
+
+    def readline(self, size: int = -1) -> bytes:
+        return self._take(self.raw.readline, size)
+
+    def read(self, size: int = -1) -> bytes:
+        return self._take(self.raw.read, size)
 
     def close(self) -> None:
         self.raw.close()
