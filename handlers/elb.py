@@ -8,6 +8,7 @@ AWS was last seen to hold, and retries with backoff until the two agree.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -32,6 +33,29 @@ logger = logging.getLogger(__name__)
 #: short timeouts and botocore's standard retries (throttling, 5xx) for every call
 AWS_CLIENT_CONFIG = botocore.config.Config(
     connect_timeout=3, read_timeout=5, retries={"mode": "standard", "max_attempts": 3})
+
+#: ``warden:enrolled:<instanceId>``: the load balancers and target groups this host's
+#: Warden enrolled it in, each as JSON ``[kind, name, port]`` (a set in the central
+#: Redis, renewed at each sweep): a sweep after a restart leaves those no service in
+#: force names, as it would have while running
+ENROLLED_PREFIX = "warden:enrolled:"
+#: seconds the record lives without a sweep renewing it (a host gone for good)
+ENROLLED_SECONDS = 7 * 86400
+
+
+def target_text(target: LoadBalancerTarget) -> str:
+    """A target as Warden's record holds it."""
+    return json.dumps([target.kind, target.name, target.port])
+
+
+def target_of(text: str) -> Optional[LoadBalancerTarget]:
+    """A record entry back as a target; None for one that is not Warden's form."""
+    try:
+        kind, name, port = json.loads(text)
+        return LoadBalancerTarget(str(kind), str(name), int(port)) if kind in ("elb", "targetgroup") else None
+    except (ValueError, TypeError):
+        return None
+
 
 #: target health states that still count as enrolled
 _ENROLLED_STATES = frozenset({"initial", "healthy", "unhealthy", "unused", "unavailable"})
@@ -114,6 +138,35 @@ class ElbHandler(Handler):
             call = "register_targets" if enrolled else "deregister_targets"
             getattr(self.client("elbv2"), call)(
                 TargetGroupArn=target.name, Targets=[{"Id": self.instance_id, "Port": target.port}])
+
+    def note(self, target: LoadBalancerTarget, enrolled: bool) -> None:
+        """Keep Warden's record of where it enrolled this host (the central Redis, when
+        this process has one; it is renewed at each sweep, so a miss is made up)."""
+        if self.central is None or not self.instance_id:
+            return
+        key = ENROLLED_PREFIX + self.instance_id
+        try:
+            if enrolled:
+                self.central.sadd(key, target_text(target))
+                self.central.expire(key, ENROLLED_SECONDS)
+            else:
+                self.central.srem(key, target_text(target))
+        except redis.RedisError as error:
+            logger.debug("cannot keep the record of this host's enrolment: %s", error)
+
+    def strays(self, desired: DesiredState) -> dict[LoadBalancerTarget, bool]:
+        """What Warden's record says it enrolled this host in and no service in force
+        names any more (retired while Warden ran, or while it was down): to leave."""
+        if self.central is None or not self.instance_id:
+            return {}
+        try:
+            recorded = self.central.smembers(ENROLLED_PREFIX + self.instance_id)
+            self.central.expire(ENROLLED_PREFIX + self.instance_id, ENROLLED_SECONDS)
+        except redis.RedisError as error:
+            logger.debug("cannot read the record of this host's enrolment: %s", error)
+            return {}
+        found = (target_of(t.decode() if isinstance(t, bytes) else t) for t in recorded)
+        return {t: False for t in found if t is not None and t not in desired.targets}
 
     def _change(self, target: LoadBalancerTarget, enrolled: bool) -> Change:
         return Change("+" if enrolled else "-", target.change_text(self.instance_id or "?"))
@@ -221,7 +274,7 @@ class ElbHandler(Handler):
         if not wait:
             # The daemon's sweep: read AWS again on the handler's own thread.
             self.members.want_all(dict(desired.members))
-            self._want({t: on and not self.away for t, on in desired.targets.items()},
+            self._want({**self.strays(desired), **{t: on and not self.away for t, on in desired.targets.items()}},
                        recheck=True)
             self.record_enrolment()
             return []
@@ -233,7 +286,7 @@ class ElbHandler(Handler):
                     changes.append(change)
                     if apply:
                         self._made(change)
-        for target, enrolled in sorted(desired.targets.items()):
+        for target, enrolled in sorted({**self.strays(desired), **desired.targets}.items()):
             if not self.instance_id:
                 raise RuntimeError("instanceId is unknown: cannot check load-balancer enrolment")
             if self.is_enrolled(target) == enrolled:
@@ -242,6 +295,7 @@ class ElbHandler(Handler):
             changes.append(change)
             if apply:
                 self.set_enrolled(target, enrolled)
+                self.note(target, enrolled)
                 self._made(change)
         return changes
 
@@ -273,6 +327,7 @@ class ElbHandler(Handler):
             if not wanted and self.draining and target.kind == "targetgroup":
                 with self._lock:
                     self.host_leaving.add(target)
+        self.note(target, wanted)
         with self._lock:
             # Only record success for what was wanted when the call began; a change
             # that came in meanwhile stays pending.

@@ -116,3 +116,21 @@ def test_a_stalled_aws_endpoint_never_delays_a_route(redx, containers, warden, s
         eventually(lambda: f"{ip_of(c)}:8080" in redx.hgetall("backend:web"), 2, what="route")
         assert time.monotonic() - started < 2
     eventually(lambda: held, 5, what="the ELB handler calling the stalled endpoint")
+
+
+def test_a_service_removed_while_warden_was_down_leaves_its_load_balancers(cloud, redx, containers, warden):
+    """Enrolment was undone only for services retired while Warden ran: one removed
+    while it was down kept the host in its load balancer for ever. Warden's record in
+    the central Redis says where it enrolled the host."""
+    api = {"name": "api", "containerName": f"wt-{RUN}-api", "port": 8080, "loadBalancerUrl": "api.example.com"}
+    w = warden([web(cloud), api], instanceId=cloud.instance_id).start()
+    one, two = containers.run("web"), containers.run("api")
+    eventually(cloud.in_elb, 5, what="enrolled in the classic ELB")
+    eventually(lambda: cloud.in_group() == {(cloud.instance_id, 8080)}, 5, what="in the target group")
+    w.stop()
+    w.write_services("services.json", [api])
+    w.start()
+    eventually(lambda: not cloud.in_elb(), 10, what="out of the retired service's classic ELB")
+    eventually(lambda: cloud.in_group() == set(), 10, what="out of its target group")
+    assert f"- elb:{cloud.elb_name} {cloud.instance_id}" in w.log()
+    assert ip_of(one) and ip_of(two)
