@@ -148,7 +148,7 @@ class ElbHandler(Handler):
         try:
             if enrolled:
                 self.central.sadd(key, target_text(target))
-                self.central.expire(key, ENROLLED_SECONDS)
+                self.central.pexpire(key, ENROLLED_SECONDS * 1000)
             else:
                 self.central.srem(key, target_text(target))
         except redis.RedisError as error:
@@ -161,7 +161,7 @@ class ElbHandler(Handler):
             return {}
         try:
             recorded = self.central.smembers(ENROLLED_PREFIX + self.instance_id)
-            self.central.expire(ENROLLED_PREFIX + self.instance_id, ENROLLED_SECONDS)
+            self.central.pexpire(ENROLLED_PREFIX + self.instance_id, ENROLLED_SECONDS * 1000)
         except redis.RedisError as error:
             logger.debug("cannot read the record of this host's enrolment: %s", error)
             return {}
