@@ -346,13 +346,17 @@ class HaproxyHandler(Handler):
                 self.entries[key] = backend
                 self._made(Change("+", f"haproxy-map:{key} {backend}"))
             elif not wanted and held == backend:
-                self.command("del map", self.map_path, key)
-                del self.entries[key]
-                self._made(Change("-", f"haproxy-map:{key} {backend}"))
+                self.drop_entry(key, backend)
             elif held is not None and held != backend and wanted:
                 self.repeats.failed(f"foreign:{key}", logging.WARNING,
                                     "HAProxy map %s: %s names backend %s, not %s; left as it is (not Warden's)",
                                     self.map_path, key, held, backend)
+
+    def drop_entry(self, key: str, backend: str) -> None:
+        """Delete the map entry ``key`` (naming ``backend``)."""
+        self.command("del map", self.map_path, key)
+        del self.entries[key]
+        self._made(Change("-", f"haproxy-map:{key} {backend}"))
 
     def apply_route(self, op: str, route: Route) -> None:
         if op == "+":
@@ -433,9 +437,7 @@ class HaproxyHandler(Handler):
             if backend in emptied and key not in wanted_keys:
                 changes.append(Change("-", f"haproxy-map:{key} {backend}"))
                 if apply:
-                    self.command("del map", self.map_path, key)
-                    del self.entries[key]
-                    self._made(Change("-", f"haproxy-map:{key} {backend}"))
+                    self.drop_entry(key, backend)
         for backend, keys in sorted(self.frontends_of.items() if mapped else ()):
             wanted = bool(desired.backends.get(backend)) or backend in others_taking
             for key in keys:

@@ -74,8 +74,9 @@ return gone
 #: servers into, and ``warden:redx:frontend:<key>`` (the backend it names) for each
 #: frontend key it wrote. A sweep retires from it what services no longer in force
 #: left, after a restart as while running.
-RECORD_BACKEND = "warden:redx:backend:"
-RECORD_FRONTEND = "warden:redx:frontend:"
+RECORD_PREFIX = "warden:redx:"
+RECORD_BACKEND = RECORD_PREFIX + "backend:"
+RECORD_FRONTEND = RECORD_PREFIX + "frontend:"
 
 
 #: the score Redx starts every server with
@@ -276,12 +277,12 @@ class RedxHandler(Handler):
                                    key, held, backend)
                 changes.append(Change("+", f"{frontend_key(key)} {backend}"))
                 writes.append(("set", frontend_key(key), backend))
-            if servers and recorded_frontends.get(key) != backend:
-                records.append(("set", RECORD_FRONTEND + key, backend))
             elif not servers and held == backend:
                 # No server behind it: Redx would answer 500; without the key it falls back.
                 removals.append((Change("-", f"{frontend_key(key)} {backend}"),
                                  ("unset", frontend_key(key), backend)))
+            if servers and recorded_frontends.get(key) != backend:
+                records.append(("set", RECORD_FRONTEND + key, backend))
         self._plan_strays(desired, recorded_backends, recorded_frontends, removals, records)
         for change, write in removals:
             changes.append(change)
@@ -302,8 +303,9 @@ class RedxHandler(Handler):
     def record(self) -> tuple[set[str], dict[str, str]]:
         """Warden's record: the backends it wrote servers into, and the frontend keys it
         wrote with the backend each named."""
-        backends = {k[len(RECORD_BACKEND):] for k in self.redis.scan_iter(match=RECORD_BACKEND + "*", count=1000)}
-        keys = sorted(self.redis.scan_iter(match=RECORD_FRONTEND + "*", count=1000))
+        recorded = list(self.redis.scan_iter(match=RECORD_PREFIX + "*", count=1000))
+        backends = {k[len(RECORD_BACKEND):] for k in recorded if k.startswith(RECORD_BACKEND)}
+        keys = sorted(k for k in recorded if k.startswith(RECORD_FRONTEND))
         values = self.redis.mget(keys) if keys else []
         return backends, {k[len(RECORD_FRONTEND):]: v for k, v in zip(keys, values) if v is not None}
 

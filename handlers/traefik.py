@@ -86,7 +86,11 @@ class TraefikStore:
         return f"{self.root}/http/services/{backend}/loadBalancer/servers/"
 
     def router_prefix(self, frontend: str) -> str:
-        return f"{self.root}/http/routers/{router_name(frontend)}/"
+        return self.router_keys(router_name(frontend))
+
+    def router_keys(self, name: str) -> str:
+        """Where the keys of Warden's router ``name`` start."""
+        return f"{self.root}/http/routers/{name}/"
 
     def servers(self, backend: str) -> tuple[list[str], list[str]]:
         """A backend's server keys and the addresses they hold."""
@@ -181,7 +185,6 @@ class TraefikHandler(Handler):
                 rules[frontend] = rule(frontend)
             except UnsafeName as error:
                 self._failed(f"router of {frontend!r}", error)
-        prefix = self.store.servers_prefix(backend)
         keys, held = self.store.servers(backend)
         ownership = self.ownership
         wanted = self.addresses.get(backend, set())
@@ -204,14 +207,7 @@ class TraefikHandler(Handler):
         pipe = self.store.redis.pipeline(transaction=True)
         for key, value in self.store.shared_keys().items():
             pipe.set(key, value)
-        if keys:
-            pipe.delete(*keys)
-        for n, address in enumerate(servers):
-            pipe.set(f"{prefix}{n}/url", f"http://{address}")
-        if servers:
-            pipe.set(f"{self.store.root}/http/services/{backend}/loadBalancer/serversTransport", "warden")
-        else:
-            pipe.delete(f"{self.store.root}/http/services/{backend}/loadBalancer/serversTransport")
+        self._queue_servers(pipe, backend, keys, servers)
         for frontend in routers:
             router = self.store.router_prefix(frontend)
             if servers:
@@ -222,10 +218,7 @@ class TraefikHandler(Handler):
                     pipe.set(f"{router}entryPoints/{i}", entry_point)
                 pipe.set(f"{router}middlewares/0", "warden-retry")
             else:
-                old = list(self.store.redis.scan_iter(match=router + "*", count=100))
-                if old:
-                    pipe.delete(*old)
-                pipe.srem(self.store.router_record(), router_name(frontend))
+                self._queue_router_removal(pipe, router_name(frontend))
         if wanted:
             pipe.sadd(self.store.record(), backend)
         pipe.execute()
@@ -233,6 +226,26 @@ class TraefikHandler(Handler):
         for change in changes:
             self._made(change)
         return changes
+
+    def _queue_servers(self, pipe: Any, backend: str, keys: list[str], servers: list[str]) -> None:
+        """Queue ``backend``'s server list rewritten as ``servers`` (numbered from 0; the
+        old ``keys`` go), with Warden's servers transport while any stands."""
+        transport = f"{self.store.root}/http/services/{backend}/loadBalancer/serversTransport"
+        if keys:
+            pipe.delete(*keys)
+        for n, address in enumerate(servers):
+            pipe.set(f"{self.store.servers_prefix(backend)}{n}/url", f"http://{address}")
+        if servers:
+            pipe.set(transport, "warden")
+        else:
+            pipe.delete(transport)
+
+    def _queue_router_removal(self, pipe: Any, name: str) -> None:
+        """Queue the deletion of Warden's router ``name`` and its entry in the record."""
+        old = list(self.store.redis.scan_iter(match=self.store.router_keys(name) + "*", count=100))
+        if old:
+            pipe.delete(*old)
+        pipe.srem(self.store.router_record(), name)
 
     def retire_strays(self, desired: DesiredState, apply: bool = True) -> list[Change]:
         """What the store holds of Warden's for services no longer in force, from the
@@ -244,24 +257,15 @@ class TraefikHandler(Handler):
         stray_routers = sorted(set(self.store.redis.smembers(self.store.router_record())) - wanted_routers)
         pipe = self.store.redis.pipeline(transaction=True)
         for name in stray_routers:
-            prefix = f"{self.store.root}/http/routers/{name}/"
-            backend = self.store.redis.get(prefix + "service") or "?"
+            backend = self.store.redis.get(self.store.router_keys(name) + "service") or "?"
             changes.append(Change("-", f"traefik-router:{name} {backend}"))
-            keys = list(self.store.redis.scan_iter(match=prefix + "*", count=100))
-            if keys:
-                pipe.delete(*keys)
-            pipe.srem(self.store.router_record(), name)
+            self._queue_router_removal(pipe, name)
         wanted_backends = set(desired.backends) | set(self.frontends_of)
         for backend in sorted(set(self.store.redis.smembers(self.store.record())) - wanted_backends):
             keys, held = self.store.servers(backend)
             kept = [a for a in held if not desired.ownership.owns(backend, a)]
             changes += [Change("-", f"traefik:{backend} {a}") for a in sorted(set(held) - set(kept))]
-            if keys:
-                pipe.delete(*keys)
-            for n, address in enumerate(kept):
-                pipe.set(f"{self.store.servers_prefix(backend)}{n}/url", f"http://{address}")
-            if not kept:
-                pipe.delete(f"{self.store.root}/http/services/{backend}/loadBalancer/serversTransport")
+            self._queue_servers(pipe, backend, keys, kept)
             pipe.srem(self.store.record(), backend)
         if apply:
             pipe.execute()
