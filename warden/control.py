@@ -91,6 +91,12 @@ class ControlCodec:
         self._highest_epoch = 0
         self._lock = threading.Lock()
 
+    @classmethod
+    def for_config(cls, config: Any) -> "ControlCodec":
+        """The codec of ``config``'s cluster: its secrets, its lease as the allowed skew,
+        its central database."""
+        return cls(config.control_secrets, config.lease_seconds, config.service_management_redis.db)
+
     def decode(self, channel: str, payload: Any, now: Optional[float] = None) -> ControlMessage:
         """The message, or :class:`Rejected` (counted)."""
         return self._counted(self._decode, channel, payload, now)
@@ -137,8 +143,8 @@ class ControlCodec:
             raise Rejected("not_object")
         return data
 
-    def _verify(self, data: dict, now: float, ts_required: bool) -> None:
-        """The signature and the time, when a secret is set."""
+    def _verify(self, data: dict, now: float) -> None:
+        """The signature and a fresh time, when a secret is set."""
         if not self.secret:
             return
         sig = data.get("sig")
@@ -154,10 +160,7 @@ class ControlCodec:
         if not any(hmac.compare_digest(sig, hmac.new(secret.encode(), body, hashlib.sha256).hexdigest())
                    for secret in self.secrets):
             raise Rejected("bad_signature")
-        ts = data.get("ts")
-        if ts is None and not ts_required:
-            return
-        if abs(now - _timestamp(ts)) > self.max_skew:
+        if abs(now - _timestamp(data.get("ts"))) > self.max_skew:
             raise Rejected("stale_ts")
 
     def _decode(self, channel: str, payload: Any, now: float) -> ControlMessage:
@@ -172,7 +175,7 @@ class ControlCodec:
         if not isinstance(epoch, int) or isinstance(epoch, bool) or not 0 <= epoch < 2 ** 63:
             raise Rejected("bad_epoch")
         when = _timestamp(ts)
-        self._verify(data, now, ts_required=True)
+        self._verify(data, now)
         self._check_cluster(data)
         if self.secret:
             with self._lock:
@@ -211,7 +214,7 @@ class ControlCodec:
             # nudge needs a fresh time: without one it would replay for ever.
             if data.get("type") != "metric":
                 raise Rejected("wrong_type")
-        self._verify(data, now, ts_required=True)
+        self._verify(data, now)
         self._check_cluster(data)
         name = data.get("service")
         return name if isinstance(name, str) and name in services else None

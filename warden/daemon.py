@@ -98,7 +98,7 @@ def manager_parts(config: Config, catalog: ServiceCatalog, handlers: list[Handle
     an events queue the drain relay and the consumer. At shutdown the Manager hands
     leadership back before anything else stops."""
     zones = ZoneChecker(config.zone_check, config.region)
-    codec = ControlCodec(config.control_secrets, config.lease_seconds, config.service_management_redis.db)
+    codec = ControlCodec.for_config(config)
     manager = Manager(config, central, zones)
     scaler = Scaler(config, manager.leadership, catalog, MetricContext(central.commands, config.region), codec)
     # The one pub/sub connection: control channels, warden:metric, and this instance's
@@ -146,8 +146,7 @@ def drain_parts(config: Config, handlers: list[Handler], subscribe: bool, centra
                           LifecycleCompleter(config, elb_here=elb_here, central=central)]
     if subscribe:
         threads.append(ControlSubscriber(
-            central.subscriber_client,
-            ControlCodec(config.control_secrets, config.lease_seconds, config.service_management_redis.db),
+            central.subscriber_client, ControlCodec.for_config(config),
             channels=("warden:drain",)))
     if config.on_ec2:  # metadata answered when the identity was resolved
         threads.append(MetadataNotices())

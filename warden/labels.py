@@ -16,10 +16,9 @@ from typing import Any, Callable, Iterable, Mapping, Optional
 
 from warden.model import Container
 from warden.names import frontend_parts, frontend_problem, name_problem
-from warden.services import DEFINING_LABELS, Service, parse_port, parse_readiness, parse_target_mode
+from warden.services import (DEFINING_LABELS, Service, defining_labels, parse_port, parse_readiness,
+                             parse_target_mode)
 
-#: labels (after the prefix) that make ``service`` a definition, not only an assignment
-DEFINING = DEFINING_LABELS
 
 @dataclass(frozen=True)
 class LabelProblem:
@@ -45,7 +44,7 @@ def service_from_labels(container: Container, prefix: str) -> tuple[Optional[Ser
     none (no labels, or ``service`` alone: an assignment), or ``(None, problem)``."""
     labels = container.labels
     name = labels.get(prefix + "service")
-    if name is None or not any(prefix + key in labels for key in DEFINING):
+    if name is None or not any(prefix + key in labels for key in DEFINING_LABELS):
         return None, None
     who = f"{container.name} ({container.short_id})"
     if not name.strip():
@@ -96,8 +95,7 @@ def service_from_labels(container: Container, prefix: str) -> tuple[Optional[Ser
         published_port=published == "true",
         load_balancer_name=labels.get(prefix + "load-balancer", "").strip(),
         target_group_arn=target_group, label_members="any",
-        definition=tuple(sorted((prefix + key, labels[prefix + key].strip())
-                                for key in DEFINING if prefix + key in labels)),
+        definition=defining_labels(labels, prefix),
         source=f"labels of container {who}", **fields), None
 
 

@@ -33,6 +33,13 @@ DEFINING_LABELS = ("frontend", "port", "backend", "network", "published-port", "
                    "load-balancer", "target-group", "target-port", "target-mode")
 
 
+def defining_labels(labels: Mapping[str, str], prefix: str) -> tuple[tuple[str, str], ...]:
+    """The defining labels ``labels`` carry (prefixed, values stripped), sorted: two
+    containers carrying the same define a label-defined service the same way."""
+    return tuple(sorted((prefix + key, labels[prefix + key].strip())
+                        for key in DEFINING_LABELS if prefix + key in labels))
+
+
 @dataclass(frozen=True)
 class MetricSpec(Mapping):
     """A service's ``metric`` object, checked and read-only: its ``type``, and every
@@ -185,10 +192,7 @@ class Service:
         if label != self.name:
             return False
         if self.definition:
-            prefix = service_label[:-len("service")]
-            carried = tuple(sorted((prefix + k, container.labels[prefix + k].strip())
-                                   for k in DEFINING_LABELS if prefix + k in container.labels))
-            return carried == self.definition
+            return defining_labels(container.labels, service_label[:-len("service")]) == self.definition
         return matches or self.label_members == "any"
 
     def address_of(self, container: Container, host_address: str) -> tuple[Optional[str], str]:

@@ -28,6 +28,7 @@ from warden.config import Config
 from warden.runtime import aws
 from warden.runtime.central import Central
 from warden.runtime.threads import Backoff, StoppableThread
+from warden.subscribers.aws_events import Refusals
 
 # The name operators filter logs on, kept from before the module moved.
 logger = logging.getLogger("warden.drain")
@@ -68,8 +69,6 @@ class DrainRelay:
     ``warden:drain``."""
 
     def __init__(self, manager: Any) -> None:
-        from warden.subscribers.aws_events import Refusals
-
         self.manager = manager
         self.receivers = signals.Receivers((signals.aws_event, self._on_aws_event))
         self.refusals = Refusals(manager.redis)
@@ -103,7 +102,6 @@ class DrainRelay:
         logger.warning("%s for %s: asking it to drain", event.detail_type, target)
         self.manager.publish("drain", self.manager.current_epoch(), instance_id=target)
         return True
-
 
     def _confirm_lifecycle(self, target: str, lifecycle: dict, event: Any) -> Optional[bool]:
         """Does Auto Scaling have this instance terminating? DescribeAutoScalingInstances

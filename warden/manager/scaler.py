@@ -44,8 +44,7 @@ class Scaler(StoppableThread):
                  context: MetricContext, codec: Optional[ControlCodec] = None) -> None:
         super().__init__("warden-scaler")
         self.config = config
-        self.codec = codec or ControlCodec(config.control_secrets, config.lease_seconds,
-                                           config.service_management_redis.db)
+        self.codec = codec or ControlCodec.for_config(config)
         #: the Manager's :class:`~warden.manager.manager.Leadership`: whether to act, and the fence
         self.leadership = leadership
         self.catalog = catalog

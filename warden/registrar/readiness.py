@@ -53,8 +53,13 @@ class Probe:
     #: for log lines only
     container_name: str = field(default="", compare=False)
 
+    @property
+    def where(self) -> str:
+        """``host:port`` (``[v6]:port``), as a URL and a ``Host`` header write it."""
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
     def __str__(self) -> str:
-        where = f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+        where = self.where
         what = f"GET http://{where}{self.path}" if self.path else f"TCP {where}"
         return f"{what} of container {self.container_name or self.container_id[:12]}"
 
@@ -92,9 +97,8 @@ class Probe:
                 sock.connect((self.host, self.port))
                 if not self.path:
                     return True
-                where = f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
                 sock.settimeout(max(0.001, deadline - time.monotonic()))
-                sock.sendall(f"GET {self.path} HTTP/1.0\r\nHost: {where}\r\nUser-Agent: warden-readiness\r\n"
+                sock.sendall(f"GET {self.path} HTTP/1.0\r\nHost: {self.where}\r\nUser-Agent: warden-readiness\r\n"
                              f"Connection: close\r\n\r\n".encode())
                 return _status(sock, deadline) < 500
         except OSError:

@@ -372,13 +372,10 @@ class _Server(ThreadingHTTPServer):
         super().__init__(*args, **kw)
         self._active = 0
         self._count = threading.Lock()
-        #: connections closed at once, as :attr:`max_connections` were being served
-        self.turned_away = 0
 
     def process_request(self, request: Any, client_address: Any) -> None:
         with self._count:
             if self._active >= self.max_connections:
-                self.turned_away += 1
                 self.shutdown_request(request)
                 return
             self._active += 1

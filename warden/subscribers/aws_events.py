@@ -26,24 +26,17 @@ from warden.runtime.threads import ConnectionLoop, StoppableThread
 
 logger = logging.getLogger(__name__)
 
-#: the EventBridge detail types Warden acts on
+#: the EventBridge detail types Warden acts on: Warden's kind, and the AWS service the
+#: type comes from. An event is believed only from that source (a PutEvents from anyone
+#: else cannot carry an ``aws.`` source; a message sent to the queue directly can, which
+#: is why the account and region are checked too, and a drain claim is confirmed where
+#: the API can tell)
 KINDS = {
-    "ECS Task State Change": "task-state",
-    "CloudWatch Alarm State Change": "alarm-state",
-    "EC2 Spot Instance Interruption Warning": "spot-interruption",
-    "EC2 Instance-terminate Lifecycle Action": "terminate-lifecycle",
-    "EC2 Instance Rebalance Recommendation": "rebalance-recommendation",
-}
-#: the AWS service each detail type comes from: an event is believed only from it (a
-#: PutEvents from anyone else cannot carry an ``aws.`` source; a message sent to the
-#: queue directly can, which is why the account and region are checked too, and a
-#: drain claim is confirmed where the API can tell)
-SOURCES = {
-    "ECS Task State Change": "aws.ecs",
-    "CloudWatch Alarm State Change": "aws.cloudwatch",
-    "EC2 Spot Instance Interruption Warning": "aws.ec2",
-    "EC2 Instance-terminate Lifecycle Action": "aws.autoscaling",
-    "EC2 Instance Rebalance Recommendation": "aws.ec2",
+    "ECS Task State Change": ("task-state", "aws.ecs"),
+    "CloudWatch Alarm State Change": ("alarm-state", "aws.cloudwatch"),
+    "EC2 Spot Instance Interruption Warning": ("spot-interruption", "aws.ec2"),
+    "EC2 Instance-terminate Lifecycle Action": ("terminate-lifecycle", "aws.autoscaling"),
+    "EC2 Instance Rebalance Recommendation": ("rebalance-recommendation", "aws.ec2"),
 }
 _CLIENT_CONFIG = botocore.config.Config(connect_timeout=3, read_timeout=25,
                                         retries={"mode": "standard", "max_attempts": 3})
@@ -53,7 +46,7 @@ _CLIENT_CONFIG = botocore.config.Config(connect_timeout=3, read_timeout=25,
 class AwsEvent:
     """One EventBridge event Warden acts on."""
 
-    kind: str  # a value of KINDS
+    kind: str  # a kind of KINDS
     detail_type: str
     source: str
     detail: Mapping[str, Any] = field(default_factory=dict)
@@ -91,9 +84,9 @@ def parse_envelope(body: str) -> Optional[AwsEvent]:
     if not isinstance(data, dict) or not isinstance(data.get("detail-type"), str) \
             or not isinstance(data.get("detail", {}), dict):
         raise MalformedEvent("not an EventBridge envelope (detail-type, detail)")
-    kind = KINDS.get(data["detail-type"])
-    if kind is None:
+    if data["detail-type"] not in KINDS:
         return None
+    kind = KINDS[data["detail-type"]][0]
     return AwsEvent(kind, data["detail-type"], str(data.get("source") or ""),
                     data.get("detail") or {}, str(data.get("id") or ""),
                     str(data.get("account") or ""), str(data.get("region") or ""))
@@ -102,7 +95,7 @@ def parse_envelope(body: str) -> Optional[AwsEvent]:
 def refusal(event: AwsEvent, account: str, region: Optional[str]) -> Optional[str]:
     """Why ``event`` is not believed (a reason counted), or None: it must come from the
     AWS source of its detail type, for this ``account`` and ``region``."""
-    if event.source != SOURCES.get(event.detail_type):
+    if event.source != KINDS[event.detail_type][1]:
         return "wrong_source"
     if event.account != account:
         return "wrong_account"

@@ -86,8 +86,8 @@ class ControlSubscriber(ConnectionLoop):
         self.channels = channels
         #: channel -> callback for channels that are not control channels
         self.extra = dict(extra or {})
-        #: (channel, reason) already logged: another cluster's messages are said once
-        self._said: set[tuple[str, str]] = set()
+        #: channels where another cluster's messages were already said (once a channel)
+        self._other_cluster_said: set[str] = set()
 
     def _dispatch(self, channel: str, data: Any) -> None:
         try:
@@ -100,10 +100,11 @@ class ControlSubscriber(ConnectionLoop):
         except Rejected as reason:
             # Another cluster on the same Redis server speaks every second: said once.
             once = str(reason) == "other_cluster"
-            if once and (channel, "other_cluster") in self._said:
+            if once and channel in self._other_cluster_said:
                 logger.debug("ignored a message on %s: %s", channel, reason)
             else:
-                self._said.add((channel, str(reason)))
+                if once:
+                    self._other_cluster_said.add(channel)
                 logger.warning("ignored a message on %s: %s%s", channel, reason,
                                " (a message of another cluster: a Warden on another database of this "
                                "Redis server; said once)" if once else "")
